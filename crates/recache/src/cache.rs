@@ -1,0 +1,309 @@
+//! The cache service: exact lookup and store over the four roles, with a
+//! timeout on every backend call. A backend failure is counted and turns into
+//! a miss; it never reaches the client.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::artifact::{self, ArtifactMeta};
+use crate::config::Config;
+use crate::error::BackendError;
+use crate::key::CacheKey;
+use crate::metrics::Metrics;
+use crate::roles::{now_ms, ArtifactId, AuditEvent, EntryRecord, HitUpdate, IndexEntry, Roles};
+
+/// Per-role call timeouts.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub index: Duration,
+    pub artifacts: Duration,
+    pub metadata: Duration,
+}
+
+impl Timeouts {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            index: Duration::from_millis(c.index.timeout_ms),
+            artifacts: Duration::from_millis(c.artifacts.timeout_ms),
+            metadata: Duration::from_millis(c.metadata.timeout_ms),
+        }
+    }
+}
+
+/// A served entry.
+pub struct Hit {
+    pub meta: ArtifactMeta,
+    pub body: Bytes,
+    pub age_secs: u64,
+}
+
+/// Everything needed to store a fresh answer.
+pub struct StoreInput {
+    pub key: CacheKey,
+    pub tenant: String,
+    pub namespace: String,
+    pub endpoint: &'static str,
+    pub model: String,
+    pub canonical_request: String,
+    pub body: Bytes,
+    pub content_type: String,
+    pub ttl: Duration,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+pub struct Cache {
+    pub roles: Roles,
+    pub metrics: Arc<Metrics>,
+    timeouts: Timeouts,
+    hits: Mutex<HashMap<CacheKey, (u64, i64)>>,
+}
+
+async fn timed<T>(
+    backend: &'static str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout { backend, after_ms: limit.as_millis() as u64 }),
+    }
+}
+
+fn event_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{:x}-{n:x}", now_ms(), std::process::id())
+}
+
+impl Cache {
+    pub fn new(roles: Roles, metrics: Arc<Metrics>, timeouts: Timeouts) -> Self {
+        Self { roles, metrics, timeouts, hits: Mutex::new(HashMap::new()) }
+    }
+
+    fn failed(&self, e: &BackendError, backend: &'static str, what: &str) {
+        self.metrics.backend_error(backend);
+        tracing::warn!(backend, error = %e, "{what} failed; falling back to the provider");
+    }
+
+    /// Exact lookup. `max_age` rejects entries older than that many seconds.
+    pub async fn lookup(&self, key: CacheKey, tenant: &str, max_age: Option<u64>) -> Option<Hit> {
+        let entry = match timed("index", self.timeouts.index, self.roles.index.get(key)).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return None,
+            Err(e) => {
+                self.failed(&e, "index", "index lookup");
+                return None;
+            }
+        };
+        let now = now_ms();
+        if entry.expires_at_ms <= now {
+            return None;
+        }
+        let age_secs = ((now - entry.created_at_ms).max(0) / 1000) as u64;
+        if max_age.is_some_and(|m| age_secs > m) {
+            return None;
+        }
+        let bytes = match timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.get(entry.artifact)).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                self.integrity_problem(key, tenant, "artifact.missing", &entry, "index points at a missing artifact")
+                    .await;
+                return None;
+            }
+            Err(e) => {
+                self.failed(&e, "artifacts", "artifact read");
+                return None;
+            }
+        };
+        if ArtifactId::of(&bytes) != entry.artifact {
+            self.integrity_problem(key, tenant, "artifact.corrupt", &entry, "artifact SHA-256 mismatch")
+                .await;
+            return None;
+        }
+        let decoded = match artifact::decode(&bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.integrity_problem(key, tenant, "artifact.undecodable", &entry, &e).await;
+                return None;
+            }
+        };
+        if decoded.meta.tenant != tenant || decoded.meta.key != key.hex() {
+            // Cannot happen unless storage was tampered with: never serve it.
+            self.integrity_problem(key, tenant, "artifact.foreign", &entry, "artifact belongs to another key or tenant")
+                .await;
+            return None;
+        }
+        self.note_hit(key, now);
+        Some(Hit { meta: decoded.meta, body: decoded.body, age_secs })
+    }
+
+    /// Counts an integrity failure, drops the bad pointer and audits it.
+    async fn integrity_problem(&self, key: CacheKey, tenant: &str, action: &str, entry: &IndexEntry, detail: &str) {
+        self.metrics.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.backend_error("artifacts");
+        tracing::error!(key = %key, action, detail, artifact = %entry.artifact.hex(), "cache integrity failure: not served");
+        let _ = timed("index", self.timeouts.index, self.roles.index.delete(key)).await;
+        self.audit(AuditEvent {
+            id: event_id(),
+            at_ms: now_ms(),
+            tenant: Some(tenant.to_string()),
+            actor: "gateway".into(),
+            action: action.into(),
+            cache_key: Some(key.hex()),
+            detail: json!({"artifact": entry.artifact.hex(), "detail": detail}),
+        })
+        .await;
+    }
+
+    fn note_hit(&self, key: CacheKey, now: i64) {
+        let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = hits.entry(key).or_insert((0, now));
+        slot.0 += 1;
+        slot.1 = now;
+    }
+
+    /// Writes hit counters to metadata. Counters are kept if the write fails.
+    pub async fn flush_hits(&self) {
+        let batch: Vec<HitUpdate> = {
+            let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+            hits.drain().map(|(key, (count, last_hit_ms))| HitUpdate { key, count, last_hit_ms }).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = timed("metadata", self.timeouts.metadata * 4, self.roles.metadata.record_hits(batch.clone())).await {
+            self.failed(&e, "metadata", "hit counter flush");
+            let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+            for h in batch {
+                let slot = hits.entry(h.key).or_insert((0, h.last_hit_ms));
+                slot.0 += h.count;
+                slot.1 = slot.1.max(h.last_hit_ms);
+            }
+        }
+    }
+
+    /// Stores a complete answer: artifact first, then metadata, then index,
+    /// so a crash leaves an orphan artifact for audit, never a dangling key.
+    pub async fn store(&self, s: StoreInput) -> Result<(), BackendError> {
+        let created = now_ms();
+        let expires = created + s.ttl.as_millis() as i64;
+        let meta = ArtifactMeta {
+            key: s.key.hex(),
+            tenant: s.tenant.clone(),
+            namespace: s.namespace.clone(),
+            endpoint: s.endpoint.to_string(),
+            model: s.model.clone(),
+            created_at_ms: created,
+            expires_at_ms: expires,
+            content_type: s.content_type.clone(),
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            cost_usd: s.cost_usd,
+        };
+        let bytes = artifact::encode(&meta, s.canonical_request.as_bytes(), &s.body);
+        let id = ArtifactId::of(&bytes);
+        let size = bytes.len() as u64;
+        let result = self.store_steps(&s, id, bytes, created, expires, size).await;
+        match &result {
+            Ok(()) => {
+                self.metrics.stores.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.store_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(key = %s.key, error = %e, "entry not stored; the answer was still served");
+            }
+        }
+        result
+    }
+
+    async fn store_steps(
+        &self,
+        s: &StoreInput,
+        id: ArtifactId,
+        bytes: Bytes,
+        created: i64,
+        expires: i64,
+        size: u64,
+    ) -> Result<(), BackendError> {
+        timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.put(id, bytes))
+            .await
+            .inspect_err(|e| self.failed(e, "artifacts", "artifact write"))?;
+        let record = EntryRecord {
+            key: s.key,
+            tenant: s.tenant.clone(),
+            namespace: s.namespace.clone(),
+            endpoint: s.endpoint.to_string(),
+            model: s.model.clone(),
+            artifact: id,
+            request_bytes: s.canonical_request.len() as u64,
+            response_bytes: size,
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            cost_usd: s.cost_usd,
+            created_at_ms: created,
+            expires_at_ms: expires,
+            last_hit_at_ms: None,
+            hit_count: 0,
+        };
+        let replaced = timed("metadata", self.timeouts.metadata, self.roles.metadata.upsert_entry(record.clone()))
+            .await
+            .inspect_err(|e| self.failed(e, "metadata", "entry registration"))?;
+        timed("index", self.timeouts.index, self.roles.index.put(s.key, record.index_entry()))
+            .await
+            .inspect_err(|e| self.failed(e, "index", "index write"))?;
+        if let Some(old) = replaced {
+            // The old artifact is unreachable now; dropping it is best effort (audit finds leftovers).
+            let _ = timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.delete(old)).await;
+        }
+        self.audit(AuditEvent {
+            id: event_id(),
+            at_ms: created,
+            tenant: Some(s.tenant.clone()),
+            actor: "gateway".into(),
+            action: "entry.store".into(),
+            cache_key: Some(s.key.hex()),
+            detail: json!({"model": s.model, "endpoint": s.endpoint, "namespace": s.namespace,
+                           "artifact": id.hex(), "bytes": size, "expires_at_ms": expires}),
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Appends one audit event (best effort for now; a local spool comes with the breakers).
+    pub async fn audit(&self, event: AuditEvent) {
+        if let Err(e) = timed("metadata", self.timeouts.metadata, self.roles.metadata.append_audit(vec![event])).await {
+            self.failed(&e, "metadata", "audit append");
+        }
+    }
+
+    /// Removes expired entries from every role. Returns (index, metadata, artifacts) counts.
+    pub async fn sweep(&self) -> (u64, usize, usize) {
+        let now = now_ms();
+        let idx = self.roles.index.purge_expired(now).await.unwrap_or_else(|e| {
+            self.failed(&e, "index", "expiry sweep");
+            0
+        });
+        let artifacts = match self.roles.metadata.purge_expired(now).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.failed(&e, "metadata", "expiry sweep");
+                Vec::new()
+            }
+        };
+        let mut deleted = 0;
+        for id in &artifacts {
+            if let Ok(true) = timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.delete(*id)).await {
+                deleted += 1;
+            }
+        }
+        (idx, artifacts.len(), deleted)
+    }
+}

@@ -1,0 +1,317 @@
+//! `recache bench`: load a running gateway on loopback and print latency
+//! percentiles, throughput and the gateway's RSS; or seed a store with many
+//! entries to measure index memory and start-up time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
+use crate::artifact::{self, ArtifactMeta};
+use crate::key::{cache_key, canonical_request};
+use crate::roles::artifacts_local::ObjectStoreArtifacts;
+use crate::roles::metadata_sqlite::SqliteMetadata;
+use crate::roles::{now_ms, ArtifactId, Artifacts, EntryRecord};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Send a bounded load to a gateway on loopback and report p50/p99, throughput and RSS.
+    Load(LoadArgs),
+    /// Register N synthetic entries in the configured metadata store (for index size and start-up figures).
+    Seed(SeedArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The same request every time (after one warm-up): cache hits.
+    Hit,
+    /// A unique request every time: misses through to the provider.
+    Miss,
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Gateway base URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Client key.
+    #[arg(long, default_value = "sk-recache-demo")]
+    pub key: String,
+    #[arg(long, value_enum, default_value = "hit")]
+    pub mode: Mode,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Stop after this many requests in all (bounds the run).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_requests: u64,
+    #[arg(long, default_value = "gpt-4o-mini")]
+    pub model: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// How many entries to register.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: u64,
+    /// Tenant the entries belong to.
+    #[arg(long, default_value = "bench")]
+    pub tenant: String,
+}
+
+pub async fn run(args: BenchArgs) -> i32 {
+    match args.command {
+        BenchCommand::Load(a) => load(a).await,
+        BenchCommand::Seed(a) => seed(a).await,
+    }
+}
+
+fn is_loopback(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .is_some_and(|h| h == "localhost" || h == "[::1]" || h.starts_with("127."))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+async fn load(a: LoadArgs) -> i32 {
+    if !is_loopback(&a.url) {
+        eprintln!("recache bench: refusing to load {}: benchmarks only target loopback", a.url);
+        return EXIT_CONFIG;
+    }
+    let client = match reqwest::Client::builder()
+        .pool_max_idle_per_host(a.connections * 2)
+        .tcp_nodelay(true)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("recache bench: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let url = format!("{}/v1/chat/completions", a.url.trim_end_matches('/'));
+    let body_for = |n: u64| {
+        let content = match a.mode {
+            Mode::Hit => "recache benchmark: the same question every time".to_string(),
+            Mode::Miss => format!("recache benchmark miss {} {n}", now_ms()),
+        };
+        json!({"model": a.model, "messages": [{"role": "user", "content": content}]}).to_string()
+    };
+    // Warm-up: makes the hit entry exist.
+    if let Err(e) = client.post(&url).bearer_auth(&a.key).header("content-type", "application/json").body(body_for(0)).send().await {
+        eprintln!("recache bench: gateway not reachable at {}: {e}", a.url);
+        return EXIT_PROBLEM;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        let (client, url, key, sent, errors) = (client.clone(), url.clone(), a.key.clone(), sent.clone(), errors.clone());
+        let bodies: Vec<String> = Vec::new();
+        let mode = a.mode;
+        let model = a.model.clone();
+        let max = a.max_requests;
+        tasks.push(tokio::spawn(async move {
+            let _ = bodies;
+            let mut lat = Vec::with_capacity(100_000);
+            let fixed = json!({"model": model, "messages": [{"role": "user", "content": "recache benchmark: the same question every time"}]}).to_string();
+            while Instant::now() < deadline {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                if n >= max {
+                    break;
+                }
+                let body = match mode {
+                    Mode::Hit => fixed.clone(),
+                    Mode::Miss => json!({"model": model, "messages": [{"role": "user", "content": format!("recache benchmark miss {} {n}", now_ms())}]}).to_string(),
+                };
+                let t = Instant::now();
+                let res = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body).send().await;
+                let ok = match res {
+                    Ok(r) => {
+                        let good = r.status().is_success();
+                        good && r.bytes().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let metrics = client
+        .get(format!("{}/metrics", a.url.trim_end_matches('/')))
+        .send()
+        .await
+        .ok();
+    let metrics_text = match metrics {
+        Some(r) => r.text().await.unwrap_or_default(),
+        None => String::new(),
+    };
+    let gauge = |name: &str| {
+        metrics_text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let report = json!({
+        "mode": format!("{:?}", a.mode).to_lowercase(),
+        "connections": a.connections,
+        "requests": all.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": elapsed,
+        "throughput_rps": all.len() as f64 / elapsed,
+        "latency_ms": {
+            "p50": percentile(&all, 0.50), "p90": percentile(&all, 0.90),
+            "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0),
+        },
+        "gateway_rss_mb": gauge("process_resident_memory_bytes") / 1048576.0,
+        "gateway_index_entries": gauge("cache_index_entries"),
+    });
+    match a.format {
+        OutputFormat::Json => println!("{report}"),
+        OutputFormat::Text => {
+            println!(
+                "mode={} connections={} requests={} errors={} duration={:.1}s",
+                report["mode"].as_str().unwrap_or(""),
+                a.connections,
+                all.len(),
+                report["errors"],
+                elapsed
+            );
+            println!(
+                "throughput {:.0} req/s   latency p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                report["throughput_rps"].as_f64().unwrap_or(0.0),
+                percentile(&all, 0.50),
+                percentile(&all, 0.90),
+                percentile(&all, 0.99),
+                percentile(&all, 1.0)
+            );
+            println!(
+                "gateway RSS {:.1} MB, index entries {}",
+                report["gateway_rss_mb"].as_f64().unwrap_or(0.0),
+                report["gateway_index_entries"]
+            );
+        }
+    }
+    if errors.load(Ordering::Relaxed) > 0 {
+        EXIT_PROBLEM
+    } else {
+        0
+    }
+}
+
+async fn seed(a: SeedArgs) -> i32 {
+    let env = env_map();
+    let config = match load_config(&a.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("recache: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let run = async {
+        let meta = SqliteMetadata::open(&config.metadata.path, 1, Duration::from_secs(30)).await?;
+        let store = ObjectStoreArtifacts::local(&config.artifacts.path, &config.artifacts.prefix)?;
+        // One shared placeholder artifact: seeded entries measure index size and start-up, not hits.
+        let now = now_ms();
+        let placeholder = artifact::encode(
+            &ArtifactMeta {
+                key: "seed".into(),
+                tenant: a.tenant.clone(),
+                namespace: "default".into(),
+                endpoint: "chat".into(),
+                model: "seed".into(),
+                created_at_ms: now,
+                expires_at_ms: now + 86_400_000,
+                content_type: "application/json".into(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_usd: 0.0,
+            },
+            b"{}",
+            b"{\"seed\":true}",
+        );
+        let id = ArtifactId::of(&placeholder);
+        store.put(id, placeholder.clone()).await?;
+        let started = Instant::now();
+        let batch = 10_000u64;
+        let mut done = 0u64;
+        while done < a.entries {
+            let n = batch.min(a.entries - done);
+            let entries: Vec<EntryRecord> = (done..done + n)
+                .map(|i| {
+                    let canonical = canonical_request(&json!({"model": "seed", "messages": [{"role": "user", "content": format!("seed {i}")}]}));
+                    EntryRecord {
+                        key: cache_key(&a.tenant, "default", "chat", &canonical),
+                        tenant: a.tenant.clone(),
+                        namespace: "default".into(),
+                        endpoint: "chat".into(),
+                        model: "seed".into(),
+                        artifact: id,
+                        request_bytes: canonical.len() as u64,
+                        response_bytes: placeholder.len() as u64,
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        cost_usd: 0.0,
+                        created_at_ms: now,
+                        expires_at_ms: now + 86_400_000,
+                        last_hit_at_ms: None,
+                        hit_count: 0,
+                    }
+                })
+                .collect();
+            meta.bulk_insert(&entries).await?;
+            done += n;
+            eprint!("\rseeded {done}/{} entries", a.entries);
+        }
+        eprintln!();
+        println!("seeded {} entries in {:.1}s", a.entries, started.elapsed().as_secs_f64());
+        Ok::<(), crate::error::BackendError>(())
+    };
+    match run.await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("recache bench seed: {e}");
+            EXIT_PROBLEM
+        }
+    }
+}

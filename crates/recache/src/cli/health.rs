@@ -1,0 +1,164 @@
+//! `recache health`: checks each storage backend named in the config.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
+use crate::roles::artifacts_local::ObjectStoreArtifacts;
+use crate::roles::index_embedded::EmbeddedIndex;
+use crate::roles::metadata_sqlite::SqliteMetadata;
+use crate::roles::{CheckInfo, RoleHealth};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    All,
+    Index,
+    Artifacts,
+    Vectors,
+    Metadata,
+    /// The index engine.
+    Redis,
+    /// The artifacts engine.
+    S3,
+    /// The vectors engine.
+    Qdrant,
+    /// The metadata engine.
+    Postgres,
+}
+
+impl Backend {
+    fn role(self) -> Option<&'static str> {
+        match self {
+            Backend::All => None,
+            Backend::Index | Backend::Redis => Some("index"),
+            Backend::Artifacts | Backend::S3 => Some("artifacts"),
+            Backend::Vectors | Backend::Qdrant => Some("vectors"),
+            Backend::Metadata | Backend::Postgres => Some("metadata"),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Which backend to check.
+    #[arg(long, value_enum, default_value = "all")]
+    pub backend: Backend,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// Per-check timeout in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+async fn check<F>(role: &'static str, engine: &'static str, timeout: Duration, fut: F) -> RoleHealth
+where
+    F: std::future::Future<Output = Result<CheckInfo, String>>,
+{
+    let start = Instant::now();
+    let res = tokio::time::timeout(timeout, fut).await;
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let (status, info, error) = match res {
+        Ok(Ok(i)) => ("up", i, None),
+        Ok(Err(e)) => ("down", CheckInfo::default(), Some(e)),
+        Err(_) => ("down", CheckInfo::default(), Some(format!("timed out after {} ms", timeout.as_millis()))),
+    };
+    RoleHealth { role, engine, status, latency_ms, info, error }
+}
+
+pub async fn run(args: HealthArgs) -> i32 {
+    let env = env_map();
+    let config = match load_config(&args.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("recache: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let t = Duration::from_millis(args.timeout_ms);
+    let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
+    let mut report = Vec::new();
+    if want("index") {
+        let path = config.index.path.clone();
+        report.push(
+            check("index", "embedded", t, async move {
+                // Read-only: a running gateway owns the log, so only inspect it.
+                tokio::task::spawn_blocking(move || EmbeddedIndex::probe(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await,
+        );
+    }
+    if want("artifacts") {
+        let c = &config.artifacts;
+        report.push(
+            check("artifacts", "embedded", t, async {
+                let a = ObjectStoreArtifacts::local(&c.path, &c.prefix).map_err(|e| e.to_string())?;
+                crate::roles::Artifacts::check(&a).await.map_err(|e| e.to_string())
+            })
+            .await,
+        );
+    }
+    if want("vectors") {
+        report.push(RoleHealth {
+            role: "vectors",
+            engine: "disabled",
+            status: "disabled",
+            latency_ms: 0.0,
+            info: CheckInfo::default(),
+            error: None,
+        });
+    }
+    if want("metadata") {
+        let c = &config.metadata;
+        report.push(
+            check("metadata", "embedded", t, async {
+                let m = SqliteMetadata::open(&c.path, 1, Duration::from_millis(c.timeout_ms))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::roles::Metadata::check(&m).await.map_err(|e| e.to_string())
+            })
+            .await,
+        );
+    }
+    let down = report.iter().filter(|r| r.status == "down").count();
+    match args.format {
+        OutputFormat::Json => {
+            println!("{}", json!({"ok": down == 0, "backends": report}));
+        }
+        OutputFormat::Text => {
+            println!("{:<10} {:<9} {:<9} {:>9}  detail", "role", "engine", "status", "latency");
+            for r in &report {
+                let mut detail = Vec::new();
+                if let Some(v) = &r.info.version {
+                    detail.push(v.clone());
+                }
+                if let Some(n) = r.info.entries {
+                    detail.push(format!("{n} entries"));
+                }
+                detail.extend(r.info.warnings.iter().map(|w| format!("WARNING: {w}")));
+                if let Some(e) = &r.error {
+                    detail.push(format!("ERROR: {e}"));
+                }
+                println!(
+                    "{:<10} {:<9} {:<9} {:>7.1}ms  {}",
+                    r.role,
+                    r.engine,
+                    r.status,
+                    r.latency_ms,
+                    detail.join("; ")
+                );
+            }
+        }
+    }
+    if down > 0 {
+        EXIT_PROBLEM
+    } else {
+        0
+    }
+}

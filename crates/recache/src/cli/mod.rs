@@ -1,0 +1,82 @@
+//! The `recache` command line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, LogFormat};
+
+pub mod bench;
+pub mod health;
+pub mod serve;
+
+/// Exit codes: 0 fine, 1 a problem was found or a runtime failure, 2 bad usage or configuration.
+pub const EXIT_PROBLEM: i32 = 1;
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "recache", version, about = "A resilient cache gateway for LLM and API traffic, with disaster recovery built in.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Check the storage backends and report their state.
+    Health(health::HealthArgs),
+    /// Measure a running gateway (load) or fill a store with entries (seed).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Path to the TOML configuration file.
+    #[arg(long, short = 'c', default_value = "recache.toml", env = "RECACHE_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The process environment as a map (config overrides and secrets come from here).
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// Loads and validates the config, printing warnings; exits 2 on a problem.
+pub fn load_config(args: &ConfigArgs, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    let (config, warnings) = Config::load(&args.config, env)?;
+    for w in warnings {
+        eprintln!("recache: warning: {w}");
+    }
+    Ok(config)
+}
+
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the CLI and returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Serve(a) => serve::run(a).await,
+        Command::Health(a) => health::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+    }
+}

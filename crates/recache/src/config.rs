@@ -1,0 +1,554 @@
+//! Configuration: one TOML file, `RECACHE_<SECTION>__<KEY>` environment
+//! overrides, strict typed structs, validated before any I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A configuration problem. Always a one-line message; the CLI exits 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub index: IndexConfig,
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
+    #[serde(default)]
+    pub vectors: VectorsConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    /// Name of the env var holding the admin API bearer token.
+    pub admin_token_env: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 8 * 1024 * 1024,
+            admin_token_env: "RECACHE_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `recache=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// TTL for tenants that do not set their own.
+    pub default_ttl_seconds: u64,
+    /// Upper bound on any TTL a client asks for with `x-recache-ttl`.
+    pub max_ttl_seconds: u64,
+    /// How often expired entries are swept from every role.
+    pub sweep_interval_seconds: u64,
+    /// How often hit counters are flushed to metadata.
+    pub hit_flush_interval_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: 86_400,
+            max_ttl_seconds: 30 * 86_400,
+            sweep_interval_seconds: 60,
+            hit_flush_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexConfig {
+    /// `embedded` (in-process, persisted to `path`) or `redis`.
+    pub engine: String,
+    pub path: PathBuf,
+    pub url: Option<String>,
+    pub key_prefix: String,
+    pub timeout_ms: u64,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            engine: "embedded".into(),
+            path: PathBuf::from("./recache-data/index"),
+            url: None,
+            key_prefix: "recache:".into(),
+            timeout_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// `embedded` (a local directory) or `s3`.
+    pub engine: String,
+    pub path: PathBuf,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub prefix: String,
+    pub timeout_ms: u64,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        Self {
+            engine: "embedded".into(),
+            path: PathBuf::from("./recache-data/artifacts"),
+            bucket: None,
+            endpoint: None,
+            region: None,
+            prefix: "".into(),
+            timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorsConfig {
+    /// `disabled`, `embedded` or `qdrant` (only `disabled` exists today).
+    pub engine: String,
+    pub url: Option<String>,
+    pub collection: Option<String>,
+    pub timeout_ms: u64,
+}
+
+impl Default for VectorsConfig {
+    fn default() -> Self {
+        Self {
+            engine: "disabled".into(),
+            url: None,
+            collection: None,
+            timeout_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// `embedded` (SQLite at `path`) or `postgres`.
+    pub engine: String,
+    pub path: PathBuf,
+    pub url: Option<String>,
+    pub timeout_ms: u64,
+    pub max_connections: u32,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            engine: "embedded".into(),
+            path: PathBuf::from("./recache-data/metadata.db"),
+            url: None,
+            timeout_ms: 500,
+            max_connections: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    pub open_seconds: u64,
+    pub close_after_successes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_seconds: 30,
+            close_after_successes: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub base_url: String,
+    /// Env var holding the provider API key; unset means no key is sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Model patterns routed here: exact names or prefixes ending in `*`.
+    #[serde(default = "all_models")]
+    pub models: Vec<String>,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_upstream_timeout() -> u64 {
+    120_000
+}
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Client keys: `sha256:<hex>` (preferred) or a plain key (accepted with a warning).
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub default_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// USD per million input tokens.
+    pub input: f64,
+    /// USD per million output tokens.
+    pub output: f64,
+}
+
+/// Warnings found while validating (printed at start-up, never fatal).
+pub type Warnings = Vec<String>;
+
+impl Config {
+    /// Reads `path`, applies environment overrides from `env`, and validates.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<(Config, Warnings), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml_str(&text, env)
+    }
+
+    pub fn from_toml_str(text: &str, env: &HashMap<String, String>) -> Result<(Config, Warnings), ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError(format!("invalid config: {}", one_line(&e.to_string()))))?;
+        apply_env_overrides(&mut value, env)?;
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("invalid config: {}", one_line(&e.to_string()))))?;
+        let warnings = config.validate(env)?;
+        Ok((config, warnings))
+    }
+
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self, env: &HashMap<String, String>) -> Result<Warnings, ConfigError> {
+        let mut warnings = Vec::new();
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return err(format!("server.listen: '{}' is not an address like 127.0.0.1:8080", self.server.listen));
+        }
+        if self.server.max_body_bytes == 0 {
+            return err("server.max_body_bytes must be above 0");
+        }
+        match self.index.engine.as_str() {
+            "embedded" => {}
+            "redis" => return err("index.engine = \"redis\" is not available in this build yet; use \"embedded\""),
+            other => return err(format!("index.engine: unknown engine '{other}' (expected embedded or redis)")),
+        }
+        match self.artifacts.engine.as_str() {
+            "embedded" => {}
+            "s3" => return err("artifacts.engine = \"s3\" is not available in this build yet; use \"embedded\""),
+            other => return err(format!("artifacts.engine: unknown engine '{other}' (expected embedded or s3)")),
+        }
+        match self.vectors.engine.as_str() {
+            "disabled" => {}
+            "embedded" | "qdrant" => {
+                return err(format!(
+                    "vectors.engine = \"{}\" is not available in this build yet; use \"disabled\"",
+                    self.vectors.engine
+                ))
+            }
+            other => return err(format!("vectors.engine: unknown engine '{other}' (expected disabled, embedded or qdrant)")),
+        }
+        match self.metadata.engine.as_str() {
+            "embedded" => {}
+            "postgres" => return err("metadata.engine = \"postgres\" is not available in this build yet; use \"embedded\""),
+            other => return err(format!("metadata.engine: unknown engine '{other}' (expected embedded or postgres)")),
+        }
+        for (name, t) in [
+            ("index", self.index.timeout_ms),
+            ("artifacts", self.artifacts.timeout_ms),
+            ("metadata", self.metadata.timeout_ms),
+        ] {
+            if t == 0 {
+                return err(format!("{name}.timeout_ms must be above 0"));
+            }
+        }
+        if self.breaker.failure_threshold == 0 || self.breaker.close_after_successes == 0 {
+            return err("breaker.failure_threshold and breaker.close_after_successes must be above 0");
+        }
+        if self.upstreams.is_empty() {
+            return err("no [[upstreams]] configured: recache needs at least one provider to forward to");
+        }
+        let mut names = std::collections::HashSet::new();
+        for u in &self.upstreams {
+            if !names.insert(u.name.as_str()) {
+                return err(format!("upstreams: duplicate name '{}'", u.name));
+            }
+            let url = reqwest::Url::parse(&u.base_url)
+                .map_err(|e| ConfigError(format!("upstreams.{}.base_url: '{}' is not a URL: {e}", u.name, u.base_url)))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return err(format!("upstreams.{}.base_url: scheme must be http or https", u.name));
+            }
+            if let Some(var) = &u.api_key_env {
+                match env.get(var) {
+                    Some(v) if !v.is_empty() => {}
+                    _ => return err(format!("upstreams.{}: API key env var {var} is not set", u.name)),
+                }
+            }
+            if u.models.is_empty() {
+                return err(format!("upstreams.{}.models is empty", u.name));
+            }
+            if u.timeout_ms == 0 {
+                return err(format!("upstreams.{}.timeout_ms must be above 0", u.name));
+            }
+        }
+        if self.tenants.is_empty() {
+            warnings.push("no [[tenants]] configured: every request will be refused with 401".into());
+        }
+        let mut seen_keys = HashMap::new();
+        let mut tenant_names = std::collections::HashSet::new();
+        for t in &self.tenants {
+            if t.name.is_empty() || !tenant_names.insert(t.name.as_str()) {
+                return err(format!("tenants: empty or duplicate tenant name '{}'", t.name));
+            }
+            if t.keys.is_empty() {
+                return err(format!("tenants.{}: no keys", t.name));
+            }
+            for k in &t.keys {
+                let hash = key_hash(k).map_err(|e| ConfigError(format!("tenants.{}: {e}", t.name)))?;
+                if !k.starts_with("sha256:") {
+                    warnings.push(format!(
+                        "tenants.{}: a plain client key is in the config; store it as sha256:{hash} instead",
+                        t.name
+                    ));
+                }
+                if let Some(other) = seen_keys.insert(hash, t.name.clone()) {
+                    return err(format!("tenants: the same client key is given to '{other}' and '{}'", t.name));
+                }
+            }
+            if t.default_ttl_seconds == Some(0) {
+                return err(format!("tenants.{}.default_ttl_seconds must be above 0: every entry expires", t.name));
+            }
+        }
+        if self.cache.default_ttl_seconds == 0 || self.cache.max_ttl_seconds == 0 {
+            return err("cache.default_ttl_seconds and cache.max_ttl_seconds must be above 0");
+        }
+        for (model, p) in &self.prices {
+            if !(p.input >= 0.0 && p.output >= 0.0) {
+                return err(format!("prices.{model}: prices must be non-negative numbers"));
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The admin token, if its env var is set.
+    pub fn admin_token(&self, env: &HashMap<String, String>) -> Option<String> {
+        env.get(&self.server.admin_token_env).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// Hex SHA-256 of a client key, from either `sha256:<hex>` or the plain key.
+pub fn key_hash(k: &str) -> Result<String, String> {
+    if let Some(hex) = k.strip_prefix("sha256:") {
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("'{k}' is not sha256: followed by 64 hex digits"));
+        }
+        Ok(hex.to_ascii_lowercase())
+    } else if k.is_empty() {
+        Err("empty client key".into())
+    } else {
+        Ok(hex::encode(Sha256::digest(k.as_bytes())))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Applies `RECACHE_<SECTION>__<KEY>[__<KEY>...]` variables. Array indices are
+/// numbers (`RECACHE_UPSTREAMS__0__BASE_URL`). Values are parsed as TOML
+/// (numbers, booleans, arrays) and fall back to a string.
+fn apply_env_overrides(root: &mut toml::Value, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let mut vars: Vec<(&String, &String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("RECACHE_") && k.contains("__"))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name["RECACHE_".len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return err(format!("environment override {name}: empty path segment"));
+        }
+        let value = parse_env_value(raw);
+        set_path(root, &path, value).map_err(|e| ConfigError(format!("environment override {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_path(node: &mut toml::Value, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (head, rest) = path.split_first().ok_or("empty path")?;
+    match node {
+        toml::Value::Table(t) => {
+            if rest.is_empty() {
+                t.insert(head.clone(), value);
+                return Ok(());
+            }
+            let child = t.entry(head.clone()).or_insert_with(|| {
+                if rest[0].parse::<usize>().is_ok() {
+                    toml::Value::Array(Vec::new())
+                } else {
+                    toml::Value::Table(Default::default())
+                }
+            });
+            set_path(child, rest, value)
+        }
+        toml::Value::Array(a) => {
+            let i: usize = head.parse().map_err(|_| format!("'{head}' is not an array index"))?;
+            if i > a.len() {
+                return Err(format!("array index {i} skips entries (array has {})", a.len()));
+            }
+            if i == a.len() {
+                a.push(toml::Value::Table(Default::default()));
+            }
+            if rest.is_empty() {
+                a[i] = value;
+                return Ok(());
+            }
+            set_path(&mut a[i], rest, value)
+        }
+        _ => Err(format!("'{head}' is inside a value that is not a table")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[upstreams]]
+name = "p"
+base_url = "http://127.0.0.1:9/v1"
+[[tenants]]
+name = "a"
+keys = ["sk-a"]
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn design_sketch_parses_with_env_overrides() {
+        let text = format!("{BASE}\n[index]\nengine = \"embedded\"\ntimeout_ms = 50\n");
+        let (c, w) = Config::from_toml_str(
+            &text,
+            &env(&[("RECACHE_INDEX__TIMEOUT_MS", "75"), ("RECACHE_SERVER__LISTEN", "127.0.0.1:9000")]),
+        )
+        .unwrap();
+        assert_eq!(c.index.timeout_ms, 75);
+        assert_eq!(c.server.listen, "127.0.0.1:9000");
+        assert_eq!(c.server.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(w.len(), 1, "plain key warns: {w:?}");
+    }
+
+    #[test]
+    fn env_override_into_array_of_tables() {
+        let (c, _) =
+            Config::from_toml_str(BASE, &env(&[("RECACHE_UPSTREAMS__0__TIMEOUT_MS", "1234")])).unwrap();
+        assert_eq!(c.upstreams[0].timeout_ms, 1234);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::from_toml_str(&format!("{BASE}\n[server]\nlisten_on = \"x\"\n"), &env(&[])).unwrap_err();
+        assert!(e.0.contains("listen_on"), "{e}");
+        let e = Config::from_toml_str(BASE, &env(&[("RECACHE_SERVER__NOPE", "1")])).unwrap_err();
+        assert!(e.0.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_and_missing_secret_are_errors() {
+        let e = Config::from_toml_str(&BASE.replace("http://127.0.0.1:9/v1", "not a url"), &env(&[])).unwrap_err();
+        assert!(e.0.contains("base_url"), "{e}");
+        let with_key = BASE.replace("base_url", "api_key_env = \"MY_KEY\"\nbase_url");
+        let e = Config::from_toml_str(&with_key, &env(&[])).unwrap_err();
+        assert!(e.0.contains("MY_KEY"), "{e}");
+        assert!(Config::from_toml_str(&with_key, &env(&[("MY_KEY", "x")])).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_across_tenants_rejected() {
+        let text = format!("{BASE}\n[[tenants]]\nname = \"b\"\nkeys = [\"sha256:{}\"]\n", key_hash("sk-a").unwrap());
+        let e = Config::from_toml_str(&text, &env(&[])).unwrap_err();
+        assert!(e.0.contains("same client key"), "{e}");
+    }
+}

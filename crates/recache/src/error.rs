@@ -1,0 +1,111 @@
+//! Named errors, and the one place where they become HTTP responses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// What a client can be told went wrong. Every case maps to one status code
+/// and an OpenAI-style JSON body.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is {size} bytes, over the limit of {limit} bytes")]
+    BodyTooLarge { size: usize, limit: usize },
+    #[error("missing API key: send 'Authorization: Bearer <key>'")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("admin token required")]
+    AdminUnauthorized,
+    #[error("unknown route {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
+    #[error("no upstream serves model '{0}'")]
+    ModelNotRouted(String),
+    #[error("upstream '{upstream}' is unreachable: {detail}")]
+    UpstreamUnreachable { upstream: String, detail: String },
+    #[error("upstream '{upstream}' did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { upstream: String, timeout_ms: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound { .. } | ApiError::ModelNotRouted(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `error.type` and `error.code`.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::InvalidRequest(_) => ("invalid_request_error", "invalid_request"),
+            ApiError::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            ApiError::MissingKey => ("invalid_request_error", "missing_api_key"),
+            ApiError::InvalidKey => ("invalid_request_error", "invalid_api_key"),
+            ApiError::AdminUnauthorized => ("invalid_request_error", "invalid_admin_token"),
+            ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
+            ApiError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
+            ApiError::ModelNotRouted(_) => ("invalid_request_error", "model_not_found"),
+            ApiError::UpstreamUnreachable { .. } => ("upstream_error", "upstream_unreachable"),
+            ApiError::UpstreamTimeout { .. } => ("upstream_error", "upstream_timeout"),
+            ApiError::Internal(_) => ("server_error", "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.to_response()
+    }
+}
+
+impl ApiError {
+    /// The OpenAI-style error response for this error.
+    pub fn to_response(&self) -> Response {
+        let (kind, code) = self.kind();
+        let body = json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}});
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if matches!(self, ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A failure of a storage backend. Lookups that hit one of these count as a
+/// miss and a `cache_errors_total{backend}`; they never reach the client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    #[error("{backend}: timed out after {after_ms} ms")]
+    Timeout { backend: &'static str, after_ms: u64 },
+    #[error("{backend}: unavailable: {detail}")]
+    Unavailable { backend: &'static str, detail: String },
+    #[error("{backend}: protocol error: {detail}")]
+    Protocol { backend: &'static str, detail: String },
+    #[error("{backend}: corrupt data: {detail}")]
+    Corrupt { backend: &'static str, detail: String },
+    #[error("{backend}: not supported: {what}")]
+    NotSupported { backend: &'static str, what: &'static str },
+}
+
+impl BackendError {
+    pub fn unavailable(backend: &'static str, e: impl std::fmt::Display) -> Self {
+        BackendError::Unavailable { backend, detail: e.to_string() }
+    }
+}

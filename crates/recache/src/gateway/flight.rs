@@ -1,0 +1,240 @@
+//! Provider calls ("flights"). A flight runs in its own task, so a client
+//! that hangs up does not waste the tokens already paid for: the answer is
+//! still read to the end and stored. Identical concurrent misses join one
+//! flight and share its outcome.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{AppState, Endpoint};
+use crate::cache::StoreInput;
+use crate::error::ApiError;
+use crate::key::CacheKey;
+use crate::sse::{Assembler, SseParser};
+use crate::upstream::Upstream;
+
+/// How a flight ended, as every client that waited on it sees it.
+pub enum Outcome {
+    /// A complete 2xx answer, as JSON (stream answers are assembled).
+    Complete { body: Bytes, content_type: String },
+    /// The provider answered non-2xx: passed through, never cached.
+    Upstream { status: u16, content_type: Option<String>, body: Bytes },
+    /// No usable answer (unreachable, timeout, stream cut short).
+    Failed(ApiError),
+}
+
+pub type Shared = Arc<Outcome>;
+
+#[derive(Default)]
+pub struct Coalescer {
+    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Shared>>>>,
+}
+
+pub enum Joined {
+    Leader(watch::Sender<Option<Shared>>, FlightGuard),
+    Follower(watch::Receiver<Option<Shared>>),
+}
+
+/// Removes the flight from the table when the flight task ends, however it ends.
+pub struct FlightGuard {
+    coalescer: Arc<Coalescer>,
+    key: CacheKey,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.coalescer
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl Coalescer {
+    pub fn join(self: &Arc<Self>, key: CacheKey) -> Joined {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = map.get(&key) {
+            return Joined::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key, rx);
+        Joined::Leader(tx, FlightGuard { coalescer: self.clone(), key })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Waits for a flight's outcome.
+pub async fn wait(mut rx: watch::Receiver<Option<Shared>>) -> Shared {
+    match rx.wait_for(|v| v.is_some()).await {
+        Ok(v) => v.clone().unwrap_or_else(|| lost()),
+        Err(_) => lost(),
+    }
+}
+
+fn lost() -> Shared {
+    Arc::new(Outcome::Failed(ApiError::Internal("the provider call this request joined ended without an answer".into())))
+}
+
+/// The response head of a live stream, sent to the leading client as soon as the provider answers.
+pub struct Head {
+    pub content_type: String,
+}
+
+/// A live tee to the client that started a streaming flight.
+pub struct Live {
+    pub head: oneshot::Sender<Head>,
+    pub chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+/// What a flight needs to call the provider and store the answer.
+pub struct FlightSpec {
+    pub state: Arc<AppState>,
+    pub upstream: Arc<Upstream>,
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+    pub store: Option<StoreTemplate>,
+}
+
+/// The parts of a [`StoreInput`] known before the answer.
+pub struct StoreTemplate {
+    pub key: CacheKey,
+    pub tenant: String,
+    pub namespace: String,
+    pub model: String,
+    pub canonical_request: String,
+    pub ttl: std::time::Duration,
+}
+
+/// Runs a flight to the end and publishes its outcome.
+pub async fn run(spec: FlightSpec, tx: watch::Sender<Option<Shared>>, live: Option<Live>, guard: Option<FlightGuard>) {
+    let outcome = fetch(&spec, live).await;
+    drop(guard);
+    let _ = tx.send(Some(Arc::new(outcome)));
+}
+
+async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
+    let m = &spec.state.cache.metrics;
+    m.upstream_requests.fetch_add(1, Ordering::Relaxed);
+    let up = &spec.upstream;
+    let resp = match up.send(spec.endpoint, spec.body.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            m.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(upstream = %up.name, error = %e, "provider call failed");
+            return Outcome::Failed(e);
+        }
+    };
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if !status.is_success() {
+        m.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        let body = match tokio::time::timeout(up.timeout, resp.bytes()).await {
+            Ok(Ok(b)) => b,
+            _ => Bytes::new(),
+        };
+        return Outcome::Upstream { status: status.as_u16(), content_type, body };
+    }
+    let is_sse = content_type.as_deref().is_some_and(|c| c.starts_with("text/event-stream"));
+    let (json, body) = if is_sse {
+        match read_stream(spec, resp, live).await {
+            Ok(v) => {
+                let body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+                (v, body)
+            }
+            Err(e) => return Outcome::Failed(e),
+        }
+    } else {
+        let body = match tokio::time::timeout(up.timeout, resp.bytes()).await {
+            Err(_) => return Outcome::Failed(up.timed_out()),
+            Ok(Err(e)) => {
+                return Outcome::Failed(ApiError::UpstreamUnreachable { upstream: up.name.clone(), detail: e.to_string() })
+            }
+            Ok(Ok(b)) => b,
+        };
+        match serde_json::from_slice::<Value>(&body) {
+            // The provider's exact bytes are what is stored and served.
+            Ok(v) if v.is_object() => (v, body),
+            // A 2xx that is not a JSON object: pass it through, do not cache it.
+            _ => return Outcome::Upstream { status: status.as_u16(), content_type, body },
+        }
+    };
+    if let Some(t) = &spec.store {
+        let usage = json.get("usage");
+        let tok = |k: &str| usage.and_then(|u| u.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+        let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
+        let cost = spec.state.price(&t.model, pt, ct);
+        m.usd_spent.add(cost);
+        let _ = spec
+            .state
+            .cache
+            .store(StoreInput {
+                key: t.key,
+                tenant: t.tenant.clone(),
+                namespace: t.namespace.clone(),
+                endpoint: spec.endpoint.name(),
+                model: t.model.clone(),
+                canonical_request: t.canonical_request.clone(),
+                body: body.clone(),
+                content_type: "application/json".into(),
+                ttl: t.ttl,
+                prompt_tokens: pt,
+                completion_tokens: ct,
+                cost_usd: cost,
+            })
+            .await;
+    }
+    Outcome::Complete { body, content_type: "application/json".into() }
+}
+
+/// Tees a provider's SSE stream to the leading client (if still there) and
+/// assembles the full answer. Errors when the stream breaks or is incomplete.
+async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, live: Option<Live>) -> Result<Value, ApiError> {
+    let up = &spec.upstream;
+    let mut chunks_tx = None;
+    if let Some(l) = live {
+        if l.head.send(Head { content_type: "text/event-stream".into() }).is_ok() {
+            chunks_tx = Some(l.chunks);
+        }
+    }
+    let mut parser = SseParser::default();
+    let mut asm = Assembler::new(spec.endpoint);
+    let mut stream = resp.bytes_stream();
+    loop {
+        let next = tokio::time::timeout(up.timeout, stream.next()).await;
+        let chunk = match next {
+            Err(_) => return Err(up.timed_out()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::UpstreamUnreachable { upstream: up.name.clone(), detail: format!("stream broke: {e}") })
+            }
+            Ok(Some(Ok(c))) => c,
+        };
+        for ev in parser.feed(&chunk) {
+            asm.push(&ev);
+        }
+        if let Some(tx) = &chunks_tx {
+            if tx.send(Ok(chunk)).await.is_err() {
+                // The client hung up; keep reading so the paid-for answer is stored.
+                chunks_tx = None;
+            }
+        }
+    }
+    asm.finish().ok_or_else(|| ApiError::UpstreamUnreachable {
+        upstream: up.name.clone(),
+        detail: "stream ended before it was complete".into(),
+    })
+}

@@ -1,0 +1,115 @@
+//! The HTTP gateway: `fn app(state) -> Router`, so tests can drive it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::cache::Cache;
+use crate::config::{Config, Price};
+use crate::error::ApiError;
+use crate::upstream::Upstreams;
+
+pub mod auth;
+pub mod directives;
+pub mod flight;
+pub mod ops;
+pub mod proxy;
+
+/// The OpenAI-compatible endpoints recache caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Path below the upstream's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+    /// Name used in cache keys and metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+    pub fn streams(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub cache: Arc<Cache>,
+    pub upstreams: Upstreams,
+    pub tenants: auth::Tenants,
+    pub coalescer: Arc<flight::Coalescer>,
+    pub admin_token: Option<String>,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// USD cost of a call, from the price table (exact model, else the longest prefix).
+    pub fn price(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        price_of(&self.config.prices, model)
+            .map(|p| (prompt_tokens as f64 * p.input + completion_tokens as f64 * p.output) / 1e6)
+            .unwrap_or(0.0)
+    }
+}
+
+fn price_of<'a>(prices: &'a BTreeMap<String, Price>, model: &str) -> Option<&'a Price> {
+    prices.get(model).or_else(|| {
+        prices
+            .iter()
+            .filter(|(k, _)| model.starts_with(k.as_str()))
+            .max_by_key(|(k, _)| k.len())
+            .map(|(_, p)| p)
+    })
+}
+
+async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy::handle(s, Endpoint::Chat, headers, body).await
+}
+async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy::handle(s, Endpoint::Completions, headers, body).await
+}
+async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy::handle(s, Endpoint::Embeddings, headers, body).await
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }.into_response()
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    ApiError::MethodNotAllowed(method.to_string()).into_response()
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat).fallback(method_not_allowed))
+        .route("/v1/completions", post(completions).fallback(method_not_allowed))
+        .route("/v1/embeddings", post(embeddings).fallback(method_not_allowed))
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/admin/entries/{key}", get(ops::admin_entry).delete(ops::admin_delete_entry))
+        .route("/admin/audit", get(ops::admin_audit))
+        .fallback(not_found)
+        .with_state(state)
+}

@@ -1,0 +1,287 @@
+//! The request path for the OpenAI-compatible endpoints (DESIGN.md §2).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::flight::{self, FlightSpec, Joined, Live, Outcome, StoreTemplate};
+use super::{directives, AppState, Endpoint};
+use crate::error::ApiError;
+use crate::key::{cache_key, canonical_request, CacheKey};
+use crate::sse;
+
+/// What `x-recache-status` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// The validated parts of a request body the gateway needs.
+struct Parsed {
+    model: String,
+    stream: bool,
+    include_usage: bool,
+    value: Value,
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(msg.into())
+}
+
+fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let obj = value.as_object().ok_or_else(|| invalid("request body must be a JSON object"))?;
+    let model = match obj.get("model") {
+        None => return Err(invalid("missing required parameter: 'model'")),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(invalid("'model' must be a non-empty string")),
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("'stream' must be a boolean")),
+    };
+    match endpoint {
+        Endpoint::Chat => match obj.get("messages") {
+            None => return Err(invalid("missing required parameter: 'messages'")),
+            Some(Value::Array(m)) if !m.is_empty() => {
+                if m.iter().any(|x| !x.is_object()) {
+                    return Err(invalid("'messages' must be an array of objects"));
+                }
+            }
+            Some(Value::Array(_)) => return Err(invalid("'messages' must not be empty")),
+            Some(_) => return Err(invalid("'messages' must be an array")),
+        },
+        Endpoint::Completions => match obj.get("prompt") {
+            None => return Err(invalid("missing required parameter: 'prompt'")),
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(invalid("'prompt' must be a string or an array")),
+        },
+        Endpoint::Embeddings => match obj.get("input") {
+            None => return Err(invalid("missing required parameter: 'input'")),
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(invalid("'input' must be a string or an array")),
+        },
+    }
+    if let Some(so) = obj.get("stream_options") {
+        if !so.is_object() && !so.is_null() {
+            return Err(invalid("'stream_options' must be an object"));
+        }
+    }
+    let include_usage = value
+        .pointer("/stream_options/include_usage")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Ok(Parsed { model, stream: stream && endpoint.streams(), include_usage, value })
+}
+
+/// Reads the body, refusing anything over the limit with 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::BodyTooLarge { size: len, limit });
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .map(|s| s.to_string().contains("length limit"))
+            .unwrap_or(false);
+        if over || e.to_string().contains("length limit") {
+            ApiError::BodyTooLarge { size: limit + 1, limit }
+        } else {
+            invalid(format!("could not read request body: {e}"))
+        }
+    })
+}
+
+/// Entry point for `POST /v1/{chat/completions,completions,embeddings}`.
+pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let (resp, status) = match serve(&state, endpoint, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => (e.to_response(), "ERROR"),
+    };
+    state
+        .cache
+        .metrics
+        .observe_request(resp.status().as_u16(), status, start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn serve(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Response, &'static str), ApiError> {
+    let tenant = state.tenants.authenticate(headers)?;
+    let raw = read_body(body, headers, state.config.server.max_body_bytes).await?;
+    let parsed = parse_body(endpoint, &raw)?;
+    let d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
+    let upstream = state
+        .upstreams
+        .route(&parsed.model)
+        .ok_or_else(|| ApiError::ModelNotRouted(parsed.model.clone()))?;
+    let canonical = canonical_request(&parsed.value);
+    let key = cache_key(&tenant.name, &d.namespace, endpoint.name(), &canonical);
+    let metrics = &state.cache.metrics;
+
+    if !d.no_cache {
+        if let Some(hit) = state.cache.lookup(key, &tenant.name, d.max_age).await {
+            metrics.hits.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .tokens_saved
+                .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
+            metrics.usd_saved.add(hit.meta.cost_usd);
+            let resp = render_answer(endpoint, &parsed, &hit.body, &hit.meta.content_type, CacheStatus::Hit, key, hit.age_secs);
+            return Ok((resp, "HIT"));
+        }
+    }
+
+    let status = if d.no_cache || d.no_store { CacheStatus::Bypass } else { CacheStatus::Miss };
+    match status {
+        CacheStatus::Bypass => metrics.bypasses.fetch_add(1, Ordering::Relaxed),
+        _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
+    };
+    let store = (!d.no_store).then(|| StoreTemplate {
+        key,
+        tenant: tenant.name.clone(),
+        namespace: d.namespace.clone(),
+        model: parsed.model.clone(),
+        canonical_request: canonical,
+        ttl: Duration::from_secs(d.ttl.unwrap_or(tenant.default_ttl.as_secs())),
+    });
+    let spec = FlightSpec { state: state.clone(), upstream, endpoint, body: raw, store };
+
+    // Only plain misses coalesce: a no-cache refresh or a no-store call is the client's own.
+    let (tx, guard) = if status == CacheStatus::Miss {
+        match state.coalescer.join(key) {
+            Joined::Follower(rx) => {
+                metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+                let outcome = flight::wait(rx).await;
+                let mut resp = render_outcome(endpoint, &parsed, &outcome, status, key)?;
+                resp.headers_mut().insert("x-recache-coalesced", HeaderValue::from_static("true"));
+                return Ok((resp, status.as_str()));
+            }
+            Joined::Leader(tx, guard) => (tx, Some(guard)),
+        }
+    } else {
+        (watch::channel(None).0, None)
+    };
+    let rx = tx.subscribe();
+    if parsed.stream {
+        let (head_tx, head_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(64);
+        tokio::spawn(flight::run(spec, tx, Some(Live { head: head_tx, chunks: chunk_tx }), guard));
+        if let Ok(head) = head_rx.await {
+            let mut resp = Response::new(Body::from_stream(ReceiverStream::new(chunk_rx)));
+            set_header(&mut resp, header::CONTENT_TYPE.as_str(), &head.content_type);
+            set_header(&mut resp, header::CACHE_CONTROL.as_str(), "no-cache");
+            cache_headers(&mut resp, status, key, 0);
+            return Ok((resp, status.as_str()));
+        }
+    } else {
+        tokio::spawn(flight::run(spec, tx, None, guard));
+    }
+    let outcome = flight::wait(rx).await;
+    Ok((render_outcome(endpoint, &parsed, &outcome, status, key)?, status.as_str()))
+}
+
+fn render_outcome(
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    outcome: &Outcome,
+    status: CacheStatus,
+    key: CacheKey,
+) -> Result<Response, ApiError> {
+    match outcome {
+        Outcome::Complete { body, content_type } => Ok(render_answer(endpoint, parsed, body, content_type, status, key, 0)),
+        Outcome::Upstream { status: code, content_type, body } => {
+            let mut resp = Response::new(Body::from(body.clone()));
+            *resp.status_mut() = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(ct) = content_type {
+                set_header(&mut resp, header::CONTENT_TYPE.as_str(), ct);
+            }
+            cache_headers(&mut resp, status, key, 0);
+            Ok(resp)
+        }
+        Outcome::Failed(e) => Err(clone_error(e)),
+    }
+}
+
+fn clone_error(e: &ApiError) -> ApiError {
+    match e {
+        ApiError::UpstreamTimeout { upstream, timeout_ms } => {
+            ApiError::UpstreamTimeout { upstream: upstream.clone(), timeout_ms: *timeout_ms }
+        }
+        ApiError::UpstreamUnreachable { upstream, detail } => {
+            ApiError::UpstreamUnreachable { upstream: upstream.clone(), detail: detail.clone() }
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// Renders a complete answer as JSON, or replays it as SSE for a streaming client.
+fn render_answer(
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    body: &Bytes,
+    content_type: &str,
+    status: CacheStatus,
+    key: CacheKey,
+    age: u64,
+) -> Response {
+    let mut resp = if parsed.stream {
+        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let frames = sse::replay(endpoint, &value, parsed.include_usage);
+        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>));
+        let mut r = Response::new(Body::from_stream(stream));
+        set_header(&mut r, header::CONTENT_TYPE.as_str(), "text/event-stream");
+        set_header(&mut r, header::CACHE_CONTROL.as_str(), "no-cache");
+        r
+    } else {
+        let mut r = Response::new(Body::from(body.clone()));
+        set_header(&mut r, header::CONTENT_TYPE.as_str(), content_type);
+        r
+    };
+    cache_headers(&mut resp, status, key, age);
+    resp
+}
+
+fn set_header(resp: &mut Response, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        resp.headers_mut().insert(n, v);
+    }
+}
+
+fn cache_headers(resp: &mut Response, status: CacheStatus, key: CacheKey, age: u64) {
+    let h = resp.headers_mut();
+    h.insert("x-recache-status", HeaderValue::from_static(status.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&key.hex()) {
+        h.insert("x-recache-key", v);
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+}

@@ -1,0 +1,16 @@
+//! recache: a resilient cache gateway for LLM and API traffic.
+//!
+//! See ARCHITECTURE.md for the request path and the failure matrix.
+
+pub mod artifact;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod key;
+pub mod metrics;
+pub mod roles;
+pub mod server;
+pub mod sse;
+pub mod upstream;

@@ -1,0 +1,168 @@
+//! Prometheus metrics: a struct of named handles, rendered in the text
+//! exposition format. One registry per gateway, so tests stay independent.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// The storage backends errors are counted for.
+pub const BACKENDS: [&str; 4] = ["index", "artifacts", "vectors", "metadata"];
+
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 17],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// An f64 counter kept as bits in an atomic.
+#[derive(Default)]
+pub struct FloatCounter(AtomicU64);
+
+impl FloatCounter {
+    pub fn add(&self, v: f64) {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(cur) + v).to_bits();
+            match self.0.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub bypasses: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub stores: AtomicU64,
+    pub store_failures: AtomicU64,
+    pub integrity_failures: AtomicU64,
+    pub upstream_requests: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub tokens_saved: AtomicU64,
+    pub usd_saved: FloatCounter,
+    pub usd_spent: FloatCounter,
+    backend_errors: [AtomicU64; 4],
+    latency: RwLock<BTreeMap<(u16, &'static str), Histogram>>,
+}
+
+impl Metrics {
+    pub fn backend_error(&self, backend: &str) {
+        if let Some(i) = BACKENDS.iter().position(|b| *b == backend) {
+            self.backend_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn backend_errors(&self, backend: &str) -> u64 {
+        BACKENDS
+            .iter()
+            .position(|b| *b == backend)
+            .map(|i| self.backend_errors[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Records one request's latency by HTTP status and cache status.
+    pub fn observe_request(&self, status: u16, cache: &'static str, secs: f64) {
+        {
+            let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = map.get(&(status, cache)) {
+                h.observe(secs);
+                return;
+            }
+        }
+        let mut map = self.latency.write().unwrap_or_else(|e| e.into_inner());
+        map.entry((status, cache)).or_default().observe(secs);
+    }
+
+    /// The Prometheus text format. `extra` gauges (name, help, value) are appended.
+    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut out, "cache_hits_total", "Requests answered from the cache.", l(&self.hits));
+        counter(&mut out, "cache_misses_total", "Cacheable requests that went to the provider.", l(&self.misses));
+        counter(&mut out, "cache_bypass_total", "Requests that skipped the cache by directive.", l(&self.bypasses));
+        counter(&mut out, "cache_coalesced_total", "Requests that shared another request's provider call.", l(&self.coalesced));
+        counter(&mut out, "cache_stores_total", "Entries written to the cache.", l(&self.stores));
+        counter(&mut out, "cache_store_failures_total", "Entries that could not be written.", l(&self.store_failures));
+        counter(
+            &mut out,
+            "cache_integrity_failures_total",
+            "Artifacts whose SHA-256 did not match (never served).",
+            l(&self.integrity_failures),
+        );
+        counter(&mut out, "upstream_requests_total", "Calls made to providers.", l(&self.upstream_requests));
+        counter(&mut out, "upstream_errors_total", "Provider calls that failed or answered non-2xx.", l(&self.upstream_errors));
+        counter(&mut out, "cache_tokens_saved_total", "Provider tokens not paid for thanks to hits.", l(&self.tokens_saved));
+        let _ = writeln!(
+            out,
+            "# HELP cache_usd_saved_total Provider cost in USD avoided by hits.\n# TYPE cache_usd_saved_total counter\ncache_usd_saved_total {}",
+            self.usd_saved.get()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP upstream_usd_spent_total Provider cost in USD of misses.\n# TYPE upstream_usd_spent_total counter\nupstream_usd_spent_total {}",
+            self.usd_spent.get()
+        );
+        let _ = writeln!(out, "# HELP cache_errors_total Storage backend errors (each one fell back to the provider).\n# TYPE cache_errors_total counter");
+        for (i, b) in BACKENDS.iter().enumerate() {
+            let _ = writeln!(out, "cache_errors_total{{backend=\"{b}\"}} {}", l(&self.backend_errors[i]));
+        }
+        let _ = writeln!(out, "# HELP recache_request_duration_seconds Gateway request latency (to response headers).\n# TYPE recache_request_duration_seconds histogram");
+        let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
+        for ((status, cache), h) in map.iter() {
+            let labels = format!("status=\"{status}\",cache=\"{cache}\"");
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "recache_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", l(&h.buckets[i]));
+            }
+            let count = l(&h.count);
+            let _ = writeln!(out, "recache_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(out, "recache_request_duration_seconds_sum{{{labels}}} {}", l(&h.sum_micros) as f64 / 1e6);
+            let _ = writeln!(out, "recache_request_duration_seconds_count{{{labels}}} {count}");
+        }
+        for (name, help, v) in extra {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        out
+    }
+}
+
+/// Resident set size of this process, from /proc (Linux); 0 elsewhere.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

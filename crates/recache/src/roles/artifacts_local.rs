@@ -1,0 +1,116 @@
+//! The embedded artifact store: a local directory through `object_store`'s
+//! `LocalFileSystem`. Artifacts live at `<prefix>sha256/<2 hex>/<64 hex>`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutPayload};
+
+use super::{ArtifactId, Artifacts, BackendError, BoxFuture, CheckInfo, Result};
+
+const NAME: &str = "artifacts";
+
+pub struct ObjectStoreArtifacts {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    engine: &'static str,
+}
+
+pub(crate) fn map_err(e: object_store::Error) -> BackendError {
+    match e {
+        object_store::Error::NotSupported { .. } => BackendError::NotSupported { backend: NAME, what: "operation" },
+        other => BackendError::unavailable(NAME, other),
+    }
+}
+
+impl ObjectStoreArtifacts {
+    /// A local directory (created if missing).
+    pub fn local(dir: &Path, prefix: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| BackendError::unavailable(NAME, e))?;
+        let fs = LocalFileSystem::new_with_prefix(dir).map_err(map_err)?;
+        Ok(Self::new(Arc::new(fs), prefix, "embedded"))
+    }
+
+    /// Any object store (S3 and friends come through here).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, engine: &'static str) -> Self {
+        let mut prefix = prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        Self { store, prefix, engine }
+    }
+
+    fn path(&self, id: ArtifactId) -> ObjPath {
+        let hex = id.hex();
+        ObjPath::from(format!("{}sha256/{}/{}", self.prefix, &hex[..2], hex))
+    }
+}
+
+impl Artifacts for ObjectStoreArtifacts {
+    fn engine(&self) -> &'static str {
+        self.engine
+    }
+
+    fn put(&self, id: ArtifactId, bytes: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.store
+                .put(&self.path(id), PutPayload::from_bytes(bytes))
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            match self.store.get(&self.path(id)).await {
+                Ok(r) => Ok(Some(r.bytes().await.map_err(map_err)?)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+    }
+
+    fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            match self.store.delete(&self.path(id)).await {
+                Ok(()) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
+        Box::pin(async move {
+            let prefix = ObjPath::from(format!("{}sha256", self.prefix));
+            let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(map_err)?;
+            Ok(metas
+                .iter()
+                .filter_map(|m| m.location.filename().and_then(ArtifactId::from_hex))
+                .collect())
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
+        Box::pin(async move {
+            // A write-read-delete round trip proves the store is read-write.
+            let probe = ObjPath::from(format!("{}health/probe", self.prefix));
+            let body = Bytes::from(format!("recache health probe {}", super::now_ms()));
+            self.store
+                .put(&probe, PutPayload::from_bytes(body.clone()))
+                .await
+                .map_err(map_err)?;
+            let back = self.store.get(&probe).await.map_err(map_err)?.bytes().await.map_err(map_err)?;
+            if back != body {
+                return Err(BackendError::Corrupt { backend: NAME, detail: "health probe read back different bytes".into() });
+            }
+            let _ = self.store.delete(&probe).await;
+            Ok(CheckInfo { version: Some(self.store.to_string()), ..Default::default() })
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! The four storage roles. Each is a small dyn-safe trait with a health
+//! check; implementations live one per file. The gateway holds them as
+//! `Arc<dyn Role>` and never knows which engine is behind one.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+pub use crate::error::BackendError;
+use crate::key::CacheKey;
+
+pub mod artifacts_local;
+pub mod index_embedded;
+pub mod metadata_sqlite;
+pub mod vectors_disabled;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// SHA-256 of an artifact's bytes: its address in the artifact store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArtifactId(pub [u8; 32]);
+
+impl ArtifactId {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(bytes).into())
+    }
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for ArtifactId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactId({})", &self.hex()[..16])
+    }
+}
+
+/// What the index holds for a key: a pointer, never a payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub artifact: ArtifactId,
+    pub size: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What a health check learned about a live backend.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The index role: cache key → entry pointer.
+pub trait Index: Send + Sync {
+    fn engine(&self) -> &'static str;
+    fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<IndexEntry>>>;
+    fn put(&self, key: CacheKey, entry: IndexEntry) -> BoxFuture<'_, Result<()>>;
+    fn delete(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>>;
+    /// Drops entries that expired before `before_ms`; returns how many.
+    fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>>;
+    fn len(&self) -> BoxFuture<'_, Result<u64>>;
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+    /// Makes buffered writes durable (called on shutdown).
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// After opening: entries created after this instant (ms) may be missing
+    /// and should be replayed from metadata. `None`: nothing to replay.
+    fn replay_from_ms(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// The artifacts role: immutable payloads addressed by their SHA-256.
+pub trait Artifacts: Send + Sync {
+    fn engine(&self) -> &'static str;
+    fn put(&self, id: ArtifactId, bytes: Bytes) -> BoxFuture<'_, Result<()>>;
+    /// The stored bytes, unverified: callers check the hash.
+    fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>>;
+    fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>>;
+    /// Every stored artifact, for reconciliation.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>>;
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+}
+
+/// One registered cache entry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntryRecord {
+    #[serde(serialize_with = "ser_hex_key")]
+    pub key: CacheKey,
+    pub tenant: String,
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
+    #[serde(serialize_with = "ser_hex_artifact")]
+    pub artifact: ArtifactId,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub last_hit_at_ms: Option<i64>,
+    pub hit_count: u64,
+}
+
+fn ser_hex_key<S: serde::Serializer>(k: &CacheKey, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&k.hex())
+}
+fn ser_hex_artifact<S: serde::Serializer>(k: &ArtifactId, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&k.hex())
+}
+
+impl EntryRecord {
+    pub fn index_entry(&self) -> IndexEntry {
+        IndexEntry {
+            artifact: self.artifact,
+            size: self.response_bytes,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// An audit log record. `id` is unique, so replaying a spool is idempotent.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub at_ms: i64,
+    pub tenant: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub cache_key: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// Hits on one key since the last flush.
+#[derive(Clone, Copy, Debug)]
+pub struct HitUpdate {
+    pub key: CacheKey,
+    pub count: u64,
+    pub last_hit_ms: i64,
+}
+
+/// The metadata role: entry registry and audit log.
+pub trait Metadata: Send + Sync {
+    fn engine(&self) -> &'static str;
+    /// Registers (or replaces) an entry; returns the artifact it replaced, if any.
+    fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>>;
+    fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>>;
+    fn delete_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>>;
+    fn record_hits(&self, hits: Vec<HitUpdate>) -> BoxFuture<'_, Result<()>>;
+    /// Unexpired entries created at or after `since_ms` (to rebuild an index).
+    fn live_entries(&self, since_ms: i64, now_ms: i64) -> BoxFuture<'_, Result<Vec<(CacheKey, IndexEntry)>>>;
+    /// Deletes entries that expired before `before_ms`; returns their artifacts.
+    fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<Vec<ArtifactId>>>;
+    /// Appends audit events; events whose id is already stored are skipped.
+    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>>;
+    /// The newest audit events, newest first.
+    fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>>;
+    fn count_entries(&self) -> BoxFuture<'_, Result<u64>>;
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+}
+
+/// The vectors role (semantic matching). Only the disabled engine exists yet.
+pub trait Vectors: Send + Sync {
+    fn engine(&self) -> &'static str;
+    fn enabled(&self) -> bool;
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+}
+
+/// The four roles, as the gateway holds them.
+#[derive(Clone)]
+pub struct Roles {
+    pub index: Arc<dyn Index>,
+    pub artifacts: Arc<dyn Artifacts>,
+    pub vectors: Arc<dyn Vectors>,
+    pub metadata: Arc<dyn Metadata>,
+}
+
+/// Health of one role, as `/health/ready` and `recache health` report it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleHealth {
+    pub role: &'static str,
+    pub engine: &'static str,
+    /// `up`, `down` or `disabled`.
+    pub status: &'static str,
+    pub latency_ms: f64,
+    #[serde(flatten)]
+    pub info: CheckInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+async fn timed_check(
+    role: &'static str,
+    engine: &'static str,
+    fut: BoxFuture<'_, Result<CheckInfo>>,
+    timeout: Duration,
+) -> RoleHealth {
+    let start = Instant::now();
+    let res = tokio::time::timeout(timeout, fut).await;
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let (status, info, error) = match res {
+        Ok(Ok(info)) => ("up", info, None),
+        Ok(Err(e)) => ("down", CheckInfo::default(), Some(e.to_string())),
+        Err(_) => (
+            "down",
+            CheckInfo::default(),
+            Some(format!("health check timed out after {} ms", timeout.as_millis())),
+        ),
+    };
+    RoleHealth { role, engine, status, latency_ms, info, error }
+}
+
+impl Roles {
+    /// Checks every role concurrently.
+    pub async fn health(&self, timeout: Duration) -> Vec<RoleHealth> {
+        let vectors = async {
+            if self.vectors.enabled() {
+                timed_check("vectors", self.vectors.engine(), self.vectors.check(), timeout).await
+            } else {
+                RoleHealth {
+                    role: "vectors",
+                    engine: self.vectors.engine(),
+                    status: "disabled",
+                    latency_ms: 0.0,
+                    info: CheckInfo::default(),
+                    error: None,
+                }
+            }
+        };
+        let (i, a, v, m) = tokio::join!(
+            timed_check("index", self.index.engine(), self.index.check(), timeout),
+            timed_check("artifacts", self.artifacts.engine(), self.artifacts.check(), timeout),
+            vectors,
+            timed_check("metadata", self.metadata.engine(), self.metadata.check(), timeout),
+        );
+        vec![i, a, v, m]
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

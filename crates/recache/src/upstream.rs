@@ -1,0 +1,108 @@
+//! Upstream providers: model routing and the HTTP client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::{Config, ConfigError};
+use crate::error::ApiError;
+use crate::gateway::Endpoint;
+
+pub struct Upstream {
+    pub name: String,
+    base_url: String,
+    api_key: Option<String>,
+    patterns: Vec<String>,
+    pub timeout: Duration,
+    client: reqwest::Client,
+}
+
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn from_config(cfg: &Config, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut list = Vec::new();
+        for u in &cfg.upstreams {
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(u.connect_timeout_ms))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| ConfigError(format!("upstreams.{}: cannot build HTTP client: {e}", u.name)))?;
+            list.push(Arc::new(Upstream {
+                name: u.name.clone(),
+                base_url: u.base_url.trim_end_matches('/').to_string(),
+                api_key: u.api_key_env.as_ref().and_then(|v| env.get(v)).cloned(),
+                patterns: u.models.clone(),
+                timeout: Duration::from_millis(u.timeout_ms),
+                client,
+            }));
+        }
+        Ok(Self { list })
+    }
+
+    /// The upstream for `model`: an exact pattern anywhere wins, then the
+    /// longest matching prefix pattern (`gpt-*`), then a catch-all `*`.
+    pub fn route(&self, model: &str) -> Option<Arc<Upstream>> {
+        let mut best: Option<(usize, &Arc<Upstream>)> = None;
+        for u in &self.list {
+            for p in &u.patterns {
+                let score = if p == model {
+                    usize::MAX
+                } else if let Some(prefix) = p.strip_suffix('*') {
+                    if model.starts_with(prefix) {
+                        prefix.len()
+                    } else {
+                        continue;
+                    }
+                } else {
+                    continue;
+                };
+                if best.is_none_or(|(s, _)| score > s) {
+                    best = Some((score, u));
+                }
+            }
+        }
+        best.map(|(_, u)| u.clone())
+    }
+}
+
+impl Upstream {
+    /// Sends the client's body unchanged; waits at most `timeout` for the response head.
+    pub async fn send(&self, endpoint: Endpoint, body: Bytes) -> Result<reqwest::Response, ApiError> {
+        let url = format!("{}/{}", self.base_url, endpoint.path());
+        let mut req = self
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(k) = &self.api_key {
+            req = req.bearer_auth(k);
+        }
+        match tokio::time::timeout(self.timeout, req.send()).await {
+            Err(_) => Err(self.timed_out()),
+            Ok(Err(e)) if e.is_timeout() => Err(self.timed_out()),
+            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable { upstream: self.name.clone(), detail: error_chain(&e) }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    pub fn timed_out(&self) -> ApiError {
+        ApiError::UpstreamTimeout { upstream: self.name.clone(), timeout_ms: self.timeout.as_millis() as u64 }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,40 @@
+//! `recache-stub`: runs the FAKE OpenAI-compatible provider on its own.
+use std::net::SocketAddr;
+
+use recache_stub_provider::{spawn, StubConfig, StubState};
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut listen = "127.0.0.1:9911".to_string();
+    let mut cfg = StubConfig::default();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next().unwrap_or(listen),
+            "--latency-ms" => cfg.latency_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            "--help" | "-h" => {
+                println!("recache-stub: a FAKE OpenAI-compatible provider for tests and benchmarks\n\nUsage: recache-stub [--listen ADDR] [--latency-ms N]\n\nRuntime control: GET/POST /__stub/config, GET /__stub/stats");
+                return;
+            }
+            other => {
+                eprintln!("recache-stub: unknown argument {other} (see --help)");
+                std::process::exit(2);
+            }
+        }
+    }
+    let addr: SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("recache-stub: bad --listen {listen}: {e}");
+            std::process::exit(2);
+        }
+    };
+    match spawn(addr, StubState::new(cfg)).await {
+        Ok(local) => println!("recache-stub (FAKE provider) listening on http://{local}/v1"),
+        Err(e) => {
+            eprintln!("recache-stub: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
