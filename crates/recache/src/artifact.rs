@@ -58,12 +58,22 @@ pub fn decode(bytes: &Bytes) -> Result<Decoded, String> {
         return Err("not a recache artifact (bad magic)".into());
     }
     let hlen = take_u32(4)?;
-    let h_end = 8usize.checked_add(hlen).filter(|e| *e <= bytes.len()).ok_or("artifact header truncated")?;
+    let h_end = 8usize
+        .checked_add(hlen)
+        .filter(|e| *e <= bytes.len())
+        .ok_or("artifact header truncated")?;
     let meta: ArtifactMeta = serde_json::from_slice(&bytes[8..h_end]).map_err(|e| format!("artifact header: {e}"))?;
     let rlen = take_u32(h_end)?;
     let r_start = h_end + 4;
-    let r_end = r_start.checked_add(rlen).filter(|e| *e <= bytes.len()).ok_or("artifact request truncated")?;
-    Ok(Decoded { meta, request: bytes.slice(r_start..r_end), body: bytes.slice(r_end..) })
+    let r_end = r_start
+        .checked_add(rlen)
+        .filter(|e| *e <= bytes.len())
+        .ok_or("artifact request truncated")?;
+    Ok(Decoded {
+        meta,
+        request: bytes.slice(r_start..r_end),
+        body: bytes.slice(r_end..),
+    })
 }
 
 #[cfg(test)]

@@ -72,7 +72,10 @@ async fn timed<T>(
 ) -> Result<T, BackendError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => Err(BackendError::Timeout { backend, after_ms: limit.as_millis() as u64 }),
+        Err(_) => Err(BackendError::Timeout {
+            backend,
+            after_ms: limit.as_millis() as u64,
+        }),
     }
 }
 
@@ -85,7 +88,12 @@ fn event_id() -> String {
 
 impl Cache {
     pub fn new(roles: Roles, metrics: Arc<Metrics>, timeouts: Timeouts) -> Self {
-        Self { roles, metrics, timeouts, hits: Mutex::new(HashMap::new()) }
+        Self {
+            roles,
+            metrics,
+            timeouts,
+            hits: Mutex::new(HashMap::new()),
+        }
     }
 
     fn failed(&self, e: &BackendError, backend: &'static str, what: &str) {
@@ -111,11 +119,23 @@ impl Cache {
         if max_age.is_some_and(|m| age_secs > m) {
             return None;
         }
-        let bytes = match timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.get(entry.artifact)).await {
+        let bytes = match timed(
+            "artifacts",
+            self.timeouts.artifacts,
+            self.roles.artifacts.get(entry.artifact),
+        )
+        .await
+        {
             Ok(Some(b)) => b,
             Ok(None) => {
-                self.integrity_problem(key, tenant, "artifact.missing", &entry, "index points at a missing artifact")
-                    .await;
+                self.integrity_problem(
+                    key,
+                    tenant,
+                    "artifact.missing",
+                    &entry,
+                    "index points at a missing artifact",
+                )
+                .await;
                 return None;
             }
             Err(e) => {
@@ -131,23 +151,36 @@ impl Cache {
         let decoded = match artifact::decode(&bytes) {
             Ok(d) => d,
             Err(e) => {
-                self.integrity_problem(key, tenant, "artifact.undecodable", &entry, &e).await;
+                self.integrity_problem(key, tenant, "artifact.undecodable", &entry, &e)
+                    .await;
                 return None;
             }
         };
         if decoded.meta.tenant != tenant || decoded.meta.key != key.hex() {
             // Cannot happen unless storage was tampered with: never serve it.
-            self.integrity_problem(key, tenant, "artifact.foreign", &entry, "artifact belongs to another key or tenant")
-                .await;
+            self.integrity_problem(
+                key,
+                tenant,
+                "artifact.foreign",
+                &entry,
+                "artifact belongs to another key or tenant",
+            )
+            .await;
             return None;
         }
         self.note_hit(key, now);
-        Some(Hit { meta: decoded.meta, body: decoded.body, age_secs })
+        Some(Hit {
+            meta: decoded.meta,
+            body: decoded.body,
+            age_secs,
+        })
     }
 
     /// Counts an integrity failure, drops the bad pointer and audits it.
     async fn integrity_problem(&self, key: CacheKey, tenant: &str, action: &str, entry: &IndexEntry, detail: &str) {
-        self.metrics.integrity_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .integrity_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.backend_error("artifacts");
         tracing::error!(key = %key, action, detail, artifact = %entry.artifact.hex(), "cache integrity failure: not served");
         let _ = timed("index", self.timeouts.index, self.roles.index.delete(key)).await;
@@ -174,12 +207,24 @@ impl Cache {
     pub async fn flush_hits(&self) {
         let batch: Vec<HitUpdate> = {
             let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
-            hits.drain().map(|(key, (count, last_hit_ms))| HitUpdate { key, count, last_hit_ms }).collect()
+            hits.drain()
+                .map(|(key, (count, last_hit_ms))| HitUpdate {
+                    key,
+                    count,
+                    last_hit_ms,
+                })
+                .collect()
         };
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = timed("metadata", self.timeouts.metadata * 4, self.roles.metadata.record_hits(batch.clone())).await {
+        if let Err(e) = timed(
+            "metadata",
+            self.timeouts.metadata * 4,
+            self.roles.metadata.record_hits(batch.clone()),
+        )
+        .await
+        {
             self.failed(&e, "metadata", "hit counter flush");
             let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
             for h in batch {
@@ -217,7 +262,9 @@ impl Cache {
                 self.metrics.stores.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
-                self.metrics.store_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .store_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(key = %s.key, error = %e, "entry not stored; the answer was still served");
             }
         }
@@ -233,9 +280,13 @@ impl Cache {
         expires: i64,
         size: u64,
     ) -> Result<(), BackendError> {
-        timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.put(id, bytes))
-            .await
-            .inspect_err(|e| self.failed(e, "artifacts", "artifact write"))?;
+        timed(
+            "artifacts",
+            self.timeouts.artifacts,
+            self.roles.artifacts.put(id, bytes),
+        )
+        .await
+        .inspect_err(|e| self.failed(e, "artifacts", "artifact write"))?;
         let record = EntryRecord {
             key: s.key,
             tenant: s.tenant.clone(),
@@ -253,12 +304,20 @@ impl Cache {
             last_hit_at_ms: None,
             hit_count: 0,
         };
-        let replaced = timed("metadata", self.timeouts.metadata, self.roles.metadata.upsert_entry(record.clone()))
-            .await
-            .inspect_err(|e| self.failed(e, "metadata", "entry registration"))?;
-        timed("index", self.timeouts.index, self.roles.index.put(s.key, record.index_entry()))
-            .await
-            .inspect_err(|e| self.failed(e, "index", "index write"))?;
+        let replaced = timed(
+            "metadata",
+            self.timeouts.metadata,
+            self.roles.metadata.upsert_entry(record.clone()),
+        )
+        .await
+        .inspect_err(|e| self.failed(e, "metadata", "entry registration"))?;
+        timed(
+            "index",
+            self.timeouts.index,
+            self.roles.index.put(s.key, record.index_entry()),
+        )
+        .await
+        .inspect_err(|e| self.failed(e, "index", "index write"))?;
         if let Some(old) = replaced {
             // The old artifact is unreachable now; dropping it is best effort (audit finds leftovers).
             let _ = timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.delete(old)).await;
@@ -279,7 +338,13 @@ impl Cache {
 
     /// Appends one audit event (best effort for now; a local spool comes with the breakers).
     pub async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = timed("metadata", self.timeouts.metadata, self.roles.metadata.append_audit(vec![event])).await {
+        if let Err(e) = timed(
+            "metadata",
+            self.timeouts.metadata,
+            self.roles.metadata.append_audit(vec![event]),
+        )
+        .await
+        {
             self.failed(&e, "metadata", "audit append");
         }
     }

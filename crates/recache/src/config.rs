@@ -295,7 +295,10 @@ impl Config {
     pub fn validate(&self, env: &HashMap<String, String>) -> Result<Warnings, ConfigError> {
         let mut warnings = Vec::new();
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return err(format!("server.listen: '{}' is not an address like 127.0.0.1:8080", self.server.listen));
+            return err(format!(
+                "server.listen: '{}' is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ));
         }
         if self.server.max_body_bytes == 0 {
             return err("server.max_body_bytes must be above 0");
@@ -303,12 +306,20 @@ impl Config {
         match self.index.engine.as_str() {
             "embedded" => {}
             "redis" => return err("index.engine = \"redis\" is not available in this build yet; use \"embedded\""),
-            other => return err(format!("index.engine: unknown engine '{other}' (expected embedded or redis)")),
+            other => {
+                return err(format!(
+                    "index.engine: unknown engine '{other}' (expected embedded or redis)"
+                ))
+            }
         }
         match self.artifacts.engine.as_str() {
             "embedded" => {}
             "s3" => return err("artifacts.engine = \"s3\" is not available in this build yet; use \"embedded\""),
-            other => return err(format!("artifacts.engine: unknown engine '{other}' (expected embedded or s3)")),
+            other => {
+                return err(format!(
+                    "artifacts.engine: unknown engine '{other}' (expected embedded or s3)"
+                ))
+            }
         }
         match self.vectors.engine.as_str() {
             "disabled" => {}
@@ -318,12 +329,22 @@ impl Config {
                     self.vectors.engine
                 ))
             }
-            other => return err(format!("vectors.engine: unknown engine '{other}' (expected disabled, embedded or qdrant)")),
+            other => {
+                return err(format!(
+                    "vectors.engine: unknown engine '{other}' (expected disabled, embedded or qdrant)"
+                ))
+            }
         }
         match self.metadata.engine.as_str() {
             "embedded" => {}
-            "postgres" => return err("metadata.engine = \"postgres\" is not available in this build yet; use \"embedded\""),
-            other => return err(format!("metadata.engine: unknown engine '{other}' (expected embedded or postgres)")),
+            "postgres" => {
+                return err("metadata.engine = \"postgres\" is not available in this build yet; use \"embedded\"")
+            }
+            other => {
+                return err(format!(
+                    "metadata.engine: unknown engine '{other}' (expected embedded or postgres)"
+                ))
+            }
         }
         for (name, t) in [
             ("index", self.index.timeout_ms),
@@ -345,8 +366,12 @@ impl Config {
             if !names.insert(u.name.as_str()) {
                 return err(format!("upstreams: duplicate name '{}'", u.name));
             }
-            let url = reqwest::Url::parse(&u.base_url)
-                .map_err(|e| ConfigError(format!("upstreams.{}.base_url: '{}' is not a URL: {e}", u.name, u.base_url)))?;
+            let url = reqwest::Url::parse(&u.base_url).map_err(|e| {
+                ConfigError(format!(
+                    "upstreams.{}.base_url: '{}' is not a URL: {e}",
+                    u.name, u.base_url
+                ))
+            })?;
             if !matches!(url.scheme(), "http" | "https") {
                 return err(format!("upstreams.{}.base_url: scheme must be http or https", u.name));
             }
@@ -384,11 +409,17 @@ impl Config {
                     ));
                 }
                 if let Some(other) = seen_keys.insert(hash, t.name.clone()) {
-                    return err(format!("tenants: the same client key is given to '{other}' and '{}'", t.name));
+                    return err(format!(
+                        "tenants: the same client key is given to '{other}' and '{}'",
+                        t.name
+                    ));
                 }
             }
             if t.default_ttl_seconds == Some(0) {
-                return err(format!("tenants.{}.default_ttl_seconds must be above 0: every entry expires", t.name));
+                return err(format!(
+                    "tenants.{}.default_ttl_seconds must be above 0: every entry expires",
+                    t.name
+                ));
             }
         }
         if self.cache.default_ttl_seconds == 0 || self.cache.max_ttl_seconds == 0 {
@@ -436,7 +467,10 @@ fn apply_env_overrides(root: &mut toml::Value, env: &HashMap<String, String>) ->
         .collect();
     vars.sort();
     for (name, raw) in vars {
-        let path: Vec<String> = name["RECACHE_".len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let path: Vec<String> = name["RECACHE_".len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
         if path.iter().any(|p| p.is_empty()) {
             return err(format!("environment override {name}: empty path segment"));
         }
@@ -511,7 +545,10 @@ keys = ["sk-a"]
         let text = format!("{BASE}\n[index]\nengine = \"embedded\"\ntimeout_ms = 50\n");
         let (c, w) = Config::from_toml_str(
             &text,
-            &env(&[("RECACHE_INDEX__TIMEOUT_MS", "75"), ("RECACHE_SERVER__LISTEN", "127.0.0.1:9000")]),
+            &env(&[
+                ("RECACHE_INDEX__TIMEOUT_MS", "75"),
+                ("RECACHE_SERVER__LISTEN", "127.0.0.1:9000"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.index.timeout_ms, 75);
@@ -522,8 +559,7 @@ keys = ["sk-a"]
 
     #[test]
     fn env_override_into_array_of_tables() {
-        let (c, _) =
-            Config::from_toml_str(BASE, &env(&[("RECACHE_UPSTREAMS__0__TIMEOUT_MS", "1234")])).unwrap();
+        let (c, _) = Config::from_toml_str(BASE, &env(&[("RECACHE_UPSTREAMS__0__TIMEOUT_MS", "1234")])).unwrap();
         assert_eq!(c.upstreams[0].timeout_ms, 1234);
     }
 
@@ -547,7 +583,10 @@ keys = ["sk-a"]
 
     #[test]
     fn duplicate_keys_across_tenants_rejected() {
-        let text = format!("{BASE}\n[[tenants]]\nname = \"b\"\nkeys = [\"sha256:{}\"]\n", key_hash("sk-a").unwrap());
+        let text = format!(
+            "{BASE}\n[[tenants]]\nname = \"b\"\nkeys = [\"sha256:{}\"]\n",
+            key_hash("sk-a").unwrap()
+        );
         let e = Config::from_toml_str(&text, &env(&[])).unwrap_err();
         assert!(e.0.contains("same client key"), "{e}");
     }

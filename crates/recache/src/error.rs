@@ -11,7 +11,7 @@ use serde_json::json;
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("request body is {size} bytes, over the limit of {limit} bytes")]
+    #[error("request body is over the limit of {limit} bytes (read {size} bytes)")]
     BodyTooLarge { size: usize, limit: usize },
     #[error("missing API key: send 'Authorization: Bearer <key>'")]
     MissingKey,
@@ -79,7 +79,10 @@ impl ApiError {
         let mut resp = (self.status(), axum::Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized) {
+        if matches!(
+            self,
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized
+        ) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -106,6 +109,9 @@ pub enum BackendError {
 
 impl BackendError {
     pub fn unavailable(backend: &'static str, e: impl std::fmt::Display) -> Self {
-        BackendError::Unavailable { backend, detail: e.to_string() }
+        BackendError::Unavailable {
+            backend,
+            detail: e.to_string(),
+        }
     }
 }

@@ -137,8 +137,10 @@ mod tests {
     #[test]
     fn order_whitespace_and_stream_do_not_matter() {
         let a = key_of(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1}"#);
-        let b = key_of(r#"{ "temperature" : 1.0, "stream": true,
-              "messages" : [ { "content":"hi", "role":"user" } ], "model":"m", "stream_options": {"include_usage": true} }"#);
+        let b = key_of(
+            r#"{ "temperature" : 1.0, "stream": true,
+              "messages" : [ { "content":"hi", "role":"user" } ], "model":"m", "stream_options": {"include_usage": true} }"#,
+        );
         assert_eq!(a, b);
     }
 
@@ -177,7 +179,13 @@ mod tests {
                 let parts: Vec<String> = m
                     .iter()
                     .rev()
-                    .map(|(k, x)| format!("{pad}{}{pad}:{pad}{}", serde_json::to_string(k).unwrap(), scramble(x, pad)))
+                    .map(|(k, x)| {
+                        format!(
+                            "{pad}{}{pad}:{pad}{}",
+                            serde_json::to_string(k).unwrap(),
+                            scramble(x, pad)
+                        )
+                    })
                     .collect();
                 format!("{{{}{pad}}}", parts.join(","))
             }

@@ -41,7 +41,10 @@ impl FloatCounter {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let next = (f64::from_bits(cur) + v).to_bits();
-            match self.0.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return,
                 Err(actual) => cur = actual,
             }
@@ -105,21 +108,66 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut out, "cache_hits_total", "Requests answered from the cache.", l(&self.hits));
-        counter(&mut out, "cache_misses_total", "Cacheable requests that went to the provider.", l(&self.misses));
-        counter(&mut out, "cache_bypass_total", "Requests that skipped the cache by directive.", l(&self.bypasses));
-        counter(&mut out, "cache_coalesced_total", "Requests that shared another request's provider call.", l(&self.coalesced));
-        counter(&mut out, "cache_stores_total", "Entries written to the cache.", l(&self.stores));
-        counter(&mut out, "cache_store_failures_total", "Entries that could not be written.", l(&self.store_failures));
+        counter(
+            &mut out,
+            "cache_hits_total",
+            "Requests answered from the cache.",
+            l(&self.hits),
+        );
+        counter(
+            &mut out,
+            "cache_misses_total",
+            "Cacheable requests that went to the provider.",
+            l(&self.misses),
+        );
+        counter(
+            &mut out,
+            "cache_bypass_total",
+            "Requests that skipped the cache by directive.",
+            l(&self.bypasses),
+        );
+        counter(
+            &mut out,
+            "cache_coalesced_total",
+            "Requests that shared another request's provider call.",
+            l(&self.coalesced),
+        );
+        counter(
+            &mut out,
+            "cache_stores_total",
+            "Entries written to the cache.",
+            l(&self.stores),
+        );
+        counter(
+            &mut out,
+            "cache_store_failures_total",
+            "Entries that could not be written.",
+            l(&self.store_failures),
+        );
         counter(
             &mut out,
             "cache_integrity_failures_total",
             "Artifacts whose SHA-256 did not match (never served).",
             l(&self.integrity_failures),
         );
-        counter(&mut out, "upstream_requests_total", "Calls made to providers.", l(&self.upstream_requests));
-        counter(&mut out, "upstream_errors_total", "Provider calls that failed or answered non-2xx.", l(&self.upstream_errors));
-        counter(&mut out, "cache_tokens_saved_total", "Provider tokens not paid for thanks to hits.", l(&self.tokens_saved));
+        counter(
+            &mut out,
+            "upstream_requests_total",
+            "Calls made to providers.",
+            l(&self.upstream_requests),
+        );
+        counter(
+            &mut out,
+            "upstream_errors_total",
+            "Provider calls that failed or answered non-2xx.",
+            l(&self.upstream_errors),
+        );
+        counter(
+            &mut out,
+            "cache_tokens_saved_total",
+            "Provider tokens not paid for thanks to hits.",
+            l(&self.tokens_saved),
+        );
         let _ = writeln!(
             out,
             "# HELP cache_usd_saved_total Provider cost in USD avoided by hits.\n# TYPE cache_usd_saved_total counter\ncache_usd_saved_total {}",
@@ -132,18 +180,33 @@ impl Metrics {
         );
         let _ = writeln!(out, "# HELP cache_errors_total Storage backend errors (each one fell back to the provider).\n# TYPE cache_errors_total counter");
         for (i, b) in BACKENDS.iter().enumerate() {
-            let _ = writeln!(out, "cache_errors_total{{backend=\"{b}\"}} {}", l(&self.backend_errors[i]));
+            let _ = writeln!(
+                out,
+                "cache_errors_total{{backend=\"{b}\"}} {}",
+                l(&self.backend_errors[i])
+            );
         }
         let _ = writeln!(out, "# HELP recache_request_duration_seconds Gateway request latency (to response headers).\n# TYPE recache_request_duration_seconds histogram");
         let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
         for ((status, cache), h) in map.iter() {
             let labels = format!("status=\"{status}\",cache=\"{cache}\"");
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "recache_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", l(&h.buckets[i]));
+                let _ = writeln!(
+                    out,
+                    "recache_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
+                    l(&h.buckets[i])
+                );
             }
             let count = l(&h.count);
-            let _ = writeln!(out, "recache_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "recache_request_duration_seconds_sum{{{labels}}} {}", l(&h.sum_micros) as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "recache_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "recache_request_duration_seconds_sum{{{labels}}} {}",
+                l(&h.sum_micros) as f64 / 1e6
+            );
             let _ = writeln!(out, "recache_request_duration_seconds_count{{{labels}}} {count}");
         }
         for (name, help, v) in extra {

@@ -26,9 +26,13 @@ use crate::upstream::Upstreams;
 pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
     let started = Instant::now();
     let meta_cfg = &config.metadata;
-    let metadata = SqliteMetadata::open(&meta_cfg.path, meta_cfg.max_connections, Duration::from_millis(meta_cfg.timeout_ms))
-        .await
-        .with_context(|| format!("cannot open metadata at {}", meta_cfg.path.display()))?;
+    let metadata = SqliteMetadata::open(
+        &meta_cfg.path,
+        meta_cfg.max_connections,
+        Duration::from_millis(meta_cfg.timeout_ms),
+    )
+    .await
+    .with_context(|| format!("cannot open metadata at {}", meta_cfg.path.display()))?;
     let (index, stats) = tokio::task::spawn_blocking({
         let path = config.index.path.clone();
         move || EmbeddedIndex::open(&path)
@@ -60,7 +64,9 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
 
 /// Puts back into the index whatever metadata knows and the index may have missed.
 async fn replay_index(roles: &Roles) -> anyhow::Result<u64> {
-    let Some(since) = roles.index.replay_from_ms() else { return Ok(0) };
+    let Some(since) = roles.index.replay_from_ms() else {
+        return Ok(0);
+    };
     let entries = roles
         .metadata
         .live_entries(since, now_ms())
@@ -118,7 +124,13 @@ impl Gateway {
             }
         });
         let background = spawn_background(&state);
-        Ok(Gateway { addr, state, shutdown: Some(tx), server, background })
+        Ok(Gateway {
+            addr,
+            state,
+            shutdown: Some(tx),
+            server,
+            background,
+        })
     }
 
     /// Stops accepting, lets requests in progress finish, flushes counters and the index.
@@ -166,4 +178,3 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
     };
     vec![hits, sweep]
 }
-

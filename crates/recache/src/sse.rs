@@ -18,8 +18,7 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<String> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        loop {
-            let Some((end, sep)) = find_event_end(&self.buf) else { break };
+        while let Some((end, sep)) = find_event_end(&self.buf) {
             let raw: Vec<u8> = self.buf.drain(..end + sep).collect();
             let text = String::from_utf8_lossy(&raw[..end]);
             let mut data: Vec<&str> = Vec::new();
@@ -72,7 +71,14 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint, head: None, choices: Default::default(), usage: None, done: false, broken: false }
+        Self {
+            endpoint,
+            head: None,
+            choices: Default::default(),
+            usage: None,
+            done: false,
+            broken: false,
+        }
     }
 
     pub fn push(&mut self, data: &str) {
@@ -100,7 +106,9 @@ impl Assembler {
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage = Some(u.clone());
         }
-        let Some(choices) = chunk.get("choices").and_then(|c| c.as_array()) else { return };
+        let Some(choices) = chunk.get("choices").and_then(|c| c.as_array()) else {
+            return;
+        };
         for c in choices {
             let idx = c.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
             let acc = self.choices.entry(idx).or_default();
@@ -113,7 +121,9 @@ impl Assembler {
             if let Some(t) = c.get("text").and_then(|t| t.as_str()) {
                 acc.text.push_str(t);
             }
-            let Some(delta) = c.get("delta").and_then(|d| d.as_object()) else { continue };
+            let Some(delta) = c.get("delta").and_then(|d| d.as_object()) else {
+                continue;
+            };
             if let Some(r) = delta.get("role").and_then(|r| r.as_str()) {
                 acc.role = Some(r.to_string());
             }
@@ -233,7 +243,11 @@ fn frame(v: &Value) -> Bytes {
 pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Bytes> {
     let mut frames = Vec::new();
     let get = |k: &str| body.get(k).cloned().unwrap_or(Value::Null);
-    let choices = body.get("choices").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+    let choices = body
+        .get("choices")
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
     match endpoint {
         Endpoint::Completions => {
             for c in &choices {
@@ -241,12 +255,16 @@ pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Byte
                 if let Some(o) = first.as_object_mut() {
                     o.insert("finish_reason".into(), Value::Null);
                 }
-                frames.push(frame(&json!({"id": get("id"), "object": "text_completion", "created": get("created"),
-                    "model": get("model"), "choices": [first]})));
+                frames.push(frame(
+                    &json!({"id": get("id"), "object": "text_completion", "created": get("created"),
+                    "model": get("model"), "choices": [first]}),
+                ));
                 let last = json!({"text": "", "index": c.get("index").cloned().unwrap_or(json!(0)),
                     "logprobs": null, "finish_reason": c.get("finish_reason").cloned().unwrap_or(Value::Null)});
-                frames.push(frame(&json!({"id": get("id"), "object": "text_completion", "created": get("created"),
-                    "model": get("model"), "choices": [last]})));
+                frames.push(frame(
+                    &json!({"id": get("id"), "object": "text_completion", "created": get("created"),
+                    "model": get("model"), "choices": [last]}),
+                ));
             }
         }
         _ => {
@@ -264,7 +282,11 @@ pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Byte
             };
             for c in &choices {
                 let index = c.get("index").cloned().unwrap_or(json!(0));
-                let mut delta = c.get("message").and_then(|m| m.as_object()).cloned().unwrap_or_default();
+                let mut delta = c
+                    .get("message")
+                    .and_then(|m| m.as_object())
+                    .cloned()
+                    .unwrap_or_default();
                 if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
                     for (i, call) in calls.iter_mut().enumerate() {
                         if let Some(o) = call.as_object_mut() {
@@ -320,7 +342,10 @@ mod tests {
         let frames = replay(Endpoint::Chat, &body, true);
         let back = assemble(Endpoint::Chat, &frames).unwrap();
         assert_eq!(back["choices"][0]["message"]["content"], "hello world");
-        assert_eq!(back["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            back["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert_eq!(back["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(back["usage"]["total_tokens"], 3);
     }
@@ -330,8 +355,14 @@ mod tests {
         let body = json!({"id": "x", "created": 1, "model": "m",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
         let frames = replay(Endpoint::Chat, &body, false);
-        assert!(assemble(Endpoint::Chat, &frames[..frames.len() - 1]).is_none(), "no [DONE]");
-        assert!(assemble(Endpoint::Chat, &[frames[0].clone(), frames[frames.len() - 1].clone()]).is_none(), "no finish_reason");
+        assert!(
+            assemble(Endpoint::Chat, &frames[..frames.len() - 1]).is_none(),
+            "no [DONE]"
+        );
+        assert!(
+            assemble(Endpoint::Chat, &[frames[0].clone(), frames[frames.len() - 1].clone()]).is_none(),
+            "no finish_reason"
+        );
     }
 
     #[test]

@@ -86,13 +86,19 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, req.send()).await {
             Err(_) => Err(self.timed_out()),
             Ok(Err(e)) if e.is_timeout() => Err(self.timed_out()),
-            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable { upstream: self.name.clone(), detail: error_chain(&e) }),
+            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable {
+                upstream: self.name.clone(),
+                detail: error_chain(&e),
+            }),
             Ok(Ok(r)) => Ok(r),
         }
     }
 
     pub fn timed_out(&self) -> ApiError {
-        ApiError::UpstreamTimeout { upstream: self.name.clone(), timeout_ms: self.timeout.as_millis() as u64 }
+        ApiError::UpstreamTimeout {
+            upstream: self.name.clone(),
+            timeout_ms: self.timeout.as_millis() as u64,
+        }
     }
 }
 

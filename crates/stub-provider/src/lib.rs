@@ -203,7 +203,11 @@ async fn chat(State(state): State<Arc<StubState>>, headers: HeaderMap, body: Byt
         Ok(v) => v,
         Err(r) => return r,
     };
-    let model = req.get("model").and_then(|m| m.as_str()).unwrap_or("stub-model").to_string();
+    let model = req
+        .get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or("stub-model")
+        .to_string();
     let text = answer_text(&req, n);
     let id = format!("chatcmpl-stub-{n}");
     let created = now_secs();
@@ -238,8 +242,10 @@ async fn chat(State(state): State<Arc<StubState>>, headers: HeaderMap, body: Byt
     }
     events.push(chunk(json!({}), json!("stop")));
     if include_usage {
-        events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                           "system_fingerprint": "fp_stub", "choices": [], "usage": usage(&cfg)}));
+        events.push(
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                           "system_fingerprint": "fp_stub", "choices": [], "usage": usage(&cfg)}),
+        );
     }
     sse_response(events, true, cfg.chunk_delay_ms)
 }
@@ -249,7 +255,11 @@ async fn completions(State(state): State<Arc<StubState>>, headers: HeaderMap, bo
         Ok(v) => v,
         Err(r) => return r,
     };
-    let model = req.get("model").and_then(|m| m.as_str()).unwrap_or("stub-model").to_string();
+    let model = req
+        .get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or("stub-model")
+        .to_string();
     let text = answer_text(&req, n);
     let id = format!("cmpl-stub-{n}");
     let created = now_secs();
@@ -268,11 +278,15 @@ async fn completions(State(state): State<Arc<StubState>>, headers: HeaderMap, bo
         if cfg.truncate_stream_after == Some(i) {
             return sse_response(events, false, cfg.chunk_delay_ms);
         }
-        events.push(json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                           "choices": [{"text": w, "index": 0, "logprobs": null, "finish_reason": null}]}));
+        events.push(
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                           "choices": [{"text": w, "index": 0, "logprobs": null, "finish_reason": null}]}),
+        );
     }
-    events.push(json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": "stop"}]}));
+    events.push(
+        json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                       "choices": [{"text": "", "index": 0, "logprobs": null, "finish_reason": "stop"}]}),
+    );
     sse_response(events, true, cfg.chunk_delay_ms)
 }
 
@@ -281,7 +295,11 @@ async fn embeddings(State(state): State<Arc<StubState>>, headers: HeaderMap, bod
         Ok(v) => v,
         Err(r) => return r,
     };
-    let model = req.get("model").and_then(|m| m.as_str()).unwrap_or("stub-embedding").to_string();
+    let model = req
+        .get("model")
+        .and_then(|m| m.as_str())
+        .unwrap_or("stub-embedding")
+        .to_string();
     let inputs: Vec<Value> = match req.get("input") {
         Some(Value::Array(a)) => a.clone(),
         Some(v) => vec![v.clone()],

@@ -99,7 +99,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 async fn load(a: LoadArgs) -> i32 {
     if !is_loopback(&a.url) {
-        eprintln!("recache bench: refusing to load {}: benchmarks only target loopback", a.url);
+        eprintln!(
+            "recache bench: refusing to load {}: benchmarks only target loopback",
+            a.url
+        );
         return EXIT_CONFIG;
     }
     let client = match reqwest::Client::builder()
@@ -122,7 +125,14 @@ async fn load(a: LoadArgs) -> i32 {
         json!({"model": a.model, "messages": [{"role": "user", "content": content}]}).to_string()
     };
     // Warm-up: makes the hit entry exist.
-    if let Err(e) = client.post(&url).bearer_auth(&a.key).header("content-type", "application/json").body(body_for(0)).send().await {
+    if let Err(e) = client
+        .post(&url)
+        .bearer_auth(&a.key)
+        .header("content-type", "application/json")
+        .body(body_for(0))
+        .send()
+        .await
+    {
         eprintln!("recache bench: gateway not reachable at {}: {e}", a.url);
         return EXIT_PROBLEM;
     }
@@ -132,7 +142,8 @@ async fn load(a: LoadArgs) -> i32 {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.connections.max(1) {
-        let (client, url, key, sent, errors) = (client.clone(), url.clone(), a.key.clone(), sent.clone(), errors.clone());
+        let (client, url, key, sent, errors) =
+            (client.clone(), url.clone(), a.key.clone(), sent.clone(), errors.clone());
         let bodies: Vec<String> = Vec::new();
         let mode = a.mode;
         let model = a.model.clone();
@@ -279,7 +290,9 @@ async fn seed(a: SeedArgs) -> i32 {
             let n = batch.min(a.entries - done);
             let entries: Vec<EntryRecord> = (done..done + n)
                 .map(|i| {
-                    let canonical = canonical_request(&json!({"model": "seed", "messages": [{"role": "user", "content": format!("seed {i}")}]}));
+                    let canonical = canonical_request(
+                        &json!({"model": "seed", "messages": [{"role": "user", "content": format!("seed {i}")}]}),
+                    );
                     EntryRecord {
                         key: cache_key(&a.tenant, "default", "chat", &canonical),
                         tenant: a.tenant.clone(),
@@ -304,7 +317,11 @@ async fn seed(a: SeedArgs) -> i32 {
             eprint!("\rseeded {done}/{} entries", a.entries);
         }
         eprintln!();
-        println!("seeded {} entries in {:.1}s", a.entries, started.elapsed().as_secs_f64());
+        println!(
+            "seeded {} entries in {:.1}s",
+            a.entries,
+            started.elapsed().as_secs_f64()
+        );
         Ok::<(), crate::error::BackendError>(())
     };
     match run.await {

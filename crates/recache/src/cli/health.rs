@@ -64,9 +64,20 @@ where
     let (status, info, error) = match res {
         Ok(Ok(i)) => ("up", i, None),
         Ok(Err(e)) => ("down", CheckInfo::default(), Some(e)),
-        Err(_) => ("down", CheckInfo::default(), Some(format!("timed out after {} ms", timeout.as_millis()))),
+        Err(_) => (
+            "down",
+            CheckInfo::default(),
+            Some(format!("timed out after {} ms", timeout.as_millis())),
+        ),
     };
-    RoleHealth { role, engine, status, latency_ms, info, error }
+    RoleHealth {
+        role,
+        engine,
+        status,
+        latency_ms,
+        info,
+        error,
+    }
 }
 
 pub async fn run(args: HealthArgs) -> i32 {
@@ -132,7 +143,10 @@ pub async fn run(args: HealthArgs) -> i32 {
             println!("{}", json!({"ok": down == 0, "backends": report}));
         }
         OutputFormat::Text => {
-            println!("{:<10} {:<9} {:<9} {:>9}  detail", "role", "engine", "status", "latency");
+            println!(
+                "{:<10} {:<9} {:<9} {:>9}  detail",
+                "role", "engine", "status", "latency"
+            );
             for r in &report {
                 let mut detail = Vec::new();
                 if let Some(v) = &r.info.version {

@@ -16,7 +16,11 @@ pub const EXIT_PROBLEM: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "recache", version, about = "A resilient cache gateway for LLM and API traffic, with disaster recovery built in.")]
+#[command(
+    name = "recache",
+    version,
+    about = "A resilient cache gateway for LLM and API traffic, with disaster recovery built in."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -65,7 +69,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -101,7 +101,10 @@ pub async fn run(args: ServeArgs) -> i32 {
     };
     tracing::info!(addr = %gw.addr, startup_ms = started.elapsed().as_millis() as u64, "recache gateway listening");
     if args.demo {
-        println!("recache demo gateway on http://{}  (FAKE stub provider in-process)", gw.addr);
+        println!(
+            "recache demo gateway on http://{}  (FAKE stub provider in-process)",
+            gw.addr
+        );
         println!("demo client key: {DEMO_KEY}");
         println!(
             "try: curl -si http://{}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'",

@@ -24,7 +24,13 @@ fn bad(msg: String) -> ApiError {
 }
 
 pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> {
-    let mut d = Directives { no_cache: false, no_store: false, max_age: None, ttl: None, namespace: "default".into() };
+    let mut d = Directives {
+        no_cache: false,
+        no_store: false,
+        max_age: None,
+        ttl: None,
+        namespace: "default".into(),
+    };
     for value in headers.get_all(header::CACHE_CONTROL) {
         let text = value.to_str().map_err(|_| bad("Cache-Control is not ASCII".into()))?;
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -36,7 +42,10 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
                 ("no-cache", _) => d.no_cache = true,
                 ("no-store", _) => d.no_store = true,
                 ("max-age", Some(a)) => {
-                    d.max_age = Some(a.parse().map_err(|_| bad(format!("Cache-Control max-age '{a}' is not a whole number of seconds")))?)
+                    d.max_age =
+                        Some(a.parse().map_err(|_| {
+                            bad(format!("Cache-Control max-age '{a}' is not a whole number of seconds"))
+                        })?)
                 }
                 ("max-age", None) => return Err(bad("Cache-Control max-age needs a value".into())),
                 // Other directives (private, no-transform, ...) do not apply to a gateway cache.
@@ -52,7 +61,9 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
             .filter(|t| *t > 0)
             .ok_or_else(|| bad("x-recache-ttl must be a whole number of seconds above 0".into()))?;
         if t > max_ttl {
-            return Err(bad(format!("x-recache-ttl {t} is over the maximum of {max_ttl} seconds")));
+            return Err(bad(format!(
+                "x-recache-ttl {t} is over the maximum of {max_ttl} seconds"
+            )));
         }
         d.ttl = Some(t);
     }
@@ -60,9 +71,13 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
         let ns = v.to_str().unwrap_or("");
         let ok = !ns.is_empty()
             && ns.len() <= 64
-            && ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !ok {
-            return Err(bad("x-recache-namespace must be 1-64 characters of A-Z a-z 0-9 - _ .".into()));
+            return Err(bad(
+                "x-recache-namespace must be 1-64 characters of A-Z a-z 0-9 - _ .".into()
+            ));
         }
         d.namespace = ns.to_string();
     }
@@ -84,7 +99,11 @@ mod tests {
 
     #[test]
     fn parses_directives() {
-        let d = parse(&h(&[("cache-control", "No-Cache, max-age=30"), ("cache-control", "no-store")]), 100).unwrap();
+        let d = parse(
+            &h(&[("cache-control", "No-Cache, max-age=30"), ("cache-control", "no-store")]),
+            100,
+        )
+        .unwrap();
         assert!(d.no_cache && d.no_store);
         assert_eq!(d.max_age, Some(30));
         assert!(parse(&h(&[("cache-control", "max-age=abc")]), 100).is_err());

@@ -24,7 +24,11 @@ pub enum Outcome {
     /// A complete 2xx answer, as JSON (stream answers are assembled).
     Complete { body: Bytes, content_type: String },
     /// The provider answered non-2xx: passed through, never cached.
-    Upstream { status: u16, content_type: Option<String>, body: Bytes },
+    Upstream {
+        status: u16,
+        content_type: Option<String>,
+        body: Bytes,
+    },
     /// No usable answer (unreachable, timeout, stream cut short).
     Failed(ApiError),
 }
@@ -65,7 +69,13 @@ impl Coalescer {
         }
         let (tx, rx) = watch::channel(None);
         map.insert(key, rx);
-        Joined::Leader(tx, FlightGuard { coalescer: self.clone(), key })
+        Joined::Leader(
+            tx,
+            FlightGuard {
+                coalescer: self.clone(),
+                key,
+            },
+        )
     }
 
     pub fn in_flight(&self) -> usize {
@@ -76,13 +86,15 @@ impl Coalescer {
 /// Waits for a flight's outcome.
 pub async fn wait(mut rx: watch::Receiver<Option<Shared>>) -> Shared {
     match rx.wait_for(|v| v.is_some()).await {
-        Ok(v) => v.clone().unwrap_or_else(|| lost()),
+        Ok(v) => v.clone().unwrap_or_else(lost),
         Err(_) => lost(),
     }
 }
 
 fn lost() -> Shared {
-    Arc::new(Outcome::Failed(ApiError::Internal("the provider call this request joined ended without an answer".into())))
+    Arc::new(Outcome::Failed(ApiError::Internal(
+        "the provider call this request joined ended without an answer".into(),
+    )))
 }
 
 /// The response head of a live stream, sent to the leading client as soon as the provider answers.
@@ -146,9 +158,15 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
             Ok(Ok(b)) => b,
             _ => Bytes::new(),
         };
-        return Outcome::Upstream { status: status.as_u16(), content_type, body };
+        return Outcome::Upstream {
+            status: status.as_u16(),
+            content_type,
+            body,
+        };
     }
-    let is_sse = content_type.as_deref().is_some_and(|c| c.starts_with("text/event-stream"));
+    let is_sse = content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("text/event-stream"));
     let (json, body) = if is_sse {
         match read_stream(spec, resp, live).await {
             Ok(v) => {
@@ -161,7 +179,10 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
         let body = match tokio::time::timeout(up.timeout, resp.bytes()).await {
             Err(_) => return Outcome::Failed(up.timed_out()),
             Ok(Err(e)) => {
-                return Outcome::Failed(ApiError::UpstreamUnreachable { upstream: up.name.clone(), detail: e.to_string() })
+                return Outcome::Failed(ApiError::UpstreamUnreachable {
+                    upstream: up.name.clone(),
+                    detail: e.to_string(),
+                })
             }
             Ok(Ok(b)) => b,
         };
@@ -169,7 +190,13 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
             // The provider's exact bytes are what is stored and served.
             Ok(v) if v.is_object() => (v, body),
             // A 2xx that is not a JSON object: pass it through, do not cache it.
-            _ => return Outcome::Upstream { status: status.as_u16(), content_type, body },
+            _ => {
+                return Outcome::Upstream {
+                    status: status.as_u16(),
+                    content_type,
+                    body,
+                }
+            }
         }
     };
     if let Some(t) = &spec.store {
@@ -197,7 +224,10 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
             })
             .await;
     }
-    Outcome::Complete { body, content_type: "application/json".into() }
+    Outcome::Complete {
+        body,
+        content_type: "application/json".into(),
+    }
 }
 
 /// Tees a provider's SSE stream to the leading client (if still there) and
@@ -206,7 +236,12 @@ async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, live: Option<Li
     let up = &spec.upstream;
     let mut chunks_tx = None;
     if let Some(l) = live {
-        if l.head.send(Head { content_type: "text/event-stream".into() }).is_ok() {
+        if l.head
+            .send(Head {
+                content_type: "text/event-stream".into(),
+            })
+            .is_ok()
+        {
             chunks_tx = Some(l.chunks);
         }
     }
@@ -219,7 +254,10 @@ async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, live: Option<Li
             Err(_) => return Err(up.timed_out()),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(ApiError::UpstreamUnreachable { upstream: up.name.clone(), detail: format!("stream broke: {e}") })
+                return Err(ApiError::UpstreamUnreachable {
+                    upstream: up.name.clone(),
+                    detail: format!("stream broke: {e}"),
+                })
             }
             Ok(Some(Ok(c))) => c,
         };

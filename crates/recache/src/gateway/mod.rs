@@ -93,7 +93,11 @@ async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }.into_response()
+    ApiError::NotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+    .into_response()
 }
 
 async fn method_not_allowed(method: Method) -> Response {
@@ -108,7 +112,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
-        .route("/admin/entries/{key}", get(ops::admin_entry).delete(ops::admin_delete_entry))
+        .route(
+            "/admin/entries/{key}",
+            get(ops::admin_entry).delete(ops::admin_delete_entry),
+        )
         .route("/admin/audit", get(ops::admin_audit))
         .fallback(not_found)
         .with_state(state)

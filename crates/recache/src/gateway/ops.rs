@@ -33,18 +33,32 @@ pub async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
 }
 
 pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let entries = s.cache.roles.index.len().await.unwrap_or(0) as f64;
+    let entries = s.cache.roles.index.count().await.unwrap_or(0) as f64;
     let body = s.cache.metrics.render(&[
-        ("process_resident_memory_bytes", "Resident memory of the gateway process.", rss_bytes() as f64),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory of the gateway process.",
+            rss_bytes() as f64,
+        ),
         ("cache_index_entries", "Entries in the index.", entries),
-        ("cache_flights_in_progress", "Provider calls in flight.", s.coalescer.in_flight() as f64),
-        ("process_uptime_seconds", "Seconds since the gateway started.", s.started.elapsed().as_secs_f64()),
+        (
+            "cache_flights_in_progress",
+            "Provider calls in flight.",
+            s.coalescer.in_flight() as f64,
+        ),
+        (
+            "process_uptime_seconds",
+            "Seconds since the gateway started.",
+            s.started.elapsed().as_secs_f64(),
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &s.admin_token else { return Err(ApiError::AdminUnauthorized) };
+    let Some(token) = &s.admin_token else {
+        return Err(ApiError::AdminUnauthorized);
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -77,13 +91,20 @@ pub async fn admin_entry(State(s): State<Arc<AppState>>, headers: HeaderMap, Pat
         let indexed = s.cache.roles.index.get(key).await.ok().flatten().is_some();
         match entry {
             Some(e) => Ok(Json(json!({"entry": e, "indexed": indexed})).into_response()),
-            None => Err(ApiError::NotFound { method: "GET".into(), path: format!("/admin/entries/{}", key.hex()) }),
+            None => Err(ApiError::NotFound {
+                method: "GET".into(),
+                path: format!("/admin/entries/{}", key.hex()),
+            }),
         }
     };
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-pub async fn admin_delete_entry(State(s): State<Arc<AppState>>, headers: HeaderMap, Path(key): Path<String>) -> Response {
+pub async fn admin_delete_entry(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Response {
     let run = async {
         check_admin(&s, &headers)?;
         let key = parse_key(&key)?;

@@ -48,8 +48,11 @@ fn invalid(msg: impl Into<String>) -> ApiError {
 }
 
 fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| invalid("request body must be a JSON object"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| invalid("request body must be a JSON object"))?;
     let model = match obj.get("model") {
         None => return Err(invalid("missing required parameter: 'model'")),
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -91,30 +94,36 @@ fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
         .pointer("/stream_options/include_usage")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    Ok(Parsed { model, stream: stream && endpoint.streams(), include_usage, value })
+    Ok(Parsed {
+        model,
+        stream: stream && endpoint.streams(),
+        include_usage,
+        value,
+    })
 }
 
-/// Reads the body, refusing anything over the limit with 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(ApiError::BodyTooLarge { size: len, limit });
+/// Reads the body, refusing anything over the limit with 413. An oversized
+/// body is still read (and dropped) up to a cap, so the client gets to read
+/// the 413 instead of a broken pipe.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let drain_cap = limit.saturating_mul(4).max(64 * 1024 * 1024);
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| invalid(format!("could not read request body: {e}")))?;
+        total += chunk.len();
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > drain_cap {
+            break;
         }
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over = std::error::Error::source(&e)
-            .map(|s| s.to_string().contains("length limit"))
-            .unwrap_or(false);
-        if over || e.to_string().contains("length limit") {
-            ApiError::BodyTooLarge { size: limit + 1, limit }
-        } else {
-            invalid(format!("could not read request body: {e}"))
-        }
-    })
+    if total > limit {
+        return Err(ApiError::BodyTooLarge { size: total, limit });
+    }
+    Ok(buf.freeze())
 }
 
 /// Entry point for `POST /v1/{chat/completions,completions,embeddings}`.
@@ -138,7 +147,7 @@ async fn serve(
     body: Body,
 ) -> Result<(Response, &'static str), ApiError> {
     let tenant = state.tenants.authenticate(headers)?;
-    let raw = read_body(body, headers, state.config.server.max_body_bytes).await?;
+    let raw = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed = parse_body(endpoint, &raw)?;
     let d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
     let upstream = state
@@ -156,12 +165,24 @@ async fn serve(
                 .tokens_saved
                 .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
             metrics.usd_saved.add(hit.meta.cost_usd);
-            let resp = render_answer(endpoint, &parsed, &hit.body, &hit.meta.content_type, CacheStatus::Hit, key, hit.age_secs);
+            let resp = render_answer(
+                endpoint,
+                &parsed,
+                &hit.body,
+                &hit.meta.content_type,
+                CacheStatus::Hit,
+                key,
+                hit.age_secs,
+            );
             return Ok((resp, "HIT"));
         }
     }
 
-    let status = if d.no_cache || d.no_store { CacheStatus::Bypass } else { CacheStatus::Miss };
+    let status = if d.no_cache || d.no_store {
+        CacheStatus::Bypass
+    } else {
+        CacheStatus::Miss
+    };
     match status {
         CacheStatus::Bypass => metrics.bypasses.fetch_add(1, Ordering::Relaxed),
         _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
@@ -174,7 +195,13 @@ async fn serve(
         canonical_request: canonical,
         ttl: Duration::from_secs(d.ttl.unwrap_or(tenant.default_ttl.as_secs())),
     });
-    let spec = FlightSpec { state: state.clone(), upstream, endpoint, body: raw, store };
+    let spec = FlightSpec {
+        state: state.clone(),
+        upstream,
+        endpoint,
+        body: raw,
+        store,
+    };
 
     // Only plain misses coalesce: a no-cache refresh or a no-store call is the client's own.
     let (tx, guard) = if status == CacheStatus::Miss {
@@ -183,7 +210,8 @@ async fn serve(
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
                 let outcome = flight::wait(rx).await;
                 let mut resp = render_outcome(endpoint, &parsed, &outcome, status, key)?;
-                resp.headers_mut().insert("x-recache-coalesced", HeaderValue::from_static("true"));
+                resp.headers_mut()
+                    .insert("x-recache-coalesced", HeaderValue::from_static("true"));
                 return Ok((resp, status.as_str()));
             }
             Joined::Leader(tx, guard) => (tx, Some(guard)),
@@ -195,7 +223,15 @@ async fn serve(
     if parsed.stream {
         let (head_tx, head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(64);
-        tokio::spawn(flight::run(spec, tx, Some(Live { head: head_tx, chunks: chunk_tx }), guard));
+        tokio::spawn(flight::run(
+            spec,
+            tx,
+            Some(Live {
+                head: head_tx,
+                chunks: chunk_tx,
+            }),
+            guard,
+        ));
         if let Ok(head) = head_rx.await {
             let mut resp = Response::new(Body::from_stream(ReceiverStream::new(chunk_rx)));
             set_header(&mut resp, header::CONTENT_TYPE.as_str(), &head.content_type);
@@ -207,7 +243,10 @@ async fn serve(
         tokio::spawn(flight::run(spec, tx, None, guard));
     }
     let outcome = flight::wait(rx).await;
-    Ok((render_outcome(endpoint, &parsed, &outcome, status, key)?, status.as_str()))
+    Ok((
+        render_outcome(endpoint, &parsed, &outcome, status, key)?,
+        status.as_str(),
+    ))
 }
 
 fn render_outcome(
@@ -218,8 +257,14 @@ fn render_outcome(
     key: CacheKey,
 ) -> Result<Response, ApiError> {
     match outcome {
-        Outcome::Complete { body, content_type } => Ok(render_answer(endpoint, parsed, body, content_type, status, key, 0)),
-        Outcome::Upstream { status: code, content_type, body } => {
+        Outcome::Complete { body, content_type } => {
+            Ok(render_answer(endpoint, parsed, body, content_type, status, key, 0))
+        }
+        Outcome::Upstream {
+            status: code,
+            content_type,
+            body,
+        } => {
             let mut resp = Response::new(Body::from(body.clone()));
             *resp.status_mut() = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
             if let Some(ct) = content_type {
@@ -234,12 +279,14 @@ fn render_outcome(
 
 fn clone_error(e: &ApiError) -> ApiError {
     match e {
-        ApiError::UpstreamTimeout { upstream, timeout_ms } => {
-            ApiError::UpstreamTimeout { upstream: upstream.clone(), timeout_ms: *timeout_ms }
-        }
-        ApiError::UpstreamUnreachable { upstream, detail } => {
-            ApiError::UpstreamUnreachable { upstream: upstream.clone(), detail: detail.clone() }
-        }
+        ApiError::UpstreamTimeout { upstream, timeout_ms } => ApiError::UpstreamTimeout {
+            upstream: upstream.clone(),
+            timeout_ms: *timeout_ms,
+        },
+        ApiError::UpstreamUnreachable { upstream, detail } => ApiError::UpstreamUnreachable {
+            upstream: upstream.clone(),
+            detail: detail.clone(),
+        },
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -272,7 +319,10 @@ fn render_answer(
 }
 
 fn set_header(resp: &mut Response, name: &str, value: &str) {
-    if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+    if let (Ok(n), Ok(v)) = (
+        header::HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
         resp.headers_mut().insert(n, v);
     }
 }

@@ -22,7 +22,10 @@ pub struct ObjectStoreArtifacts {
 
 pub(crate) fn map_err(e: object_store::Error) -> BackendError {
     match e {
-        object_store::Error::NotSupported { .. } => BackendError::NotSupported { backend: NAME, what: "operation" },
+        object_store::Error::NotSupported { .. } => BackendError::NotSupported {
+            backend: NAME,
+            what: "operation",
+        },
         other => BackendError::unavailable(NAME, other),
     }
 }
@@ -105,12 +108,25 @@ impl Artifacts for ObjectStoreArtifacts {
                 .put(&probe, PutPayload::from_bytes(body.clone()))
                 .await
                 .map_err(map_err)?;
-            let back = self.store.get(&probe).await.map_err(map_err)?.bytes().await.map_err(map_err)?;
+            let back = self
+                .store
+                .get(&probe)
+                .await
+                .map_err(map_err)?
+                .bytes()
+                .await
+                .map_err(map_err)?;
             if back != body {
-                return Err(BackendError::Corrupt { backend: NAME, detail: "health probe read back different bytes".into() });
+                return Err(BackendError::Corrupt {
+                    backend: NAME,
+                    detail: "health probe read back different bytes".into(),
+                });
             }
             let _ = self.store.delete(&probe).await;
-            Ok(CheckInfo { version: Some(self.store.to_string()), ..Default::default() })
+            Ok(CheckInfo {
+                version: Some(self.store.to_string()),
+                ..Default::default()
+            })
         })
     }
 }

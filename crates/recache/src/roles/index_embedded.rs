@@ -126,7 +126,12 @@ impl EmbeddedIndex {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("index.log");
         let shards: Box<[RwLock<Shard>]> = (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
-        let mut stats = OpenStats { records: 0, live: 0, compacted: false, fresh: true };
+        let mut stats = OpenStats {
+            records: 0,
+            live: 0,
+            compacted: false,
+            fresh: true,
+        };
         let mut newest_created = i64::MIN;
         let mut valid_len = 0u64;
         if let Ok(mut f) = File::open(&path) {
@@ -158,7 +163,10 @@ impl EmbeddedIndex {
                 );
             }
         }
-        let live: u64 = shards.iter().map(|s| s.read().map(|s| s.len()).unwrap_or(0) as u64).sum();
+        let live: u64 = shards
+            .iter()
+            .map(|s| s.read().map(|s| s.len()).unwrap_or(0) as u64)
+            .sum();
         stats.live = live;
         let index = EmbeddedIndex {
             shards,
@@ -324,7 +332,7 @@ impl Index for EmbeddedIndex {
         })
     }
 
-    fn len(&self) -> BoxFuture<'_, Result<u64>> {
+    fn count(&self) -> BoxFuture<'_, Result<u64>> {
         let n = self
             .shards
             .iter()
@@ -335,7 +343,7 @@ impl Index for EmbeddedIndex {
 
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         Box::pin(async move {
-            let entries = self.len().await?;
+            let entries = self.count().await?;
             let writable = self.log.lock().map(|g| g.is_some()).unwrap_or(false);
             if !writable {
                 return Err(BackendError::unavailable(NAME, "index log is not open"));
@@ -353,7 +361,9 @@ impl Index for EmbeddedIndex {
             self.flush_log()?;
             let guard = self.log.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(w) = guard.as_ref() {
-                w.get_ref().sync_data().map_err(|e| BackendError::unavailable(NAME, e))?;
+                w.get_ref()
+                    .sync_data()
+                    .map_err(|e| BackendError::unavailable(NAME, e))?;
             }
             Ok(())
         })

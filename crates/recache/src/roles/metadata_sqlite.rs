@@ -6,7 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::Row;
 
 use super::{
@@ -25,10 +27,16 @@ pub struct SqliteMetadata {
 
 pub(crate) fn map_err(e: sqlx::Error) -> BackendError {
     match e {
-        sqlx::Error::PoolTimedOut => BackendError::Timeout { backend: NAME, after_ms: 0 },
+        sqlx::Error::PoolTimedOut => BackendError::Timeout {
+            backend: NAME,
+            after_ms: 0,
+        },
         sqlx::Error::Io(e) => BackendError::unavailable(NAME, e),
         sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => BackendError::unavailable(NAME, e),
-        other => BackendError::Protocol { backend: NAME, detail: other.to_string() },
+        other => BackendError::Protocol {
+            backend: NAME,
+            detail: other.to_string(),
+        },
     }
 }
 
@@ -121,7 +129,10 @@ fn insert_query(e: &EntryRecord) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::s
 }
 
 fn corrupt(what: &str) -> BackendError {
-    BackendError::Corrupt { backend: NAME, detail: format!("bad {what} in entries row") }
+    BackendError::Corrupt {
+        backend: NAME,
+        detail: format!("bad {what} in entries row"),
+    }
 }
 
 fn row_to_entry(r: &SqliteRow) -> Result<EntryRecord> {

@@ -75,7 +75,7 @@ pub trait Index: Send + Sync {
     fn delete(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>>;
     /// Drops entries that expired before `before_ms`; returns how many.
     fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>>;
-    fn len(&self) -> BoxFuture<'_, Result<u64>>;
+    fn count(&self) -> BoxFuture<'_, Result<u64>>;
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
     /// Makes buffered writes durable (called on shutdown).
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
@@ -228,7 +228,14 @@ async fn timed_check(
             Some(format!("health check timed out after {} ms", timeout.as_millis())),
         ),
     };
-    RoleHealth { role, engine, status, latency_ms, info, error }
+    RoleHealth {
+        role,
+        engine,
+        status,
+        latency_ms,
+        info,
+        error,
+    }
 }
 
 impl Roles {

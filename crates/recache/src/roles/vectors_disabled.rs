@@ -12,6 +12,11 @@ impl Vectors for DisabledVectors {
         false
     }
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
-        Box::pin(async { Err(BackendError::NotSupported { backend: "vectors", what: "semantic matching is disabled" }) })
+        Box::pin(async {
+            Err(BackendError::NotSupported {
+                backend: "vectors",
+                what: "semantic matching is disabled",
+            })
+        })
     }
 }

@@ -1,0 +1,224 @@
+//! Test support: a stub provider and a gateway on ephemeral loopback ports,
+//! with the gateway's data in a temporary directory.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use recache::config::Config;
+use recache::server::Gateway;
+use recache_stub_provider::{StubConfig, StubState};
+use serde_json::{json, Value};
+
+pub const KEY_A: &str = "sk-tenant-a";
+pub const KEY_B: &str = "sk-tenant-b";
+
+pub struct Env {
+    pub stub: Arc<StubState>,
+    pub stub_url: String,
+    pub dir: tempfile::TempDir,
+    pub gw: Option<Gateway>,
+    pub base: String,
+    pub http: reqwest::Client,
+    extra: String,
+}
+
+/// The gateway config for a test: embedded roles under `dir`.
+pub fn config_text(dir: &std::path::Path, stub_url: &str, extra: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[cache]
+hit_flush_interval_ms = 50
+sweep_interval_seconds = 1
+[index]
+path = "{d}/index"
+[artifacts]
+path = "{d}/artifacts"
+[metadata]
+path = "{d}/metadata.db"
+[[upstreams]]
+name = "stub"
+base_url = "{stub_url}"
+models = ["gpt-*", "text-embedding-*", "stub-*"]
+timeout_ms = 2000
+[[tenants]]
+name = "team-a"
+keys = ["{KEY_A}"]
+[[tenants]]
+name = "team-b"
+keys = ["{KEY_B}"]
+[prices."gpt-4o-mini"]
+input = 0.15
+output = 0.60
+{extra}
+"#
+    )
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        Self::with(StubConfig::default(), "").await
+    }
+
+    pub async fn with(stub_cfg: StubConfig, extra: &str) -> Env {
+        let stub = StubState::new(stub_cfg);
+        let addr = recache_stub_provider::spawn("127.0.0.1:0".parse().unwrap(), stub.clone())
+            .await
+            .expect("stub starts");
+        let mut env = Env {
+            stub,
+            stub_url: format!("http://{addr}/v1"),
+            dir: tempfile::tempdir().unwrap(),
+            gw: None,
+            base: String::new(),
+            http: reqwest::Client::new(),
+            extra: extra.to_string(),
+        };
+        env.start().await;
+        env
+    }
+
+    pub fn config(&self) -> Config {
+        let env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+        Config::from_toml_str(&config_text(self.dir.path(), &self.stub_url, &self.extra), &env)
+            .expect("test config is valid")
+            .0
+    }
+
+    pub async fn start(&mut self) {
+        let env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+        let gw = Gateway::start(self.config(), &env).await.expect("gateway starts");
+        self.base = format!("http://{}", gw.addr);
+        self.gw = Some(gw);
+    }
+
+    pub async fn restart(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.shutdown().await;
+        }
+        self.start().await;
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &Value, headers: &[(&str, &str)]) -> Resp {
+        self.post_raw(path, key, body.to_string(), headers).await
+    }
+
+    pub async fn post_raw(&self, path: &str, key: Option<&str>, body: String, headers: &[(&str, &str)]) -> Resp {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Resp::from(req.send().await.expect("gateway answers")).await
+    }
+
+    pub async fn chat(&self, key: &str, content: &str) -> Resp {
+        self.post("/v1/chat/completions", Some(key), &chat_body(content, false), &[])
+            .await
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found"))
+    }
+}
+
+pub fn chat_body(content: &str, stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": content}]})
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Resp {
+    pub async fn from(r: reqwest::Response) -> Resp {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        Resp { status, headers, text }
+    }
+    pub fn cache(&self) -> &str {
+        self.headers
+            .get("x-recache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    /// The assistant text of a JSON answer or of an SSE stream.
+    pub fn content(&self) -> String {
+        if self.header("content-type").starts_with("text/event-stream") {
+            sse_content(&self.text)
+        } else {
+            self.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        }
+    }
+    /// Asserts an OpenAI-style error body with this status.
+    pub fn assert_error(&self, status: u16) {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let v = self.json();
+        assert!(
+            v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error body: {}",
+            self.text
+        );
+        assert!(v["error"]["type"].is_string(), "error body: {}", self.text);
+    }
+}
+
+/// Concatenates the delta contents of an SSE chat stream; panics on a stream without [DONE].
+pub fn sse_content(text: &str) -> String {
+    let mut out = String::new();
+    let mut done = false;
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).expect("SSE data is JSON");
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            out.push_str(c);
+        }
+    }
+    assert!(done, "stream ended without [DONE]: {text}");
+    out
+}
