@@ -21,8 +21,13 @@ const NAME: &str = "metadata";
 /// Schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
 
+/// SQLite allows one writer at a time, and a transaction that reads before
+/// it writes cannot wait for the lock (it fails with SQLITE_BUSY). So every
+/// write goes through a one-connection pool, where writers queue instead;
+/// reads use their own pool and never block on writers (WAL).
 pub struct SqliteMetadata {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 pub(crate) fn map_err(e: sqlx::Error) -> BackendError {
@@ -51,24 +56,30 @@ impl SqliteMetadata {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout.max(Duration::from_millis(100)) * 4)
+            .connect_with(opts.clone())
+            .await
+            .map_err(map_err)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(timeout.max(Duration::from_millis(100)))
             .connect_with(opts)
             .await
             .map_err(map_err)?;
-        let me = Self { pool };
+        let me = Self { pool, writer };
         me.migrate().await?;
         Ok(me)
     }
 
     async fn migrate(&self) -> Result<()> {
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)")
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         for (version, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
             let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
                 .bind(version)
                 .fetch_optional(&mut *tx)
@@ -91,7 +102,7 @@ impl SqliteMetadata {
 
     /// Inserts many entries in one transaction (benchmark seeding and repair).
     pub async fn bulk_insert(&self, entries: &[EntryRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         for e in entries {
             insert_query(e).execute(&mut *tx).await.map_err(map_err)?;
         }
@@ -165,7 +176,7 @@ impl Metadata for SqliteMetadata {
 
     fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
             let old: Option<String> = sqlx::query_scalar("SELECT artifact_sha256 FROM entries WHERE cache_key = ?")
                 .bind(entry.key.hex())
                 .fetch_optional(&mut *tx)
@@ -194,7 +205,7 @@ impl Metadata for SqliteMetadata {
         Box::pin(async move {
             let r = sqlx::query("DELETE FROM entries WHERE cache_key = ?")
                 .bind(key.hex())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(map_err)?;
             Ok(r.rows_affected() > 0)
@@ -203,7 +214,7 @@ impl Metadata for SqliteMetadata {
 
     fn record_hits(&self, hits: Vec<HitUpdate>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
             for h in &hits {
                 sqlx::query(
                     "UPDATE entries SET hit_count = hit_count + ?, \
@@ -255,7 +266,7 @@ impl Metadata for SqliteMetadata {
             let rows: Vec<String> =
                 sqlx::query_scalar("DELETE FROM entries WHERE expires_at_ms <= ? RETURNING artifact_sha256")
                     .bind(before_ms)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.writer)
                     .await
                     .map_err(map_err)?;
             Ok(rows.iter().filter_map(|h| ArtifactId::from_hex(h)).collect())
@@ -264,7 +275,7 @@ impl Metadata for SqliteMetadata {
 
     fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(map_err)?;
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
             for e in &events {
                 sqlx::query(
                     "INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) \

@@ -1,0 +1,335 @@
+//! One conformance suite per role: plain async scenarios over `&dyn Role`.
+//! Every implementation's tests call the same list (see
+//! `tests/conformance.rs`), so an engine either behaves like the others or
+//! fails here. Scenarios panic with a message naming what broke.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{now_ms, ArtifactId, Artifacts, AuditEvent, EntryRecord, HitUpdate, Index, IndexEntry, Metadata};
+use crate::key::{cache_key, CacheKey};
+
+/// A key unique to this run and label.
+pub fn test_key(label: &str) -> CacheKey {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| format!("{}-{}", std::process::id(), now_ms()));
+    cache_key("conformance", run, "chat", label)
+}
+
+fn entry(artifact: u8, ttl_ms: i64) -> IndexEntry {
+    let now = now_ms();
+    IndexEntry {
+        artifact: ArtifactId([artifact; 32]),
+        size: 100 + artifact as u64,
+        created_at_ms: now,
+        expires_at_ms: now + ttl_ms,
+    }
+}
+
+// ---------------------------------------------------------------- index
+
+pub async fn index_put_get_overwrite_delete(index: &dyn Index) {
+    let k = test_key("index-basic");
+    assert_eq!(index.get(k).await.unwrap(), None, "unknown key is a miss, not an error");
+    let e1 = entry(1, 60_000);
+    index.put(k, e1).await.unwrap();
+    assert_eq!(index.get(k).await.unwrap(), Some(e1), "get returns what put stored");
+    let e2 = entry(2, 60_000);
+    index.put(k, e2).await.unwrap();
+    assert_eq!(index.get(k).await.unwrap(), Some(e2), "put overwrites");
+    assert!(index.delete(k).await.unwrap(), "delete reports an existing key");
+    assert_eq!(index.get(k).await.unwrap(), None, "deleted key is gone");
+    assert!(!index.delete(k).await.unwrap(), "deleting a missing key reports false");
+}
+
+pub async fn index_expiry(index: &dyn Index) {
+    let k = test_key("index-expiry");
+    let e = entry(3, 1_000);
+    index.put(k, e).await.unwrap();
+    let purged_before = index.purge_expired(now_ms()).await.unwrap();
+    let _ = purged_before;
+    assert!(index.get(k).await.unwrap().is_some(), "not expired yet");
+    index.purge_expired(e.expires_at_ms + 1).await.unwrap();
+    // Engines with native TTLs may already have dropped it; either way it must not be served as live.
+    if let Some(got) = index.get(k).await.unwrap() {
+        assert!(got.expires_at_ms <= e.expires_at_ms, "expiry is kept with the entry");
+        panic!("an entry past its expiry survived purge_expired");
+    }
+}
+
+pub async fn index_concurrent_writers(index: Arc<dyn Index>) {
+    let mut tasks = Vec::new();
+    for t in 0..16u8 {
+        let index = index.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50u8 {
+                let k = test_key(&format!("index-conc-{t}-{i}"));
+                index.put(k, entry(i, 60_000)).await.unwrap();
+                // Everyone also fights over one shared key.
+                index
+                    .put(test_key("index-conc-shared"), entry(t, 60_000))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for t in 0..16u8 {
+        for i in 0..50u8 {
+            let got = index.get(test_key(&format!("index-conc-{t}-{i}"))).await.unwrap();
+            assert_eq!(
+                got.map(|e| e.artifact),
+                Some(ArtifactId([i; 32])),
+                "writer {t} key {i} lost"
+            );
+        }
+    }
+    let shared = index
+        .get(test_key("index-conc-shared"))
+        .await
+        .unwrap()
+        .expect("shared key present");
+    assert!(shared.artifact.0[0] < 16, "shared key holds one writer's whole value");
+    assert!(index.count().await.unwrap() >= 16 * 50, "count sees every entry");
+}
+
+pub async fn index_health(index: &dyn Index) {
+    index.check().await.expect("a healthy index passes its check");
+}
+
+// ------------------------------------------------------------ artifacts
+
+pub async fn artifacts_round_trip(store: &dyn Artifacts) {
+    let body = Bytes::from(format!("conformance artifact {}", now_ms()));
+    let id = ArtifactId::of(&body);
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        None,
+        "missing artifact is None, not an error"
+    );
+    store.put(id, body.clone()).await.unwrap();
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        Some(body.clone()),
+        "bytes come back unchanged"
+    );
+    store.put(id, body.clone()).await.unwrap();
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        Some(body.clone()),
+        "re-putting the same content is harmless"
+    );
+    assert!(
+        store.list().await.unwrap().contains(&id),
+        "list includes the stored artifact"
+    );
+    assert!(store.delete(id).await.unwrap() || store.get(id).await.unwrap().is_none());
+    assert_eq!(store.get(id).await.unwrap(), None, "deleted artifact is gone");
+    assert!(
+        !store.list().await.unwrap().contains(&id),
+        "list forgets deleted artifacts"
+    );
+}
+
+pub async fn artifacts_large_payload(store: &dyn Artifacts) {
+    let big: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let body = Bytes::from(big);
+    let id = ArtifactId::of(&body);
+    store.put(id, body.clone()).await.unwrap();
+    let back = store.get(id).await.unwrap().expect("large artifact stored");
+    assert_eq!(back.len(), body.len());
+    assert_eq!(ArtifactId::of(&back), id, "large payload intact");
+    store.delete(id).await.unwrap();
+}
+
+pub async fn artifacts_concurrent_writers(store: Arc<dyn Artifacts>) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                let body = Bytes::from(format!("conc {t} {i} {}", now_ms()));
+                let id = ArtifactId::of(&body);
+                store.put(id, body).await.unwrap();
+                // Same content from every writer at once.
+                let shared = Bytes::from_static(b"the same bytes from every writer");
+                store.put(ArtifactId::of(&shared), shared).await.unwrap();
+                ids.push(id);
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let listed = store.list().await.unwrap();
+    for id in &all {
+        let b = store.get(*id).await.unwrap().expect("every concurrent write landed");
+        assert_eq!(ArtifactId::of(&b), *id);
+        assert!(listed.contains(id));
+        store.delete(*id).await.unwrap();
+    }
+    let shared = Bytes::from_static(b"the same bytes from every writer");
+    assert_eq!(store.get(ArtifactId::of(&shared)).await.unwrap(), Some(shared));
+}
+
+pub async fn artifacts_health(store: &dyn Artifacts) {
+    store.check().await.expect("a healthy artifact store passes its check");
+}
+
+// ------------------------------------------------------------- metadata
+
+fn record(label: &str, artifact: u8, ttl_ms: i64) -> EntryRecord {
+    let now = now_ms();
+    EntryRecord {
+        key: test_key(label),
+        tenant: "conformance".into(),
+        namespace: "default".into(),
+        endpoint: "chat".into(),
+        model: "gpt-test".into(),
+        artifact: ArtifactId([artifact; 32]),
+        request_bytes: 10,
+        response_bytes: 20,
+        prompt_tokens: 3,
+        completion_tokens: 4,
+        cost_usd: 0.25,
+        created_at_ms: now,
+        expires_at_ms: now + ttl_ms,
+        last_hit_at_ms: None,
+        hit_count: 0,
+    }
+}
+
+pub async fn metadata_entries(meta: &dyn Metadata) {
+    let r = record("meta-basic", 7, 60_000);
+    assert_eq!(meta.get_entry(r.key).await.unwrap(), None);
+    assert_eq!(
+        meta.upsert_entry(r.clone()).await.unwrap(),
+        None,
+        "a new entry replaces nothing"
+    );
+    assert_eq!(meta.get_entry(r.key).await.unwrap(), Some(r.clone()), "round trip");
+    let mut r2 = record("meta-basic", 8, 60_000);
+    r2.model = "gpt-other".into();
+    assert_eq!(
+        meta.upsert_entry(r2.clone()).await.unwrap(),
+        Some(ArtifactId([7; 32])),
+        "upsert returns the replaced artifact"
+    );
+    assert_eq!(meta.get_entry(r.key).await.unwrap().unwrap().model, "gpt-other");
+    meta.record_hits(vec![HitUpdate {
+        key: r.key,
+        count: 3,
+        last_hit_ms: 1234,
+    }])
+    .await
+    .unwrap();
+    meta.record_hits(vec![HitUpdate {
+        key: r.key,
+        count: 2,
+        last_hit_ms: 1000,
+    }])
+    .await
+    .unwrap();
+    let got = meta.get_entry(r.key).await.unwrap().unwrap();
+    assert_eq!(
+        (got.hit_count, got.last_hit_at_ms),
+        (5, Some(1234)),
+        "hits add up; last hit never goes back"
+    );
+    assert!(meta.count_entries().await.unwrap() >= 1);
+    assert!(meta.delete_entry(r.key).await.unwrap());
+    assert!(!meta.delete_entry(r.key).await.unwrap());
+    assert_eq!(meta.get_entry(r.key).await.unwrap(), None);
+}
+
+pub async fn metadata_live_entries_and_purge(meta: &dyn Metadata) {
+    let live = record("meta-live", 9, 60_000);
+    let dead = record("meta-dead", 10, 1);
+    meta.upsert_entry(live.clone()).await.unwrap();
+    meta.upsert_entry(dead.clone()).await.unwrap();
+    let now = now_ms() + 5;
+    let listed = meta.live_entries(live.created_at_ms - 10, now).await.unwrap();
+    assert!(
+        listed.iter().any(|(k, e)| *k == live.key && *e == live.index_entry()),
+        "live entry listed with its pointer"
+    );
+    assert!(!listed.iter().any(|(k, _)| *k == dead.key), "expired entry not listed");
+    let later = meta.live_entries(live.created_at_ms + 60_000, now).await.unwrap();
+    assert!(!later.iter().any(|(k, _)| *k == live.key), "since filter applies");
+    let purged = meta.purge_expired(now).await.unwrap();
+    assert!(
+        purged.contains(&ArtifactId([10; 32])),
+        "purge returns the artifacts it released"
+    );
+    assert_eq!(meta.get_entry(dead.key).await.unwrap(), None);
+    assert!(
+        meta.get_entry(live.key).await.unwrap().is_some(),
+        "purge keeps live entries"
+    );
+    meta.delete_entry(live.key).await.unwrap();
+}
+
+pub async fn metadata_audit_is_idempotent(meta: &dyn Metadata) {
+    let id = format!("conformance-{}", test_key("audit").hex());
+    let ev = |suffix: &str| AuditEvent {
+        id: format!("{id}-{suffix}"),
+        at_ms: now_ms(),
+        tenant: Some("conformance".into()),
+        actor: "test".into(),
+        action: "entry.store".into(),
+        cache_key: None,
+        detail: json!({"n": suffix}),
+    };
+    meta.append_audit(vec![ev("1"), ev("2")]).await.unwrap();
+    meta.append_audit(vec![ev("2"), ev("3")]).await.unwrap();
+    let recent = meta.recent_audit(1000).await.unwrap();
+    let mine: Vec<&AuditEvent> = recent.iter().filter(|e| e.id.starts_with(&id)).collect();
+    assert_eq!(mine.len(), 3, "a replayed event id is stored once");
+    assert_eq!(mine[0].id, format!("{id}-3"), "newest first");
+    assert_eq!(mine[0].detail, json!({"n": "3"}));
+}
+
+pub async fn metadata_concurrent_writers(meta: Arc<dyn Metadata>) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let meta = meta.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20u8 {
+                meta.upsert_entry(record(&format!("meta-conc-{t}-{i}"), i, 60_000))
+                    .await
+                    .unwrap();
+                meta.record_hits(vec![HitUpdate {
+                    key: test_key("meta-conc-shared"),
+                    count: 1,
+                    last_hit_ms: 1,
+                }])
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    meta.upsert_entry(record("meta-conc-shared", 1, 60_000)).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for t in 0..8 {
+        for i in 0..20u8 {
+            assert!(meta
+                .get_entry(test_key(&format!("meta-conc-{t}-{i}")))
+                .await
+                .unwrap()
+                .is_some());
+        }
+    }
+}
+
+pub async fn metadata_health(meta: &dyn Metadata) {
+    meta.check().await.expect("a healthy metadata store passes its check");
+}
