@@ -1,0 +1,201 @@
+//! The `recache` binary: help, exit codes, config errors, health, and the demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn recache() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_recache"));
+    c.env_remove("RECACHE_CONFIG");
+    c
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let d = dir.display();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[index]\npath = \"{d}/index\"\n[artifacts]\npath = \"{d}/artifacts\"\n[metadata]\npath = \"{d}/metadata.db\"\n{body}"
+    );
+    let p = dir.join("recache.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const UPSTREAM: &str = "[[upstreams]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[[tenants]]\nname = \"t\"\nkeys = [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]\n";
+
+#[test]
+fn help_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["health", "--help"],
+        vec!["bench", "--help"],
+        vec!["bench", "load", "--help"],
+        vec!["bench", "seed", "--help"],
+    ] {
+        let out = recache().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+    let out = recache().arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn config_errors_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (format!("{UPSTREAM}[server]\nlisten_on = 1\n"), "listen_on"),
+        (UPSTREAM.replace("http://127.0.0.1:9/v1", "not-a-url"), "base_url"),
+        (
+            UPSTREAM.replace("base_url", "api_key_env = \"RECACHE_TEST_MISSING_KEY\"\nbase_url"),
+            "RECACHE_TEST_MISSING_KEY",
+        ),
+    ];
+    for (body, needle) in cases {
+        // A duplicate [server] table is itself an error; keep one per case.
+        let body = body.replacen("[server]\nlisten_on", "[cache]\nlisten_on", 1);
+        let p = write_config(dir.path(), &body);
+        let out = recache().args(["health", "--config"]).arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{needle}: {err}");
+        assert!(err.contains(needle), "{needle} not in: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    let out = recache()
+        .args(["serve", "--config", "/nonexistent/recache.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // An env override that names an unknown key fails loudly too.
+    let p = write_config(dir.path(), UPSTREAM);
+    let out = recache()
+        .args(["health", "--config"])
+        .arg(&p)
+        .env("RECACHE_INDEX__NOPE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads stdout lines until one contains `http://`; returns that URL.
+fn wait_for_url(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(i) = line.find("http://") {
+            let url: String = line[i..].chars().take_while(|c| !c.is_whitespace()).collect();
+            return url;
+        }
+    }
+    panic!("no URL printed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_miss_then_hit_and_health_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child(
+        recache()
+            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = wait_for_url(&mut child.0);
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth("sk-recache-demo")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        statuses.push(r.headers()["x-recache-status"].to_str().unwrap().to_string());
+    }
+    assert_eq!(statuses, ["MISS", "HIT"]);
+
+    // `recache health` against the demo's stores: everything up, JSON on request.
+    let d = dir.path().join("data");
+    let cfg = write_config(dir.path(), UPSTREAM).to_path_buf();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            &format!("{}/index", dir.path().display()),
+            &format!("{}/index", d.display()),
+        )
+        .replace(
+            &format!("{}/artifacts", dir.path().display()),
+            &format!("{}/artifacts", d.display()),
+        )
+        .replace(
+            &format!("{}/metadata.db", dir.path().display()),
+            &format!("{}/metadata.db", d.display()),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let out = recache()
+        .args(["health", "--format", "json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["backends"].as_array().unwrap().len(), 4);
+    let meta = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["role"] == "metadata")
+        .unwrap();
+    assert_eq!(meta["entries"], 1);
+    let out = recache()
+        .args(["health", "--backend", "postgres", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("metadata"));
+}
+
+#[test]
+fn health_exits_nonzero_when_a_backend_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // The index has never been created (no gateway ran), and metadata sits under a file.
+    std::fs::write(dir.path().join("blocker"), b"x").unwrap();
+    let p = write_config(dir.path(), UPSTREAM);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("metadata.db", "blocker/metadata.db");
+    std::fs::write(&p, text).unwrap();
+    let out = recache()
+        .args(["health", "--format", "json", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let down: Vec<&str> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "down")
+        .map(|b| b["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(down, ["index", "metadata"]);
+}
