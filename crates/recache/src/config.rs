@@ -145,6 +145,10 @@ pub struct ArtifactsConfig {
     pub region: Option<String>,
     pub prefix: String,
     pub timeout_ms: u64,
+    /// In-memory tier for hot artifacts, in MiB (0 turns it off).
+    pub memory_cache_mb: u64,
+    /// Artifacts larger than this (KiB) are never held in memory.
+    pub memory_cache_max_item_kb: u64,
 }
 
 impl Default for ArtifactsConfig {
@@ -157,6 +161,8 @@ impl Default for ArtifactsConfig {
             region: None,
             prefix: "".into(),
             timeout_ms: 1000,
+            memory_cache_mb: 64,
+            memory_cache_max_item_kb: 256,
         }
     }
 }
@@ -579,6 +585,16 @@ keys = ["sk-a"]
         let e = Config::from_toml_str(&with_key, &env(&[])).unwrap_err();
         assert!(e.0.contains("MY_KEY"), "{e}");
         assert!(Config::from_toml_str(&with_key, &env(&[("MY_KEY", "x")])).is_ok());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../recache.example.toml");
+        let e = Config::from_toml_str(text, &env(&[])).unwrap_err();
+        assert!(e.0.contains("OPENAI_API_KEY"), "{e}");
+        let (c, w) = Config::from_toml_str(text, &env(&[("OPENAI_API_KEY", "sk-x")])).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.upstreams[0].name, "openai");
     }
 
     #[test]

@@ -15,10 +15,11 @@ use crate::config::Config;
 use crate::gateway::{self, auth::Tenants, flight::Coalescer, AppState};
 use crate::metrics::Metrics;
 use crate::roles::artifacts_local::ObjectStoreArtifacts;
+use crate::roles::artifacts_memory::MemoryTier;
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::metadata_sqlite::SqliteMetadata;
 use crate::roles::vectors_disabled::DisabledVectors;
-use crate::roles::{now_ms, Roles};
+use crate::roles::{now_ms, Artifacts, Roles};
 use crate::upstream::Upstreams;
 
 /// Opens every role named in the config. Config validation has already
@@ -42,9 +43,17 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
     index.spawn_flusher(Duration::from_millis(100));
     let artifacts = ObjectStoreArtifacts::local(&config.artifacts.path, &config.artifacts.prefix)
         .with_context(|| format!("cannot open artifacts at {}", config.artifacts.path.display()))?;
+    let mut artifacts: Arc<dyn Artifacts> = Arc::new(artifacts);
+    if config.artifacts.memory_cache_mb > 0 {
+        artifacts = Arc::new(MemoryTier::new(
+            artifacts,
+            (config.artifacts.memory_cache_mb * 1024 * 1024) as usize,
+            (config.artifacts.memory_cache_max_item_kb * 1024) as usize,
+        ));
+    }
     let roles = Roles {
         index: index.clone(),
-        artifacts: Arc::new(artifacts),
+        artifacts,
         vectors: Arc::new(DisabledVectors),
         metadata: Arc::new(metadata),
     };

@@ -305,7 +305,8 @@ async fn seed(a: SeedArgs) -> i32 {
                         prompt_tokens: 0,
                         completion_tokens: 0,
                         cost_usd: 0.0,
-                        created_at_ms: now,
+                        // Spread over the past day, as a real cache fills up.
+                        created_at_ms: now - 86_400_000 + (i as i64 * 86_400_000 / a.entries.max(1) as i64),
                         expires_at_ms: now + 86_400_000,
                         last_hit_at_ms: None,
                         hit_count: 0,

@@ -133,10 +133,20 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap
         Ok(r) => r,
         Err(e) => (e.to_response(), "ERROR"),
     };
+    let secs = start.elapsed().as_secs_f64();
     state
         .cache
         .metrics
-        .observe_request(resp.status().as_u16(), status, start.elapsed().as_secs_f64());
+        .observe_request(resp.status().as_u16(), status, secs);
+    tracing::debug!(
+        target: "recache::access",
+        endpoint = endpoint.name(),
+        status = resp.status().as_u16(),
+        cache = status,
+        key = resp.headers().get("x-recache-key").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        latency_ms = secs * 1000.0,
+        "request"
+    );
     resp
 }
 

@@ -15,6 +15,7 @@ pub use crate::error::BackendError;
 use crate::key::CacheKey;
 
 pub mod artifacts_local;
+pub mod artifacts_memory;
 pub mod conformance;
 pub mod index_embedded;
 pub mod metadata_sqlite;
