@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, conformance, end-to-end gateway and CLI tests.
-# The only fake is the LLM provider (crates/stub-provider).
+# The whole test suite: unit, conformance (embedded and real engines),
+# end-to-end gateway and CLI tests. Real Redis, PostgreSQL and an S3 server
+# are started on ephemeral loopback ports by scripts/with-engines.sh (which
+# installs them if missing) and torn down afterwards. The only fake is the
+# LLM provider (crates/stub-provider).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --locked "$@"
+exec bash scripts/with-engines.sh cargo test --workspace --locked "$@"

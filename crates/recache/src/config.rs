@@ -311,7 +311,14 @@ impl Config {
         }
         match self.index.engine.as_str() {
             "embedded" => {}
-            "redis" => return err("index.engine = \"redis\" is not available in this build yet; use \"embedded\""),
+            "redis" => {
+                let url = self
+                    .index
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| ConfigError("index.url is required for engine redis".into()))?;
+                check_url("index.url", url, &["redis", "rediss"])?;
+            }
             other => {
                 return err(format!(
                     "index.engine: unknown engine '{other}' (expected embedded or redis)"
@@ -320,7 +327,14 @@ impl Config {
         }
         match self.artifacts.engine.as_str() {
             "embedded" => {}
-            "s3" => return err("artifacts.engine = \"s3\" is not available in this build yet; use \"embedded\""),
+            "s3" => {
+                if self.artifacts.bucket.as_deref().is_none_or(str::is_empty) {
+                    return err("artifacts.bucket is required for engine s3");
+                }
+                if let Some(e) = &self.artifacts.endpoint {
+                    check_url("artifacts.endpoint", e, &["http", "https"])?;
+                }
+            }
             other => {
                 return err(format!(
                     "artifacts.engine: unknown engine '{other}' (expected embedded or s3)"
@@ -344,7 +358,12 @@ impl Config {
         match self.metadata.engine.as_str() {
             "embedded" => {}
             "postgres" => {
-                return err("metadata.engine = \"postgres\" is not available in this build yet; use \"embedded\"")
+                let url = self
+                    .metadata
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| ConfigError("metadata.url is required for engine postgres".into()))?;
+                check_url("metadata.url", url, &["postgres", "postgresql"])?;
             }
             other => {
                 return err(format!(
@@ -442,6 +461,27 @@ impl Config {
     /// The admin token, if its env var is set.
     pub fn admin_token(&self, env: &HashMap<String, String>) -> Option<String> {
         env.get(&self.server.admin_token_env).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let u =
+        reqwest::Url::parse(url).map_err(|e| ConfigError(format!("{name}: '{}' is not a URL: {e}", redact(url))))?;
+    if !schemes.contains(&u.scheme()) {
+        return err(format!("{name}: scheme must be one of {}", schemes.join(", ")));
+    }
+    Ok(())
+}
+
+/// A URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable URL>".into(),
     }
 }
 
@@ -585,6 +625,32 @@ keys = ["sk-a"]
         let e = Config::from_toml_str(&with_key, &env(&[])).unwrap_err();
         assert!(e.0.contains("MY_KEY"), "{e}");
         assert!(Config::from_toml_str(&with_key, &env(&[("MY_KEY", "x")])).is_ok());
+    }
+
+    #[test]
+    fn real_engines_need_their_settings() {
+        let e = Config::from_toml_str(&format!("{BASE}[index]\nengine = \"redis\"\n"), &env(&[])).unwrap_err();
+        assert!(e.0.contains("index.url"), "{e}");
+        let e = Config::from_toml_str(
+            &format!("{BASE}[index]\nengine = \"redis\"\nurl = \"http://x\"\n"),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("scheme"), "{e}");
+        let e = Config::from_toml_str(&format!("{BASE}[artifacts]\nengine = \"s3\"\n"), &env(&[])).unwrap_err();
+        assert!(e.0.contains("bucket"), "{e}");
+        let e = Config::from_toml_str(
+            &format!("{BASE}[metadata]\nengine = \"postgres\"\nurl = \"postgres://u:hunter2@h/db x\"\n"),
+            &env(&[]),
+        );
+        assert!(
+            e.is_ok() || !e.unwrap_err().0.contains("hunter2"),
+            "passwords never appear in errors"
+        );
+        let text = format!(
+            "{BASE}[index]\nengine = \"redis\"\nurl = \"redis://127.0.0.1:6379/2\"\n[artifacts]\nengine = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n[metadata]\nengine = \"postgres\"\nurl = \"postgres://recache@127.0.0.1/recache\"\n"
+        );
+        Config::from_toml_str(&text, &env(&[])).unwrap();
     }
 
     #[test]

@@ -14,36 +14,88 @@ use crate::cache::{Cache, Timeouts};
 use crate::config::Config;
 use crate::gateway::{self, auth::Tenants, flight::Coalescer, AppState};
 use crate::metrics::Metrics;
-use crate::roles::artifacts_local::ObjectStoreArtifacts;
 use crate::roles::artifacts_memory::MemoryTier;
+use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
 use crate::roles::index_embedded::EmbeddedIndex;
+use crate::roles::index_redis::RedisIndex;
+use crate::roles::metadata_postgres::PostgresMetadata;
 use crate::roles::metadata_sqlite::SqliteMetadata;
 use crate::roles::vectors_disabled::DisabledVectors;
-use crate::roles::{now_ms, Artifacts, Roles};
+use crate::roles::{now_ms, Artifacts, Index, Metadata, Roles};
 use crate::upstream::Upstreams;
 
-/// Opens every role named in the config. Config validation has already
-/// refused engines this build does not have.
+/// The index named in the config. Serving opens the embedded index for
+/// writing (and starts its log flusher); remote engines connect lazily.
+pub async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn Index>> {
+    let c = &config.index;
+    match c.engine.as_str() {
+        "redis" => {
+            let url = c.url.as_deref().unwrap_or_default();
+            Ok(Arc::new(RedisIndex::new(
+                url,
+                &c.key_prefix,
+                Duration::from_millis(c.timeout_ms),
+            )?))
+        }
+        _ => {
+            let path = c.path.clone();
+            let (index, stats) = tokio::task::spawn_blocking(move || EmbeddedIndex::open(&path))
+                .await?
+                .with_context(|| format!("cannot open index at {}", c.path.display()))?;
+            index.spawn_flusher(Duration::from_millis(100));
+            tracing::info!(
+                records = stats.records,
+                live = stats.live,
+                compacted = stats.compacted,
+                "embedded index loaded"
+            );
+            Ok(index)
+        }
+    }
+}
+
+/// The artifact store named in the config (without the memory tier).
+pub fn open_artifacts(config: &Config) -> anyhow::Result<Arc<dyn Artifacts>> {
+    let c = &config.artifacts;
+    let store = match c.engine.as_str() {
+        "s3" => ObjectStoreArtifacts::s3(
+            c.bucket.as_deref().unwrap_or_default(),
+            c.endpoint.as_deref(),
+            c.region.as_deref(),
+            &c.prefix,
+            Duration::from_millis(c.timeout_ms),
+        )?,
+        _ => ObjectStoreArtifacts::local(&c.path, &c.prefix)
+            .with_context(|| format!("cannot open artifacts at {}", c.path.display()))?,
+    };
+    Ok(Arc::new(store))
+}
+
+/// The metadata store named in the config. PostgreSQL connects lazily.
+pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn Metadata>> {
+    let c = &config.metadata;
+    let timeout = Duration::from_millis(c.timeout_ms);
+    match c.engine.as_str() {
+        "postgres" => Ok(Arc::new(PostgresMetadata::new(
+            c.url.as_deref().unwrap_or_default(),
+            c.max_connections,
+            timeout,
+        )?)),
+        _ => Ok(Arc::new(
+            SqliteMetadata::open(&c.path, c.max_connections, timeout)
+                .await
+                .with_context(|| format!("cannot open metadata at {}", c.path.display()))?,
+        )),
+    }
+}
+
+/// Opens every role named in the config. A remote engine that is down does
+/// not stop the gateway: it starts and serves from the provider.
 pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
     let started = Instant::now();
-    let meta_cfg = &config.metadata;
-    let metadata = SqliteMetadata::open(
-        &meta_cfg.path,
-        meta_cfg.max_connections,
-        Duration::from_millis(meta_cfg.timeout_ms),
-    )
-    .await
-    .with_context(|| format!("cannot open metadata at {}", meta_cfg.path.display()))?;
-    let (index, stats) = tokio::task::spawn_blocking({
-        let path = config.index.path.clone();
-        move || EmbeddedIndex::open(&path)
-    })
-    .await?
-    .with_context(|| format!("cannot open index at {}", config.index.path.display()))?;
-    index.spawn_flusher(Duration::from_millis(100));
-    let artifacts = ObjectStoreArtifacts::local(&config.artifacts.path, &config.artifacts.prefix)
-        .with_context(|| format!("cannot open artifacts at {}", config.artifacts.path.display()))?;
-    let mut artifacts: Arc<dyn Artifacts> = Arc::new(artifacts);
+    let metadata = open_metadata(config).await?;
+    let index = open_index(config).await?;
+    let mut artifacts = open_artifacts(config)?;
     if config.artifacts.memory_cache_mb > 0 {
         artifacts = Arc::new(MemoryTier::new(
             artifacts,
@@ -52,19 +104,40 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
         ));
     }
     let roles = Roles {
-        index: index.clone(),
+        index,
         artifacts,
         vectors: Arc::new(DisabledVectors),
-        metadata: Arc::new(metadata),
+        metadata,
     };
-    let loaded = started.elapsed();
-    let replayed = replay_index(&roles).await?;
+    let replayed = match replay_index(&roles).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not replay index entries from metadata; the index may miss some entries until they are refetched");
+            0
+        }
+    };
+    for h in roles.health(Duration::from_secs(2)).await {
+        match h.status {
+            "down" => tracing::warn!(
+                role = h.role,
+                engine = h.engine,
+                error = h.error.as_deref().unwrap_or(""),
+                "backend is down at start-up; requests go to the provider until it returns"
+            ),
+            _ => tracing::info!(
+                role = h.role,
+                engine = h.engine,
+                status = h.status,
+                version = h.info.version.as_deref().unwrap_or(""),
+                "backend"
+            ),
+        }
+        for w in &h.info.warnings {
+            tracing::warn!(role = h.role, engine = h.engine, "{w}");
+        }
+    }
     tracing::info!(
-        index_records = stats.records,
-        index_live = stats.live,
-        compacted = stats.compacted,
         replayed_from_metadata = replayed,
-        index_load_ms = loaded.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
         "storage roles open"
     );

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use crate::artifact::{self, ArtifactMeta};
 use crate::key::{cache_key, canonical_request};
-use crate::roles::artifacts_local::ObjectStoreArtifacts;
+use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
 use crate::roles::metadata_sqlite::SqliteMetadata;
 use crate::roles::{now_ms, ArtifactId, Artifacts, EntryRecord};
 

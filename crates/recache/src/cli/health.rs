@@ -6,10 +6,10 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
-use crate::roles::artifacts_local::ObjectStoreArtifacts;
 use crate::roles::index_embedded::EmbeddedIndex;
-use crate::roles::metadata_sqlite::SqliteMetadata;
-use crate::roles::{CheckInfo, RoleHealth};
+use crate::roles::index_redis::RedisIndex;
+use crate::roles::{CheckInfo, Index, RoleHealth};
+use crate::server::{open_artifacts, open_metadata};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -93,24 +93,39 @@ pub async fn run(args: HealthArgs) -> i32 {
     let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
     let mut report = Vec::new();
     if want("index") {
-        let path = config.index.path.clone();
+        let engine = if config.index.engine == "redis" {
+            "redis"
+        } else {
+            "embedded"
+        };
         report.push(
-            check("index", "embedded", t, async move {
-                // Read-only: a running gateway owns the log, so only inspect it.
-                tokio::task::spawn_blocking(move || EmbeddedIndex::probe(&path))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+            check("index", engine, t, async {
+                if engine == "embedded" {
+                    // Read-only: a running gateway owns the log, so only inspect it.
+                    let path = config.index.path.clone();
+                    return tokio::task::spawn_blocking(move || EmbeddedIndex::probe(&path))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string());
+                }
+                let c = &config.index;
+                let idx = RedisIndex::new(c.url.as_deref().unwrap_or_default(), &c.key_prefix, t)
+                    .map_err(|e| e.to_string())?;
+                idx.check().await.map_err(|e| e.to_string())
             })
             .await,
         );
     }
     if want("artifacts") {
-        let c = &config.artifacts;
+        let engine = if config.artifacts.engine == "s3" {
+            "s3"
+        } else {
+            "embedded"
+        };
         report.push(
-            check("artifacts", "embedded", t, async {
-                let a = ObjectStoreArtifacts::local(&c.path, &c.prefix).map_err(|e| e.to_string())?;
-                crate::roles::Artifacts::check(&a).await.map_err(|e| e.to_string())
+            check("artifacts", engine, t, async {
+                let a = open_artifacts(&config).map_err(|e| format!("{e:#}"))?;
+                a.check().await.map_err(|e| e.to_string())
             })
             .await,
         );
@@ -126,13 +141,15 @@ pub async fn run(args: HealthArgs) -> i32 {
         });
     }
     if want("metadata") {
-        let c = &config.metadata;
+        let engine = if config.metadata.engine == "postgres" {
+            "postgres"
+        } else {
+            "embedded"
+        };
         report.push(
-            check("metadata", "embedded", t, async {
-                let m = SqliteMetadata::open(&c.path, 1, Duration::from_millis(c.timeout_ms))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                crate::roles::Metadata::check(&m).await.map_err(|e| e.to_string())
+            check("metadata", engine, t, async {
+                let m = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;
+                m.check().await.map_err(|e| e.to_string())
             })
             .await,
         );

@@ -105,7 +105,7 @@ impl Artifacts for MemoryTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::roles::artifacts_local::ObjectStoreArtifacts;
+    use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
 
     #[tokio::test]
     async fn budget_is_respected_and_only_verified_bytes_are_kept() {

@@ -6,20 +6,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
     ArtifactId, AuditEvent, BackendError, BoxFuture, CheckInfo, EntryRecord, HitUpdate, IndexEntry, Metadata, Result,
 };
 use crate::key::CacheKey;
 
-const NAME: &str = "metadata";
+use super::metadata_sql::{map_err, row_to_audit, row_to_entry, row_to_pointer, NAME};
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_jobs.sql")),
+];
 
 /// SQLite allows one writer at a time, and a transaction that reads before
 /// it writes cannot wait for the lock (it fails with SQLITE_BUSY). So every
@@ -28,21 +28,6 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0
 pub struct SqliteMetadata {
     pool: SqlitePool,
     writer: SqlitePool,
-}
-
-pub(crate) fn map_err(e: sqlx::Error) -> BackendError {
-    match e {
-        sqlx::Error::PoolTimedOut => BackendError::Timeout {
-            backend: NAME,
-            after_ms: 0,
-        },
-        sqlx::Error::Io(e) => BackendError::unavailable(NAME, e),
-        sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => BackendError::unavailable(NAME, e),
-        other => BackendError::Protocol {
-            backend: NAME,
-            detail: other.to_string(),
-        },
-    }
 }
 
 impl SqliteMetadata {
@@ -139,36 +124,6 @@ fn insert_query(e: &EntryRecord) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::s
         .bind(e.hit_count as i64)
 }
 
-fn corrupt(what: &str) -> BackendError {
-    BackendError::Corrupt {
-        backend: NAME,
-        detail: format!("bad {what} in entries row"),
-    }
-}
-
-fn row_to_entry(r: &SqliteRow) -> Result<EntryRecord> {
-    let get_i = |c: &str| r.try_get::<i64, _>(c).map_err(map_err);
-    let key: String = r.try_get("cache_key").map_err(map_err)?;
-    let artifact: String = r.try_get("artifact_sha256").map_err(map_err)?;
-    Ok(EntryRecord {
-        key: CacheKey::from_hex(&key).ok_or_else(|| corrupt("cache_key"))?,
-        tenant: r.try_get("tenant").map_err(map_err)?,
-        namespace: r.try_get("namespace").map_err(map_err)?,
-        endpoint: r.try_get("endpoint").map_err(map_err)?,
-        model: r.try_get("model").map_err(map_err)?,
-        artifact: ArtifactId::from_hex(&artifact).ok_or_else(|| corrupt("artifact_sha256"))?,
-        request_bytes: get_i("request_bytes")? as u64,
-        response_bytes: get_i("response_bytes")? as u64,
-        prompt_tokens: get_i("prompt_tokens")? as u64,
-        completion_tokens: get_i("completion_tokens")? as u64,
-        cost_usd: r.try_get("cost_usd").map_err(map_err)?,
-        created_at_ms: get_i("created_at_ms")?,
-        expires_at_ms: get_i("expires_at_ms")?,
-        last_hit_at_ms: r.try_get("last_hit_at_ms").map_err(map_err)?,
-        hit_count: get_i("hit_count")? as u64,
-    })
-}
-
 impl Metadata for SqliteMetadata {
     fn engine(&self) -> &'static str {
         "embedded"
@@ -214,6 +169,8 @@ impl Metadata for SqliteMetadata {
 
     fn record_hits(&self, hits: Vec<HitUpdate>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            let mut hits = hits;
+            hits.sort_by_key(|h| h.key);
             let mut tx = self.writer.begin().await.map_err(map_err)?;
             for h in &hits {
                 sqlx::query(
@@ -242,20 +199,7 @@ impl Metadata for SqliteMetadata {
             .bind(now_ms)
             .fetch(&self.pool);
             while let Some(r) = rows.try_next().await.map_err(map_err)? {
-                let key: &str = r.try_get("cache_key").map_err(map_err)?;
-                let artifact: &str = r.try_get("artifact_sha256").map_err(map_err)?;
-                let (Some(key), Some(artifact)) = (CacheKey::from_hex(key), ArtifactId::from_hex(artifact)) else {
-                    return Err(corrupt("key or artifact"));
-                };
-                out.push((
-                    key,
-                    IndexEntry {
-                        artifact,
-                        size: r.try_get::<i64, _>("response_bytes").map_err(map_err)? as u64,
-                        created_at_ms: r.try_get("created_at_ms").map_err(map_err)?,
-                        expires_at_ms: r.try_get("expires_at_ms").map_err(map_err)?,
-                    },
-                ));
+                out.push(row_to_pointer(&r)?);
             }
             Ok(out)
         })
@@ -306,20 +250,7 @@ impl Metadata for SqliteMetadata {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-            rows.iter()
-                .map(|r| {
-                    let detail: String = r.try_get("detail").map_err(map_err)?;
-                    Ok(AuditEvent {
-                        id: r.try_get("event_id").map_err(map_err)?,
-                        at_ms: r.try_get("at_ms").map_err(map_err)?,
-                        tenant: r.try_get("tenant").map_err(map_err)?,
-                        actor: r.try_get("actor").map_err(map_err)?,
-                        action: r.try_get("action").map_err(map_err)?,
-                        cache_key: r.try_get("cache_key").map_err(map_err)?,
-                        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-                    })
-                })
-                .collect()
+            rows.iter().map(row_to_audit).collect::<Result<Vec<_>>>()
         })
     }
 

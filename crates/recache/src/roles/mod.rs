@@ -14,10 +14,13 @@ use serde::Serialize;
 pub use crate::error::BackendError;
 use crate::key::CacheKey;
 
-pub mod artifacts_local;
 pub mod artifacts_memory;
+pub mod artifacts_object_store;
 pub mod conformance;
 pub mod index_embedded;
+pub mod index_redis;
+pub mod metadata_postgres;
+pub mod metadata_sql;
 pub mod metadata_sqlite;
 pub mod vectors_disabled;
 

@@ -1,8 +1,10 @@
-//! The embedded artifact store: a local directory through `object_store`'s
-//! `LocalFileSystem`. Artifacts live at `<prefix>sha256/<2 hex>/<64 hex>`.
+//! Artifacts in any `object_store` backend: a local directory (the embedded
+//! engine) or S3-compatible storage (AWS S3, MinIO, Garage, Ceph).
+//! Artifacts live at `<prefix>sha256/<2 hex>/<64 hex>`.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -38,7 +40,44 @@ impl ObjectStoreArtifacts {
         Ok(Self::new(Arc::new(fs), prefix, "embedded"))
     }
 
-    /// Any object store (S3 and friends come through here).
+    /// S3-compatible storage. Credentials come from the standard `AWS_*`
+    /// environment variables; `endpoint` (for non-AWS servers) switches to
+    /// path-style addressing. Retries are kept short: a slow store must fail
+    /// fast so the request goes to the provider.
+    pub fn s3(
+        bucket: &str,
+        endpoint: Option<&str>,
+        region: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        use object_store::aws::AmazonS3Builder;
+        use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(region.unwrap_or("us-east-1"))
+            .with_virtual_hosted_style_request(false)
+            .with_retry(RetryConfig {
+                max_retries: 1,
+                retry_timeout: timeout * 2,
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(20),
+                    ..Default::default()
+                },
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(timeout.max(Duration::from_millis(100)))
+                    .with_connect_timeout(timeout.clamp(Duration::from_millis(100), Duration::from_secs(2))),
+            );
+        if let Some(e) = endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        let store = b.build().map_err(map_err)?;
+        Ok(Self::new(Arc::new(store), prefix, "s3"))
+    }
+
+    /// Any object store.
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, engine: &'static str) -> Self {
         let mut prefix = prefix.trim_matches('/').to_string();
         if !prefix.is_empty() {
