@@ -5,13 +5,48 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chat_body, Env, KEY_A, KEY_B};
+use common::{chat_body, Backends, Env, KEY_A, KEY_B};
 use recache_stub_provider::StubConfig;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn miss_then_hit_with_headers_and_savings() {
-    let env = Env::new().await;
+/// Runs each named test twice: on the embedded engines and on real
+/// Redis + S3 + PostgreSQL (skipped unless scripts/with-engines.sh runs).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(super::Backends::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real_engines() {
+                if let Some(b) = super::Backends::real().await {
+                    super::$name(b).await
+                }
+            }
+        }
+    )* };
+}
+
+on_both_backends!(
+    miss_then_hit_with_headers_and_savings,
+    key_order_and_whitespace_share_an_entry_over_http,
+    tenants_never_see_each_others_entries,
+    restart_keeps_entries,
+    stream_first_then_json_replay,
+    json_first_then_stream_replay_with_usage,
+    embeddings_are_cached,
+    fifty_concurrent_identical_misses_make_one_provider_call,
+    ttl_expiry_per_request_and_per_tenant,
+    cache_control_directives,
+    upstream_errors_and_incomplete_streams_pass_through_uncached,
+    corrupt_artifact_is_a_miss_never_served,
+    health_metrics_and_admin_auth,
+    client_hanging_up_mid_stream_still_stores_the_answer,
+);
+
+async fn miss_then_hit_with_headers_and_savings(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let a = env.chat(KEY_A, "hello").await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.cache(), "MISS");
@@ -46,9 +81,8 @@ async fn miss_then_hit_with_headers_and_savings() {
     assert_eq!(v["entry"]["prompt_tokens"], 12);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_order_and_whitespace_share_an_entry_over_http() {
-    let env = Env::new().await;
+async fn key_order_and_whitespace_share_an_entry_over_http(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let a = env
         .post_raw(
             "/v1/chat/completions",
@@ -86,9 +120,8 @@ async fn key_order_and_whitespace_share_an_entry_over_http() {
     assert_eq!(d.cache(), "MISS", "unknown fields count");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_never_see_each_others_entries() {
-    let env = Env::new().await;
+async fn tenants_never_see_each_others_entries(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let a = env.chat(KEY_A, "secret plan").await;
     assert_eq!(a.cache(), "MISS");
     let b = env.chat(KEY_B, "secret plan").await;
@@ -128,21 +161,29 @@ async fn tenants_never_see_each_others_entries() {
     assert_eq!(env.stub.calls(), 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_entries_and_index_rebuilds_from_metadata() {
-    let mut env = Env::new().await;
+async fn restart_keeps_entries(b: Backends) {
+    let mut env = Env::on(b, StubConfig::default(), "").await;
     let first = env.chat(KEY_A, "persist me").await;
     assert_eq!(first.cache(), "MISS");
     env.restart().await;
     let again = env.chat(KEY_A, "persist me").await;
-    assert_eq!(again.cache(), "HIT", "entry survives a restart");
+    assert_eq!(again.cache(), "HIT", "entry survives a gateway restart");
     assert_eq!(again.text, first.text);
+    assert_eq!(env.stub.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_index_rebuilds_from_metadata_and_survives_torn_log() {
+    let mut env = Env::new().await;
+    let first = env.chat(KEY_A, "persist me").await;
+    assert_eq!(first.cache(), "MISS");
     // Lose the index entirely: it is rebuilt from metadata at start-up.
     env.gw.take().unwrap().shutdown().await;
     std::fs::remove_file(env.path("index/index.log")).unwrap();
     env.start().await;
     let rebuilt = env.chat(KEY_A, "persist me").await;
     assert_eq!(rebuilt.cache(), "HIT", "index rebuilt from metadata");
+    assert_eq!(rebuilt.text, first.text);
     // A torn tail on the log (crash mid-write) is cut, not fatal.
     env.gw.take().unwrap().shutdown().await;
     use std::io::Write;
@@ -157,9 +198,8 @@ async fn restart_keeps_entries_and_index_rebuilds_from_metadata() {
     assert_eq!(env.stub.calls(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stream_first_then_json_replay() {
-    let env = Env::new().await;
+async fn stream_first_then_json_replay(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let s = env
         .post("/v1/chat/completions", Some(KEY_A), &chat_body("stream me", true), &[])
         .await;
@@ -186,9 +226,8 @@ async fn stream_first_then_json_replay() {
     assert_eq!(env.stub.calls(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_first_then_stream_replay_with_usage() {
-    let env = Env::new().await;
+async fn json_first_then_stream_replay_with_usage(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let j = env.chat(KEY_A, "json first").await;
     assert_eq!(j.cache(), "MISS");
     let body = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
@@ -237,9 +276,8 @@ async fn json_first_then_stream_replay_with_usage() {
     assert!(cs.text.trim_end().ends_with("data: [DONE]"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embeddings_are_cached() {
-    let env = Env::new().await;
+async fn embeddings_are_cached(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let body = json!({"model": "text-embedding-3-small", "input": ["a", "b"]});
     let a = env.post("/v1/embeddings", Some(KEY_A), &body, &[]).await;
     assert_eq!((a.status, a.cache()), (200, "MISS"));
@@ -249,9 +287,9 @@ async fn embeddings_are_cached() {
     assert_eq!(env.stub.calls(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_identical_misses_make_one_provider_call() {
-    let env = Env::with(
+async fn fifty_concurrent_identical_misses_make_one_provider_call(b: Backends) {
+    let env = Env::on(
+        b,
         StubConfig {
             latency_ms: 300,
             ..Default::default()
@@ -290,9 +328,9 @@ async fn fifty_concurrent_identical_misses_make_one_provider_call() {
     assert_eq!(env.chat(KEY_A, "coalesce me").await.cache(), "HIT");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ttl_expiry_per_request_and_per_tenant() {
-    let env = Env::with(
+async fn ttl_expiry_per_request_and_per_tenant(b: Backends) {
+    let env = Env::on(
+        b,
         StubConfig::default(),
         "[[tenants]]\nname = \"short\"\nkeys = [\"sk-short\"]\ndefault_ttl_seconds = 1\n",
     )
@@ -362,9 +400,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_control_directives() {
-    let env = Env::new().await;
+async fn cache_control_directives(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let first = env.chat(KEY_A, "cc").await;
     assert_eq!(first.cache(), "MISS");
     // no-cache: skip the lookup, fetch fresh, and refresh the entry.
@@ -570,9 +607,8 @@ async fn upstream_unreachable_and_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_errors_and_incomplete_streams_pass_through_uncached() {
-    let env = Env::new().await;
+async fn upstream_errors_and_incomplete_streams_pass_through_uncached(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     env.stub.update(|c| c.fail_status = Some(500));
     let e = env.chat(KEY_A, "fails").await;
     assert_eq!(e.status, 500);
@@ -606,21 +642,20 @@ async fn upstream_errors_and_incomplete_streams_pass_through_uncached() {
     assert_eq!(env.metric("cache_stores_total").await, 2.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_artifact_is_a_miss_never_served() {
-    let env = Env::new().await;
+async fn corrupt_artifact_is_a_miss_never_served(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let first = env.chat(KEY_A, "integrity").await;
     assert_eq!(first.cache(), "MISS");
-    let files = walk(&env.path("artifacts/sha256"));
-    assert_eq!(files.len(), 1);
-    let mut bytes = std::fs::read(&files[0]).unwrap();
-    let n = bytes.len();
-    bytes[n - 5] ^= 0x20; // flip one bit inside the stored answer
-    std::fs::write(&files[0], &bytes).unwrap();
+    let entry = env.admin_entry(first.header("x-recache-key")).await;
+    env.corrupt_artifact(entry["entry"]["artifact"].as_str().unwrap()).await;
     let second = env.chat(KEY_A, "integrity").await;
     assert_eq!(second.status, 200);
     assert_eq!(second.cache(), "MISS", "a corrupt artifact is never served");
-    assert_ne!(second.text.as_bytes(), &bytes[n - first.text.len()..]);
+    assert_ne!(
+        second.content(),
+        first.content(),
+        "the answer came fresh from the provider"
+    );
     assert_eq!(env.metric("cache_integrity_failures_total").await, 1.0);
     assert!(env.metric("cache_errors_total{backend=\"artifacts\"}").await >= 1.0);
     let audit: serde_json::Value = env
@@ -646,9 +681,8 @@ async fn corrupt_artifact_is_a_miss_never_served() {
     assert_eq!(env.chat(KEY_A, "integrity").await.cache(), "HIT");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_metrics_and_admin_auth() {
-    let env = Env::new().await;
+async fn health_metrics_and_admin_auth(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
     let live: serde_json::Value = env
         .http
         .get(format!("{}/health/live", env.base))
@@ -717,9 +751,9 @@ async fn health_metrics_and_admin_auth() {
     assert_eq!(client.status(), 401);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_hanging_up_mid_stream_still_stores_the_answer() {
-    let env = Env::with(
+async fn client_hanging_up_mid_stream_still_stores_the_answer(b: Backends) {
+    let env = Env::on(
+        b,
         StubConfig {
             chunk_delay_ms: 50,
             ..Default::default()

@@ -52,7 +52,11 @@ pub async fn index_expiry(index: &dyn Index) {
     assert_eq!(index.get(k).await.unwrap(), Some(e), "not expired yet: kept");
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     index.purge_expired(now_ms()).await.unwrap();
-    assert_eq!(index.get(k).await.unwrap(), None, "expired entries are gone after a purge (or by the engine's own TTL)");
+    assert_eq!(
+        index.get(k).await.unwrap(),
+        None,
+        "expired entries are gone after a purge (or by the engine's own TTL)"
+    );
     // A pointer that is already past its expiry is never stored.
     let past = test_key("index-expiry-past");
     index.put(past, entry(4, -1)).await.unwrap();

@@ -2,6 +2,8 @@
 //! with the gateway's data in a temporary directory.
 #![allow(dead_code)]
 
+pub mod engines;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +16,57 @@ use serde_json::{json, Value};
 pub const KEY_A: &str = "sk-tenant-a";
 pub const KEY_B: &str = "sk-tenant-b";
 
+/// Which storage engines a test gateway uses.
+#[derive(Clone, Debug)]
+pub enum Backends {
+    Embedded,
+    /// Redis + S3 + PostgreSQL from scripts/with-engines.sh, isolated per test
+    /// by a key prefix, an object prefix and a fresh database.
+    Real {
+        redis: String,
+        prefix: String,
+        s3_endpoint: String,
+        bucket: String,
+        postgres: String,
+    },
+}
+
+impl Backends {
+    /// The real engines, or `None` (test skipped) when the harness is not running.
+    pub async fn real() -> Option<Backends> {
+        let redis = engines::redis_url()?;
+        let (s3_endpoint, bucket) = engines::s3()?;
+        let postgres = engines::fresh_postgres("gw").await?;
+        Some(Backends::Real {
+            redis,
+            prefix: engines::unique("gw"),
+            s3_endpoint,
+            bucket,
+            postgres,
+        })
+    }
+
+    fn toml(&self, dir: &std::path::Path) -> String {
+        let d = dir.display();
+        match self {
+            Backends::Embedded => format!(
+                "[index]\npath = \"{d}/index\"\n[artifacts]\npath = \"{d}/artifacts\"\n[metadata]\npath = \"{d}/metadata.db\"\n"
+            ),
+            Backends::Real { redis, prefix, s3_endpoint, bucket, postgres } => format!(
+                "[index]\nengine = \"redis\"\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\ntimeout_ms = 500\n\
+                 [artifacts]\nengine = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{s3_endpoint}\"\nprefix = \"{prefix}\"\n\
+                 [metadata]\nengine = \"postgres\"\nurl = \"{postgres}\"\ntimeout_ms = 2000\n"
+            ),
+        }
+    }
+
+    pub fn is_real(&self) -> bool {
+        matches!(self, Backends::Real { .. })
+    }
+}
+
 pub struct Env {
+    pub backends: Backends,
     pub stub: Arc<StubState>,
     pub stub_url: String,
     pub dir: tempfile::TempDir,
@@ -24,9 +76,9 @@ pub struct Env {
     extra: String,
 }
 
-/// The gateway config for a test: embedded roles under `dir`.
-pub fn config_text(dir: &std::path::Path, stub_url: &str, extra: &str) -> String {
-    let d = dir.display();
+/// The gateway config for a test.
+pub fn config_text(backends: &Backends, dir: &std::path::Path, stub_url: &str, extra: &str) -> String {
+    let roles = backends.toml(dir);
     format!(
         r#"
 [server]
@@ -34,12 +86,7 @@ listen = "127.0.0.1:0"
 [cache]
 hit_flush_interval_ms = 50
 sweep_interval_seconds = 1
-[index]
-path = "{d}/index"
-[artifacts]
-path = "{d}/artifacts"
-[metadata]
-path = "{d}/metadata.db"
+{roles}
 [[upstreams]]
 name = "stub"
 base_url = "{stub_url}"
@@ -65,11 +112,16 @@ impl Env {
     }
 
     pub async fn with(stub_cfg: StubConfig, extra: &str) -> Env {
+        Self::on(Backends::Embedded, stub_cfg, extra).await
+    }
+
+    pub async fn on(backends: Backends, stub_cfg: StubConfig, extra: &str) -> Env {
         let stub = StubState::new(stub_cfg);
         let addr = recache_stub_provider::spawn("127.0.0.1:0".parse().unwrap(), stub.clone())
             .await
             .expect("stub starts");
         let mut env = Env {
+            backends,
             stub,
             stub_url: format!("http://{addr}/v1"),
             dir: tempfile::tempdir().unwrap(),
@@ -84,9 +136,12 @@ impl Env {
 
     pub fn config(&self) -> Config {
         let env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
-        Config::from_toml_str(&config_text(self.dir.path(), &self.stub_url, &self.extra), &env)
-            .expect("test config is valid")
-            .0
+        Config::from_toml_str(
+            &config_text(&self.backends, self.dir.path(), &self.stub_url, &self.extra),
+            &env,
+        )
+        .expect("test config is valid")
+        .0
     }
 
     pub async fn start(&mut self) {
@@ -101,6 +156,46 @@ impl Env {
             gw.shutdown().await;
         }
         self.start().await;
+    }
+
+    /// Overwrites a stored artifact with other bytes, behind the gateway's back.
+    pub async fn corrupt_artifact(&self, artifact_hex: &str) {
+        use recache::roles::artifacts_object_store::ObjectStoreArtifacts;
+        use recache::roles::{ArtifactId, Artifacts};
+        let id = ArtifactId::from_hex(artifact_hex).expect("artifact id");
+        let store = match &self.backends {
+            Backends::Embedded => ObjectStoreArtifacts::local(&self.path("artifacts"), "").unwrap(),
+            Backends::Real {
+                prefix,
+                s3_endpoint,
+                bucket,
+                ..
+            } => ObjectStoreArtifacts::s3(
+                bucket,
+                Some(s3_endpoint),
+                None,
+                prefix,
+                std::time::Duration::from_secs(5),
+            )
+            .unwrap(),
+        };
+        let mut bytes = store.get(id).await.unwrap().expect("artifact exists").to_vec();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x20; // flip one bit inside the stored answer
+        store.put(id, bytes.into()).await.unwrap();
+    }
+
+    /// The admin view of an entry.
+    pub async fn admin_entry(&self, key: &str) -> Value {
+        self.http
+            .get(format!("{}/admin/entries/{key}", self.base))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
