@@ -231,3 +231,56 @@ impl Index for RedisIndex {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn guide_warnings() {
+        let healthy = info(&[
+            ("aof_enabled", "1"),
+            ("maxmemory", "1000"),
+            ("used_memory", "100"),
+            ("maxmemory_policy", "volatile-lru"),
+        ]);
+        assert!(redis_warnings(&healthy, Some("3600 1")).is_empty());
+        let w = redis_warnings(&info(&[("aof_enabled", "0"), ("maxmemory", "0")]), Some(""));
+        assert!(
+            w.iter().any(|w| w.contains("persistence is off")) && w.iter().any(|w| w.contains("maxmemory is unset")),
+            "{w:?}"
+        );
+        let w = redis_warnings(
+            &info(&[
+                ("aof_enabled", "0"),
+                ("maxmemory", "1000"),
+                ("used_memory", "900"),
+                ("maxmemory_policy", "noeviction"),
+            ]),
+            Some("3600 1"),
+        );
+        assert!(
+            w.iter().any(|w| w.contains("over 80%")) && w.iter().any(|w| w.contains("noeviction")),
+            "{w:?}"
+        );
+        assert_eq!(w.len(), 2, "RDB save points count as persistence: {w:?}");
+        // CONFIG unavailable (managed Redis): no persistence verdict.
+        assert!(redis_warnings(&info(&[("aof_enabled", "0"), ("maxmemory", "10")]), None).is_empty());
+    }
+
+    #[test]
+    fn pointer_encoding_round_trips() {
+        let e = IndexEntry {
+            artifact: ArtifactId([7; 32]),
+            size: 9,
+            created_at_ms: -1,
+            expires_at_ms: i64::MAX,
+        };
+        assert_eq!(decode(&encode(&e)), Some(e));
+        assert_eq!(decode(&[0; 55]), None);
+    }
+}
