@@ -130,10 +130,19 @@ impl Breaker {
         self.transitions.fetch_add(1, Ordering::Relaxed);
         match to {
             BreakerState::Open | BreakerState::ForcedOpen => tracing::warn!(
-                backend = self.backend, from = from.as_str(), to = to.as_str(), why,
+                backend = self.backend,
+                from = from.as_str(),
+                to = to.as_str(),
+                why,
                 "circuit breaker opened: calls to this backend are skipped, requests go to the provider"
             ),
-            _ => tracing::info!(backend = self.backend, from = from.as_str(), to = to.as_str(), why, "circuit breaker transition"),
+            _ => tracing::info!(
+                backend = self.backend,
+                from = from.as_str(),
+                to = to.as_str(),
+                why,
+                "circuit breaker transition"
+            ),
         }
     }
 
@@ -167,7 +176,12 @@ impl Breaker {
                 true
             }
         };
-        Some(Permit { breaker: self.clone(), generation: inner.generation, probe, done: false })
+        Some(Permit {
+            breaker: self.clone(),
+            generation: inner.generation,
+            probe,
+            done: false,
+        })
     }
 
     fn record(&self, generation: u64, probe: bool, outcome: Option<bool>) {
@@ -270,7 +284,15 @@ mod tests {
     use super::*;
 
     fn breaker() -> Arc<Breaker> {
-        Breaker::new("index", &BreakerConfig { failure_threshold: 5, open_seconds: 30, close_after_successes: 3 })
+        Breaker::new(
+            "index",
+            &BreakerConfig {
+                enabled: true,
+                failure_threshold: 5,
+                open_seconds: 30,
+                close_after_successes: 3,
+            },
+        )
     }
 
     fn fail(b: &Arc<Breaker>, n: usize) {
@@ -312,7 +334,11 @@ mod tests {
         }
         assert_eq!(permits.len(), 1, "exactly one probe admitted");
         assert!(permits[0].is_probe());
-        assert_eq!(b.state(), BreakerState::HalfOpen, "the transition happened inside admission");
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "the transition happened inside admission"
+        );
         permits.pop().unwrap().success();
     }
 
@@ -326,7 +352,11 @@ mod tests {
             assert!(p.is_probe());
             assert!(b.admit().is_none(), "one probe at a time");
             p.success();
-            let expected = if i < 2 { BreakerState::HalfOpen } else { BreakerState::Closed };
+            let expected = if i < 2 {
+                BreakerState::HalfOpen
+            } else {
+                BreakerState::Closed
+            };
             assert_eq!(b.state(), expected, "after probe {}", i + 1);
         }
         assert!(!b.admit().unwrap().is_probe());

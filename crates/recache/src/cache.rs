@@ -3,7 +3,6 @@
 //! a miss; it never reaches the client.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,29 +10,10 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::artifact::{self, ArtifactMeta};
-use crate::config::Config;
 use crate::error::BackendError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::roles::{now_ms, ArtifactId, AuditEvent, EntryRecord, HitUpdate, IndexEntry, Roles};
-
-/// Per-role call timeouts.
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    pub index: Duration,
-    pub artifacts: Duration,
-    pub metadata: Duration,
-}
-
-impl Timeouts {
-    pub fn from_config(c: &Config) -> Self {
-        Self {
-            index: Duration::from_millis(c.index.timeout_ms),
-            artifacts: Duration::from_millis(c.artifacts.timeout_ms),
-            metadata: Duration::from_millis(c.metadata.timeout_ms),
-        }
-    }
-}
 
 /// A served entry.
 pub struct Hit {
@@ -61,22 +41,7 @@ pub struct StoreInput {
 pub struct Cache {
     pub roles: Roles,
     pub metrics: Arc<Metrics>,
-    timeouts: Timeouts,
     hits: Mutex<HashMap<CacheKey, (u64, i64)>>,
-}
-
-async fn timed<T>(
-    backend: &'static str,
-    limit: Duration,
-    fut: impl Future<Output = Result<T, BackendError>>,
-) -> Result<T, BackendError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(BackendError::Timeout {
-            backend,
-            after_ms: limit.as_millis() as u64,
-        }),
-    }
 }
 
 fn event_id() -> String {
@@ -87,23 +52,25 @@ fn event_id() -> String {
 }
 
 impl Cache {
-    pub fn new(roles: Roles, metrics: Arc<Metrics>, timeouts: Timeouts) -> Self {
+    pub fn new(roles: Roles, metrics: Arc<Metrics>) -> Self {
         Self {
             roles,
             metrics,
-            timeouts,
             hits: Mutex::new(HashMap::new()),
         }
     }
 
     fn failed(&self, e: &BackendError, backend: &'static str, what: &str) {
+        if matches!(e, BackendError::CircuitOpen { .. }) {
+            return; // counted by the breaker; logging every skipped call would flood the log
+        }
         self.metrics.backend_error(backend);
         tracing::warn!(backend, error = %e, "{what} failed; falling back to the provider");
     }
 
     /// Exact lookup. `max_age` rejects entries older than that many seconds.
     pub async fn lookup(&self, key: CacheKey, tenant: &str, max_age: Option<u64>) -> Option<Hit> {
-        let entry = match timed("index", self.timeouts.index, self.roles.index.get(key)).await {
+        let entry = match self.roles.index.get(key).await {
             Ok(Some(e)) => e,
             Ok(None) => return None,
             Err(e) => {
@@ -119,13 +86,7 @@ impl Cache {
         if max_age.is_some_and(|m| age_secs > m) {
             return None;
         }
-        let bytes = match timed(
-            "artifacts",
-            self.timeouts.artifacts,
-            self.roles.artifacts.get(entry.artifact),
-        )
-        .await
-        {
+        let bytes = match self.roles.artifacts.get(entry.artifact).await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 self.integrity_problem(
@@ -183,7 +144,7 @@ impl Cache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics.backend_error("artifacts");
         tracing::error!(key = %key, action, detail, artifact = %entry.artifact.hex(), "cache integrity failure: not served");
-        let _ = timed("index", self.timeouts.index, self.roles.index.delete(key)).await;
+        let _ = self.roles.index.delete(key).await;
         self.audit(AuditEvent {
             id: event_id(),
             at_ms: now_ms(),
@@ -218,13 +179,7 @@ impl Cache {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = timed(
-            "metadata",
-            self.timeouts.metadata * 4,
-            self.roles.metadata.record_hits(batch.clone()),
-        )
-        .await
-        {
+        if let Err(e) = self.roles.metadata.record_hits(batch.clone()).await {
             self.failed(&e, "metadata", "hit counter flush");
             let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
             for h in batch {
@@ -280,13 +235,11 @@ impl Cache {
         expires: i64,
         size: u64,
     ) -> Result<(), BackendError> {
-        timed(
-            "artifacts",
-            self.timeouts.artifacts,
-            self.roles.artifacts.put(id, bytes),
-        )
-        .await
-        .inspect_err(|e| self.failed(e, "artifacts", "artifact write"))?;
+        self.roles
+            .artifacts
+            .put(id, bytes)
+            .await
+            .inspect_err(|e| self.failed(e, "artifacts", "artifact write"))?;
         let record = EntryRecord {
             key: s.key,
             tenant: s.tenant.clone(),
@@ -304,23 +257,20 @@ impl Cache {
             last_hit_at_ms: None,
             hit_count: 0,
         };
-        let replaced = timed(
-            "metadata",
-            self.timeouts.metadata,
-            self.roles.metadata.upsert_entry(record.clone()),
-        )
-        .await
-        .inspect_err(|e| self.failed(e, "metadata", "entry registration"))?;
-        timed(
-            "index",
-            self.timeouts.index,
-            self.roles.index.put(s.key, record.index_entry()),
-        )
-        .await
-        .inspect_err(|e| self.failed(e, "index", "index write"))?;
+        let replaced = self
+            .roles
+            .metadata
+            .upsert_entry(record.clone())
+            .await
+            .inspect_err(|e| self.failed(e, "metadata", "entry registration"))?;
+        self.roles
+            .index
+            .put(s.key, record.index_entry())
+            .await
+            .inspect_err(|e| self.failed(e, "index", "index write"))?;
         if let Some(old) = replaced {
             // The old artifact is unreachable now; dropping it is best effort (audit finds leftovers).
-            let _ = timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.delete(old)).await;
+            let _ = self.roles.artifacts.delete(old).await;
         }
         self.audit(AuditEvent {
             id: event_id(),
@@ -338,13 +288,7 @@ impl Cache {
 
     /// Appends one audit event (best effort for now; a local spool comes with the breakers).
     pub async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = timed(
-            "metadata",
-            self.timeouts.metadata,
-            self.roles.metadata.append_audit(vec![event]),
-        )
-        .await
-        {
+        if let Err(e) = self.roles.metadata.append_audit(vec![event]).await {
             self.failed(&e, "metadata", "audit append");
         }
     }
@@ -365,7 +309,7 @@ impl Cache {
         };
         let mut deleted = 0;
         for id in &artifacts {
-            if let Ok(true) = timed("artifacts", self.timeouts.artifacts, self.roles.artifacts.delete(*id)).await {
+            if let Ok(true) = self.roles.artifacts.delete(*id).await {
                 deleted += 1;
             }
         }

@@ -160,7 +160,7 @@ impl Default for ArtifactsConfig {
             endpoint: None,
             region: None,
             prefix: "".into(),
-            timeout_ms: 1000,
+            timeout_ms: 250,
             memory_cache_mb: 64,
             memory_cache_max_item_kb: 256,
         }
@@ -205,7 +205,7 @@ impl Default for MetadataConfig {
             engine: "embedded".into(),
             path: PathBuf::from("./recache-data/metadata.db"),
             url: None,
-            timeout_ms: 500,
+            timeout_ms: 250,
             max_connections: 4,
         }
     }
@@ -214,6 +214,8 @@ impl Default for MetadataConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
+    /// `false` turns every breaker off (timeouts still apply).
+    pub enabled: bool,
     pub failure_threshold: u32,
     pub open_seconds: u64,
     pub close_after_successes: u32,
@@ -222,6 +224,7 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             failure_threshold: 5,
             open_seconds: 30,
             close_after_successes: 3,

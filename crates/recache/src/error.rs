@@ -105,9 +105,19 @@ pub enum BackendError {
     Corrupt { backend: &'static str, detail: String },
     #[error("{backend}: not supported: {what}")]
     NotSupported { backend: &'static str, what: &'static str },
+    #[error("{backend}: circuit breaker open; call skipped")]
+    CircuitOpen { backend: &'static str },
 }
 
 impl BackendError {
+    /// Whether this error says the backend is unhealthy (counts toward its breaker).
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Timeout { .. } | BackendError::Unavailable { .. } | BackendError::Protocol { .. }
+        )
+    }
+
     pub fn unavailable(backend: &'static str, e: impl std::fmt::Display) -> Self {
         BackendError::Unavailable {
             backend,

@@ -10,12 +10,14 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::cache::{Cache, Timeouts};
+use crate::breaker::Breaker;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{self, auth::Tenants, flight::Coalescer, AppState};
 use crate::metrics::Metrics;
 use crate::roles::artifacts_memory::MemoryTier;
 use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
+use crate::roles::guarded::{Guard, GuardedArtifacts, GuardedIndex, GuardedMetadata};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
 use crate::roles::metadata_postgres::PostgresMetadata;
@@ -95,26 +97,56 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
     let started = Instant::now();
     let metadata = open_metadata(config).await?;
     let index = open_index(config).await?;
-    let mut artifacts = open_artifacts(config)?;
+    let artifacts = open_artifacts(config)?;
+    // Replay on the raw roles: a million guarded calls would add seconds to start-up.
+    let replayed = match replay_index(index.as_ref(), metadata.as_ref()).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not replay index entries from metadata; the index may miss some entries until they are refetched");
+            0
+        }
+    };
+    let breaker = |name: &'static str| {
+        let b = Breaker::new(name, &config.breaker);
+        if !config.breaker.enabled {
+            b.disable();
+        }
+        b
+    };
+    let (bi, ba, bv, bm) = (
+        breaker("index"),
+        breaker("artifacts"),
+        breaker("vectors"),
+        breaker("metadata"),
+    );
+    bv.disable(); // semantic matching is off in this build
+    let ms = |v: u64| Duration::from_millis(v);
+    let index: Arc<dyn Index> = Arc::new(GuardedIndex {
+        inner: index,
+        guard: Guard::new(bi.clone(), ms(config.index.timeout_ms)),
+    });
+    let mut artifacts: Arc<dyn Artifacts> = Arc::new(GuardedArtifacts {
+        inner: artifacts,
+        guard: Guard::new(ba.clone(), ms(config.artifacts.timeout_ms)),
+    });
     if config.artifacts.memory_cache_mb > 0 {
+        // Outside the guard: hot artifacts are still served while the store is down.
         artifacts = Arc::new(MemoryTier::new(
             artifacts,
             (config.artifacts.memory_cache_mb * 1024 * 1024) as usize,
             (config.artifacts.memory_cache_max_item_kb * 1024) as usize,
         ));
     }
+    let metadata: Arc<dyn Metadata> = Arc::new(GuardedMetadata {
+        inner: metadata,
+        guard: Guard::new(bm.clone(), ms(config.metadata.timeout_ms)),
+    });
     let roles = Roles {
         index,
         artifacts,
         vectors: Arc::new(DisabledVectors),
         metadata,
-    };
-    let replayed = match replay_index(&roles).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "could not replay index entries from metadata; the index may miss some entries until they are refetched");
-            0
-        }
+        breakers: vec![bi, ba, bv, bm],
     };
     for h in roles.health(Duration::from_secs(2)).await {
         match h.status {
@@ -145,19 +177,18 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
 }
 
 /// Puts back into the index whatever metadata knows and the index may have missed.
-async fn replay_index(roles: &Roles) -> anyhow::Result<u64> {
-    let Some(since) = roles.index.replay_from_ms() else {
+async fn replay_index(index: &dyn Index, metadata: &dyn Metadata) -> anyhow::Result<u64> {
+    let Some(since) = index.replay_from_ms() else {
         return Ok(0);
     };
-    let entries = roles
-        .metadata
+    let entries = metadata
         .live_entries(since, now_ms())
         .await
         .context("cannot read entries from metadata to rebuild the index")?;
     let mut n = 0;
     for (key, entry) in entries {
-        if roles.index.get(key).await?.as_ref() != Some(&entry) {
-            roles.index.put(key, entry).await?;
+        if index.get(key).await?.as_ref() != Some(&entry) {
+            index.put(key, entry).await?;
             n += 1;
         }
     }
@@ -178,7 +209,7 @@ impl Gateway {
     pub async fn start(config: Config, env: &HashMap<String, String>) -> anyhow::Result<Gateway> {
         let roles = open_roles(&config).await?;
         let metrics = Arc::new(Metrics::default());
-        let cache = Arc::new(Cache::new(roles, metrics, Timeouts::from_config(&config)));
+        let cache = Arc::new(Cache::new(roles, metrics));
         let upstreams = Upstreams::from_config(&config, env)?;
         let state = Arc::new(AppState {
             tenants: Tenants::from_config(&config),

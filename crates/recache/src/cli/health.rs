@@ -77,6 +77,7 @@ where
         latency_ms,
         info,
         error,
+        breaker: None,
     }
 }
 
@@ -138,6 +139,7 @@ pub async fn run(args: HealthArgs) -> i32 {
             latency_ms: 0.0,
             info: CheckInfo::default(),
             error: None,
+            breaker: None,
         });
     }
     if want("metadata") {

@@ -117,6 +117,8 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(ops::admin_entry).delete(ops::admin_delete_entry),
         )
         .route("/admin/audit", get(ops::admin_audit))
+        .route("/admin/breakers", get(ops::admin_breakers))
+        .route("/admin/breakers/{backend}/{action}", post(ops::admin_breaker_action))
         .fallback(not_found)
         .with_state(state)
 }

@@ -34,7 +34,7 @@ pub async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let entries = s.cache.roles.index.count().await.unwrap_or(0) as f64;
-    let body = s.cache.metrics.render(&[
+    let mut body = s.cache.metrics.render(&[
         (
             "process_resident_memory_bytes",
             "Resident memory of the gateway process.",
@@ -52,6 +52,36 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             s.started.elapsed().as_secs_f64(),
         ),
     ]);
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        body,
+        "# HELP cache_breaker_state Circuit breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled.\n# TYPE cache_breaker_state gauge"
+    );
+    let statuses: Vec<_> = s.cache.roles.breakers.iter().map(|b| b.status()).collect();
+    for b in &statuses {
+        let _ = writeln!(
+            body,
+            "cache_breaker_state{{backend=\"{}\"}} {}",
+            b.backend,
+            b.state.code()
+        );
+    }
+    let _ = writeln!(body, "# HELP cache_breaker_transitions_total Circuit breaker state changes.\n# TYPE cache_breaker_transitions_total counter");
+    for b in &statuses {
+        let _ = writeln!(
+            body,
+            "cache_breaker_transitions_total{{backend=\"{}\"}} {}",
+            b.backend, b.transitions
+        );
+    }
+    let _ = writeln!(body, "# HELP cache_breaker_rejections_total Calls skipped because the breaker was open.\n# TYPE cache_breaker_rejections_total counter");
+    for b in &statuses {
+        let _ = writeln!(
+            body,
+            "cache_breaker_rejections_total{{backend=\"{}\"}} {}",
+            b.backend, b.rejections
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -147,6 +177,52 @@ pub async fn admin_audit(State(s): State<Arc<AppState>>, headers: HeaderMap, Que
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(Json(json!({"events": events})).into_response())
+    };
+    run.await.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+pub async fn admin_breakers(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_admin(&s, &headers) {
+        return e.into_response();
+    }
+    let statuses: Vec<_> = s.cache.roles.breakers.iter().map(|b| b.status()).collect();
+    Json(json!({"breakers": statuses})).into_response()
+}
+
+/// `POST /admin/breakers/{backend}/{open|reset}`: force a breaker open (drills) or reset it.
+pub async fn admin_breaker_action(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((backend, action)): Path<(String, String)>,
+) -> Response {
+    let run = async {
+        check_admin(&s, &headers)?;
+        let b = s.cache.roles.breaker(&backend).ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "unknown backend '{backend}' (index, artifacts, vectors, metadata)"
+            ))
+        })?;
+        match action.as_str() {
+            "open" => b.force_open(),
+            "reset" => b.reset(),
+            other => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "unknown action '{other}' (open, reset)"
+                )))
+            }
+        }
+        s.cache
+            .audit(AuditEvent {
+                id: format!("admin-breaker-{}-{backend}-{action}-{}", now_ms(), std::process::id()),
+                at_ms: now_ms(),
+                tenant: None,
+                actor: "admin".into(),
+                action: format!("breaker.{action}"),
+                cache_key: None,
+                detail: json!({"backend": backend}),
+            })
+            .await;
+        Ok(Json(json!({"breaker": b.status()})).into_response())
     };
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
 }

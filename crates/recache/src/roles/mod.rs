@@ -17,6 +17,7 @@ use crate::key::CacheKey;
 pub mod artifacts_memory;
 pub mod artifacts_object_store;
 pub mod conformance;
+pub mod guarded;
 pub mod index_embedded;
 pub mod index_redis;
 pub mod metadata_postgres;
@@ -192,13 +193,14 @@ pub trait Vectors: Send + Sync {
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
 }
 
-/// The four roles, as the gateway holds them.
+/// The four roles, as the gateway holds them, and their circuit breakers.
 #[derive(Clone)]
 pub struct Roles {
     pub index: Arc<dyn Index>,
     pub artifacts: Arc<dyn Artifacts>,
     pub vectors: Arc<dyn Vectors>,
     pub metadata: Arc<dyn Metadata>,
+    pub breakers: Vec<Arc<crate::breaker::Breaker>>,
 }
 
 /// Health of one role, as `/health/ready` and `recache health` report it.
@@ -213,6 +215,8 @@ pub struct RoleHealth {
     pub info: CheckInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<crate::breaker::BreakerStatus>,
 }
 
 async fn timed_check(
@@ -240,6 +244,7 @@ async fn timed_check(
         latency_ms,
         info,
         error,
+        breaker: None,
     }
 }
 
@@ -257,6 +262,7 @@ impl Roles {
                     latency_ms: 0.0,
                     info: CheckInfo::default(),
                     error: None,
+                    breaker: None,
                 }
             }
         };
@@ -266,7 +272,15 @@ impl Roles {
             vectors,
             timed_check("metadata", self.metadata.engine(), self.metadata.check(), timeout),
         );
-        vec![i, a, v, m]
+        let mut all = vec![i, a, v, m];
+        for h in &mut all {
+            h.breaker = self.breaker(h.role).map(|b| b.status());
+        }
+        all
+    }
+
+    pub fn breaker(&self, backend: &str) -> Option<&Arc<crate::breaker::Breaker>> {
+        self.breakers.iter().find(|b| b.backend == backend)
     }
 }
 

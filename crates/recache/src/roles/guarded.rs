@@ -1,0 +1,173 @@
+//! The resilience wrapper: a per-call timeout and a circuit breaker around a
+//! role, implementing the same trait. Timeouts, connection and protocol
+//! errors count as failures. Misses (`Ok(None)`) and bad data count as
+//! successes and neutral results. A caller that goes away counts for nothing
+//! (see [`crate::breaker::Permit`]). While the breaker is open, calls fail at
+//! once with [`BackendError::CircuitOpen`]. Health checks bypass the breaker,
+//! so they always show the backend's real state.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    ArtifactId, Artifacts, AuditEvent, BackendError, BoxFuture, CheckInfo, EntryRecord, HitUpdate, Index, IndexEntry,
+    Metadata, Result,
+};
+use crate::breaker::Breaker;
+use crate::key::CacheKey;
+
+pub struct Guard {
+    pub breaker: Arc<Breaker>,
+    pub timeout: Duration,
+}
+
+impl Guard {
+    pub fn new(breaker: Arc<Breaker>, timeout: Duration) -> Self {
+        Self { breaker, timeout }
+    }
+
+    async fn call<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let backend = self.breaker.backend;
+        let Some(permit) = self.breaker.admit() else {
+            return Err(BackendError::CircuitOpen { backend });
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => {
+                permit.failure();
+                Err(BackendError::Timeout {
+                    backend,
+                    after_ms: self.timeout.as_millis() as u64,
+                })
+            }
+            Ok(Ok(v)) => {
+                permit.success();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if e.is_backend_failure() {
+                    permit.failure();
+                } else {
+                    permit.neutral();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn check(&self, fut: impl Future<Output = Result<CheckInfo>>) -> Result<CheckInfo> {
+        let backend = self.breaker.backend;
+        tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), fut)
+            .await
+            .unwrap_or(Err(BackendError::Timeout {
+                backend,
+                after_ms: self.timeout.as_millis() as u64,
+            }))
+    }
+}
+
+pub struct GuardedIndex {
+    pub inner: Arc<dyn Index>,
+    pub guard: Guard,
+}
+
+impl Index for GuardedIndex {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+    fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<IndexEntry>>> {
+        Box::pin(self.guard.call(self.inner.get(key)))
+    }
+    fn put(&self, key: CacheKey, entry: IndexEntry) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.put(key, entry)))
+    }
+    fn delete(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.guard.call(self.inner.delete(key)))
+    }
+    fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        // A sweep walks the whole index: not bounded by the per-call timeout.
+        self.inner.purge_expired(before_ms)
+    }
+    fn count(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call(self.inner.count()))
+    }
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
+        Box::pin(self.guard.check(self.inner.check()))
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.flush()
+    }
+    fn replay_from_ms(&self) -> Option<i64> {
+        self.inner.replay_from_ms()
+    }
+}
+
+pub struct GuardedArtifacts {
+    pub inner: Arc<dyn Artifacts>,
+    pub guard: Guard,
+}
+
+impl Artifacts for GuardedArtifacts {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+    fn put(&self, id: ArtifactId, bytes: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.put(id, bytes)))
+    }
+    fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        Box::pin(self.guard.call(self.inner.get(id)))
+    }
+    fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.guard.call(self.inner.delete(id)))
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
+        self.inner.list()
+    }
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
+        Box::pin(self.guard.check(self.inner.check()))
+    }
+}
+
+pub struct GuardedMetadata {
+    pub inner: Arc<dyn Metadata>,
+    pub guard: Guard,
+}
+
+impl Metadata for GuardedMetadata {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+    fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
+        Box::pin(self.guard.call(self.inner.upsert_entry(entry)))
+    }
+    fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>> {
+        Box::pin(self.guard.call(self.inner.get_entry(key)))
+    }
+    fn delete_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.guard.call(self.inner.delete_entry(key)))
+    }
+    fn record_hits(&self, hits: Vec<HitUpdate>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.record_hits(hits)))
+    }
+    fn live_entries(&self, since_ms: i64, now_ms: i64) -> BoxFuture<'_, Result<Vec<(CacheKey, IndexEntry)>>> {
+        // Bulk read at start-up: not bounded by the per-call timeout.
+        self.inner.live_entries(since_ms, now_ms)
+    }
+    fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
+        Box::pin(self.guard.call(self.inner.purge_expired(before_ms)))
+    }
+    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.append_audit(events)))
+    }
+    fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>> {
+        Box::pin(self.guard.call(self.inner.recent_audit(limit)))
+    }
+    fn count_entries(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call(self.inner.count_entries()))
+    }
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
+        Box::pin(self.guard.check(self.inner.check()))
+    }
+}
