@@ -14,9 +14,12 @@ use crate::error::BackendError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::roles::{now_ms, ArtifactId, AuditEvent, EntryRecord, HitUpdate, IndexEntry, Roles};
+use crate::spool::{Spool, SpoolRecord};
 
 /// A served entry.
 pub struct Hit {
+    /// Past its expiry: only for `stale-if-error`.
+    pub stale: bool,
     pub meta: ArtifactMeta,
     pub body: Bytes,
     pub age_secs: u64,
@@ -41,6 +44,9 @@ pub struct StoreInput {
 pub struct Cache {
     pub roles: Roles,
     pub metrics: Arc<Metrics>,
+    pub spool: Option<Arc<Spool>>,
+    /// How long expired entries are kept for `stale-if-error`.
+    pub retain_stale: Duration,
     hits: Mutex<HashMap<CacheKey, (u64, i64)>>,
 }
 
@@ -52,10 +58,12 @@ fn event_id() -> String {
 }
 
 impl Cache {
-    pub fn new(roles: Roles, metrics: Arc<Metrics>) -> Self {
+    pub fn new(roles: Roles, metrics: Arc<Metrics>, spool: Option<Arc<Spool>>, retain_stale: Duration) -> Self {
         Self {
             roles,
             metrics,
+            spool,
+            retain_stale,
             hits: Mutex::new(HashMap::new()),
         }
     }
@@ -69,7 +77,9 @@ impl Cache {
     }
 
     /// Exact lookup. `max_age` rejects entries older than that many seconds.
-    pub async fn lookup(&self, key: CacheKey, tenant: &str, max_age: Option<u64>) -> Option<Hit> {
+    /// An entry expired less than `stale_window` seconds ago comes back with
+    /// `stale: true` (for `stale-if-error`); it is never counted as a hit here.
+    pub async fn lookup(&self, key: CacheKey, tenant: &str, max_age: Option<u64>, stale_window: u64) -> Option<Hit> {
         let entry = match self.roles.index.get(key).await {
             Ok(Some(e)) => e,
             Ok(None) => return None,
@@ -79,11 +89,12 @@ impl Cache {
             }
         };
         let now = now_ms();
-        if entry.expires_at_ms <= now {
+        let stale = entry.expires_at_ms <= now;
+        if stale && now >= entry.expires_at_ms.saturating_add(stale_window as i64 * 1000) {
             return None;
         }
         let age_secs = ((now - entry.created_at_ms).max(0) / 1000) as u64;
-        if max_age.is_some_and(|m| age_secs > m) {
+        if !stale && max_age.is_some_and(|m| age_secs > m) {
             return None;
         }
         let bytes = match self.roles.artifacts.get(entry.artifact).await {
@@ -129,8 +140,11 @@ impl Cache {
             .await;
             return None;
         }
-        self.note_hit(key, now);
+        if !stale {
+            self.note_hit(key, now);
+        }
         Some(Hit {
+            stale,
             meta: decoded.meta,
             body: decoded.body,
             age_secs,
@@ -257,12 +271,21 @@ impl Cache {
             last_hit_at_ms: None,
             hit_count: 0,
         };
-        let replaced = self
-            .roles
-            .metadata
-            .upsert_entry(record.clone())
-            .await
-            .inspect_err(|e| self.failed(e, "metadata", "entry registration"))?;
+        let replaced = match self.roles.metadata.upsert_entry(record.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed(&e, "metadata", "entry registration");
+                // Metadata is down: the registration waits in the spool; the entry is served meanwhile.
+                match &self.spool {
+                    Some(spool) => spool.append(&SpoolRecord::Entry(record.clone())).map_err(|io| {
+                        tracing::error!(error = %io, "metadata spool write failed; entry not stored");
+                        e
+                    })?,
+                    None => return Err(e),
+                }
+                None
+            }
+        };
         self.roles
             .index
             .put(s.key, record.index_entry())
@@ -287,15 +310,39 @@ impl Cache {
     }
 
     /// Appends one audit event (best effort for now; a local spool comes with the breakers).
+    /// Appends one audit event; while metadata is down it goes to the spool.
     pub async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self.roles.metadata.append_audit(vec![event]).await {
-            self.failed(&e, "metadata", "audit append");
+        let Err(e) = self.roles.metadata.append_audit(vec![event.clone()]).await else {
+            return;
+        };
+        self.failed(&e, "metadata", "audit append");
+        let spooled = self
+            .spool
+            .as_ref()
+            .map(|s| s.append(&SpoolRecord::Audit(event.clone())));
+        if !matches!(spooled, Some(Ok(()))) {
+            tracing::error!(event = %event.id, action = %event.action, "audit event lost: metadata down and no spool");
+        }
+    }
+
+    /// Replays the spool if anything waits in it.
+    pub async fn replay_spool(&self) {
+        let Some(spool) = &self.spool else { return };
+        match spool.replay(self.roles.metadata.as_ref()).await {
+            Ok(r) if r.audit_events + r.entries + r.skipped_entries > 0 => tracing::info!(
+                audit_events = r.audit_events,
+                entries = r.entries,
+                skipped_entries = r.skipped_entries,
+                "replayed the metadata spool"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "metadata spool replay postponed"),
         }
     }
 
     /// Removes expired entries from every role. Returns (index, metadata, artifacts) counts.
     pub async fn sweep(&self) -> (u64, usize, usize) {
-        let now = now_ms();
+        let now = now_ms() - self.retain_stale.as_millis() as i64;
         let idx = self.roles.index.purge_expired(now).await.unwrap_or_else(|e| {
             self.failed(&e, "index", "expiry sweep");
             0

@@ -98,6 +98,9 @@ pub struct CacheConfig {
     pub sweep_interval_seconds: u64,
     /// How often hit counters are flushed to metadata.
     pub hit_flush_interval_ms: u64,
+    /// How long expired entries are kept so `stale-if-error` can serve them
+    /// while the provider fails (0 drops them at expiry).
+    pub max_stale_seconds: u64,
 }
 
 impl Default for CacheConfig {
@@ -107,6 +110,7 @@ impl Default for CacheConfig {
             max_ttl_seconds: 30 * 86_400,
             sweep_interval_seconds: 60,
             hit_flush_interval_ms: 1000,
+            max_stale_seconds: 86_400,
         }
     }
 }
@@ -197,6 +201,10 @@ pub struct MetadataConfig {
     pub url: Option<String>,
     pub timeout_ms: u64,
     pub max_connections: u32,
+    /// Local file where audit events and entry registrations wait while the
+    /// store is unreachable (one per gateway; replayed when it returns).
+    pub spool_path: PathBuf,
+    pub spool_replay_interval_ms: u64,
 }
 
 impl Default for MetadataConfig {
@@ -207,6 +215,8 @@ impl Default for MetadataConfig {
             url: None,
             timeout_ms: 250,
             max_connections: 4,
+            spool_path: PathBuf::from("./recache-data/metadata-spool.jsonl"),
+            spool_replay_interval_ms: 1000,
         }
     }
 }
@@ -267,6 +277,10 @@ pub struct TenantConfig {
     pub keys: Vec<String>,
     #[serde(default)]
     pub default_ttl_seconds: Option<u64>,
+    /// Serve an expired entry up to this many seconds past expiry when the
+    /// provider fails (requests can ask with `Cache-Control: stale-if-error=N`).
+    #[serde(default)]
+    pub stale_if_error_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]

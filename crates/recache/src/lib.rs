@@ -13,5 +13,6 @@ pub mod key;
 pub mod metrics;
 pub mod roles;
 pub mod server;
+pub mod spool;
 pub mod sse;
 pub mod upstream;

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub misses: AtomicU64,
     pub bypasses: AtomicU64,
     pub coalesced: AtomicU64,
+    pub stale_served: AtomicU64,
     pub stores: AtomicU64,
     pub store_failures: AtomicU64,
     pub integrity_failures: AtomicU64,
@@ -131,6 +132,12 @@ impl Metrics {
             "cache_coalesced_total",
             "Requests that shared another request's provider call.",
             l(&self.coalesced),
+        );
+        counter(
+            &mut out,
+            "cache_stale_served_total",
+            "Expired entries served because the provider failed (stale-if-error).",
+            l(&self.stale_served),
         );
         counter(
             &mut out,

@@ -33,11 +33,9 @@ pub async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn Index>> {
     match c.engine.as_str() {
         "redis" => {
             let url = c.url.as_deref().unwrap_or_default();
-            Ok(Arc::new(RedisIndex::new(
-                url,
-                &c.key_prefix,
-                Duration::from_millis(c.timeout_ms),
-            )?))
+            let retain = Duration::from_secs(config.cache.max_stale_seconds);
+            let index = RedisIndex::new(url, &c.key_prefix, Duration::from_millis(c.timeout_ms))?;
+            Ok(Arc::new(index.retain_expired_for(retain)))
         }
         _ => {
             let path = c.path.clone();
@@ -209,7 +207,18 @@ impl Gateway {
     pub async fn start(config: Config, env: &HashMap<String, String>) -> anyhow::Result<Gateway> {
         let roles = open_roles(&config).await?;
         let metrics = Arc::new(Metrics::default());
-        let cache = Arc::new(Cache::new(roles, metrics));
+        let spool = crate::spool::Spool::open(&config.metadata.spool_path).with_context(|| {
+            format!(
+                "cannot open the metadata spool at {}",
+                config.metadata.spool_path.display()
+            )
+        })?;
+        let cache = Arc::new(Cache::new(
+            roles,
+            metrics,
+            Some(Arc::new(spool)),
+            Duration::from_secs(config.cache.max_stale_seconds),
+        ));
         let upstreams = Upstreams::from_config(&config, env)?;
         let state = Arc::new(AppState {
             tenants: Tenants::from_config(&config),
@@ -289,5 +298,16 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             }
         })
     };
-    vec![hits, sweep]
+    let spool = {
+        let s = state.clone();
+        let every = Duration::from_millis(s.config.metadata.spool_replay_interval_ms.max(50));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                s.cache.replay_spool().await;
+            }
+        })
+    };
+    vec![hits, sweep, spool]
 }

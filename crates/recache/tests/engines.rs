@@ -89,7 +89,11 @@ async fn gateway_started_while_redis_is_down_answers_everything_from_the_provide
     // Five failed calls open the index breaker; after that, lookups skip Redis at once.
     let errors = env.metric("cache_errors_total{backend=\"index\"}").await;
     assert!((5.0..20.0).contains(&errors), "index errors {errors}");
-    assert_eq!(env.metric("cache_breaker_state{backend=\"index\"}").await, 1.0, "breaker open");
+    assert_eq!(
+        env.metric("cache_breaker_state{backend=\"index\"}").await,
+        1.0,
+        "breaker open"
+    );
     assert!(env.metric("cache_breaker_rejections_total{backend=\"index\"}").await >= 1.0);
     let ready: serde_json::Value = env
         .http

@@ -43,6 +43,7 @@ on_both_backends!(
     corrupt_artifact_is_a_miss_never_served,
     health_metrics_and_admin_auth,
     client_hanging_up_mid_stream_still_stores_the_answer,
+    stale_if_error_serves_expired_entries_when_the_provider_fails,
 );
 
 async fn miss_then_hit_with_headers_and_savings(b: Backends) {
@@ -380,7 +381,8 @@ async fn expired_entries_are_swept_from_every_role() {
     .await;
     let artifacts = || walk(&env.path("artifacts/sha256")).len();
     assert_eq!(artifacts(), 1);
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Expired at 1 s, kept 2 s more for stale-if-error, then swept (every second).
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     assert_eq!(env.metric("cache_index_entries").await, 0.0, "index swept");
     assert_eq!(artifacts(), 0, "artifact deleted");
 }
@@ -779,4 +781,69 @@ async fn client_hanging_up_mid_stream_still_stores_the_answer(b: Backends) {
         "the paid-for answer was read to the end and stored"
     );
     assert_eq!(env.stub.calls(), 1);
+}
+
+async fn stale_if_error_serves_expired_entries_when_the_provider_fails(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
+    let first = env
+        .post(
+            "/v1/chat/completions",
+            Some(KEY_A),
+            &chat_body("stale", false),
+            &[("x-recache-ttl", "1")],
+        )
+        .await;
+    assert_eq!(first.cache(), "MISS");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    env.stub.update(|c| c.fail_status = Some(500));
+    let sie = [("cache-control", "stale-if-error=60")];
+    let stale = env
+        .post("/v1/chat/completions", Some(KEY_A), &chat_body("stale", false), &sie)
+        .await;
+    assert_eq!((stale.status, stale.cache()), (200, "STALE"), "{}", stale.text);
+    assert_eq!(stale.text, first.text, "the expired answer, byte for byte");
+    let streamed = env
+        .post("/v1/chat/completions", Some(KEY_A), &chat_body("stale", true), &sie)
+        .await;
+    assert_eq!((streamed.status, streamed.cache()), (200, "STALE"));
+    assert_eq!(streamed.content(), first.content());
+    env.stub.update(|c| c.fail_status = Some(503));
+    assert_eq!(
+        env.post("/v1/chat/completions", Some(KEY_A), &chat_body("stale", false), &sie)
+            .await
+            .cache(),
+        "STALE"
+    );
+    // Without the directive (tenant default 0) the provider's error passes through.
+    let plain = env.chat(KEY_A, "stale").await;
+    assert_eq!(plain.status, 503);
+    // A client error is not a provider failure: no stale answer for a 4xx.
+    env.stub.update(|c| c.fail_status = Some(429));
+    assert_eq!(
+        env.post("/v1/chat/completions", Some(KEY_A), &chat_body("stale", false), &sie)
+            .await
+            .status,
+        429
+    );
+    // With no entry at all, the client gets the provider's error.
+    env.stub.update(|c| c.fail_status = Some(500));
+    assert_eq!(
+        env.post(
+            "/v1/chat/completions",
+            Some(KEY_A),
+            &chat_body("never stored", false),
+            &sie
+        )
+        .await
+        .status,
+        500
+    );
+    // Provider back: a fresh answer replaces the stale one.
+    env.stub.update(|c| c.fail_status = None);
+    let fresh = env
+        .post("/v1/chat/completions", Some(KEY_A), &chat_body("stale", false), &sie)
+        .await;
+    assert_eq!(fresh.cache(), "MISS");
+    assert_ne!(fresh.content(), first.content());
+    assert_eq!(env.metric("cache_stale_served_total").await, 3.0);
 }

@@ -44,6 +44,7 @@ path = "{d}/artifacts"
 [metadata]
 engine = "embedded"
 path = "{d}/metadata.db"
+spool_path = "{d}/metadata-spool.jsonl"
 [[upstreams]]
 name = "stub"
 base_url = "{stub_url}"

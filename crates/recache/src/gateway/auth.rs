@@ -14,6 +14,7 @@ use crate::error::ApiError;
 pub struct Tenant {
     pub name: String,
     pub default_ttl: Duration,
+    pub stale_if_error: u64,
 }
 
 pub struct Tenants {
@@ -27,6 +28,7 @@ impl Tenants {
             let tenant = Arc::new(Tenant {
                 name: t.name.clone(),
                 default_ttl: Duration::from_secs(t.default_ttl_seconds.unwrap_or(cfg.cache.default_ttl_seconds)),
+                stale_if_error: t.stale_if_error_seconds.unwrap_or(0).min(cfg.cache.max_stale_seconds),
             });
             for k in &t.keys {
                 // Validated already; skip anything odd rather than panic.

@@ -14,6 +14,8 @@ pub struct Directives {
     pub no_store: bool,
     /// Accept only entries at most this many seconds old.
     pub max_age: Option<u64>,
+    /// Serve an entry expired at most this long ago if the provider fails.
+    pub stale_if_error: Option<u64>,
     /// Keep the answer this many seconds (capped by `cache.max_ttl_seconds`).
     pub ttl: Option<u64>,
     pub namespace: String,
@@ -28,6 +30,7 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
         no_cache: false,
         no_store: false,
         max_age: None,
+        stale_if_error: None,
         ttl: None,
         namespace: "default".into(),
     };
@@ -48,6 +51,14 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
                         })?)
                 }
                 ("max-age", None) => return Err(bad("Cache-Control max-age needs a value".into())),
+                ("stale-if-error", Some(a)) => {
+                    d.stale_if_error = Some(a.parse().map_err(|_| {
+                        bad(format!(
+                            "Cache-Control stale-if-error '{a}' is not a whole number of seconds"
+                        ))
+                    })?)
+                }
+                ("stale-if-error", None) => return Err(bad("Cache-Control stale-if-error needs a value".into())),
                 // Other directives (private, no-transform, ...) do not apply to a gateway cache.
                 _ => {}
             }

@@ -23,6 +23,8 @@ pub enum CacheStatus {
     Hit,
     Miss,
     Bypass,
+    /// An expired entry served because the provider failed (`stale-if-error`).
+    Stale,
 }
 
 impl CacheStatus {
@@ -31,6 +33,7 @@ impl CacheStatus {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Bypass => "BYPASS",
+            CacheStatus::Stale => "STALE",
         }
     }
 }
@@ -168,23 +171,33 @@ async fn serve(
     let key = cache_key(&tenant.name, &d.namespace, endpoint.name(), &canonical);
     let metrics = &state.cache.metrics;
 
+    let stale_window = d
+        .stale_if_error
+        .unwrap_or(tenant.stale_if_error)
+        .min(state.config.cache.max_stale_seconds);
+    let mut stale = None;
     if !d.no_cache {
-        if let Some(hit) = state.cache.lookup(key, &tenant.name, d.max_age).await {
-            metrics.hits.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .tokens_saved
-                .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
-            metrics.usd_saved.add(hit.meta.cost_usd);
-            let resp = render_answer(
-                endpoint,
-                &parsed,
-                &hit.body,
-                &hit.meta.content_type,
-                CacheStatus::Hit,
-                key,
-                hit.age_secs,
-            );
-            return Ok((resp, "HIT"));
+        let found = state.cache.lookup(key, &tenant.name, d.max_age, stale_window).await;
+        match found {
+            Some(hit) if hit.stale => stale = Some(hit),
+            None => {}
+            Some(hit) => {
+                metrics.hits.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .tokens_saved
+                    .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
+                metrics.usd_saved.add(hit.meta.cost_usd);
+                let resp = render_answer(
+                    endpoint,
+                    &parsed,
+                    &hit.body,
+                    &hit.meta.content_type,
+                    CacheStatus::Hit,
+                    key,
+                    hit.age_secs,
+                );
+                return Ok((resp, "HIT"));
+            }
         }
     }
 
@@ -219,6 +232,9 @@ async fn serve(
             Joined::Follower(rx) => {
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
                 let outcome = flight::wait(rx).await;
+                if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
+                    return Ok((r, "STALE"));
+                }
                 let mut resp = render_outcome(endpoint, &parsed, &outcome, status, key)?;
                 resp.headers_mut()
                     .insert("x-recache-coalesced", HeaderValue::from_static("true"));
@@ -253,9 +269,44 @@ async fn serve(
         tokio::spawn(flight::run(spec, tx, None, guard));
     }
     let outcome = flight::wait(rx).await;
+    if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
+        return Ok((r, "STALE"));
+    }
     Ok((
         render_outcome(endpoint, &parsed, &outcome, status, key)?,
         status.as_str(),
+    ))
+}
+
+/// `stale-if-error`: when the provider failed (5xx, timeout, unreachable)
+/// and an expired entry is within the window, serve it as `STALE`.
+fn serve_stale(
+    state: &AppState,
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    outcome: &Outcome,
+    stale: Option<&crate::cache::Hit>,
+    key: CacheKey,
+) -> Option<Response> {
+    let hit = stale?;
+    let provider_failed = match outcome {
+        Outcome::Failed(_) => true,
+        Outcome::Upstream { status, .. } => *status >= 500,
+        Outcome::Complete { .. } => false,
+    };
+    if !provider_failed {
+        return None;
+    }
+    state.cache.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(key = %key, "provider failed; serving an expired entry (stale-if-error)");
+    Some(render_answer(
+        endpoint,
+        parsed,
+        &hit.body,
+        &hit.meta.content_type,
+        CacheStatus::Stale,
+        key,
+        hit.age_secs,
     ))
 }
 

@@ -25,6 +25,8 @@ pub struct RedisIndex {
     conn: Mutex<Option<ConnectionManager>>,
     prefix: String,
     timeout: Duration,
+    /// Keys live this long past their entry's expiry (for `stale-if-error`).
+    retain: Duration,
 }
 
 fn map_err(e: redis::RedisError) -> BackendError {
@@ -78,7 +80,14 @@ impl RedisIndex {
             conn: Mutex::new(None),
             prefix: prefix.to_string(),
             timeout,
+            retain: Duration::ZERO,
         })
+    }
+
+    /// Keeps keys this long past expiry, so expired entries can still be served stale.
+    pub fn retain_expired_for(mut self, retain: Duration) -> Self {
+        self.retain = retain;
+        self
     }
 
     fn key(&self, key: &CacheKey) -> String {
@@ -165,7 +174,7 @@ impl Index for RedisIndex {
 
     fn put(&self, key: CacheKey, entry: IndexEntry) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let ttl = entry.expires_at_ms - now_ms();
+            let ttl = entry.expires_at_ms + self.retain.as_millis() as i64 - now_ms();
             if ttl <= 0 {
                 return Ok(());
             }

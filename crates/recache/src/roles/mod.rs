@@ -107,15 +107,15 @@ pub trait Artifacts: Send + Sync {
 }
 
 /// One registered cache entry.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct EntryRecord {
-    #[serde(serialize_with = "ser_hex_key")]
+    #[serde(serialize_with = "ser_hex_key", deserialize_with = "de_hex_key")]
     pub key: CacheKey,
     pub tenant: String,
     pub namespace: String,
     pub endpoint: String,
     pub model: String,
-    #[serde(serialize_with = "ser_hex_artifact")]
+    #[serde(serialize_with = "ser_hex_artifact", deserialize_with = "de_hex_artifact")]
     pub artifact: ArtifactId,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -133,6 +133,15 @@ fn ser_hex_key<S: serde::Serializer>(k: &CacheKey, s: S) -> std::result::Result<
 }
 fn ser_hex_artifact<S: serde::Serializer>(k: &ArtifactId, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&k.hex())
+}
+
+fn de_hex_key<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<CacheKey, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    CacheKey::from_hex(&s).ok_or_else(|| serde::de::Error::custom("cache key must be 64 hex digits"))
+}
+fn de_hex_artifact<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<ArtifactId, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    ArtifactId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("artifact id must be 64 hex digits"))
 }
 
 impl EntryRecord {

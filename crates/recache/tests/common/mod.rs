@@ -50,12 +50,12 @@ impl Backends {
         let d = dir.display();
         match self {
             Backends::Embedded => format!(
-                "[index]\npath = \"{d}/index\"\n[artifacts]\npath = \"{d}/artifacts\"\n[metadata]\npath = \"{d}/metadata.db\"\n"
+                "[index]\npath = \"{d}/index\"\n[artifacts]\npath = \"{d}/artifacts\"\n[metadata]\npath = \"{d}/metadata.db\"\nspool_path = \"{d}/spool.jsonl\"\n"
             ),
             Backends::Real { redis, prefix, s3_endpoint, bucket, postgres } => format!(
                 "[index]\nengine = \"redis\"\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\ntimeout_ms = 500\n\
                  [artifacts]\nengine = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{s3_endpoint}\"\nprefix = \"{prefix}\"\n\
-                 [metadata]\nengine = \"postgres\"\nurl = \"{postgres}\"\ntimeout_ms = 2000\n"
+                 [metadata]\nengine = \"postgres\"\nurl = \"{postgres}\"\ntimeout_ms = 2000\nspool_path = \"{d}/spool.jsonl\"\n"
             ),
         }
     }
@@ -86,6 +86,7 @@ listen = "127.0.0.1:0"
 [cache]
 hit_flush_interval_ms = 50
 sweep_interval_seconds = 1
+max_stale_seconds = 2
 {roles}
 [[upstreams]]
 name = "stub"
