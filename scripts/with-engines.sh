@@ -88,6 +88,10 @@ wait_for postgres "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
 wait_for s3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT"
 
 export RECACHE_TEST_ENGINES=1
+# For tests that start (and kill) servers of their own.
+export RECACHE_TEST_PG_BIN="$PG_BIN"
+export RECACHE_TEST_S3S_BIN="$S3S"
+export RECACHE_TEST_REDIS_BIN=$(command -v redis-server)
 export RECACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export RECACHE_TEST_REDIS_PID=$REDIS_PID
 export RECACHE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"

@@ -193,7 +193,12 @@ impl Cache {
         if batch.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
         if let Err(e) = self.roles.metadata.record_hits(batch.clone()).await {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "hit counter flush failed"
+            );
             self.failed(&e, "metadata", "hit counter flush");
             let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
             for h in batch {

@@ -690,3 +690,21 @@ keys = ["sk-a"]
         assert!(e.0.contains("same client key"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod override_repro {
+    use super::*;
+    #[test]
+    fn override_existing_key_in_multiline_table() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[index]\nengine = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nkey_prefix = \"p:\"\ntimeout_ms = 500\n\
+                 [metadata]\nengine = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/x\"\ntimeout_ms = 2000\n\
+                 [[upstreams]]\nname = \"s\"\nbase_url = \"http://127.0.0.1:1/v1\"\n";
+        let env: HashMap<String, String> = [
+            ("RECACHE_INDEX__TIMEOUT_MS".to_string(), "50".to_string()),
+            ("RECACHE_METADATA__TIMEOUT_MS".to_string(), "250".to_string()),
+        ]
+        .into();
+        let (c, _) = Config::from_toml_str(text, &env).unwrap();
+        assert_eq!((c.index.timeout_ms, c.metadata.timeout_ms), (50, 250));
+    }
+}

@@ -107,6 +107,9 @@ pub enum BackendError {
     NotSupported { backend: &'static str, what: &'static str },
     #[error("{backend}: circuit breaker open; call skipped")]
     CircuitOpen { backend: &'static str },
+    /// The backend is up but refused the operation (e.g. Redis out of memory).
+    #[error("{backend}: refused: {detail}")]
+    Rejected { backend: &'static str, detail: String },
 }
 
 impl BackendError {

@@ -30,7 +30,13 @@ pub struct RedisIndex {
 }
 
 fn map_err(e: redis::RedisError) -> BackendError {
-    if e.is_timeout() {
+    if e.code() == Some("OOM") {
+        // Redis is alive but full: the write fails, reads go on (not a breaker failure).
+        BackendError::Rejected {
+            backend: NAME,
+            detail: e.to_string(),
+        }
+    } else if e.is_timeout() {
         BackendError::Timeout {
             backend: NAME,
             after_ms: 0,

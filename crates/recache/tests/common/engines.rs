@@ -16,6 +16,11 @@ fn var(name: &str) -> Option<String> {
     }
 }
 
+/// Like `var`, public for the server helpers.
+pub fn var_opt(name: &str) -> Option<String> {
+    var(name)
+}
+
 pub fn redis_url() -> Option<String> {
     var("RECACHE_TEST_REDIS_URL")
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod servers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -74,6 +75,7 @@ pub struct Env {
     pub base: String,
     pub http: reqwest::Client,
     extra: String,
+    overrides: Vec<(String, String)>,
 }
 
 /// The gateway config for a test.
@@ -117,6 +119,11 @@ impl Env {
     }
 
     pub async fn on(backends: Backends, stub_cfg: StubConfig, extra: &str) -> Env {
+        Self::on_with(backends, stub_cfg, extra, &[]).await
+    }
+
+    /// With `RECACHE_*` overrides for the gateway's config.
+    pub async fn on_with(backends: Backends, stub_cfg: StubConfig, extra: &str, overrides: &[(&str, &str)]) -> Env {
         let stub = StubState::new(stub_cfg);
         let addr = recache_stub_provider::spawn("127.0.0.1:0".parse().unwrap(), stub.clone())
             .await
@@ -130,13 +137,15 @@ impl Env {
             base: String::new(),
             http: reqwest::Client::new(),
             extra: extra.to_string(),
+            overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         env.start().await;
         env
     }
 
     pub fn config(&self) -> Config {
-        let env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+        let mut env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+        env.extend(self.overrides.iter().cloned());
         Config::from_toml_str(
             &config_text(&self.backends, self.dir.path(), &self.stub_url, &self.extra),
             &env,

@@ -1,0 +1,254 @@
+//! Servers a test owns: Redis, PostgreSQL and S3 (s3s-fs) on ephemeral
+//! loopback ports, each in its own process group so the test can `kill -9`
+//! it, pause it (`SIGSTOP`), resume it and start it again on the same port
+//! with the same data. Binaries come from scripts/with-engines.sh.
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub name: &'static str,
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    cmd: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn bin(var: &str) -> Option<String> {
+    super::engines::var_opt(var)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
+}
+
+impl Server {
+    fn spawn(&mut self) {
+        let mut c = Command::new(&self.cmd[0]);
+        c.args(&self.cmd[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        self.child = Some(c.spawn().unwrap_or_else(|e| panic!("start {}: {e}", self.name)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not start on {}",
+                self.name,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.name == "postgres" {
+            // Accepting TCP is not yet accepting queries.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, "--", &format!("-{}", c.id())]).status();
+        }
+        // PostgreSQL backends call setsid(): signal the postmaster and each child by pid.
+        for pid in self.postgres_pids() {
+            let _ = Command::new("kill").args([sig, &pid]).status();
+        }
+    }
+
+    fn postgres_pids(&self) -> Vec<String> {
+        if self.name != "postgres" {
+            return Vec::new();
+        }
+        let Ok(text) = std::fs::read_to_string(self.dir.path().join("pg/postmaster.pid")) else {
+            return Vec::new();
+        };
+        let Some(pm) = text.lines().next().map(|l| l.trim().to_string()) else {
+            return Vec::new();
+        };
+        let children = Command::new("pgrep")
+            .args(["-P", &pm])
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let mut pids = vec![pm];
+        pids.extend(
+            String::from_utf8_lossy(&children)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        pids
+    }
+
+    pub fn redis() -> Option<Server> {
+        let redis = bin("RECACHE_TEST_REDIS_BIN")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cmd = vec![
+            redis,
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+        ];
+        let mut s = Server {
+            name: "redis",
+            port,
+            child: None,
+            dir,
+            cmd,
+        };
+        s.spawn();
+        Some(s)
+    }
+
+    pub fn s3() -> Option<Server> {
+        let s3s = bin("RECACHE_TEST_S3S_BIN")?;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bucket")).unwrap();
+        let port = free_port();
+        let cmd = vec![
+            s3s,
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--access-key".into(),
+            "recache-test".into(),
+            "--secret-key".into(),
+            "recache-test-secret".into(),
+            dir.path().display().to_string(),
+        ];
+        let mut s = Server {
+            name: "s3",
+            port,
+            child: None,
+            dir,
+            cmd,
+        };
+        s.spawn();
+        Some(s)
+    }
+
+    pub fn postgres() -> Option<Server> {
+        let pg_bin = PathBuf::from(bin("RECACHE_TEST_PG_BIN")?);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("pg");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut prefix: Vec<String> = Vec::new();
+        if is_root() {
+            let _ = Command::new("chmod").arg("755").arg(dir.path()).status();
+            let _ = Command::new("chown").arg("postgres").arg(&data).status();
+            prefix = vec!["runuser".into(), "-u".into(), "postgres".into(), "--".into()];
+        }
+        let mut init = prefix.clone();
+        init.extend([
+            pg_bin.join("initdb").display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+            "-U".into(),
+            "postgres".into(),
+            "-A".into(),
+            "trust".into(),
+            "--no-sync".into(),
+        ]);
+        let ok = Command::new(&init[0])
+            .args(&init[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(ok.map(|s| s.success()).unwrap_or(false), "initdb failed");
+        let port = free_port();
+        let mut cmd = prefix;
+        cmd.extend([
+            pg_bin.join("postgres").display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+            "-p".into(),
+            port.to_string(),
+            "-k".into(),
+            data.display().to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            "fsync=off".into(),
+        ]);
+        let mut s = Server {
+            name: "postgres",
+            port,
+            child: None,
+            dir,
+            cmd,
+        };
+        s.spawn();
+        Some(s)
+    }
+
+    pub fn url(&self) -> String {
+        match self.name {
+            "redis" => format!("redis://127.0.0.1:{}", self.port),
+            "postgres" => format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
+            _ => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `kill -9` of the whole process group.
+    pub fn kill9(&mut self) {
+        self.signal("-KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        if self.name == "postgres" {
+            std::thread::sleep(Duration::from_millis(200)); // let the backends go
+        }
+    }
+
+    /// `SIGSTOP`: the server hangs with its sockets open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Starts again on the same port with the same data.
+    pub fn start(&mut self) {
+        if self.name == "postgres" {
+            let _ = std::fs::remove_file(self.dir.path().join("pg/postmaster.pid"));
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.resume();
+        self.signal("-KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
