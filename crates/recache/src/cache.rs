@@ -212,6 +212,19 @@ impl Cache {
     /// Stores a complete answer: artifact first, then metadata, then index,
     /// so a crash leaves an orphan artifact for audit, never a dangling key.
     pub async fn store(&self, s: StoreInput) -> Result<(), BackendError> {
+        // With the index breaker open no key could point at the artifact: skip
+        // the writes (and the orphans they would leave) until the index is back.
+        if self.roles.breaker("index").is_some_and(|b| {
+            matches!(
+                b.state(),
+                crate::breaker::BreakerState::Open | crate::breaker::BreakerState::ForcedOpen
+            )
+        }) {
+            self.metrics
+                .store_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(BackendError::CircuitOpen { backend: "index" });
+        }
         let created = now_ms();
         let expires = created + s.ttl.as_millis() as i64;
         let meta = ArtifactMeta {
