@@ -170,6 +170,24 @@ async fn demo_serves_miss_then_hit_and_health_reports() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("metadata"));
+
+    // Asking the running gateway itself: per-role state with its circuit breakers.
+    let out = recache()
+        .args(["health", "--format", "json", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gateway"], "ready");
+    let index = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["role"] == "index")
+        .unwrap();
+    assert_eq!(index["breaker"]["state"], "closed");
+    let out = recache().args(["health", "--url", &url]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("breaker closed"));
 }
 
 #[test]

@@ -115,6 +115,15 @@ async fn gateway_started_while_redis_is_down_answers_everything_from_the_provide
         (index["engine"].as_str(), index["status"].as_str()),
         (Some("redis"), Some("down"))
     );
+    assert_eq!(index["breaker"]["state"], "open");
+    // `recache health --url` shows the same, and exits 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args(["health", "--backend", "redis", "--format", "json", "--url", &env.base])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backends"][0]["breaker"]["state"], "open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,10 @@ pub struct HealthArgs {
     /// Per-check timeout in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+    /// Ask a running gateway instead (its `/health/ready`, which includes the
+    /// circuit breakers' states), e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: Option<String>,
 }
 
 async fn check<F>(role: &'static str, engine: &'static str, timeout: Duration, fut: F) -> RoleHealth
@@ -82,6 +86,9 @@ where
 }
 
 pub async fn run(args: HealthArgs) -> i32 {
+    if let Some(url) = &args.url {
+        return from_gateway(url, &args).await;
+    }
     let env = env_map();
     let config = match load_config(&args.config, &env) {
         Ok(c) => c,
@@ -156,8 +163,13 @@ pub async fn run(args: HealthArgs) -> i32 {
             .await,
         );
     }
+    print_report(&report, args.format)
+}
+
+/// Prints a report and returns the exit code (1 when a backend is down).
+fn print_report(report: &[RoleHealth], format: OutputFormat) -> i32 {
     let down = report.iter().filter(|r| r.status == "down").count();
-    match args.format {
+    match format {
         OutputFormat::Json => {
             println!("{}", json!({"ok": down == 0, "backends": report}));
         }
@@ -166,7 +178,7 @@ pub async fn run(args: HealthArgs) -> i32 {
                 "{:<10} {:<9} {:<9} {:>9}  detail",
                 "role", "engine", "status", "latency"
             );
-            for r in &report {
+            for r in report {
                 let mut detail = Vec::new();
                 if let Some(v) = &r.info.version {
                     detail.push(v.clone());
@@ -175,6 +187,9 @@ pub async fn run(args: HealthArgs) -> i32 {
                     detail.push(format!("{n} entries"));
                 }
                 detail.extend(r.info.warnings.iter().map(|w| format!("WARNING: {w}")));
+                if let Some(b) = &r.breaker {
+                    detail.push(format!("breaker {}", b.state.as_str()));
+                }
                 if let Some(e) = &r.error {
                     detail.push(format!("ERROR: {e}"));
                 }
@@ -188,6 +203,82 @@ pub async fn run(args: HealthArgs) -> i32 {
                 );
             }
         }
+    }
+    if down > 0 {
+        EXIT_PROBLEM
+    } else {
+        0
+    }
+}
+
+/// `recache health --url`: reads a running gateway's `/health/ready`.
+async fn from_gateway(url: &str, args: &HealthArgs) -> i32 {
+    let ready = format!("{}/health/ready", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.timeout_ms.max(100) * 2))
+        .build();
+    let body: serde_json::Value = match client {
+        Ok(c) => match c.get(&ready).send().await {
+            Ok(r) => match r.json().await {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("recache: {ready} did not answer JSON: {e}");
+                    return EXIT_PROBLEM;
+                }
+            },
+            Err(e) => {
+                eprintln!("recache: cannot reach the gateway at {ready}: {e}");
+                return EXIT_PROBLEM;
+            }
+        },
+        Err(e) => {
+            eprintln!("recache: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
+    let roles = body["roles"].as_array().cloned().unwrap_or_default();
+    if args.format == OutputFormat::Json {
+        let picked: Vec<_> = roles
+            .iter()
+            .filter(|r| want(r["role"].as_str().unwrap_or("")))
+            .cloned()
+            .collect();
+        let down = picked.iter().filter(|r| r["status"] == "down").count();
+        println!(
+            "{}",
+            json!({"ok": down == 0, "gateway": body["status"], "backends": picked})
+        );
+        return if down > 0 { EXIT_PROBLEM } else { 0 };
+    }
+    println!("gateway {}: {}", url, body["status"].as_str().unwrap_or("?"));
+    println!(
+        "{:<10} {:<9} {:<9} {:>9}  detail",
+        "role", "engine", "status", "latency"
+    );
+    let mut down = 0;
+    for r in roles.iter().filter(|r| want(r["role"].as_str().unwrap_or(""))) {
+        if r["status"] == "down" {
+            down += 1;
+        }
+        let mut detail = Vec::new();
+        if let Some(v) = r["version"].as_str() {
+            detail.push(v.to_string());
+        }
+        if let Some(b) = r["breaker"]["state"].as_str() {
+            detail.push(format!("breaker {b}"));
+        }
+        if let Some(e) = r["error"].as_str() {
+            detail.push(format!("ERROR: {e}"));
+        }
+        println!(
+            "{:<10} {:<9} {:<9} {:>7.1}ms  {}",
+            r["role"].as_str().unwrap_or(""),
+            r["engine"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["latency_ms"].as_f64().unwrap_or(0.0),
+            detail.join("; ")
+        );
     }
     if down > 0 {
         EXIT_PROBLEM
