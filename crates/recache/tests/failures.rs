@@ -234,13 +234,14 @@ impl Row {
         }
     }
 
-    /// Breakers that must open: those the request path calls. With everything
-    /// down no store gets past the artifact write and no hit is flushed, so
-    /// metadata may see too few calls to open within the window (the metadata
-    /// rows prove its breaker); its state is reported either way.
+    /// Breakers that must open: those the request path keeps calling. With
+    /// everything down, lookups fail at the index; once its breaker is open no
+    /// store is attempted and nothing is read, so artifacts and metadata may
+    /// see too few calls to open within the window (their own rows prove their
+    /// breakers). Their states are reported either way.
     fn must_open(self) -> &'static [&'static str] {
         match self {
-            Row::AllDown => &["index", "artifacts"],
+            Row::AllDown => &["index"],
             other => other.backends(),
         }
     }
