@@ -1,6 +1,6 @@
 //! `recache health`: checks each storage backend named in the config.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
-use crate::roles::{CheckInfo, Index, RoleHealth};
+use crate::roles::{timed_check, CheckInfo, Index, RoleHealth};
 use crate::server::{open_artifacts, open_metadata};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,33 +58,6 @@ pub struct HealthArgs {
     pub url: Option<String>,
 }
 
-async fn check<F>(role: &'static str, engine: &'static str, timeout: Duration, fut: F) -> RoleHealth
-where
-    F: std::future::Future<Output = Result<CheckInfo, String>>,
-{
-    let start = Instant::now();
-    let res = tokio::time::timeout(timeout, fut).await;
-    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let (status, info, error) = match res {
-        Ok(Ok(i)) => ("up", i, None),
-        Ok(Err(e)) => ("down", CheckInfo::default(), Some(e)),
-        Err(_) => (
-            "down",
-            CheckInfo::default(),
-            Some(format!("timed out after {} ms", timeout.as_millis())),
-        ),
-    };
-    RoleHealth {
-        role,
-        engine,
-        status,
-        latency_ms,
-        info,
-        error,
-        breaker: None,
-    }
-}
-
 pub async fn run(args: HealthArgs) -> i32 {
     if let Some(url) = &args.url {
         return from_gateway(url, &args).await;
@@ -107,20 +80,25 @@ pub async fn run(args: HealthArgs) -> i32 {
             "embedded"
         };
         report.push(
-            check("index", engine, t, async {
-                if engine == "embedded" {
-                    // Read-only: a running gateway owns the log, so only inspect it.
-                    let path = config.index.path.clone();
-                    return tokio::task::spawn_blocking(move || EmbeddedIndex::probe(&path))
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string());
-                }
-                let c = &config.index;
-                let idx = RedisIndex::new(c.url.as_deref().unwrap_or_default(), &c.key_prefix, t)
-                    .map_err(|e| e.to_string())?;
-                idx.check().await.map_err(|e| e.to_string())
-            })
+            timed_check(
+                "index",
+                engine,
+                async {
+                    if engine == "embedded" {
+                        // Read-only: a running gateway owns the log, so only inspect it.
+                        let path = config.index.path.clone();
+                        return tokio::task::spawn_blocking(move || EmbeddedIndex::probe(&path))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string());
+                    }
+                    let c = &config.index;
+                    let idx = RedisIndex::new(c.url.as_deref().unwrap_or_default(), &c.key_prefix, t)
+                        .map_err(|e| e.to_string())?;
+                    idx.check().await.map_err(|e| e.to_string())
+                },
+                t,
+            )
             .await,
         );
     }
@@ -131,10 +109,15 @@ pub async fn run(args: HealthArgs) -> i32 {
             "embedded"
         };
         report.push(
-            check("artifacts", engine, t, async {
-                let a = open_artifacts(&config).map_err(|e| format!("{e:#}"))?;
-                a.check().await.map_err(|e| e.to_string())
-            })
+            timed_check(
+                "artifacts",
+                engine,
+                async {
+                    let a = open_artifacts(&config).map_err(|e| format!("{e:#}"))?;
+                    a.check().await.map_err(|e| e.to_string())
+                },
+                t,
+            )
             .await,
         );
     }
@@ -156,49 +139,69 @@ pub async fn run(args: HealthArgs) -> i32 {
             "embedded"
         };
         report.push(
-            check("metadata", engine, t, async {
-                let m = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;
-                m.check().await.map_err(|e| e.to_string())
-            })
+            timed_check(
+                "metadata",
+                engine,
+                async {
+                    let m = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;
+                    m.check().await.map_err(|e| e.to_string())
+                },
+                t,
+            )
             .await,
         );
     }
-    print_report(&report, args.format)
+    let rows: Vec<serde_json::Value> = report
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap_or_default())
+        .collect();
+    print_report(&rows, args.format, None)
 }
 
-/// Prints a report and returns the exit code (1 when a backend is down).
-fn print_report(report: &[RoleHealth], format: OutputFormat) -> i32 {
-    let down = report.iter().filter(|r| r.status == "down").count();
+/// Prints backend rows (the JSON shape of [`RoleHealth`], which is also what
+/// a gateway's `/health/ready` returns) and gives the exit code: 1 when a
+/// backend is down.
+fn print_report(rows: &[serde_json::Value], format: OutputFormat, gateway: Option<&serde_json::Value>) -> i32 {
+    let down = rows.iter().filter(|r| r["status"] == "down").count();
     match format {
         OutputFormat::Json => {
-            println!("{}", json!({"ok": down == 0, "backends": report}));
+            let mut out = json!({"ok": down == 0, "backends": rows});
+            if let Some(g) = gateway {
+                out["gateway"] = g.clone();
+            }
+            println!("{out}");
         }
         OutputFormat::Text => {
+            if let Some(g) = gateway {
+                println!("gateway: {}", g.as_str().unwrap_or("?"));
+            }
             println!(
                 "{:<10} {:<9} {:<9} {:>9}  detail",
                 "role", "engine", "status", "latency"
             );
-            for r in report {
+            for r in rows {
                 let mut detail = Vec::new();
-                if let Some(v) = &r.info.version {
-                    detail.push(v.clone());
+                if let Some(v) = r["version"].as_str() {
+                    detail.push(v.to_string());
                 }
-                if let Some(n) = r.info.entries {
+                if let Some(n) = r["entries"].as_u64() {
                     detail.push(format!("{n} entries"));
                 }
-                detail.extend(r.info.warnings.iter().map(|w| format!("WARNING: {w}")));
-                if let Some(b) = &r.breaker {
-                    detail.push(format!("breaker {}", b.state.as_str()));
+                for w in r["warnings"].as_array().into_iter().flatten() {
+                    detail.push(format!("WARNING: {}", w.as_str().unwrap_or("")));
                 }
-                if let Some(e) = &r.error {
+                if let Some(b) = r["breaker"]["state"].as_str() {
+                    detail.push(format!("breaker {b}"));
+                }
+                if let Some(e) = r["error"].as_str() {
                     detail.push(format!("ERROR: {e}"));
                 }
                 println!(
                     "{:<10} {:<9} {:<9} {:>7.1}ms  {}",
-                    r.role,
-                    r.engine,
-                    r.status,
-                    r.latency_ms,
+                    r["role"].as_str().unwrap_or(""),
+                    r["engine"].as_str().unwrap_or(""),
+                    r["status"].as_str().unwrap_or(""),
+                    r["latency_ms"].as_f64().unwrap_or(0.0),
                     detail.join("; ")
                 );
             }
@@ -237,52 +240,12 @@ async fn from_gateway(url: &str, args: &HealthArgs) -> i32 {
         }
     };
     let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
-    let roles = body["roles"].as_array().cloned().unwrap_or_default();
-    if args.format == OutputFormat::Json {
-        let picked: Vec<_> = roles
-            .iter()
-            .filter(|r| want(r["role"].as_str().unwrap_or("")))
-            .cloned()
-            .collect();
-        let down = picked.iter().filter(|r| r["status"] == "down").count();
-        println!(
-            "{}",
-            json!({"ok": down == 0, "gateway": body["status"], "backends": picked})
-        );
-        return if down > 0 { EXIT_PROBLEM } else { 0 };
-    }
-    println!("gateway {}: {}", url, body["status"].as_str().unwrap_or("?"));
-    println!(
-        "{:<10} {:<9} {:<9} {:>9}  detail",
-        "role", "engine", "status", "latency"
-    );
-    let mut down = 0;
-    for r in roles.iter().filter(|r| want(r["role"].as_str().unwrap_or(""))) {
-        if r["status"] == "down" {
-            down += 1;
-        }
-        let mut detail = Vec::new();
-        if let Some(v) = r["version"].as_str() {
-            detail.push(v.to_string());
-        }
-        if let Some(b) = r["breaker"]["state"].as_str() {
-            detail.push(format!("breaker {b}"));
-        }
-        if let Some(e) = r["error"].as_str() {
-            detail.push(format!("ERROR: {e}"));
-        }
-        println!(
-            "{:<10} {:<9} {:<9} {:>7.1}ms  {}",
-            r["role"].as_str().unwrap_or(""),
-            r["engine"].as_str().unwrap_or(""),
-            r["status"].as_str().unwrap_or(""),
-            r["latency_ms"].as_f64().unwrap_or(0.0),
-            detail.join("; ")
-        );
-    }
-    if down > 0 {
-        EXIT_PROBLEM
-    } else {
-        0
-    }
+    let rows: Vec<serde_json::Value> = body["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| want(r["role"].as_str().unwrap_or("")))
+        .cloned()
+        .collect();
+    print_report(&rows, args.format, Some(&body["status"]))
 }

@@ -228,10 +228,11 @@ pub struct RoleHealth {
     pub breaker: Option<crate::breaker::BreakerStatus>,
 }
 
-async fn timed_check(
+/// Runs one health check with a time limit and reports it as a [`RoleHealth`].
+pub async fn timed_check<E: fmt::Display>(
     role: &'static str,
     engine: &'static str,
-    fut: BoxFuture<'_, Result<CheckInfo>>,
+    fut: impl Future<Output = std::result::Result<CheckInfo, E>>,
     timeout: Duration,
 ) -> RoleHealth {
     let start = Instant::now();
