@@ -95,15 +95,7 @@ async fn gateway_started_while_redis_is_down_answers_everything_from_the_provide
         "breaker open"
     );
     assert!(env.metric("cache_breaker_rejections_total{backend=\"index\"}").await >= 1.0);
-    let ready: serde_json::Value = env
-        .http
-        .get(format!("{}/health/ready", env.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = env.get_json("/health/ready").await;
     assert_eq!(ready["status"], "degraded");
     let index = ready["roles"]
         .as_array()

@@ -148,16 +148,7 @@ fn errors(s: &[Sample]) -> Vec<u16> {
 }
 
 async fn breakers(env: &Env) -> HashMap<String, String> {
-    let v: serde_json::Value = env
-        .http
-        .get(format!("{}/admin/breakers", env.base))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = env.admin_json("/admin/breakers").await;
     v["breakers"]
         .as_array()
         .unwrap()

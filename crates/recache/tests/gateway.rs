@@ -69,14 +69,7 @@ async fn miss_then_hit_with_headers_and_savings(b: Backends) {
     // Hit counters reach metadata.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let key = a.header("x-recache-key");
-    let r = env
-        .http
-        .get(format!("{}/admin/entries/{key}", env.base))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let v = env.admin_entry(key).await;
     assert_eq!(v["entry"]["hit_count"], 1, "{v}");
     assert_eq!(v["entry"]["tenant"], "team-a");
     assert_eq!(v["entry"]["prompt_tokens"], 12);
@@ -660,16 +653,7 @@ async fn corrupt_artifact_is_a_miss_never_served(b: Backends) {
     );
     assert_eq!(env.metric("cache_integrity_failures_total").await, 1.0);
     assert!(env.metric("cache_errors_total{backend=\"artifacts\"}").await >= 1.0);
-    let audit: serde_json::Value = env
-        .http
-        .get(format!("{}/admin/audit", env.base))
-        .bearer_auth("admin-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = env.admin_json("/admin/audit").await;
     assert!(
         audit["events"]
             .as_array()
@@ -685,25 +669,9 @@ async fn corrupt_artifact_is_a_miss_never_served(b: Backends) {
 
 async fn health_metrics_and_admin_auth(b: Backends) {
     let env = Env::on(b, StubConfig::default(), "").await;
-    let live: serde_json::Value = env
-        .http
-        .get(format!("{}/health/live", env.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live = env.get_json("/health/live").await;
     assert_eq!(live["status"], "ok");
-    let ready: serde_json::Value = env
-        .http
-        .get(format!("{}/health/ready", env.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = env.get_json("/health/ready").await;
     assert_eq!(ready["status"], "ready");
     let roles = ready["roles"].as_array().unwrap();
     assert_eq!(roles.len(), 4);

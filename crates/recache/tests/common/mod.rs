@@ -195,17 +195,33 @@ impl Env {
         store.put(id, bytes.into()).await.unwrap();
     }
 
-    /// The admin view of an entry.
-    pub async fn admin_entry(&self, key: &str) -> Value {
+    /// `GET path` as JSON, with no credentials.
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(format!("{}/admin/entries/{key}", self.base))
-            .bearer_auth("admin-secret")
+            .get(format!("{}{path}", self.base))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// `GET path` as JSON, with the admin token.
+    pub async fn admin_json(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth("admin-secret")
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+
+    /// The admin view of an entry.
+    pub async fn admin_entry(&self, key: &str) -> Value {
+        self.admin_json(&format!("/admin/entries/{key}")).await
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
