@@ -146,26 +146,30 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
         metadata,
         breakers: vec![bi, ba, bv, bm],
     };
-    for h in roles.health(Duration::from_secs(2)).await {
-        match h.status {
-            "down" => tracing::warn!(
-                role = h.role,
-                engine = h.engine,
-                error = h.error.as_deref().unwrap_or(""),
-                "backend is down at start-up; requests go to the provider until it returns"
-            ),
-            _ => tracing::info!(
-                role = h.role,
-                engine = h.engine,
-                status = h.status,
-                version = h.info.version.as_deref().unwrap_or(""),
-                "backend"
-            ),
+    // Report each backend in the background: start-up never waits on a slow or hung one.
+    let report = roles.clone();
+    tokio::spawn(async move {
+        for h in report.health(Duration::from_secs(2)).await {
+            match h.status {
+                "down" => tracing::warn!(
+                    role = h.role,
+                    engine = h.engine,
+                    error = h.error.as_deref().unwrap_or(""),
+                    "backend is down at start-up; requests go to the provider until it returns"
+                ),
+                _ => tracing::info!(
+                    role = h.role,
+                    engine = h.engine,
+                    status = h.status,
+                    version = h.info.version.as_deref().unwrap_or(""),
+                    "backend"
+                ),
+            }
+            for w in &h.info.warnings {
+                tracing::warn!(role = h.role, engine = h.engine, "{w}");
+            }
         }
-        for w in &h.info.warnings {
-            tracing::warn!(role = h.role, engine = h.engine, "{w}");
-        }
-    }
+    });
     tracing::info!(
         replayed_from_metadata = replayed,
         total_ms = started.elapsed().as_millis() as u64,
