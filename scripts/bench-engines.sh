@@ -37,7 +37,8 @@ keys = ["sk-bench"]
 TOML
 $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
 RUST_LOG=warn $B serve --config $W/recache.toml >$W/serve.log 2>&1 & GP=$!
-trap "kill $SP $GP 2>/dev/null; rm -rf $W" EXIT
+# Single quotes: $GP is read when the trap runs (the gateway is restarted below).
+trap '"'"'kill $SP $GP 2>/dev/null; rm -rf $W'"'"' EXIT
 until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do sleep 0.05; done
 L="$B bench load --url http://127.0.0.1:$GW_PORT --key sk-bench"
 echo "== gateway hits on Redis+S3+PostgreSQL, 1 connection"; $L --mode hit --connections 1 --duration 5
