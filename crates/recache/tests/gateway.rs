@@ -681,15 +681,7 @@ async fn health_metrics_and_admin_auth(b: Backends) {
         assert!(r["latency_ms"].is_number());
     }
     env.chat(KEY_A, "m").await;
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics_text().await;
     for name in [
         "cache_hits_total",
         "cache_misses_total",

@@ -53,34 +53,33 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         ),
     ]);
     use std::fmt::Write as _;
-    let _ = writeln!(
-        body,
-        "# HELP cache_breaker_state Circuit breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled.\n# TYPE cache_breaker_state gauge"
-    );
     let statuses: Vec<_> = s.cache.roles.breakers.iter().map(|b| b.status()).collect();
-    for b in &statuses {
-        let _ = writeln!(
-            body,
-            "cache_breaker_state{{backend=\"{}\"}} {}",
-            b.backend,
-            b.state.code()
-        );
-    }
-    let _ = writeln!(body, "# HELP cache_breaker_transitions_total Circuit breaker state changes.\n# TYPE cache_breaker_transitions_total counter");
-    for b in &statuses {
-        let _ = writeln!(
-            body,
-            "cache_breaker_transitions_total{{backend=\"{}\"}} {}",
-            b.backend, b.transitions
-        );
-    }
-    let _ = writeln!(body, "# HELP cache_breaker_rejections_total Calls skipped because the breaker was open.\n# TYPE cache_breaker_rejections_total counter");
-    for b in &statuses {
-        let _ = writeln!(
-            body,
-            "cache_breaker_rejections_total{{backend=\"{}\"}} {}",
-            b.backend, b.rejections
-        );
+    type Value = fn(&crate::breaker::BreakerStatus) -> u64;
+    let families: [(&str, &str, &str, Value); 3] = [
+        (
+            "cache_breaker_state",
+            "gauge",
+            "Circuit breaker state: 0 closed, 1 open, 2 half_open, 3 forced_open, 4 disabled.",
+            |b| b.state.code() as u64,
+        ),
+        (
+            "cache_breaker_transitions_total",
+            "counter",
+            "Circuit breaker state changes.",
+            |b| b.transitions,
+        ),
+        (
+            "cache_breaker_rejections_total",
+            "counter",
+            "Calls skipped because the breaker was open.",
+            |b| b.rejections,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for b in &statuses {
+            let _ = writeln!(body, "{name}{{backend=\"{}\"}} {}", b.backend, value(b));
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
