@@ -76,11 +76,21 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn Metadata>>
     let c = &config.metadata;
     let timeout = Duration::from_millis(c.timeout_ms);
     match c.engine.as_str() {
-        "postgres" => Ok(Arc::new(PostgresMetadata::new(
-            c.url.as_deref().unwrap_or_default(),
-            c.max_connections,
-            timeout,
-        )?)),
+        "postgres" => {
+            let pg = PostgresMetadata::new(c.url.as_deref().unwrap_or_default(), c.max_connections, timeout)?;
+            // Migrate before serving when PostgreSQL is reachable, so no request pays for it;
+            // bounded, so a down or hung server delays start-up by at most 2 s (it migrates later).
+            match tokio::time::timeout(Duration::from_secs(2), pg.prepare()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "metadata not ready at start-up; schema is migrated on first use")
+                }
+                Err(_) => {
+                    tracing::warn!("metadata did not answer within 2 s at start-up; schema is migrated on first use")
+                }
+            }
+            Ok(Arc::new(pg))
+        }
         _ => Ok(Arc::new(
             SqliteMetadata::open(&c.path, c.max_connections, timeout)
                 .await

@@ -62,6 +62,11 @@ impl PostgresMetadata {
         })
     }
 
+    /// Connects and applies pending migrations now, rather than on first use.
+    pub async fn prepare(&self) -> Result<()> {
+        self.ready().await
+    }
+
     /// Applies pending migrations once per process (retried until it succeeds).
     async fn ready(&self) -> Result<()> {
         self.migrated.get_or_try_init(|| self.migrate()).await.map(|_| ())
