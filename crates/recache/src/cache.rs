@@ -50,7 +50,8 @@ pub struct Cache {
     hits: Mutex<HashMap<CacheKey, (u64, i64)>>,
 }
 
-fn event_id() -> String {
+/// A unique audit event id: time, process and a per-process sequence.
+pub fn event_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -288,6 +289,8 @@ impl Cache {
             expires_at_ms: expires,
             last_hit_at_ms: None,
             hit_count: 0,
+            request: Some(s.canonical_request.clone()),
+            artifact_missing: false,
         };
         let replaced = match self.roles.metadata.upsert_entry(record.clone()).await {
             Ok(r) => r,
@@ -295,10 +298,15 @@ impl Cache {
                 self.failed(&e, "metadata", "entry registration");
                 // Metadata is down: the registration waits in the spool; the entry is served meanwhile.
                 match &self.spool {
-                    Some(spool) => spool.append(&SpoolRecord::Entry(record.clone())).map_err(|io| {
-                        tracing::error!(error = %io, "metadata spool write failed; entry not stored");
-                        e
-                    })?,
+                    // At the spool's cap the registration is dropped (and counted by the
+                    // spool); the entry is still served and indexed, and reconcile-metadata
+                    // registers it from its artifact later.
+                    Some(spool) => {
+                        spool.append(&SpoolRecord::Entry(record.clone())).map_err(|io| {
+                            tracing::error!(error = %io, "metadata spool write failed; entry not stored");
+                            e
+                        })?;
+                    }
                     None => return Err(e),
                 }
                 None
@@ -338,7 +346,8 @@ impl Cache {
             .spool
             .as_ref()
             .map(|s| s.append(&SpoolRecord::Audit(event.clone())));
-        if !matches!(spooled, Some(Ok(()))) {
+        // `Ok(false)`: dropped at the spool's cap, which the spool counts and logs.
+        if !matches!(spooled, Some(Ok(_))) {
             tracing::error!(event = %event.id, action = %event.action, "audit event lost: metadata down and no spool");
         }
     }

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub breaker: BreakerConfig,
     #[serde(default)]
+    pub warmer: WarmerConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -205,6 +207,9 @@ pub struct MetadataConfig {
     /// store is unreachable (one per gateway; replayed when it returns).
     pub spool_path: PathBuf,
     pub spool_replay_interval_ms: u64,
+    /// The spool stops growing at this size (audit events are kept first;
+    /// dropped registrations are restored later from their artifacts).
+    pub spool_max_mb: u64,
 }
 
 impl Default for MetadataConfig {
@@ -217,6 +222,7 @@ impl Default for MetadataConfig {
             max_connections: 4,
             spool_path: PathBuf::from("./recache-data/metadata-spool.jsonl"),
             spool_replay_interval_ms: 1000,
+            spool_max_mb: 256,
         }
     }
 }
@@ -238,6 +244,53 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             open_seconds: 30,
             close_after_successes: 3,
+        }
+    }
+}
+
+/// The warmer: job workers, automatic recovery and its provider budget.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmerConfig {
+    /// Run job workers inside `recache serve`.
+    pub enabled: bool,
+    /// Jobs one process runs at once.
+    pub concurrency: usize,
+    /// Workers heartbeat their lease this often; a lease lasts twice this.
+    pub heartbeat_ms: u64,
+    /// How often idle workers look for jobs.
+    pub poll_ms: u64,
+    /// Retry backoff: base × 2^(attempt-1), with jitter, at most `backoff_max_ms`.
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_attempts: u32,
+    /// Finished jobs are kept this long (dead ones seven times as long).
+    pub retention_hours: u64,
+    /// Provider spend of all warmers together, per rolling hour (refetch, refresh, warm).
+    pub max_spend_usd_per_hour: f64,
+    /// How often the gateway checks that the index still holds its data.
+    pub detect_interval_ms: u64,
+    /// After a backend outage, refresh entries that expired meanwhile (most hit first).
+    pub refresh_stale_on_recovery: bool,
+    /// Entries per page in rebuilds and audits.
+    pub page_size: u32,
+}
+
+impl Default for WarmerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 2,
+            heartbeat_ms: 5_000,
+            poll_ms: 500,
+            backoff_ms: 1_000,
+            backoff_max_ms: 600_000,
+            max_attempts: 5,
+            retention_hours: 24,
+            max_spend_usd_per_hour: 10.0,
+            detect_interval_ms: 2_000,
+            refresh_stale_on_recovery: true,
+            page_size: 2_000,
         }
     }
 }
@@ -399,6 +452,13 @@ impl Config {
         }
         if self.breaker.failure_threshold == 0 || self.breaker.close_after_successes == 0 {
             return err("breaker.failure_threshold and breaker.close_after_successes must be above 0");
+        }
+        let w = &self.warmer;
+        if w.concurrency == 0 || w.heartbeat_ms == 0 || w.poll_ms == 0 || w.max_attempts == 0 || w.page_size == 0 {
+            return err("warmer.concurrency, heartbeat_ms, poll_ms, max_attempts and page_size must be above 0");
+        }
+        if w.max_spend_usd_per_hour.is_nan() || w.max_spend_usd_per_hour < 0.0 {
+            return err("warmer.max_spend_usd_per_hour must be a non-negative number");
         }
         if self.upstreams.is_empty() {
             return err("no [[upstreams]] configured: recache needs at least one provider to forward to");

@@ -11,6 +11,8 @@ pub mod error;
 pub mod gateway;
 pub mod key;
 pub mod metrics;
+pub mod queue;
+pub mod recovery;
 pub mod roles;
 pub mod server;
 pub mod spool;

@@ -70,6 +70,10 @@ pub struct Metrics {
     pub tokens_saved: AtomicU64,
     pub usd_saved: FloatCounter,
     pub usd_spent: FloatCounter,
+    /// Provider spend of warmer jobs (refetch, refresh-stale, warm); also in `usd_spent`.
+    pub warmer_usd_spent: FloatCounter,
+    /// Times the index was found to have lost its data.
+    pub index_losses: AtomicU64,
     backend_errors: [AtomicU64; 4],
     latency: RwLock<BTreeMap<(u16, &'static str), Histogram>>,
 }
@@ -185,6 +189,17 @@ impl Metrics {
             "# HELP upstream_usd_spent_total Provider cost in USD of misses.\n# TYPE upstream_usd_spent_total counter\nupstream_usd_spent_total {}",
             self.usd_spent.get()
         );
+        let _ = writeln!(
+            out,
+            "# HELP warmer_usd_spent_total Provider cost in USD of warmer jobs (refetch, refresh, warm).\n# TYPE warmer_usd_spent_total counter\nwarmer_usd_spent_total {}",
+            self.warmer_usd_spent.get()
+        );
+        counter(
+            &mut out,
+            "cache_index_losses_detected_total",
+            "Times the index was found empty of its data and a rebuild was queued.",
+            l(&self.index_losses),
+        );
         let _ = writeln!(out, "# HELP cache_errors_total Storage backend errors (each one fell back to the provider).\n# TYPE cache_errors_total counter");
         for (i, b) in BACKENDS.iter().enumerate() {
             let _ = writeln!(
@@ -225,14 +240,23 @@ impl Metrics {
 
 /// Resident set size of this process, from /proc (Linux); 0 elsewhere.
 pub fn rss_bytes() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes; 0 off Linux.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
+}
+
+/// A `kB` field of /proc/self/status.
+fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024)
         .unwrap_or(0)
 }

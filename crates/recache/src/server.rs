@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::breaker::Breaker;
@@ -15,21 +15,48 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{self, auth::Tenants, flight::Coalescer, AppState};
 use crate::metrics::Metrics;
+use crate::queue::worker::WorkerConfig;
+use crate::queue::{NewJob, Queue};
+use crate::recovery::{Recovery, RECONCILE_METADATA};
 use crate::roles::artifacts_memory::MemoryTier;
 use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
 use crate::roles::guarded::{Guard, GuardedArtifacts, GuardedIndex, GuardedMetadata};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
+use crate::roles::index_snapshot::SnapshotIndex;
 use crate::roles::metadata_postgres::PostgresMetadata;
 use crate::roles::metadata_sqlite::SqliteMetadata;
 use crate::roles::vectors_disabled::DisabledVectors;
 use crate::roles::{now_ms, Artifacts, Index, Metadata, Roles};
 use crate::upstream::Upstreams;
 
+/// How a process uses the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexAccess {
+    /// Serving or repairing: the embedded index is opened for writing (one process at a time).
+    Write,
+    /// Auditing: the embedded index is read from a snapshot of its log, so it
+    /// works beside a running gateway.
+    ReadOnly,
+    /// Like `Write`, without the start-up replay from metadata (benchmarks of the rebuild itself).
+    WriteNoReplay,
+}
+
 /// The index named in the config. Serving opens the embedded index for
 /// writing (and starts its log flusher); remote engines connect lazily.
 pub async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn Index>> {
+    open_index_as(config, IndexAccess::Write).await
+}
+
+pub async fn open_index_as(config: &Config, access: IndexAccess) -> anyhow::Result<Arc<dyn Index>> {
     let c = &config.index;
+    if access == IndexAccess::ReadOnly && c.engine != "redis" {
+        let path = c.path.clone();
+        let index = tokio::task::spawn_blocking(move || SnapshotIndex::load(&path))
+            .await?
+            .with_context(|| format!("cannot read the index at {}", c.path.display()))?;
+        return Ok(Arc::new(index));
+    }
     match c.engine.as_str() {
         "redis" => {
             let url = c.url.as_deref().unwrap_or_default();
@@ -71,8 +98,9 @@ pub fn open_artifacts(config: &Config) -> anyhow::Result<Arc<dyn Artifacts>> {
     Ok(Arc::new(store))
 }
 
-/// The metadata store named in the config. PostgreSQL connects lazily.
-pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn Metadata>> {
+/// The metadata store named in the config, and the job queue it holds.
+/// PostgreSQL connects lazily.
+pub async fn open_metadata(config: &Config) -> anyhow::Result<(Arc<dyn Metadata>, Arc<dyn Queue>)> {
     let c = &config.metadata;
     let timeout = Duration::from_millis(c.timeout_ms);
     match c.engine.as_str() {
@@ -89,29 +117,41 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn Metadata>>
                     tracing::warn!("metadata did not answer within 2 s at start-up; schema is migrated on first use")
                 }
             }
-            Ok(Arc::new(pg))
+            let pg = Arc::new(pg);
+            Ok((pg.clone(), pg))
         }
-        _ => Ok(Arc::new(
-            SqliteMetadata::open(&c.path, c.max_connections, timeout)
-                .await
-                .with_context(|| format!("cannot open metadata at {}", c.path.display()))?,
-        )),
+        _ => {
+            let lite = Arc::new(
+                SqliteMetadata::open(&c.path, c.max_connections, timeout)
+                    .await
+                    .with_context(|| format!("cannot open metadata at {}", c.path.display()))?,
+            );
+            Ok((lite.clone(), lite))
+        }
     }
 }
 
 /// Opens every role named in the config. A remote engine that is down does
 /// not stop the gateway: it starts and serves from the provider.
-pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
+pub async fn open_roles(config: &Config) -> anyhow::Result<(Roles, Arc<dyn Queue>)> {
+    open_roles_as(config, IndexAccess::Write).await
+}
+
+pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Result<(Roles, Arc<dyn Queue>)> {
     let started = Instant::now();
-    let metadata = open_metadata(config).await?;
-    let index = open_index(config).await?;
+    let (metadata, queue) = open_metadata(config).await?;
+    let index = open_index_as(config, access).await?;
     let artifacts = open_artifacts(config)?;
     // Replay on the raw roles: a million guarded calls would add seconds to start-up.
-    let replayed = match replay_index(index.as_ref(), metadata.as_ref()).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "could not replay index entries from metadata; the index may miss some entries until they are refetched");
-            0
+    let replayed = if access != IndexAccess::Write {
+        0
+    } else {
+        match replay_index(index.as_ref(), metadata.as_ref()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not replay index entries from metadata; the index may miss some entries until they are refetched");
+                0
+            }
         }
     };
     let breaker = |name: &'static str| {
@@ -157,35 +197,41 @@ pub async fn open_roles(config: &Config) -> anyhow::Result<Roles> {
         breakers: vec![bi, ba, bv, bm],
     };
     // Report each backend in the background: start-up never waits on a slow or hung one.
-    let report = roles.clone();
-    tokio::spawn(async move {
-        for h in report.health(Duration::from_secs(2)).await {
-            match h.status {
-                "down" => tracing::warn!(
-                    role = h.role,
-                    engine = h.engine,
-                    error = h.error.as_deref().unwrap_or(""),
-                    "backend is down at start-up; requests go to the provider until it returns"
-                ),
-                _ => tracing::info!(
-                    role = h.role,
-                    engine = h.engine,
-                    status = h.status,
-                    version = h.info.version.as_deref().unwrap_or(""),
-                    "backend"
-                ),
-            }
-            for w in &h.info.warnings {
-                tracing::warn!(role = h.role, engine = h.engine, "{w}");
-            }
-        }
-    });
+    // (Only for processes that serve or work; the CLI's reports say what matters to them.)
+    if access == IndexAccess::Write {
+        tokio::spawn(report_backends(roles.clone()));
+    }
     tracing::info!(
         replayed_from_metadata = replayed,
         total_ms = started.elapsed().as_millis() as u64,
         "storage roles open"
     );
-    Ok(roles)
+    Ok((roles, queue))
+}
+
+/// Logs each backend's state and the guides' warnings (in the background:
+/// start-up never waits on a slow or hung backend).
+async fn report_backends(report: Roles) {
+    for h in report.health(Duration::from_secs(2)).await {
+        match h.status {
+            "down" => tracing::warn!(
+                role = h.role,
+                engine = h.engine,
+                error = h.error.as_deref().unwrap_or(""),
+                "backend is down at start-up; requests go to the provider until it returns"
+            ),
+            _ => tracing::info!(
+                role = h.role,
+                engine = h.engine,
+                status = h.status,
+                version = h.info.version.as_deref().unwrap_or(""),
+                "backend"
+            ),
+        }
+        for w in &h.info.warnings {
+            tracing::warn!(role = h.role, engine = h.engine, "{w}");
+        }
+    }
 }
 
 /// Puts back into the index whatever metadata knows and the index may have missed.
@@ -214,35 +260,50 @@ pub struct Gateway {
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// The warmer and the recovery watch: told to stop, then awaited.
+    recovery: Vec<JoinHandle<()>>,
+    stop_recovery: watch::Sender<bool>,
 }
 
 impl Gateway {
     /// Opens the roles and serves on `config.server.listen` (port 0 picks one).
     pub async fn start(config: Config, env: &HashMap<String, String>) -> anyhow::Result<Gateway> {
-        let roles = open_roles(&config).await?;
+        let (roles, queue) = open_roles(&config).await?;
         let metrics = Arc::new(Metrics::default());
-        let spool = crate::spool::Spool::open(&config.metadata.spool_path).with_context(|| {
-            format!(
-                "cannot open the metadata spool at {}",
-                config.metadata.spool_path.display()
-            )
-        })?;
+        let spool = crate::spool::Spool::open(&config.metadata.spool_path)
+            .with_context(|| {
+                format!(
+                    "cannot open the metadata spool at {}",
+                    config.metadata.spool_path.display()
+                )
+            })?
+            .with_limit(config.metadata.spool_max_mb * 1024 * 1024);
         let cache = Arc::new(Cache::new(
             roles,
             metrics,
             Some(Arc::new(spool)),
             Duration::from_secs(config.cache.max_stale_seconds),
         ));
-        let upstreams = Upstreams::from_config(&config, env)?;
+        let upstreams = Arc::new(Upstreams::from_config(&config, env)?);
+        let config = Arc::new(config);
+        let recovery = Arc::new(Recovery::new(cache.clone(), queue, config.clone(), upstreams.clone()));
         let state = Arc::new(AppState {
             tenants: Tenants::from_config(&config),
             admin_token: config.admin_token(env),
-            config: Arc::new(config),
+            config,
             cache,
             upstreams,
             coalescer: Arc::new(Coalescer::default()),
             started: Instant::now(),
+            recovery,
         });
+        // The first loss check runs before the first request, so the generation marker is
+        // in place before any traffic and a fresh start is never mistaken for a loss.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::recovery::watch::check_index(&state.recovery),
+        )
+        .await;
         let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.server.listen))?;
@@ -259,13 +320,17 @@ impl Gateway {
                 tracing::error!(error = %e, "HTTP server stopped with an error");
             }
         });
+        let (stop_tx, stop_rx) = watch::channel(false);
         let background = spawn_background(&state);
+        let recovery = spawn_recovery(&state, stop_rx);
         Ok(Gateway {
             addr,
             state,
             shutdown: Some(tx),
             server,
             background,
+            recovery,
+            stop_recovery: stop_tx,
         })
     }
 
@@ -275,6 +340,13 @@ impl Gateway {
             let _ = tx.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.server).await;
+        // Workers release their jobs (no attempt used) so another process takes them at once.
+        let _ = self.stop_recovery.send(true);
+        for t in &mut self.recovery {
+            if tokio::time::timeout(Duration::from_secs(10), &mut *t).await.is_err() {
+                t.abort();
+            }
+        }
         for t in &self.background {
             t.abort();
         }
@@ -282,6 +354,44 @@ impl Gateway {
         if let Err(e) = self.state.cache.roles.index.flush().await {
             tracing::error!(error = %e, "index flush at shutdown failed");
         }
+    }
+}
+
+/// The warmer's workers (when `warmer.enabled`) and the recovery watch.
+fn spawn_recovery(state: &Arc<AppState>, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let w = &state.config.warmer;
+    let mut out = Vec::new();
+    let r = state.recovery.clone();
+    out.push(tokio::spawn(crate::recovery::watch::run(
+        r.clone(),
+        Duration::from_millis(w.detect_interval_ms.max(50)),
+        stop.clone(),
+    )));
+    if w.enabled {
+        let cfg = worker_config(&state.config, "gateway");
+        out.push(tokio::spawn(crate::queue::worker::run(
+            r.queue.clone(),
+            r.clone(),
+            state.cache.roles.breakers.clone(),
+            cfg,
+            r.progress.clone(),
+            stop,
+        )));
+    }
+    out
+}
+
+/// Worker settings from `[warmer]`.
+pub fn worker_config(config: &Config, role: &str) -> WorkerConfig {
+    let w = &config.warmer;
+    WorkerConfig {
+        owner: crate::queue::worker::worker_name(role),
+        concurrency: w.concurrency,
+        heartbeat: Duration::from_millis(w.heartbeat_ms),
+        poll: Duration::from_millis(w.poll_ms),
+        backoff_base: Duration::from_millis(w.backoff_ms),
+        backoff_max: Duration::from_millis(w.backoff_max_ms.max(w.backoff_ms)),
+        retention: Duration::from_secs(w.retention_hours * 3600),
     }
 }
 
@@ -317,9 +427,29 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
         let every = Duration::from_millis(s.config.metadata.spool_replay_interval_ms.max(50));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut reconciled_drops = 0;
             loop {
                 tick.tick().await;
                 s.cache.replay_spool().await;
+                // Registrations dropped at the spool's cap: restore them from their artifacts.
+                let Some(spool) = &s.cache.spool else { continue };
+                let (dropped, _) = spool.dropped();
+                if dropped > reconciled_drops && spool.size_bytes() == 0 {
+                    let job = NewJob::new(
+                        RECONCILE_METADATA,
+                        serde_json::json!({"reason": "spool dropped registrations"}),
+                    )
+                    .priority(crate::recovery::jobs::default_priority(RECONCILE_METADATA))
+                    .unique(format!("{RECONCILE_METADATA}:spool"));
+                    if let Ok(e) = s.recovery.queue.enqueue(job).await {
+                        tracing::warn!(
+                            dropped_registrations = dropped - reconciled_drops,
+                            job = e.id,
+                            "metadata is back: reconciling the entries the full spool dropped"
+                        );
+                        reconciled_drops = dropped;
+                    }
+                }
             }
         })
     };

@@ -14,6 +14,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,13 @@ pub struct Spool {
     replaying: PathBuf,
     file: Mutex<Option<File>>,
     replay_lock: tokio::sync::Mutex<()>,
+    /// The cap (`metadata.spool_max_mb`): entry registrations stop at 90 % of
+    /// it, audit events at 100 %, so audit events are kept first.
+    max_bytes: u64,
+    /// Bytes in both files.
+    size: AtomicU64,
+    dropped_entries: AtomicU64,
+    dropped_audit: AtomicU64,
 }
 
 /// What one replay did.
@@ -49,24 +57,72 @@ impl Spool {
         }
         let mut replaying = path.as_os_str().to_owned();
         replaying.push(".replaying");
+        let replaying = PathBuf::from(replaying);
+        let size = [path, replaying.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(Self {
             path: path.to_path_buf(),
-            replaying: PathBuf::from(replaying),
+            replaying,
             file: Mutex::new(None),
             replay_lock: tokio::sync::Mutex::new(()),
+            max_bytes: u64::MAX,
+            size: AtomicU64::new(size),
+            dropped_entries: AtomicU64::new(0),
+            dropped_audit: AtomicU64::new(0),
         })
     }
 
+    /// Caps the spool at `max_bytes` (0: no cap).
+    pub fn with_limit(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = if max_bytes == 0 { u64::MAX } else { max_bytes };
+        self
+    }
+
+    /// Records dropped at the cap so far: (entry registrations, audit events).
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.dropped_entries.load(Ordering::Relaxed),
+            self.dropped_audit.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Bytes waiting in the spool.
+    pub fn size_bytes(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
     /// Appends one record and flushes it to the OS before returning.
-    pub fn append(&self, rec: &SpoolRecord) -> std::io::Result<()> {
+    /// `Ok(false)`: the spool is at its cap and the record was dropped (counted).
+    pub fn append(&self, rec: &SpoolRecord) -> std::io::Result<bool> {
         let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
         line.push(b'\n');
+        let (limit, dropped) = match rec {
+            SpoolRecord::Entry(_) => (self.max_bytes / 10 * 9, &self.dropped_entries),
+            SpoolRecord::Audit(_) => (self.max_bytes, &self.dropped_audit),
+        };
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if self.size.load(Ordering::Relaxed).saturating_add(line.len() as u64) > limit {
+            let n = dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                tracing::error!(
+                    record = if matches!(rec, SpoolRecord::Entry(_)) { "entry" } else { "audit" },
+                    dropped_so_far = n + 1,
+                    max_bytes = self.max_bytes,
+                    "metadata spool is full: dropping records (entries are restored from their artifacts by reconcile-metadata)"
+                );
+            }
+            return Ok(false);
+        }
+        self.size.fetch_add(line.len() as u64, Ordering::Relaxed);
         if guard.is_none() {
             *guard = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
         }
         let f = guard.as_mut().ok_or_else(|| std::io::Error::other("spool not open"))?;
-        f.write_all(&line)
+        f.write_all(&line)?;
+        Ok(true)
     }
 
     /// Records waiting for replay (both files).
@@ -127,6 +183,66 @@ impl Spool {
             done.audit_events += chunk.len();
         }
         std::fs::remove_file(&self.replaying).map_err(io)?;
+        let _ = self.size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+            Some(s.saturating_sub(text.len() as u64))
+        });
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roles::ArtifactId;
+
+    fn entry(i: u8) -> SpoolRecord {
+        let mut e = crate::roles::conformance::sample_entry(crate::key::CacheKey([i; 32]), ArtifactId([i; 32]), 0, 1);
+        e.request = Some("x".repeat(200));
+        SpoolRecord::Entry(e)
+    }
+
+    fn audit(i: u32) -> SpoolRecord {
+        SpoolRecord::Audit(AuditEvent {
+            id: format!("e{i}"),
+            at_ms: 0,
+            tenant: None,
+            actor: "t".into(),
+            action: "a".into(),
+            cache_key: None,
+            detail: serde_json::json!({}),
+        })
+    }
+
+    #[test]
+    fn the_cap_keeps_audit_events_first_and_counts_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let spool = Spool::open(&path).unwrap().with_limit(10_000);
+        let (mut entries, mut audits) = (0, 0);
+        for i in 0..200u32 {
+            if spool.append(&entry(i as u8)).unwrap() {
+                entries += 1;
+            }
+            if spool.append(&audit(i)).unwrap() {
+                audits += 1;
+            }
+        }
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size <= 10_000, "the file stops growing at the cap: {size}");
+        assert_eq!(spool.size_bytes(), size);
+        let (de, da) = spool.dropped();
+        assert_eq!(
+            (de + entries, da + audits),
+            (200, 200),
+            "every record is written or counted"
+        );
+        assert!(
+            de > 0 && audits > entries / 2,
+            "entries stop first ({entries} entries, {audits} audits)"
+        );
+        // Audit events still fit after entries stopped (the last 10 % is theirs).
+        assert!(spool.size_bytes() > 9_000);
+        // Reopening sees the same size.
+        assert_eq!(Spool::open(&path).unwrap().size_bytes(), size);
     }
 }

@@ -31,12 +31,27 @@ fn help_everywhere() {
         vec!["bench", "--help"],
         vec!["bench", "load", "--help"],
         vec!["bench", "seed", "--help"],
+        vec!["warmer", "--help"],
+        vec!["warmer", "status", "--help"],
+        vec!["warmer", "run", "--help"],
+        vec!["warmer", "enqueue", "--help"],
+        vec!["warmer", "priority", "--help"],
+        vec!["warmer", "rebuild", "--help"],
+        vec!["warmer", "retry", "--help"],
+        vec!["audit", "--help"],
+        vec!["repair", "--help"],
     ] {
         let out = recache().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
     }
     let out = recache().arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A repair needs to be told what to repair.
+    let out = recache()
+        .args(["repair", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -216,4 +231,99 @@ fn health_exits_nonzero_when_a_backend_is_down() {
         .map(|b| b["role"].as_str().unwrap())
         .collect();
     assert_eq!(down, ["index", "metadata"]);
+}
+
+/// The operations commands on the embedded stores, no gateway running:
+/// queue a warm file, run a worker until idle, see it in `warmer status`,
+/// audit clean, and bad input refused with exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmer_audit_and_repair_on_embedded_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let stub = recache_stub_provider::StubState::new(Default::default());
+    let addr = recache_stub_provider::spawn("127.0.0.1:0".parse().unwrap(), stub.clone())
+        .await
+        .unwrap();
+    let body = format!(
+        "[warmer]\nheartbeat_ms = 200\npoll_ms = 50\n[[upstreams]]\nname = \"stub\"\nbase_url = \"http://{addr}/v1\"\n[[tenants]]\nname = \"t\"\nkeys = [\"sk-t\"]\n"
+    );
+    let cfg = write_config(dir.path(), &body);
+    let run = |args: &[&str]| {
+        let out = recache().args(args).arg("--config").arg(&cfg).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let file = dir.path().join("warm.jsonl");
+    std::fs::write(
+        &file,
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\n{\"model\":\"m\",\"prompt\":\"b\"}\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = run(&["warmer", "enqueue", "--file", f, "--tenant", "nobody"]);
+    assert_eq!(code, 2, "unknown tenant: {out}{err}");
+    std::fs::write(dir.path().join("bad.jsonl"), "{\"model\":\"m\"}\n").unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    let (code, _, err) = run(&["warmer", "enqueue", "--file", bad.to_str().unwrap(), "--tenant", "t"]);
+    assert!(code == 2 && err.contains("line 1"), "{err}");
+    let (code, out, err) = run(&[
+        "warmer",
+        "enqueue",
+        "--file",
+        f,
+        "--tenant",
+        "t",
+        "--namespace",
+        "org/repo",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 requests"), "{out}");
+    let (code, out, _) = run(&["warmer", "status", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["kind"] == "warm" && c["state"] == "queued"));
+    let (code, out, err) = run(&["warmer", "priority", "--repos", "org/repo,other"]);
+    assert!(code == 0 && out.contains("moved 1 jobs"), "{out}{err}");
+    let (code, _, err) = run(&["warmer", "run", "--exit-when-idle"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stub.calls(), 2, "each request bought once");
+    let (code, out, _) = run(&["warmer", "status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warm") && out.contains("jobs succeeded in the last hour"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["audit", "--check", "all", "--format", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["entries_scanned"], 2, "{v}");
+    let (code, out, _) = run(&["audit", "--gaps", "--hours", "3"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("entries created per hour"), "{out}");
+    // Nothing is running beside us: the index repair opens the embedded index itself.
+    let (code, out, err) = run(&["repair", "--index", "--format", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(&["repair", "--orphans", "--grace", "soon"]);
+    assert!(code == 2 && err.contains("duration"), "{err}");
+    // Enqueueing the same file twice is harmless once done: the answers are cached.
+    let (code, _, _) = run(&[
+        "warmer",
+        "enqueue",
+        "--file",
+        f,
+        "--tenant",
+        "t",
+        "--namespace",
+        "org/repo",
+    ]);
+    assert_eq!(code, 0);
+    let (code, _, _) = run(&["warmer", "run", "--exit-when-idle"]);
+    assert_eq!(code, 0);
+    assert_eq!(stub.calls(), 2, "a second run of the same file buys nothing");
 }

@@ -18,6 +18,7 @@ async fn embedded_index_conformance() {
     c::index_put_get_overwrite_delete(dyn_index.as_ref()).await;
     c::index_expiry(dyn_index.as_ref()).await;
     c::index_concurrent_writers(dyn_index.clone()).await;
+    c::index_bulk_scan_generation(dyn_index.as_ref()).await;
     c::index_health(dyn_index.as_ref()).await;
     // Persistence: what was written is there after reopening.
     dyn_index.flush().await.unwrap();
@@ -49,6 +50,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
     c::metadata_health(meta.as_ref()).await;
 }
@@ -65,6 +67,7 @@ async fn redis_index_conformance() {
     c::index_put_get_overwrite_delete(index.as_ref()).await;
     c::index_expiry(index.as_ref()).await;
     c::index_concurrent_writers(index.clone()).await;
+    c::index_bulk_scan_generation(index.as_ref()).await;
     c::index_health(index.as_ref()).await;
     // Only pointers, and every key carries a TTL.
     let mut conn = redis::Client::open(url.as_str())
@@ -78,7 +81,7 @@ async fn redis_index_conformance() {
         .await
         .unwrap();
     assert!(!keys.is_empty());
-    for k in keys.iter().take(50) {
+    for k in keys.iter().filter(|k| k.contains(":idx:")).take(50) {
         let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await.unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
         let len: i64 = redis::cmd("STRLEN").arg(k).query_async(&mut conn).await.unwrap();
@@ -111,45 +114,58 @@ async fn postgres_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
     c::metadata_health(meta.as_ref()).await;
 }
 
+/// The read-only snapshot the CLI audits with sees what the embedded index
+/// holds: last write wins, deletes and expired entries are gone, writes are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_job_claims_never_overlap() {
-    use recache::roles::metadata_postgres::PostgresMetadata;
-    let Some(url) = engines::fresh_postgres("jobs").await else {
-        return;
+async fn embedded_index_snapshot_matches_the_index() {
+    use recache::roles::index_snapshot::SnapshotIndex;
+    use recache::roles::{now_ms, ArtifactId, IndexEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let (index, _) = EmbeddedIndex::open(dir.path()).unwrap();
+    let e = |a: u8, ttl: i64| IndexEntry {
+        artifact: ArtifactId([a; 32]),
+        size: 1,
+        created_at_ms: now_ms(),
+        expires_at_ms: now_ms() + ttl,
     };
-    let meta = Arc::new(PostgresMetadata::new(&url, 8, Duration::from_secs(5)).unwrap());
-    for i in 0..100 {
-        meta.enqueue_job("warm", &format!("{{\"n\":{i}}}"), i % 3)
-            .await
-            .unwrap();
+    let keys: Vec<_> = (0..2000).map(|i| c::test_key(&format!("snap-{i}"))).collect();
+    for k in &keys {
+        index.put(*k, e(1, 60_000)).await.unwrap();
     }
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        let meta = meta.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let batch = meta
-                    .claim_jobs(&format!("worker-{w}"), 7, Duration::from_secs(60))
-                    .await
-                    .unwrap();
-                if batch.is_empty() {
-                    break got;
-                }
-                got.extend(batch.into_iter().map(|j| j.id));
-            }
-        }));
+    index.put(keys[0], e(2, 60_000)).await.unwrap();
+    index.delete(keys[1]).await.unwrap();
+    index.put(keys[2], e(3, -1)).await.unwrap();
+    index.flush().await.unwrap();
+    let snap = SnapshotIndex::load(dir.path()).unwrap();
+    assert_eq!(snap.count().await.unwrap(), 1998);
+    assert_eq!(
+        snap.get(keys[0]).await.unwrap().map(|e| e.artifact),
+        Some(ArtifactId([2; 32]))
+    );
+    assert_eq!(snap.get(keys[1]).await.unwrap(), None, "deleted");
+    assert_eq!(snap.get(keys[2]).await.unwrap(), None, "expired");
+    let many = snap.get_many(keys[..4].to_vec()).await.unwrap();
+    assert_eq!(many.iter().filter(|p| p.is_some()).count(), 2);
+    let mut seen = 0;
+    let mut cursor = 0;
+    loop {
+        let (page, next) = snap.scan(cursor, 300).await.unwrap();
+        seen += page.len();
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let n = all.len();
-    all.sort();
-    all.dedup();
-    assert_eq!((n, all.len()), (100, 100), "every job claimed exactly once");
+    assert_eq!(seen, 1998, "a scan sees every live pointer once");
+    assert!(snap.put(keys[5], e(9, 1000)).await.is_err(), "read-only");
+    // While the index is open, a second writer is refused with a clear message.
+    let err = EmbeddedIndex::open(dir.path()).err().expect("locked").to_string();
+    assert!(err.contains("in use by another recache process"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(SnapshotIndex::load(empty.path()).unwrap().count().await.unwrap(), 0);
 }

@@ -12,9 +12,8 @@ use serde_json::json;
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use crate::artifact::{self, ArtifactMeta};
 use crate::key::{cache_key, canonical_request};
-use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
-use crate::roles::metadata_sqlite::SqliteMetadata;
-use crate::roles::{now_ms, ArtifactId, Artifacts, EntryRecord};
+use crate::roles::{now_ms, ArtifactId, EntryRecord};
+use crate::server::{open_artifacts, open_metadata};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -28,6 +27,16 @@ pub enum BenchCommand {
     Load(LoadArgs),
     /// Register N synthetic entries in the configured metadata store (for index size and start-up figures).
     Seed(SeedArgs),
+    /// Rebuild the configured index from metadata and report entries/s, seconds and peak RSS.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +82,17 @@ pub struct SeedArgs {
     /// Tenant the entries belong to.
     #[arg(long, default_value = "bench")]
     pub tenant: String,
+    /// Write a real artifact per entry (for audit figures); without it all
+    /// entries share one placeholder (index size and start-up figures).
+    #[arg(long)]
+    pub artifacts: bool,
 }
 
 pub async fn run(args: BenchArgs) -> i32 {
     match args.command {
         BenchCommand::Load(a) => load(a).await,
         BenchCommand::Seed(a) => seed(a).await,
+        BenchCommand::Rebuild(a) => rebuild(a).await,
     }
 }
 
@@ -260,48 +274,67 @@ async fn seed(a: SeedArgs) -> i32 {
         }
     };
     let run = async {
-        let meta = SqliteMetadata::open(&config.metadata.path, 1, Duration::from_secs(30)).await?;
-        let store = ObjectStoreArtifacts::local(&config.artifacts.path, &config.artifacts.prefix)?;
-        // One shared placeholder artifact: seeded entries measure index size and start-up, not hits.
+        let (meta, _) = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;
+        let store = open_artifacts(&config).map_err(|e| format!("{e:#}"))?;
         let now = now_ms();
-        let placeholder = artifact::encode(
-            &ArtifactMeta {
-                key: "seed".into(),
-                tenant: a.tenant.clone(),
-                namespace: "default".into(),
-                endpoint: "chat".into(),
-                model: "seed".into(),
-                created_at_ms: now,
-                expires_at_ms: now + 86_400_000,
-                content_type: "application/json".into(),
-                prompt_tokens: 0,
-                completion_tokens: 0,
-                cost_usd: 0.0,
-            },
-            b"{}",
-            b"{\"seed\":true}",
-        );
-        let id = ArtifactId::of(&placeholder);
-        store.put(id, placeholder.clone()).await?;
+        let envelope = |key: String, canonical: &str| {
+            artifact::encode(
+                &ArtifactMeta {
+                    key,
+                    tenant: a.tenant.clone(),
+                    namespace: "default".into(),
+                    endpoint: "chat".into(),
+                    model: "seed".into(),
+                    created_at_ms: now,
+                    expires_at_ms: now + 86_400_000,
+                    content_type: "application/json".into(),
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    cost_usd: 0.0,
+                },
+                canonical.as_bytes(),
+                b"{\"seed\":true}",
+            )
+        };
+        // One shared placeholder artifact unless --artifacts: then entries measure index size and start-up, not hits.
+        let placeholder = envelope("seed".into(), "{}");
+        let placeholder_id = ArtifactId::of(&placeholder);
+        if !a.artifacts {
+            store
+                .put(placeholder_id, placeholder.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let started = Instant::now();
         let batch = 10_000u64;
         let mut done = 0u64;
         while done < a.entries {
             let n = batch.min(a.entries - done);
+            let mut blobs = Vec::new();
             let entries: Vec<EntryRecord> = (done..done + n)
                 .map(|i| {
                     let canonical = canonical_request(
                         &json!({"model": "seed", "messages": [{"role": "user", "content": format!("seed {i}")}]}),
                     );
+                    let key = cache_key(&a.tenant, "default", "chat", &canonical);
+                    let (id, size) = if a.artifacts {
+                        let bytes = envelope(key.hex(), &canonical);
+                        let id = ArtifactId::of(&bytes);
+                        let size = bytes.len() as u64;
+                        blobs.push((id, bytes));
+                        (id, size)
+                    } else {
+                        (placeholder_id, placeholder.len() as u64)
+                    };
                     EntryRecord {
-                        key: cache_key(&a.tenant, "default", "chat", &canonical),
+                        key,
                         tenant: a.tenant.clone(),
                         namespace: "default".into(),
                         endpoint: "chat".into(),
                         model: "seed".into(),
                         artifact: id,
                         request_bytes: canonical.len() as u64,
-                        response_bytes: placeholder.len() as u64,
+                        response_bytes: size,
                         prompt_tokens: 0,
                         completion_tokens: 0,
                         cost_usd: 0.0,
@@ -310,20 +343,31 @@ async fn seed(a: SeedArgs) -> i32 {
                         expires_at_ms: now + 86_400_000,
                         last_hit_at_ms: None,
                         hit_count: 0,
+                        request: Some(canonical),
+                        artifact_missing: false,
                     }
                 })
                 .collect();
-            meta.bulk_insert(&entries).await?;
+            use futures_util::StreamExt;
+            let puts = futures_util::stream::iter(blobs.into_iter().map(|(id, b)| store.put(id, b)))
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await;
+            for p in puts {
+                p.map_err(|e| e.to_string())?;
+            }
+            meta.insert_missing_entries(entries).await.map_err(|e| e.to_string())?;
             done += n;
             eprint!("\rseeded {done}/{} entries", a.entries);
         }
         eprintln!();
         println!(
-            "seeded {} entries in {:.1}s",
+            "seeded {} entries{} in {:.1}s",
             a.entries,
+            if a.artifacts { " with an artifact each" } else { "" },
             started.elapsed().as_secs_f64()
         );
-        Ok::<(), crate::error::BackendError>(())
+        Ok::<(), String>(())
     };
     match run.await {
         Ok(()) => 0,
@@ -331,5 +375,46 @@ async fn seed(a: SeedArgs) -> i32 {
             eprintln!("recache bench seed: {e}");
             EXIT_PROBLEM
         }
+    }
+}
+
+/// Peak resident memory of this process, in MiB.
+pub fn peak_rss_mb() -> f64 {
+    crate::metrics::peak_rss_bytes() as f64 / 1048576.0
+}
+
+async fn rebuild(a: RebuildArgs) -> i32 {
+    super::ops::exit_code("bench rebuild", rebuild_index(a).await)
+}
+
+async fn rebuild_index(a: RebuildArgs) -> Result<i32, super::ops::Exit> {
+    let r = super::ops::open(&a.config, crate::server::IndexAccess::WriteNoReplay, "warn").await?;
+    let ctx = crate::recovery::local::LocalCtx::new("rebuild", a.format == OutputFormat::Text);
+    let started = Instant::now();
+    let res = r.rebuild_index(json!({}), ctx.as_ref()).await;
+    let secs = started.elapsed().as_secs_f64();
+    ctx.finish();
+    let _ = r.cache.roles.index.flush().await;
+    match res {
+        Ok(v) => {
+            let report = json!({"engine_metadata": r.cache.roles.metadata.engine(), "engine_index": r.cache.roles.index.engine(),
+                                "scanned": v["scanned"], "written": v["written"], "seconds": secs,
+                                "entries_per_second": v["scanned"].as_f64().unwrap_or(0.0) / secs.max(1e-9),
+                                "peak_rss_mb": peak_rss_mb()});
+            super::ops::print(a.format, &report, |v| {
+                format!(
+                    "rebuild {} -> {}: {} entries scanned, {} written in {:.2} s ({:.0} entries/s), peak RSS {:.0} MB\n",
+                    v["engine_metadata"].as_str().unwrap_or(""),
+                    v["engine_index"].as_str().unwrap_or(""),
+                    v["scanned"],
+                    v["written"],
+                    secs,
+                    v["entries_per_second"].as_f64().unwrap_or(0.0),
+                    v["peak_rss_mb"].as_f64().unwrap_or(0.0)
+                )
+            });
+            Ok(0)
+        }
+        Err(e) => Err(super::ops::Exit::problem(format!("{e:?}"))),
     }
 }

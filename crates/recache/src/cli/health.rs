@@ -143,7 +143,7 @@ pub async fn run(args: HealthArgs) -> i32 {
                 "metadata",
                 engine,
                 async {
-                    let m = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;
+                    let (m, _) = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;
                     m.check().await.map_err(|e| e.to_string())
                 },
                 t,

@@ -7,9 +7,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError, LogFormat};
 
+pub mod audit;
 pub mod bench;
 pub mod health;
+pub mod ops;
+pub mod repair;
 pub mod serve;
+pub mod warmer;
 
 /// Exit codes: 0 fine, 1 a problem was found or a runtime failure, 2 bad usage or configuration.
 pub const EXIT_PROBLEM: i32 = 1;
@@ -34,6 +38,12 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Measure a running gateway (load) or fill a store with entries (seed).
     Bench(bench::BenchArgs),
+    /// The job queue: status, a standalone worker, warm files, priorities, rebuilds, retries.
+    Warmer(warmer::WarmerArgs),
+    /// Check that the stores agree (read-only); exit 1 when a problem is found.
+    Audit(audit::AuditArgs),
+    /// Fix what audit finds: missing artifacts, metadata rows, orphans, the index.
+    Repair(repair::RepairArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -85,5 +95,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Serve(a) => serve::run(a).await,
         Command::Health(a) => health::run(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Warmer(a) => warmer::run(a).await,
+        Command::Audit(a) => audit::run(a).await,
+        Command::Repair(a) => repair::run(a).await,
     }
 }

@@ -118,7 +118,7 @@ pub async fn run(args: ServeArgs) -> i32 {
     0
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

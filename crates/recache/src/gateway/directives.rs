@@ -80,19 +80,23 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
     }
     if let Some(v) = headers.get("x-recache-namespace") {
         let ns = v.to_str().unwrap_or("");
-        let ok = !ns.is_empty()
-            && ns.len() <= 64
-            && ns
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(bad(
-                "x-recache-namespace must be 1-64 characters of A-Z a-z 0-9 - _ .".into()
-            ));
+        if !valid_namespace(ns) {
+            return Err(bad(NAMESPACE_RULE.into()));
         }
         d.namespace = ns.to_string();
     }
     Ok(d)
+}
+
+/// What a namespace may be (a repository name such as `org/repo` is one).
+pub const NAMESPACE_RULE: &str = "x-recache-namespace must be 1-128 characters of A-Z a-z 0-9 - _ . /";
+
+pub fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 128
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 #[cfg(test)]

@@ -47,6 +47,16 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
         }
     }
+    /// The endpoint a stored name (or a request path) stands for.
+    pub fn from_name(name: &str) -> Option<Endpoint> {
+        let n = name.trim_start_matches('/').trim_start_matches("v1/");
+        match n {
+            "chat" | "chat/completions" => Some(Endpoint::Chat),
+            "completions" => Some(Endpoint::Completions),
+            "embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        }
+    }
     pub fn streams(self) -> bool {
         !matches!(self, Endpoint::Embeddings)
     }
@@ -56,20 +66,27 @@ impl Endpoint {
 pub struct AppState {
     pub config: Arc<Config>,
     pub cache: Arc<Cache>,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
     pub tenants: auth::Tenants,
     pub coalescer: Arc<flight::Coalescer>,
     pub admin_token: Option<String>,
     pub started: Instant,
+    /// The warmer's queue and job kinds (admin API, metrics).
+    pub recovery: Arc<crate::recovery::Recovery>,
 }
 
 impl AppState {
     /// USD cost of a call, from the price table (exact model, else the longest prefix).
     pub fn price(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        price_of(&self.config.prices, model)
-            .map(|p| (prompt_tokens as f64 * p.input + completion_tokens as f64 * p.output) / 1e6)
-            .unwrap_or(0.0)
+        cost_usd(&self.config.prices, model, prompt_tokens, completion_tokens)
     }
+}
+
+/// USD cost of a call from a price table (exact model, else the longest prefix; unknown: 0).
+pub fn cost_usd(prices: &BTreeMap<String, Price>, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+    price_of(prices, model)
+        .map(|p| (prompt_tokens as f64 * p.input + completion_tokens as f64 * p.output) / 1e6)
+        .unwrap_or(0.0)
 }
 
 fn price_of<'a>(prices: &'a BTreeMap<String, Price>, model: &str) -> Option<&'a Price> {
@@ -118,6 +135,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/admin/audit", get(ops::admin_audit))
         .route("/admin/breakers", get(ops::admin_breakers))
+        .route("/admin/jobs", get(ops::admin_jobs).post(ops::admin_enqueue))
         .route("/admin/breakers/{backend}/{action}", post(ops::admin_breaker_action))
         .fallback(not_found)
         .with_state(state)

@@ -81,7 +81,132 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             let _ = writeln!(body, "{name}{{backend=\"{}\"}} {}", b.backend, value(b));
         }
     }
+    if let Some(spool) = &s.cache.spool {
+        let (entries, audit) = spool.dropped();
+        let _ = writeln!(body, "# HELP metadata_spool_dropped_total Spool records dropped at metadata.spool_max_mb (entries are restored by reconcile-metadata).\n# TYPE metadata_spool_dropped_total counter");
+        let _ = writeln!(body, "metadata_spool_dropped_total{{record=\"entry\"}} {entries}");
+        let _ = writeln!(body, "metadata_spool_dropped_total{{record=\"audit\"}} {audit}");
+    }
+    render_warmer(&s, &mut body).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Job gauges by kind and state, attempt outcomes, progress of running jobs.
+async fn render_warmer(s: &AppState, body: &mut String) {
+    use std::fmt::Write as _;
+    let r = &s.recovery;
+    let counts = tokio::time::timeout(Duration::from_millis(500), r.queue.counts()).await;
+    let _ = writeln!(
+        body,
+        "# HELP warmer_jobs Jobs in the queue by kind and state.\n# TYPE warmer_jobs gauge"
+    );
+    if let Ok(Ok(counts)) = counts {
+        for kind in crate::recovery::jobs::KINDS {
+            for state in crate::queue::JobState::ALL {
+                let n: u64 = counts
+                    .iter()
+                    .filter(|c| c.kind == kind && c.state == state)
+                    .map(|c| c.count)
+                    .sum();
+                let _ = writeln!(body, "warmer_jobs{{kind=\"{kind}\",state=\"{}\"}} {n}", state.as_str());
+            }
+        }
+    }
+    let _ = writeln!(body, "# HELP warmer_job_attempts_total Job attempts by kind and how they ended.\n# TYPE warmer_job_attempts_total counter");
+    for ((kind, outcome), n) in r.outcome_counts() {
+        let _ = writeln!(
+            body,
+            "warmer_job_attempts_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(body, "# HELP warmer_job_progress Items done by running jobs of this process (rebuild progress).\n# TYPE warmer_job_progress gauge");
+    let _ = writeln!(body, "# HELP warmer_job_progress_ratio Done over total for running jobs that know their total.\n# TYPE warmer_job_progress_ratio gauge");
+    for (kind, done, total) in r.progress.snapshot() {
+        let _ = writeln!(body, "warmer_job_progress{{kind=\"{kind}\"}} {done}");
+        if let Some(t) = total.filter(|t| *t > 0) {
+            let _ = writeln!(
+                body,
+                "warmer_job_progress_ratio{{kind=\"{kind}\"}} {}",
+                done as f64 / t as f64
+            );
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct JobsQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /admin/jobs`: jobs (running first), counts by kind and state, live workers.
+pub async fn admin_jobs(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<JobsQuery>) -> Response {
+    let run = async {
+        check_admin(&s, &headers)?;
+        let state = match q.state.as_deref() {
+            None | Some("") | Some("all") => None,
+            Some(x) => Some(crate::queue::JobState::parse(x).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "unknown state '{x}' (queued, running, succeeded, failed, dead)"
+                ))
+            })?),
+        };
+        let internal = |e: crate::error::BackendError| ApiError::Internal(e.to_string());
+        let q_ = &s.recovery.queue;
+        let jobs = q_
+            .list(state, q.limit.unwrap_or(100).min(10_000))
+            .await
+            .map_err(internal)?;
+        let counts = q_.counts().await.map_err(internal)?;
+        let workers = q_.workers(now_ms() - 30_000).await.map_err(internal)?;
+        Ok(Json(json!({"jobs": jobs, "counts": counts, "workers": workers})).into_response())
+    };
+    run.await.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueBody {
+    kind: String,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+    #[serde(default)]
+    priority: Option<i64>,
+}
+
+/// `POST /admin/jobs`: enqueue a job (`{"kind": "rebuild-index"}`, or any kind with its payload).
+pub async fn admin_enqueue(State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let run = async {
+        check_admin(&s, &headers)?;
+        let b: EnqueueBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::InvalidRequest(format!(
+                "body must be {{\"kind\": ..., \"payload\"?: ..., \"priority\"?: n}}: {e}"
+            ))
+        })?;
+        use crate::recovery::jobs;
+        if !jobs::KINDS.contains(&b.kind.as_str()) {
+            return Err(ApiError::InvalidRequest(format!(
+                "unknown job kind '{}' ({})",
+                b.kind,
+                jobs::KINDS.join(", ")
+            )));
+        }
+        let mut job = crate::queue::NewJob::new(&b.kind, b.payload.unwrap_or_else(|| json!({})))
+            .priority(b.priority.unwrap_or_else(|| jobs::default_priority(&b.kind)))
+            .max_attempts(s.config.warmer.max_attempts);
+        if b.kind != jobs::WARM {
+            // One live job per kind from the admin API: pressing the button twice is harmless.
+            job = job.unique(format!("{}:admin", b.kind));
+        }
+        let e = s
+            .recovery
+            .queue
+            .enqueue(job)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Json(json!({"job": e.id, "created": e.created})).into_response())
+    };
+    run.await.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
 fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

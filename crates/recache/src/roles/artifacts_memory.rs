@@ -93,7 +93,7 @@ impl Artifacts for MemoryTier {
         self.inner.delete(id)
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<super::ArtifactInfo>>> {
         self.inner.list()
     }
 

@@ -12,7 +12,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload};
 
-use super::{ArtifactId, Artifacts, BackendError, BoxFuture, CheckInfo, Result};
+use super::{ArtifactId, ArtifactInfo, Artifacts, BackendError, BoxFuture, CheckInfo, Result};
 
 const NAME: &str = "artifacts";
 
@@ -127,14 +127,21 @@ impl Artifacts for ObjectStoreArtifacts {
         })
     }
 
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactInfo>>> {
         Box::pin(async move {
             let prefix = ObjPath::from(format!("{}sha256", self.prefix));
-            let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(map_err)?;
-            Ok(metas
-                .iter()
-                .filter_map(|m| m.location.filename().and_then(ArtifactId::from_hex))
-                .collect())
+            let mut out = Vec::new();
+            let mut listing = self.store.list(Some(&prefix));
+            while let Some(m) = listing.try_next().await.map_err(map_err)? {
+                if let Some(id) = m.location.filename().and_then(ArtifactId::from_hex) {
+                    out.push(ArtifactInfo {
+                        id,
+                        size: m.size,
+                        modified_ms: m.last_modified.timestamp_millis(),
+                    });
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -102,6 +102,60 @@ pub async fn index_concurrent_writers(index: Arc<dyn Index>) {
     assert!(index.count().await.unwrap() >= 16 * 50, "count sees every entry");
 }
 
+/// Bulk writes (rebuilds), the audit scan and the generation marker.
+pub async fn index_bulk_scan_generation(index: &dyn Index) {
+    let keys: Vec<CacheKey> = (0..300).map(|i| test_key(&format!("index-bulk-{i}"))).collect();
+    let newer = entry(9, 60_000);
+    index.put(keys[0], newer).await.unwrap();
+    let batch: Vec<(CacheKey, IndexEntry)> = keys.iter().map(|k| (*k, entry(5, 60_000))).collect();
+    let written = index.put_many(batch.clone(), true).await.unwrap();
+    assert_eq!(written, 299, "if_absent keeps the pointer written after the loss");
+    assert_eq!(index.get(keys[0]).await.unwrap(), Some(newer));
+    let mut probe = vec![keys[0], test_key("index-bulk-absent"), keys[1]];
+    let got = index.get_many(probe.clone()).await.unwrap();
+    assert_eq!(got.len(), 3, "one answer per key, in order");
+    assert_eq!((got[0], got[1]), (Some(newer), None));
+    assert_eq!(got[2].map(|e| e.artifact), Some(ArtifactId([5; 32])));
+    probe.clear();
+    assert!(index.get_many(probe).await.unwrap().is_empty());
+    assert_eq!(
+        index.get(keys[1]).await.unwrap().map(|e| e.artifact),
+        Some(ArtifactId([5; 32]))
+    );
+    assert_eq!(
+        index.put_many(batch, false).await.unwrap(),
+        300,
+        "overwrite mode writes all"
+    );
+    assert_eq!(
+        index.get(keys[0]).await.unwrap().map(|e| e.artifact),
+        Some(ArtifactId([5; 32]))
+    );
+    // A full scan sees every key exactly once (engines may repeat; dedup by key).
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = 0;
+    let mut pages = 0;
+    loop {
+        let (page, next) = index.scan(cursor, 100).await.unwrap();
+        for (k, e) in page {
+            if keys.contains(&k) {
+                assert_eq!(e.artifact, ArtifactId([5; 32]), "scan returns the pointer");
+                seen.insert(k);
+            }
+        }
+        pages += 1;
+        assert!(pages < 100_000, "scan terminates");
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 300, "scan saw every key");
+    // The generation marker survives as long as the data does.
+    index.set_generation("gen-1".into()).await.unwrap();
+    assert!(index.generation().await.unwrap().is_some(), "marker kept");
+}
+
 pub async fn index_health(index: &dyn Index) {
     index.check().await.expect("a healthy index passes its check");
 }
@@ -129,13 +183,13 @@ pub async fn artifacts_round_trip(store: &dyn Artifacts) {
         "re-putting the same content is harmless"
     );
     assert!(
-        store.list().await.unwrap().contains(&id),
+        store.list().await.unwrap().iter().any(|a| a.id == id),
         "list includes the stored artifact"
     );
     assert!(store.delete(id).await.unwrap() || store.get(id).await.unwrap().is_none());
     assert_eq!(store.get(id).await.unwrap(), None, "deleted artifact is gone");
     assert!(
-        !store.list().await.unwrap().contains(&id),
+        !store.list().await.unwrap().iter().any(|a| a.id == id),
         "list forgets deleted artifacts"
     );
 }
@@ -177,7 +231,7 @@ pub async fn artifacts_concurrent_writers(store: Arc<dyn Artifacts>) {
     for id in &all {
         let b = store.get(*id).await.unwrap().expect("every concurrent write landed");
         assert_eq!(ArtifactId::of(&b), *id);
-        assert!(listed.contains(id));
+        assert!(listed.iter().any(|a| a.id == *id));
         store.delete(*id).await.unwrap();
     }
     let shared = Bytes::from_static(b"the same bytes from every writer");
@@ -192,22 +246,31 @@ pub async fn artifacts_health(store: &dyn Artifacts) {
 
 fn record(label: &str, artifact: u8, ttl_ms: i64) -> EntryRecord {
     let now = now_ms();
+    let mut e = sample_entry(test_key(label), ArtifactId([artifact; 32]), now, now + ttl_ms);
+    e.request = Some(format!("{{\"label\":\"{label}\"}}"));
+    e
+}
+
+/// A synthetic entry row for tests: the given key, artifact and times, no hits.
+pub fn sample_entry(key: CacheKey, artifact: ArtifactId, created_at_ms: i64, expires_at_ms: i64) -> EntryRecord {
     EntryRecord {
-        key: test_key(label),
+        key,
         tenant: "conformance".into(),
         namespace: "default".into(),
         endpoint: "chat".into(),
         model: "gpt-test".into(),
-        artifact: ArtifactId([artifact; 32]),
+        artifact,
         request_bytes: 10,
         response_bytes: 20,
         prompt_tokens: 3,
         completion_tokens: 4,
         cost_usd: 0.25,
-        created_at_ms: now,
-        expires_at_ms: now + ttl_ms,
+        created_at_ms,
+        expires_at_ms,
         last_hit_at_ms: None,
         hit_count: 0,
+        request: None,
+        artifact_missing: false,
     }
 }
 
@@ -279,6 +342,91 @@ pub async fn metadata_live_entries_and_purge(meta: &dyn Metadata) {
         "purge keeps live entries"
     );
     meta.delete_entry(live.key).await.unwrap();
+}
+
+/// Paging, reconciliation inserts, missing marks, value order, expiry
+/// windows and hourly counts: what recovery jobs and audits rely on.
+pub async fn metadata_recovery_queries(meta: &dyn Metadata) {
+    let mut recs = Vec::new();
+    for i in 0..25u8 {
+        let mut r = record(&format!("meta-rec-{i}"), 100 + i, 60_000);
+        r.hit_count = i as u64;
+        r.cost_usd = 0.01 * (25 - i) as f64;
+        recs.push(r);
+    }
+    let mut r0_newer = recs[0].clone();
+    r0_newer.model = "kept".into();
+    meta.upsert_entry(r0_newer).await.unwrap();
+    assert_eq!(
+        meta.insert_missing_entries(recs.clone()).await.unwrap(),
+        24,
+        "an existing row is never replaced by reconciliation"
+    );
+    assert_eq!(meta.get_entry(recs[0].key).await.unwrap().unwrap().model, "kept");
+    let got = meta.get_entry(recs[3].key).await.unwrap().unwrap();
+    assert_eq!(got.request, recs[3].request, "the canonical request is stored");
+    // Paging in key order covers every row once, without the request.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = meta.entries_page(after, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        assert!(page.iter().all(|e| e.request.is_none()), "pages leave the request out");
+        after = page.last().map(|e| e.key);
+        seen.extend(page.into_iter().map(|e| e.key));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "pages come in key order with no repeats");
+    assert!(recs.iter().all(|r| seen.contains(&r.key)), "every row is paged");
+    // Missing marks, listed by value (hits x cost), with the request.
+    let marked: Vec<CacheKey> = recs[10..15].iter().map(|r| r.key).collect();
+    assert_eq!(meta.set_artifact_missing(marked.clone(), true).await.unwrap(), 5);
+    assert_eq!(
+        meta.set_artifact_missing(marked.clone(), true).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let missing = meta.missing_entries(now_ms(), 100).await.unwrap();
+    let ours: Vec<&EntryRecord> = missing.iter().filter(|e| marked.contains(&e.key)).collect();
+    assert_eq!(ours.len(), 5);
+    let values: Vec<f64> = ours.iter().map(|e| e.hit_count as f64 * e.cost_usd).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] >= w[1]),
+        "most valuable first: {values:?}"
+    );
+    assert!(ours.iter().all(|e| e.artifact_missing && e.request.is_some()));
+    // Re-registering an entry clears its mark.
+    meta.upsert_entry(recs[10].clone()).await.unwrap();
+    assert!(!meta.get_entry(recs[10].key).await.unwrap().unwrap().artifact_missing);
+    // Expired within a window, most hit first.
+    let now = now_ms();
+    let mut expired = Vec::new();
+    for i in 0..4u8 {
+        let mut r = record(&format!("meta-expired-{i}"), 200 + i, -1000 - i as i64);
+        r.hit_count = 10 + i as u64;
+        expired.push(r.clone());
+        meta.upsert_entry(r).await.unwrap();
+    }
+    let window = meta.expired_entries(now - 60_000, now, 100).await.unwrap();
+    let ours: Vec<&EntryRecord> = window
+        .iter()
+        .filter(|e| expired.iter().any(|x| x.key == e.key))
+        .collect();
+    assert_eq!(ours.len(), 4, "expired entries in the window");
+    assert!(
+        ours.windows(2).all(|w| w[0].hit_count >= w[1].hit_count),
+        "most hit first"
+    );
+    assert!(window.iter().all(|e| e.expires_at_ms <= now && e.request.is_some()));
+    // Hourly counts see this hour's rows.
+    let hours = meta.hourly_counts(now - 3_600_000).await.unwrap();
+    assert!(hours.iter().map(|(_, n)| n).sum::<u64>() >= 29, "{hours:?}");
+    assert!(hours.iter().all(|(h, _)| h % 3_600_000 == 0));
 }
 
 pub async fn metadata_audit_is_idempotent(meta: &dyn Metadata) {

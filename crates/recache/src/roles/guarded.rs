@@ -57,6 +57,16 @@ impl Guard {
         }
     }
 
+    /// A bulk call (a page of a rebuild or an audit): counted by the breaker
+    /// like any call, with a longer time limit.
+    async fn call_bulk<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let bulk = Guard {
+            breaker: self.breaker.clone(),
+            timeout: (self.timeout * 40).max(Duration::from_secs(5)),
+        };
+        bulk.call(fut).await
+    }
+
     async fn check(&self, fut: impl Future<Output = Result<CheckInfo>>) -> Result<CheckInfo> {
         let backend = self.breaker.backend;
         tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), fut)
@@ -102,6 +112,21 @@ impl Index for GuardedIndex {
     fn replay_from_ms(&self) -> Option<i64> {
         self.inner.replay_from_ms()
     }
+    fn put_many(&self, entries: Vec<(CacheKey, IndexEntry)>, if_absent: bool) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.put_many(entries, if_absent)))
+    }
+    fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
+        Box::pin(self.guard.call_bulk(self.inner.get_many(keys)))
+    }
+    fn scan(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<super::ScanPage>> {
+        Box::pin(self.guard.call_bulk(self.inner.scan(cursor, limit)))
+    }
+    fn generation(&self) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(self.guard.call(self.inner.generation()))
+    }
+    fn set_generation(&self, generation: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.set_generation(generation)))
+    }
 }
 
 pub struct GuardedArtifacts {
@@ -122,7 +147,7 @@ impl Artifacts for GuardedArtifacts {
     fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.guard.call(self.inner.delete(id)))
     }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<super::ArtifactInfo>>> {
         self.inner.list()
     }
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
@@ -169,5 +194,23 @@ impl Metadata for GuardedMetadata {
     }
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         Box::pin(self.guard.check(self.inner.check()))
+    }
+    fn entries_page(&self, after: Option<CacheKey>, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+        Box::pin(self.guard.call_bulk(self.inner.entries_page(after, limit)))
+    }
+    fn insert_missing_entries(&self, entries: Vec<EntryRecord>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.insert_missing_entries(entries)))
+    }
+    fn set_artifact_missing(&self, keys: Vec<CacheKey>, missing: bool) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.set_artifact_missing(keys, missing)))
+    }
+    fn missing_entries(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+        Box::pin(self.guard.call_bulk(self.inner.missing_entries(now_ms, limit)))
+    }
+    fn expired_entries(&self, from_ms: i64, to_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+        Box::pin(self.guard.call_bulk(self.inner.expired_entries(from_ms, to_ms, limit)))
+    }
+    fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>> {
+        Box::pin(self.guard.call_bulk(self.inner.hourly_counts(since_ms)))
     }
 }

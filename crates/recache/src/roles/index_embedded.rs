@@ -18,8 +18,8 @@ use crate::key::CacheKey;
 
 const NAME: &str = "index";
 const SHARDS: usize = 32;
-const RECORD: usize = 1 + 32 + 32 + 8 + 8 + 8;
-const OP_PUT: u8 = 1;
+pub(crate) const RECORD: usize = 1 + 32 + 32 + 8 + 8 + 8;
+pub(crate) const OP_PUT: u8 = 1;
 const OP_DEL: u8 = 2;
 /// Entries created this long before the newest logged one are replayed from
 /// metadata at open, covering writes still in the buffer at a crash.
@@ -46,7 +46,7 @@ type Shard = HashMap<[u8; 32], Slot, BuildHasherDefault<DigestHasher>>;
 
 /// The compact in-memory form of an entry (no key; 64 bytes).
 #[derive(Clone, Copy)]
-struct Slot {
+pub(crate) struct Slot {
     artifact: [u8; 32],
     size: u64,
     created_at_ms: i64,
@@ -80,6 +80,8 @@ pub struct EmbeddedIndex {
     log: Mutex<Option<BufWriter<File>>>,
     path: PathBuf,
     replay_from: Option<i64>,
+    /// Held for the life of the index: one process owns the log.
+    _lock: File,
 }
 
 /// What opening found, for the start-up log line.
@@ -100,7 +102,7 @@ fn encode(op: u8, key: &[u8; 32], s: &Slot, out: &mut Vec<u8>) {
     out.extend_from_slice(&s.expires_at_ms.to_le_bytes());
 }
 
-fn decode(rec: &[u8]) -> Option<(u8, [u8; 32], Slot)> {
+pub(crate) fn decode(rec: &[u8]) -> Option<(u8, [u8; 32], Slot)> {
     let op = rec[0];
     if op != OP_PUT && op != OP_DEL {
         return None;
@@ -121,9 +123,26 @@ fn decode(rec: &[u8]) -> Option<(u8, [u8; 32], Slot)> {
 }
 
 impl EmbeddedIndex {
-    /// Opens (or creates) the index in `dir`. Blocking: call at start-up.
+    /// Opens (or creates) the index in `dir` for writing. One process at a
+    /// time: a second one gets an error naming the lock. Blocking: call at start-up.
     pub fn open(dir: &Path) -> std::io::Result<(Arc<Self>, OpenStats)> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("index.lock"))?;
+        if lock.try_lock().is_err() {
+            return Err(std::io::Error::other(format!(
+                "the embedded index in {} is in use by another recache process (a running gateway owns it; \
+                 queue index work with `recache warmer rebuild --scope index` and the gateway's workers run it)",
+                dir.display()
+            )));
+        }
+        Self::load(dir, lock)
+    }
+
+    fn load(dir: &Path, lock: File) -> std::io::Result<(Arc<Self>, OpenStats)> {
         let path = dir.join("index.log");
         let shards: Box<[RwLock<Shard>]> = (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
         let mut stats = OpenStats {
@@ -134,13 +153,15 @@ impl EmbeddedIndex {
         };
         let mut newest_created = i64::MIN;
         let mut valid_len = 0u64;
-        if let Ok(mut f) = File::open(&path) {
+        if let Ok(f) = File::open(&path) {
             stats.fresh = false;
-            let mut buf = Vec::new();
-            f.read_to_end(&mut buf)?;
+            let file_len = f.metadata()?.len();
+            // Streamed record by record: the log is never held in memory whole.
+            let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+            let mut rec = [0u8; RECORD];
             let now = now_ms();
-            for rec in buf.chunks_exact(RECORD) {
-                let Some((op, key, slot)) = decode(rec) else { break };
+            while r.read_exact(&mut rec).is_ok() {
+                let Some((op, key, slot)) = decode(&rec) else { break };
                 valid_len += RECORD as u64;
                 stats.records += 1;
                 let shard = &mut *shards[shard_of(&key)].write().unwrap_or_else(|e| e.into_inner());
@@ -155,10 +176,10 @@ impl EmbeddedIndex {
                     shard.remove(&key);
                 }
             }
-            if (valid_len as usize) < buf.len() {
+            if valid_len < file_len {
                 tracing::warn!(
                     path = %path.display(),
-                    cut_bytes = buf.len() - valid_len as usize,
+                    cut_bytes = file_len - valid_len,
                     "index log had a torn or corrupt tail; cut it (entries are replayed from metadata)"
                 );
             }
@@ -177,6 +198,7 @@ impl EmbeddedIndex {
             } else {
                 newest_created - REPLAY_MARGIN_MS
             }),
+            _lock: lock,
         };
         if !stats.fresh && (stats.records > 2 * live + 10_000 || valid_len < std::fs::metadata(&path)?.len()) {
             index.compact()?;
@@ -371,5 +393,55 @@ impl Index for EmbeddedIndex {
 
     fn replay_from_ms(&self) -> Option<i64> {
         self.replay_from
+    }
+
+    fn put_many(&self, entries: Vec<(CacheKey, IndexEntry)>, if_absent: bool) -> BoxFuture<'_, Result<u64>> {
+        let mut n = 0;
+        let mut res = Ok(());
+        for (key, entry) in entries {
+            let slot = Slot::from(entry);
+            let mut shard = self.shard(&key.0).write().unwrap_or_else(|e| e.into_inner());
+            if if_absent && shard.contains_key(&key.0) {
+                continue;
+            }
+            if let Err(e) = self.append(OP_PUT, &key.0, &slot) {
+                res = Err(e);
+                break;
+            }
+            shard.insert(key.0, slot);
+            n += 1;
+        }
+        Box::pin(async move { res.map(|_| n) })
+    }
+
+    fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
+        let out = keys
+            .iter()
+            .map(|k| {
+                self.shard(&k.0)
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&k.0)
+                    .copied()
+                    .map(IndexEntry::from)
+            })
+            .collect();
+        Box::pin(async move { Ok(out) })
+    }
+
+    /// The cursor is a shard number: one shard per page.
+    fn scan(&self, cursor: u64, _limit: usize) -> BoxFuture<'_, Result<super::ScanPage>> {
+        let i = cursor as usize;
+        let page: Vec<(CacheKey, IndexEntry)> = match self.shards.get(i) {
+            Some(s) => s
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (CacheKey(*k), IndexEntry::from(*v)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let next = if i + 1 >= self.shards.len() { 0 } else { cursor + 1 };
+        Box::pin(async move { Ok((page, next)) })
     }
 }

@@ -219,6 +219,100 @@ impl Index for RedisIndex {
         })
     }
 
+    fn put_many(&self, entries: Vec<(CacheKey, IndexEntry)>, if_absent: bool) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let retain = self.retain.as_millis() as i64;
+            let mut pipe = redis::pipe();
+            let mut sent = 0;
+            for (key, entry) in &entries {
+                let ttl = entry.expires_at_ms + retain - now;
+                if ttl <= 0 {
+                    continue;
+                }
+                let cmd = pipe.cmd("SET").arg(self.key(key)).arg(encode(entry)).arg("PX").arg(ttl);
+                if if_absent {
+                    cmd.arg("NX");
+                }
+                sent += 1;
+            }
+            if sent == 0 {
+                return Ok(0);
+            }
+            let mut c = self.conn().await?;
+            let replies: Vec<Option<String>> = pipe.query_async(&mut c).await.map_err(map_err)?;
+            Ok(replies.iter().filter(|r| r.is_some()).count() as u64)
+        })
+    }
+
+    fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut c = self.conn().await?;
+            let names: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&names)
+                .query_async(&mut c)
+                .await
+                .map_err(map_err)?;
+            Ok(values.into_iter().map(|v| v.and_then(|v| decode(&v))).collect())
+        })
+    }
+
+    fn scan(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<super::ScanPage>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let pattern = format!("{}idx:*", self.prefix);
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query_async(&mut c)
+                .await
+                .map_err(map_err)?;
+            if keys.is_empty() {
+                return Ok((Vec::new(), next));
+            }
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .map_err(map_err)?;
+            let skip = pattern.len() - 1;
+            let page = keys
+                .iter()
+                .zip(values)
+                .filter_map(|(k, v)| {
+                    let key = CacheKey::from_hex(k.get(skip..)?)?;
+                    Some((key, decode(&v?)?))
+                })
+                .collect();
+            Ok((page, next))
+        })
+    }
+
+    fn generation(&self) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            c.get(format!("{}generation", self.prefix)).await.map_err(map_err)
+        })
+    }
+
+    /// The marker has no TTL: under `volatile-*` eviction it is never evicted,
+    /// so its absence means the data went (a restart without persistence, a flush).
+    fn set_generation(&self, generation: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            c.set(format!("{}generation", self.prefix), generation)
+                .await
+                .map_err(map_err)
+        })
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         Box::pin(async move {
             let mut c = self.conn().await?;

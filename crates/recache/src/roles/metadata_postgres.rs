@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Row;
 use tokio::sync::OnceCell;
 
-use super::metadata_sql::{map_err, row_to_audit, row_to_entry, row_to_pointer, NAME};
+use super::metadata_sql::{
+    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer, INSERT_SQL,
+    NAME,
+};
 use super::{
     ArtifactId, AuditEvent, BackendError, BoxFuture, CheckInfo, EntryRecord, HitUpdate, IndexEntry, Metadata, Result,
 };
@@ -19,6 +21,7 @@ use crate::key::CacheKey;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_jobs.sql")),
+    (3, include_str!("../../migrations/postgres/0003_recovery.sql")),
 ];
 
 /// The statements of a migration file (no statement in them contains `;`).
@@ -34,15 +37,6 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
 pub struct PostgresMetadata {
     pool: PgPool,
     migrated: OnceCell<()>,
-}
-
-/// A claimed job (see [`PostgresMetadata::claim_jobs`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimedJob {
-    pub id: i64,
-    pub kind: String,
-    pub payload: String,
-    pub attempts: i32,
 }
 
 impl PostgresMetadata {
@@ -68,7 +62,7 @@ impl PostgresMetadata {
     }
 
     /// Applies pending migrations once per process (retried until it succeeds).
-    async fn ready(&self) -> Result<()> {
+    pub(crate) async fn ready(&self) -> Result<()> {
         self.migrated.get_or_try_init(|| self.migrate()).await.map(|_| ())
     }
 
@@ -110,54 +104,6 @@ impl PostgresMetadata {
         tx.commit().await.map_err(map_err)
     }
 
-    /// Queues a job (warmers and repairs build on this).
-    pub async fn enqueue_job(&self, kind: &str, payload: &str, priority: i32) -> Result<i64> {
-        self.ready().await?;
-        let now = super::now_ms();
-        sqlx::query_scalar(
-            "INSERT INTO jobs (kind, payload, priority, run_after_ms, created_at_ms) VALUES ($1, $2, $3, $4, $4) RETURNING id",
-        )
-        .bind(kind)
-        .bind(payload)
-        .bind(priority)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(map_err)
-    }
-
-    /// Leases up to `limit` ready jobs (queued, or running with an expired
-    /// lease), highest priority first. Concurrent claimers never get the same
-    /// job: rows are locked with `FOR UPDATE SKIP LOCKED`.
-    pub async fn claim_jobs(&self, owner: &str, limit: i64, lease: Duration) -> Result<Vec<ClaimedJob>> {
-        self.ready().await?;
-        let now = super::now_ms();
-        let rows = sqlx::query(
-            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM jobs WHERE (state = 'queued' AND run_after_ms <= $3) \
-                 OR (state = 'running' AND lease_until_ms < $3) \
-                 ORDER BY priority DESC, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, kind, payload, attempts",
-        )
-        .bind(owner)
-        .bind(now + lease.as_millis() as i64)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    id: r.try_get("id").map_err(map_err)?,
-                    kind: r.try_get("kind").map_err(map_err)?,
-                    payload: r.try_get("payload").map_err(map_err)?,
-                    attempts: r.try_get("attempts").map_err(map_err)?,
-                })
-            })
-            .collect()
-    }
-
     /// Inserts many entries in one transaction (seeding and repair).
     pub async fn bulk_insert(&self, entries: &[EntryRecord]) -> Result<()> {
         self.ready().await?;
@@ -169,34 +115,32 @@ impl PostgresMetadata {
     }
 }
 
-const INSERT_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace, endpoint, model, artifact_sha256, \
-     request_bytes, response_bytes, prompt_tokens, completion_tokens, cost_usd, created_at_ms, expires_at_ms, \
-     last_hit_at_ms, hit_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-     ON CONFLICT (cache_key) DO UPDATE SET tenant = excluded.tenant, namespace = excluded.namespace, \
-     endpoint = excluded.endpoint, model = excluded.model, artifact_sha256 = excluded.artifact_sha256, \
-     request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes, \
-     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, \
-     cost_usd = excluded.cost_usd, created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms, \
-     last_hit_at_ms = NULL, hit_count = 0";
-
-fn insert_query(e: &EntryRecord) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(INSERT_SQL)
-        .bind(e.key.hex())
-        .bind(&e.tenant)
-        .bind(&e.namespace)
-        .bind(&e.endpoint)
-        .bind(&e.model)
-        .bind(e.artifact.hex())
-        .bind(e.request_bytes as i64)
-        .bind(e.response_bytes as i64)
-        .bind(e.prompt_tokens as i64)
-        .bind(e.completion_tokens as i64)
-        .bind(e.cost_usd)
-        .bind(e.created_at_ms)
-        .bind(e.expires_at_ms)
-        .bind(e.last_hit_at_ms)
-        .bind(e.hit_count as i64)
+fn insert_query(e: &EntryRecord) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    bind_entry!(sqlx::query(INSERT_SQL), e)
 }
+
+impl PostgresMetadata {
+    fn sql(s: &str) -> String {
+        s.to_string()
+    }
+    pub(crate) fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+    pub(crate) fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+recovery_queries!(PostgresMetadata);
+
+impl PostgresMetadata {
+    const CLAIM: &'static str = crate::queue::sql::CLAIM_PG;
+    fn kinds_arg(kinds: &[String]) -> Vec<String> {
+        kinds.to_vec()
+    }
+}
+
+crate::queue::sql::sql_queue!(PostgresMetadata);
 
 impl Metadata for PostgresMetadata {
     fn engine(&self) -> &'static str {
@@ -379,4 +323,6 @@ impl Metadata for PostgresMetadata {
             })
         })
     }
+
+    recovery_methods!();
 }

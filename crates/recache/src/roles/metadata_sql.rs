@@ -9,6 +9,199 @@ use crate::key::CacheKey;
 
 pub const NAME: &str = "metadata";
 
+/// SQL is written once with PostgreSQL's `$n` placeholders; SQLite gets
+/// the same numbered parameters as `?n`.
+pub fn sqlite_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Registers or replaces an entry (a replaced entry starts its counters again).
+pub const INSERT_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace, endpoint, model, artifact_sha256, \
+     request_bytes, response_bytes, prompt_tokens, completion_tokens, cost_usd, created_at_ms, expires_at_ms, \
+     last_hit_at_ms, hit_count, request_json, artifact_missing) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0) \
+     ON CONFLICT (cache_key) DO UPDATE SET tenant = excluded.tenant, namespace = excluded.namespace, \
+     endpoint = excluded.endpoint, model = excluded.model, artifact_sha256 = excluded.artifact_sha256, \
+     request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes, \
+     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, \
+     cost_usd = excluded.cost_usd, created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms, \
+     last_hit_at_ms = NULL, hit_count = 0, request_json = excluded.request_json, artifact_missing = 0";
+
+/// Like [`INSERT_SQL`], but an existing row wins (reconciliation).
+pub fn insert_if_absent_sql() -> String {
+    let head = INSERT_SQL.split(" ON CONFLICT").next().unwrap_or(INSERT_SQL);
+    format!("{head} ON CONFLICT (cache_key) DO NOTHING")
+}
+
+/// The columns of a bulk page: everything but the stored request.
+pub const PAGE_COLUMNS: &str = "cache_key, tenant, namespace, endpoint, model, artifact_sha256, request_bytes, \
+     response_bytes, prompt_tokens, completion_tokens, cost_usd, created_at_ms, expires_at_ms, last_hit_at_ms, \
+     hit_count, artifact_missing";
+
+/// Binds an entry's columns, in [`INSERT_SQL`] order, to a query of either engine.
+macro_rules! bind_entry {
+    ($q:expr, $e:expr) => {
+        $q.bind($e.key.hex())
+            .bind($e.tenant.clone())
+            .bind($e.namespace.clone())
+            .bind($e.endpoint.clone())
+            .bind($e.model.clone())
+            .bind($e.artifact.hex())
+            .bind($e.request_bytes as i64)
+            .bind($e.response_bytes as i64)
+            .bind($e.prompt_tokens as i64)
+            .bind($e.completion_tokens as i64)
+            .bind($e.cost_usd)
+            .bind($e.created_at_ms)
+            .bind($e.expires_at_ms)
+            .bind($e.last_hit_at_ms)
+            .bind($e.hit_count as i64)
+            .bind($e.request.clone())
+    };
+}
+pub(crate) use bind_entry;
+
+/// The recovery queries of the [`super::Metadata`] trait, written once for
+/// both SQL engines. The engine type provides `sql(&str)` (placeholder
+/// dialect), `ready()`, `reader()` and `writer()`.
+macro_rules! recovery_queries {
+    ($ty:ty) => {
+        impl $ty {
+            async fn q_entries_page(&self, after: Option<CacheKey>, limit: u32) -> Result<Vec<EntryRecord>> {
+                self.ready().await?;
+                let text = format!(
+                    "SELECT {} FROM entries WHERE cache_key > $1 ORDER BY cache_key LIMIT $2",
+                    super::metadata_sql::PAGE_COLUMNS
+                );
+                let sql = Self::sql(&text);
+                let rows = sqlx::query(&sql)
+                    .bind(after.map(|k| k.hex()).unwrap_or_default())
+                    .bind(limit as i64)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_entry).collect()
+            }
+
+            async fn q_insert_missing(&self, entries: Vec<EntryRecord>) -> Result<u64> {
+                self.ready().await?;
+                let text = super::metadata_sql::insert_if_absent_sql();
+                let sql = Self::sql(&text);
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let mut n = 0;
+                for e in &entries {
+                    let q = super::metadata_sql::bind_entry!(sqlx::query(&sql), e);
+                    n += q.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(n)
+            }
+
+            async fn q_set_missing(&self, keys: Vec<CacheKey>, missing: bool) -> Result<u64> {
+                self.ready().await?;
+                let sql = Self::sql("UPDATE entries SET artifact_missing = $1 WHERE cache_key = $2 AND artifact_missing <> $1");
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let mut n = 0;
+                for k in &keys {
+                    n += sqlx::query(&sql)
+                        .bind(missing as i64)
+                        .bind(k.hex())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .rows_affected();
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(n)
+            }
+
+            async fn q_missing(&self, now_ms: i64, limit: u32) -> Result<Vec<EntryRecord>> {
+                self.ready().await?;
+                let sql = Self::sql(
+                    "SELECT * FROM entries WHERE artifact_missing = 1 AND expires_at_ms > $1                      ORDER BY hit_count * cost_usd DESC, hit_count DESC, cache_key LIMIT $2",
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(now_ms)
+                    .bind(limit as i64)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_entry).collect()
+            }
+
+            async fn q_expired(&self, from_ms: i64, to_ms: i64, limit: u32) -> Result<Vec<EntryRecord>> {
+                self.ready().await?;
+                let sql = Self::sql(
+                    "SELECT * FROM entries WHERE expires_at_ms > $1 AND expires_at_ms <= $2 AND artifact_missing = 0                      ORDER BY hit_count DESC, cost_usd DESC, cache_key LIMIT $3",
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(from_ms)
+                    .bind(to_ms)
+                    .bind(limit as i64)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(row_to_entry).collect()
+            }
+
+            async fn q_hourly(&self, since_ms: i64) -> Result<Vec<(i64, u64)>> {
+                use sqlx::Row as _;
+                self.ready().await?;
+                let sql = Self::sql(
+                    "SELECT created_at_ms / 3600000 AS h, COUNT(*) AS n FROM entries                      WHERE created_at_ms >= $1 GROUP BY created_at_ms / 3600000 ORDER BY h",
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(since_ms)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let h: i64 = r.try_get("h").map_err(map_err)?;
+                        let n: i64 = r.try_get("n").map_err(map_err)?;
+                        Ok((h * 3_600_000, n as u64))
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+pub(crate) use recovery_queries;
+
+/// The trait methods that forward to [`recovery_queries`].
+macro_rules! recovery_methods {
+    () => {
+        fn entries_page(&self, after: Option<CacheKey>, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+            Box::pin(self.q_entries_page(after, limit))
+        }
+        fn insert_missing_entries(&self, entries: Vec<EntryRecord>) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(self.q_insert_missing(entries))
+        }
+        fn set_artifact_missing(&self, keys: Vec<CacheKey>, missing: bool) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(self.q_set_missing(keys, missing))
+        }
+        fn missing_entries(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+            Box::pin(self.q_missing(now_ms, limit))
+        }
+        fn expired_entries(&self, from_ms: i64, to_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+            Box::pin(self.q_expired(from_ms, to_ms, limit))
+        }
+        fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>> {
+            Box::pin(self.q_hourly(since_ms))
+        }
+    };
+}
+pub(crate) use recovery_methods;
+
 pub fn map_err(e: sqlx::Error) -> BackendError {
     match e {
         sqlx::Error::PoolTimedOut => BackendError::Timeout {
@@ -59,6 +252,9 @@ where
         expires_at_ms: int("expires_at_ms")?,
         last_hit_at_ms: r.try_get::<Option<i64>, _>("last_hit_at_ms").map_err(map_err)?,
         hit_count: int("hit_count")? as u64,
+        // Absent from bulk pages, which do not select it.
+        request: r.try_get::<Option<String>, _>("request_json").ok().flatten(),
+        artifact_missing: r.try_get::<i64, _>("artifact_missing").unwrap_or(0) != 0,
     })
 }
 

@@ -13,12 +13,16 @@ use super::{
 };
 use crate::key::CacheKey;
 
-use super::metadata_sql::{map_err, row_to_audit, row_to_entry, row_to_pointer, NAME};
+use super::metadata_sql::{
+    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer, sqlite_sql,
+    INSERT_SQL, NAME,
+};
 
 /// Schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_jobs.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_recovery.sql")),
 ];
 
 /// SQLite allows one writer at a time, and a transaction that reads before
@@ -95,34 +99,36 @@ impl SqliteMetadata {
     }
 }
 
-const INSERT_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace, endpoint, model, artifact_sha256, \
-     request_bytes, response_bytes, prompt_tokens, completion_tokens, cost_usd, created_at_ms, expires_at_ms, \
-     last_hit_at_ms, hit_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-     ON CONFLICT (cache_key) DO UPDATE SET tenant = excluded.tenant, namespace = excluded.namespace, \
-     endpoint = excluded.endpoint, model = excluded.model, artifact_sha256 = excluded.artifact_sha256, \
-     request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes, \
-     prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, \
-     cost_usd = excluded.cost_usd, created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms, \
-     last_hit_at_ms = NULL, hit_count = 0";
-
-fn insert_query(e: &EntryRecord) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
-    sqlx::query(INSERT_SQL)
-        .bind(e.key.hex())
-        .bind(&e.tenant)
-        .bind(&e.namespace)
-        .bind(&e.endpoint)
-        .bind(&e.model)
-        .bind(e.artifact.hex())
-        .bind(e.request_bytes as i64)
-        .bind(e.response_bytes as i64)
-        .bind(e.prompt_tokens as i64)
-        .bind(e.completion_tokens as i64)
-        .bind(e.cost_usd)
-        .bind(e.created_at_ms)
-        .bind(e.expires_at_ms)
-        .bind(e.last_hit_at_ms)
-        .bind(e.hit_count as i64)
+fn insert_query(e: &EntryRecord) -> sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sqlite_sql(INSERT_SQL));
+    bind_entry!(sqlx::query(SQL.as_str()), e)
 }
+
+impl SqliteMetadata {
+    fn sql(s: &str) -> String {
+        sqlite_sql(s)
+    }
+    async fn ready(&self) -> Result<()> {
+        Ok(())
+    }
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.pool
+    }
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+recovery_queries!(SqliteMetadata);
+
+impl SqliteMetadata {
+    const CLAIM: &'static str = crate::queue::sql::CLAIM_SQLITE;
+    fn kinds_arg(kinds: &[String]) -> String {
+        serde_json::to_string(kinds).unwrap_or_default()
+    }
+}
+
+crate::queue::sql::sql_queue!(SqliteMetadata);
 
 impl Metadata for SqliteMetadata {
     fn engine(&self) -> &'static str {
@@ -277,4 +283,6 @@ impl Metadata for SqliteMetadata {
             })
         })
     }
+
+    recovery_methods!();
 }

@@ -20,6 +20,7 @@ pub mod conformance;
 pub mod guarded;
 pub mod index_embedded;
 pub mod index_redis;
+pub mod index_snapshot;
 pub mod metadata_postgres;
 pub mod metadata_sql;
 pub mod metadata_sqlite;
@@ -92,6 +93,57 @@ pub trait Index: Send + Sync {
     fn replay_from_ms(&self) -> Option<i64> {
         None
     }
+    /// Writes many pointers at once (rebuilds). With `if_absent`, a key that
+    /// already has a pointer keeps it (it was written after the loss, so it is
+    /// newer). Returns how many were written. Engines override this to batch.
+    fn put_many(&self, entries: Vec<(CacheKey, IndexEntry)>, if_absent: bool) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut n = 0;
+            for (k, e) in entries {
+                if if_absent && self.get(k).await?.is_some() {
+                    continue;
+                }
+                self.put(k, e).await?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+    /// Many lookups at once (audits); engines override this to batch.
+    fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(self.get(k).await?);
+            }
+            Ok(out)
+        })
+    }
+    /// One page of pointers for audits: starts at `cursor` (0 first), returns
+    /// the page and the next cursor (0 when the walk is over). A page may be
+    /// empty before the end.
+    fn scan(&self, cursor: u64, limit: usize) -> BoxFuture<'_, Result<ScanPage>>;
+    /// The generation marker: a value the index keeps for as long as it keeps
+    /// its data. `None` means the data was lost (a Redis that restarted empty
+    /// or was flushed). In-process indexes never lose data while running.
+    fn generation(&self) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(async { Ok(Some("in-process".to_string())) })
+    }
+    fn set_generation(&self, _generation: String) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One page of an index scan: the pointers and the next cursor (0: done).
+pub type ScanPage = (Vec<(CacheKey, IndexEntry)>, u64);
+
+/// A stored artifact as a listing shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArtifactInfo {
+    pub id: ArtifactId,
+    pub size: u64,
+    /// Last write, ms since the epoch (orphans younger than a grace period are kept).
+    pub modified_ms: i64,
 }
 
 /// The artifacts role: immutable payloads addressed by their SHA-256.
@@ -101,8 +153,8 @@ pub trait Artifacts: Send + Sync {
     /// The stored bytes, unverified: callers check the hash.
     fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>>;
     fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>>;
-    /// Every stored artifact, for reconciliation.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactId>>>;
+    /// Every stored artifact, for audits and reconciliation.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactInfo>>>;
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
 }
 
@@ -126,6 +178,13 @@ pub struct EntryRecord {
     pub expires_at_ms: i64,
     pub last_hit_at_ms: Option<i64>,
     pub hit_count: u64,
+    /// The canonical request, so a lost artifact can be bought again. Left
+    /// out of bulk pages (`None` there) to keep them small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Set by audits and reconciliation when the artifact is gone.
+    #[serde(default)]
+    pub artifact_missing: bool,
 }
 
 fn ser_hex_key<S: serde::Serializer>(k: &CacheKey, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -193,6 +252,22 @@ pub trait Metadata: Send + Sync {
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>>;
     fn count_entries(&self) -> BoxFuture<'_, Result<u64>>;
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+    /// Entries in key order after `after` (all of them, expired included),
+    /// without their stored request: the pages of rebuilds and audits.
+    fn entries_page(&self, after: Option<CacheKey>, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>>;
+    /// Registers entries that have no row yet (reconciliation); rows that
+    /// exist are left alone. Returns how many were inserted.
+    fn insert_missing_entries(&self, entries: Vec<EntryRecord>) -> BoxFuture<'_, Result<u64>>;
+    /// Marks (or clears) entries whose artifact is gone; returns rows changed.
+    fn set_artifact_missing(&self, keys: Vec<CacheKey>, missing: bool) -> BoxFuture<'_, Result<u64>>;
+    /// Unexpired entries marked missing, most valuable first (hits × cost),
+    /// with their stored request.
+    fn missing_entries(&self, now_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>>;
+    /// Entries that expired in `(from_ms, to_ms]` and are still kept, most
+    /// hit first, with their stored request (priority refresh).
+    fn expired_entries(&self, from_ms: i64, to_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>>;
+    /// Entries created per hour since `since_ms`: (hour start ms, count), in order.
+    fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>>;
 }
 
 /// The vectors role (semantic matching). Only the disabled engine exists yet.

@@ -30,6 +30,12 @@ pub enum Backends {
         bucket: String,
         postgres: String,
     },
+    /// SQLite metadata and local artifacts with the index on Redis: several
+    /// processes can share these stores (an embedded index belongs to one).
+    SqliteRedis {
+        redis: String,
+        prefix: String,
+    },
 }
 
 impl Backends {
@@ -53,11 +59,35 @@ impl Backends {
             Backends::Embedded => format!(
                 "[index]\npath = \"{d}/index\"\n[artifacts]\npath = \"{d}/artifacts\"\n[metadata]\npath = \"{d}/metadata.db\"\nspool_path = \"{d}/spool.jsonl\"\n"
             ),
+            Backends::SqliteRedis { redis, prefix } => format!(
+                "[index]\nengine = \"redis\"\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\ntimeout_ms = 500\n\
+                 [artifacts]\npath = \"{d}/artifacts\"\n[metadata]\npath = \"{d}/metadata.db\"\ntimeout_ms = 2000\nspool_path = \"{d}/spool.jsonl\"\n"
+            ),
             Backends::Real { redis, prefix, s3_endpoint, bucket, postgres } => format!(
                 "[index]\nengine = \"redis\"\nurl = \"{redis}\"\nkey_prefix = \"{prefix}:\"\ntimeout_ms = 500\n\
                  [artifacts]\nengine = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{s3_endpoint}\"\nprefix = \"{prefix}\"\n\
                  [metadata]\nengine = \"postgres\"\nurl = \"{postgres}\"\ntimeout_ms = 2000\nspool_path = \"{d}/spool.jsonl\"\n"
             ),
+        }
+    }
+
+    /// The real engines, with the index on a Redis the test owns (it may flush or pause it).
+    pub async fn real_with_redis(redis: String) -> Option<Backends> {
+        match Self::real().await? {
+            Backends::Real {
+                prefix,
+                s3_endpoint,
+                bucket,
+                postgres,
+                ..
+            } => Some(Backends::Real {
+                redis,
+                prefix,
+                s3_endpoint,
+                bucket,
+                postgres,
+            }),
+            other => Some(other),
         }
     }
 
@@ -168,13 +198,13 @@ impl Env {
         self.start().await;
     }
 
-    /// Overwrites a stored artifact with other bytes, behind the gateway's back.
-    pub async fn corrupt_artifact(&self, artifact_hex: &str) {
+    /// The artifact store, opened directly (behind the gateway's back).
+    pub fn raw_artifacts(&self) -> recache::roles::artifacts_object_store::ObjectStoreArtifacts {
         use recache::roles::artifacts_object_store::ObjectStoreArtifacts;
-        use recache::roles::{ArtifactId, Artifacts};
-        let id = ArtifactId::from_hex(artifact_hex).expect("artifact id");
-        let store = match &self.backends {
-            Backends::Embedded => ObjectStoreArtifacts::local(&self.path("artifacts"), "").unwrap(),
+        match &self.backends {
+            Backends::Embedded | Backends::SqliteRedis { .. } => {
+                ObjectStoreArtifacts::local(&self.path("artifacts"), "").unwrap()
+            }
             Backends::Real {
                 prefix,
                 s3_endpoint,
@@ -188,7 +218,14 @@ impl Env {
                 std::time::Duration::from_secs(5),
             )
             .unwrap(),
-        };
+        }
+    }
+
+    /// Overwrites a stored artifact with other bytes, behind the gateway's back.
+    pub async fn corrupt_artifact(&self, artifact_hex: &str) {
+        use recache::roles::{ArtifactId, Artifacts};
+        let id = ArtifactId::from_hex(artifact_hex).expect("artifact id");
+        let store = self.raw_artifacts();
         let mut bytes = store.get(id).await.unwrap().expect("artifact exists").to_vec();
         let n = bytes.len();
         bytes[n - 5] ^= 0x20; // flip one bit inside the stored answer
@@ -219,9 +256,78 @@ impl Env {
         r.json().await.unwrap()
     }
 
+    /// `POST path` with the admin token and a JSON body: (status, JSON answer).
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth("admin-secret")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// The admin view of an entry.
     pub async fn admin_entry(&self, key: &str) -> Value {
         self.admin_json(&format!("/admin/entries/{key}")).await
+    }
+
+    /// Runs one SQL statement on the metadata store behind the gateway's back.
+    pub async fn metadata_sql(&self, sql: &str) -> u64 {
+        use sqlx::Connection;
+        match &self.backends {
+            Backends::Embedded | Backends::SqliteRedis { .. } => {
+                let url = format!("sqlite://{}", self.path("metadata.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap().rows_affected()
+            }
+            Backends::Real { postgres, .. } => {
+                let mut c = sqlx::PgConnection::connect(postgres).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap().rows_affected()
+            }
+        }
+    }
+
+    /// Writes the gateway's config to a file, for the CLI.
+    pub fn config_file(&self) -> PathBuf {
+        let p = self.path("recache.toml");
+        std::fs::write(
+            &p,
+            config_text(&self.backends, self.dir.path(), &self.stub_url, &self.extra),
+        )
+        .unwrap();
+        p
+    }
+
+    /// Runs `recache ARGS --config <this gateway's config>` (same env overrides);
+    /// returns the exit code, stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config_file())
+            .envs(self.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("recache runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// Like [`Env::cli`] with `--format json`: the parsed report.
+    pub fn cli_json(&self, args: &[&str]) -> (i32, Value) {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        let (code, out, err) = self.cli(&a);
+        let v = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}\nstderr: {err}"));
+        (code, v)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

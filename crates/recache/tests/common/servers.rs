@@ -39,21 +39,27 @@ fn is_root() -> bool {
 
 impl Server {
     fn spawn(&mut self) {
+        let log = self.dir.path().join(format!("{}.log", self.name));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).ok();
         let mut c = Command::new(&self.cmd[0]);
         c.args(&self.cmd[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(out.map(Stdio::from).unwrap_or_else(Stdio::null))
             .process_group(0);
         self.child = Some(c.spawn().unwrap_or_else(|e| panic!("start {}: {e}", self.name)));
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start on {}",
-                self.name,
-                self.port
-            );
+            if Instant::now() >= deadline {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                panic!(
+                    "{} did not start on {}; its log ends:\n{}",
+                    self.name,
+                    self.port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         if self.name == "postgres" {
@@ -221,7 +227,21 @@ impl Server {
             let _ = c.wait();
         }
         if self.name == "postgres" {
-            std::thread::sleep(Duration::from_millis(200)); // let the backends go
+            // A backend forked while we killed may survive (each calls setsid());
+            // it would hold the shared memory and stop the restart. Every
+            // PostgreSQL process runs in the data directory: kill those until none is left.
+            let data = self.dir.path().join("pg");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let left = processes_in(&data);
+                if left.is_empty() || Instant::now() > deadline {
+                    break;
+                }
+                for pid in left {
+                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
@@ -237,10 +257,30 @@ impl Server {
     /// Starts again on the same port with the same data.
     pub fn start(&mut self) {
         if self.name == "postgres" {
-            let _ = std::fs::remove_file(self.dir.path().join("pg/postmaster.pid"));
+            // Stale lock files name the killed postmaster's pid; if that pid was
+            // reused meanwhile, PostgreSQL would refuse to start.
+            let pg = self.dir.path().join("pg");
+            let _ = std::fs::remove_file(pg.join("postmaster.pid"));
+            let _ = std::fs::remove_file(pg.join(format!(".s.PGSQL.{}.lock", self.port)));
         }
         self.spawn();
     }
+}
+
+/// Processes whose working directory is `dir`.
+fn processes_in(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.parse::<u32>().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            (cwd == dir).then_some(name)
+        })
+        .collect()
 }
 
 impl Drop for Server {
