@@ -1,0 +1,154 @@
+//! Local sentence embeddings, fully offline.
+//!
+//! Loads a sentence-transformers model folder (BERT family: `config.json`,
+//! `tokenizer.json`, `model.safetensors`) and runs it on the CPU with
+//! `candle`. Pooling is the mean over the real tokens only: padding is masked
+//! out, so a text embeds the same alone or in a padded batch. Vectors are
+//! L2-normalised, so the dot product is the cosine similarity.
+//!
+//! Nothing is ever downloaded: the folder is read from disk and that is all.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("model folder {path}: {detail}")]
+    Model { path: PathBuf, detail: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("inference: {0}")]
+    Inference(String),
+}
+
+impl From<candle_core::Error> for EmbedError {
+    fn from(e: candle_core::Error) -> Self {
+        EmbedError::Inference(e.to_string())
+    }
+}
+
+/// A loaded local embedding model.
+pub struct LocalModel {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+    name: String,
+    max_tokens: usize,
+}
+
+impl LocalModel {
+    /// Loads the model folder. `max_tokens` bounds the input (longer texts are truncated).
+    pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
+        let err = |detail: String| EmbedError::Model {
+            path: dir.to_path_buf(),
+            detail,
+        };
+        let config_text =
+            std::fs::read_to_string(dir.join("config.json")).map_err(|e| err(format!("config.json: {e}")))?;
+        let config: Config = serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
+        let dimension = raw["hidden_size"]
+            .as_u64()
+            .ok_or_else(|| err("config.json has no hidden_size".into()))? as usize;
+        let limit = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
+        let max_tokens = max_tokens.clamp(8, limit);
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| err(format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| err(format!("tokenizer.json: {e}")))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(err("model.safetensors is missing".into()));
+        }
+        let device = Device::Cpu;
+        // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
+            .map_err(|e| err(format!("model.safetensors: {e}")))?;
+        let model = BertModel::load(vb.clone(), &config)
+            .or_else(|_| BertModel::load(vb.pp("bert"), &config))
+            .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?;
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "local".into());
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+            dimension,
+            name,
+            max_tokens,
+        })
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// The folder's name (for example `all-MiniLM-L6-v2`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Embeds a batch of texts: one L2-normalised vector per text.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let ids: Vec<Tensor> = enc
+            .iter()
+            .map(|e| Tensor::new(e.get_ids(), &self.device))
+            .collect::<Result<_, _>>()?;
+        let masks: Vec<Tensor> = enc
+            .iter()
+            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
+            .collect::<Result<_, _>>()?;
+        let ids = Tensor::stack(&ids, 0)?;
+        let mask = Tensor::stack(&masks, 0)?;
+        let types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (batch, tokens, dim)
+        // Mean over real tokens only.
+        let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, tokens, 1)
+        let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (batch, dim)
+        let counts = m.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (batch, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let out = mean.broadcast_div(&norm)?;
+        Ok(out.to_vec2::<f32>()?)
+    }
+
+    /// Tokens a text becomes (after truncation), for metrics and benchmarks.
+    pub fn token_count(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().len())
+            .unwrap_or(0)
+    }
+}
+
+/// Cosine similarity of two L2-normalised vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
