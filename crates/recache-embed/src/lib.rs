@@ -58,8 +58,8 @@ impl LocalModel {
             .ok_or_else(|| err("config.json has no hidden_size".into()))? as usize;
         let limit = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
         let max_tokens = max_tokens.clamp(8, limit);
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| err(format!("tokenizer.json: {e}")))?;
+        let mut tokenizer =
+            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| err(format!("tokenizer.json: {e}")))?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             ..Default::default()
@@ -129,7 +129,7 @@ impl LocalModel {
         let mask = Tensor::stack(&masks, 0)?;
         let types = ids.zeros_like()?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (batch, tokens, dim)
-        // Mean over real tokens only.
+                                                                     // Mean over real tokens only.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, tokens, 1)
         let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (batch, dim)
         let counts = m.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (batch, 1)

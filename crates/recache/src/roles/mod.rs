@@ -25,6 +25,7 @@ pub mod metadata_postgres;
 pub mod metadata_sql;
 pub mod metadata_sqlite;
 pub mod vectors_disabled;
+pub mod vectors_embedded;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
@@ -270,11 +271,77 @@ pub trait Metadata: Send + Sync {
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>>;
 }
 
-/// The vectors role (semantic matching). Only the disabled engine exists yet.
+/// One stored vector: the final user message of a cached request, embedded.
+/// `scope` is the hash of everything else about the request (see
+/// `semantic::scope`); a search only ever looks inside one scope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorPoint {
+    pub key: CacheKey,
+    pub scope: String,
+    pub tenant: String,
+    /// The embedded text (the guards compare it with the new question).
+    pub text: String,
+    pub expires_at_ms: i64,
+    pub vector: Vec<f32>,
+}
+
+/// A search result: the point without its vector, and its cosine similarity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VectorMatch {
+    pub key: CacheKey,
+    pub text: String,
+    pub expires_at_ms: i64,
+    pub score: f32,
+}
+
+/// A collection: the vectors of one embedder fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub dimension: usize,
+    pub points: u64,
+}
+
+/// The vectors role (semantic matching). Vectors of different embedders never
+/// mix: each embedder fingerprint has its own collection, which must exist
+/// (`ensure_collection`) before points go in.
 pub trait Vectors: Send + Sync {
     fn engine(&self) -> &'static str;
-    fn enabled(&self) -> bool;
+    fn enabled(&self) -> bool {
+        true
+    }
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+    /// Creates the collection if it is missing; an existing one with another
+    /// dimension is an error (never silently mixed).
+    fn ensure_collection<'a>(&'a self, collection: &'a str, dimension: usize) -> BoxFuture<'a, Result<()>>;
+    fn collections(&self) -> BoxFuture<'_, Result<Vec<CollectionInfo>>>;
+    /// Inserts or replaces points (by key).
+    fn upsert<'a>(&'a self, collection: &'a str, points: Vec<VectorPoint>) -> BoxFuture<'a, Result<()>>;
+    /// The `k` most similar live points of `scope`, best first. Expired points are never returned.
+    fn search<'a>(
+        &'a self,
+        collection: &'a str,
+        scope: &'a str,
+        vector: Vec<f32>,
+        k: usize,
+    ) -> BoxFuture<'a, Result<Vec<VectorMatch>>>;
+    /// Deletes these keys from every collection; returns how many points went.
+    fn delete(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>>;
+    /// Points in a collection (all collections with `None`).
+    fn count<'a>(&'a self, collection: Option<&'a str>) -> BoxFuture<'a, Result<u64>>;
+    /// Keys of a collection in key order, after `after` (audits, rebuilds).
+    fn list<'a>(
+        &'a self,
+        collection: &'a str,
+        after: Option<CacheKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CacheKey>>>;
+    /// Drops points that expired before `before_ms`; returns how many.
+    fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>>;
+    /// Makes buffered writes durable (called on shutdown).
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The four roles, as the gateway holds them, and their circuit breakers.
