@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod queue;
 pub mod recovery;
 pub mod roles;
+pub mod semantic;
 pub mod server;
 pub mod spool;
 pub mod sse;

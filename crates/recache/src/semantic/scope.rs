@@ -1,0 +1,198 @@
+//! What a semantic match may compare: the final user message, and nothing else.
+//!
+//! The **scope** is a hash of everything about a request except the text of
+//! its final user message: tenant, namespace, endpoint, the upstream it was
+//! routed to, and the canonical request with that one text blanked out (so the
+//! model, system prompt, earlier turns, tools, response format, temperature and
+//! every other field count, unknown ones included), plus the embedder's
+//! fingerprint. Two requests can only ever be semantic matches when their
+//! scopes are equal, so a semantic hit never crosses a tenant, a parameter, a
+//! conversation or an embedding model.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::key::canonical_request;
+
+/// Why a request is not eligible for semantic matching (a label for metrics and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Only chat and completions are matched semantically.
+    Endpoint,
+    /// The last message is not from the user, or has non-text parts.
+    NoFinalUserText,
+    /// `n > 1`: several samples were asked for.
+    ManyChoices,
+    /// Sampling temperature above the configured maximum.
+    Temperature,
+    /// The text is empty or over the embedder's limit.
+    TextSize,
+}
+
+impl Ineligible {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ineligible::Endpoint => "endpoint",
+            Ineligible::NoFinalUserText => "no_final_user_text",
+            Ineligible::ManyChoices => "n_above_1",
+            Ineligible::Temperature => "temperature",
+            Ineligible::TextSize => "text_size",
+        }
+    }
+}
+
+/// The final user text and the request with it blanked.
+pub struct Split {
+    pub text: String,
+    pub rest: Value,
+}
+
+const BLANK: &str = "\u{0}recache:final-user-message\u{0}";
+
+/// Splits out the final user message's text. Chat: the last message must have
+/// role `user` and content that is a string or text parts only. Completions: a
+/// single string prompt.
+pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usize) -> Result<Split, Ineligible> {
+    if let Some(n) = body.get("n").and_then(Value::as_f64) {
+        if n > 1.0 {
+            return Err(Ineligible::ManyChoices);
+        }
+    }
+    if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
+        if t > max_temperature {
+            return Err(Ineligible::Temperature);
+        }
+    }
+    let mut rest = body.clone();
+    let text = match endpoint {
+        "chat" => {
+            let last = rest
+                .get_mut("messages")
+                .and_then(Value::as_array_mut)
+                .and_then(|m| m.last_mut())
+                .ok_or(Ineligible::NoFinalUserText)?;
+            if last.get("role").and_then(Value::as_str) != Some("user") {
+                return Err(Ineligible::NoFinalUserText);
+            }
+            let content = last.get_mut("content").ok_or(Ineligible::NoFinalUserText)?;
+            let text = match content {
+                Value::String(s) => std::mem::take(s),
+                Value::Array(parts) => {
+                    let mut out = Vec::new();
+                    for p in parts.iter() {
+                        if p.get("type").and_then(Value::as_str) != Some("text") {
+                            return Err(Ineligible::NoFinalUserText);
+                        }
+                        out.push(
+                            p.get("text")
+                                .and_then(Value::as_str)
+                                .ok_or(Ineligible::NoFinalUserText)?,
+                        );
+                    }
+                    out.join("\n")
+                }
+                _ => return Err(Ineligible::NoFinalUserText),
+            };
+            *content = Value::String(BLANK.into());
+            text
+        }
+        "completions" => match rest.get_mut("prompt") {
+            Some(Value::String(s)) => {
+                let t = std::mem::take(s);
+                rest["prompt"] = Value::String(BLANK.into());
+                t
+            }
+            _ => return Err(Ineligible::NoFinalUserText),
+        },
+        _ => return Err(Ineligible::Endpoint),
+    };
+    if text.trim().is_empty() || text.chars().count() > max_chars {
+        return Err(Ineligible::TextSize);
+    }
+    Ok(Split { text, rest })
+}
+
+/// The scope hash (hex).
+pub fn scope_hash(
+    tenant: &str,
+    namespace: &str,
+    endpoint: &str,
+    upstream: &str,
+    rest: &Value,
+    fingerprint: &str,
+) -> String {
+    let canonical = canonical_request(rest);
+    let mut h = Sha256::new();
+    h.update(b"recache-scope-v1");
+    for part in [tenant, namespace, endpoint, upstream, canonical.as_str(), fingerprint] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope_of(body: &Value) -> String {
+        let s = split("chat", body, 1.0, 10_000).unwrap();
+        scope_hash("t", "ns", "chat", "up", &s.rest, "fp")
+    }
+
+    #[test]
+    fn only_the_final_user_text_is_free() {
+        let a = json!({"model": "m", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "How do I reset my password?"}]});
+        let b = json!({"model": "m", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "password reset: how?"}]});
+        assert_eq!(scope_of(&a), scope_of(&b));
+        for changed in [
+            json!({"model": "m2", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "system", "content": "T"}, {"role": "user", "content": "x"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "x"}]}),
+            json!({"model": "m", "temperature": 0.5, "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}]}),
+            json!({"model": "m", "tools": [], "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}]}),
+        ] {
+            assert_ne!(scope_of(&a), scope_of(&changed), "{changed}");
+        }
+        let s = split("chat", &a, 1.0, 10_000).unwrap();
+        assert_ne!(
+            scope_hash("t2", "ns", "chat", "up", &s.rest, "fp"),
+            scope_of(&a),
+            "tenant"
+        );
+        assert_ne!(
+            scope_hash("t", "ns", "chat", "up", &s.rest, "fp2"),
+            scope_of(&a),
+            "embedder"
+        );
+        assert_ne!(
+            scope_hash("t", "ns2", "chat", "up", &s.rest, "fp"),
+            scope_of(&a),
+            "namespace"
+        );
+    }
+
+    #[test]
+    fn ineligible_requests() {
+        let assistant_last = json!({"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]});
+        assert_eq!(
+            split("chat", &assistant_last, 1.0, 100).err(),
+            Some(Ineligible::NoFinalUserText)
+        );
+        let image = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]});
+        assert_eq!(split("chat", &image, 1.0, 100).err(), Some(Ineligible::NoFinalUserText));
+        let n2 = json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(split("chat", &n2, 1.0, 100).err(), Some(Ineligible::ManyChoices));
+        let hot = json!({"model": "m", "temperature": 1.5, "messages": [{"role": "user", "content": "a"}]});
+        assert_eq!(split("chat", &hot, 1.0, 100).err(), Some(Ineligible::Temperature));
+        let parts = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]});
+        assert_eq!(split("chat", &parts, 1.0, 100).unwrap().text, "a\nb");
+        assert_eq!(
+            split("embeddings", &json!({"input": "x"}), 1.0, 100).err(),
+            Some(Ineligible::Endpoint)
+        );
+        let p = json!({"model": "m", "prompt": "complete this"});
+        assert_eq!(split("completions", &p, 1.0, 100).unwrap().text, "complete this");
+    }
+}
