@@ -81,6 +81,22 @@ impl Cache {
     /// An entry expired less than `stale_window` seconds ago comes back with
     /// `stale: true` (for `stale-if-error`); it is never counted as a hit here.
     pub async fn lookup(&self, key: CacheKey, tenant: &str, max_age: Option<u64>, stale_window: u64) -> Option<Hit> {
+        self.read_entry(key, tenant, max_age, stale_window, true).await
+    }
+
+    /// Reads an entry like [`Cache::lookup`] without counting a hit (shadow comparisons).
+    pub async fn peek(&self, key: CacheKey, tenant: &str) -> Option<Hit> {
+        self.read_entry(key, tenant, None, 0, false).await
+    }
+
+    async fn read_entry(
+        &self,
+        key: CacheKey,
+        tenant: &str,
+        max_age: Option<u64>,
+        stale_window: u64,
+        count_hit: bool,
+    ) -> Option<Hit> {
         let entry = match self.roles.index.get(key).await {
             Ok(Some(e)) => e,
             Ok(None) => return None,
@@ -141,7 +157,7 @@ impl Cache {
             .await;
             return None;
         }
-        if !stale {
+        if !stale && count_hit {
             self.note_hit(key, now);
         }
         Some(Hit {
@@ -335,7 +351,6 @@ impl Cache {
         Ok(())
     }
 
-    /// Appends one audit event (best effort for now; a local spool comes with the breakers).
     /// Appends one audit event; while metadata is down it goes to the spool.
     pub async fn audit(&self, event: AuditEvent) {
         let Err(e) = self.roles.metadata.append_audit(vec![event.clone()]).await else {
@@ -368,7 +383,13 @@ impl Cache {
     }
 
     /// Removes expired entries from every role. Returns (index, metadata, artifacts) counts.
+    /// Expired vectors go at once (a semantic match never serves a stale entry).
     pub async fn sweep(&self) -> (u64, usize, usize) {
+        if self.roles.vectors.enabled() {
+            if let Err(e) = self.roles.vectors.purge_expired(now_ms()).await {
+                self.failed(&e, "vectors", "expiry sweep");
+            }
+        }
         let now = now_ms() - self.retain_stale.as_millis() as i64;
         let idx = self.roles.index.purge_expired(now).await.unwrap_or_else(|e| {
             self.failed(&e, "index", "expiry sweep");

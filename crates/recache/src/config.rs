@@ -38,6 +38,8 @@ pub struct Config {
     #[serde(default)]
     pub warmer: WarmerConfig,
     #[serde(default)]
+    pub semantic: SemanticConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -176,8 +178,10 @@ impl Default for ArtifactsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VectorsConfig {
-    /// `disabled`, `embedded` or `qdrant` (only `disabled` exists today).
+    /// `disabled`, `embedded` or `qdrant`.
     pub engine: String,
+    /// `embedded`: the directory of the vector logs.
+    pub path: PathBuf,
     pub url: Option<String>,
     pub collection: Option<String>,
     pub timeout_ms: u64,
@@ -187,6 +191,7 @@ impl Default for VectorsConfig {
     fn default() -> Self {
         Self {
             engine: "disabled".into(),
+            path: PathBuf::from("./recache-data/vectors"),
             url: None,
             collection: None,
             timeout_ms: 100,
@@ -274,6 +279,126 @@ pub struct WarmerConfig {
     pub refresh_stale_on_recovery: bool,
     /// Entries per page in rebuilds and audits.
     pub page_size: u32,
+}
+
+/// `[semantic]`: semantic matching (off unless a rule or `enabled` turns it on).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemanticConfig {
+    /// The default for every tenant and namespace; `[[semantic.rules]]` override it.
+    pub enabled: bool,
+    /// `live` (serve semantic hits) or `shadow` (compute and compare, serve the provider's answer).
+    pub mode: String,
+    /// Cosine similarity at or above which a guarded candidate is a hit.
+    pub threshold: f32,
+    /// The embedder (a key of `[semantic.embedders]`).
+    pub embedder: String,
+    /// Requests with a higher `temperature` skip semantic matching.
+    pub max_temperature: f64,
+    /// Candidates fetched per search (the guards may refuse the best one).
+    pub top_k: usize,
+    /// Longer final messages (in characters) skip semantic matching.
+    pub max_chars: usize,
+    /// Time limit for one embedding (the embedder has its own breaker).
+    pub embed_timeout_ms: u64,
+    /// Share of live semantic hits also sent to the provider in the background and compared.
+    pub verify_rate: f64,
+    /// Highest false-hit rate a scope may show before its threshold is raised.
+    pub error_budget: f64,
+    /// Checks (shadow or verification) a scope needs before its rate is judged.
+    pub min_samples: u64,
+    /// How much the threshold rises each time the budget is exceeded.
+    pub threshold_step: f32,
+    /// The threshold never rises above this.
+    pub max_threshold: f32,
+    /// Answers whose texts embed at least this similar count as the same answer.
+    pub answer_similarity: f32,
+    pub embedders: BTreeMap<String, EmbedderConfig>,
+    pub rules: Vec<SemanticRule>,
+}
+
+impl Default for SemanticConfig {
+    fn default() -> Self {
+        let mut embedders = BTreeMap::new();
+        embedders.insert(
+            "local".to_string(),
+            EmbedderConfig {
+                kind: "local".into(),
+                path: Some(PathBuf::from("models/all-MiniLM-L6-v2")),
+                upstream: None,
+                model: None,
+                dimension: None,
+                max_tokens: 256,
+            },
+        );
+        Self {
+            enabled: false,
+            mode: "live".into(),
+            threshold: 0.90,
+            embedder: "local".into(),
+            max_temperature: 1.0,
+            top_k: 4,
+            max_chars: 4_000,
+            embed_timeout_ms: 250,
+            verify_rate: 0.0,
+            error_budget: 0.02,
+            min_samples: 20,
+            threshold_step: 0.01,
+            max_threshold: 0.995,
+            answer_similarity: 0.95,
+            embedders,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// `[semantic.embedders.NAME]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderConfig {
+    /// `local` (a sentence-transformers folder run in-process) or `provider` (an upstream's `/v1/embeddings`).
+    pub kind: String,
+    /// `local`: the model folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `provider`: the upstream's name.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// `provider`: the embedding model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `provider`: the vector dimension (learnt from the first answer when unset).
+    #[serde(default)]
+    pub dimension: Option<usize>,
+    /// `local`: longer inputs are truncated to this many tokens.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+}
+
+fn default_max_tokens() -> usize {
+    256
+}
+
+/// `[[semantic.rules]]`: semantic settings for one tenant, or one namespace of it.
+/// The most specific rule wins (tenant + namespace, then tenant).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticRule {
+    pub tenant: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    #[serde(default)]
+    pub embedder: Option<String>,
+    #[serde(default)]
+    pub verify_rate: Option<f64>,
+    #[serde(default)]
+    pub error_budget: Option<f64>,
 }
 
 impl Default for WarmerConfig {
@@ -367,6 +492,79 @@ impl Config {
         Ok((config, warnings))
     }
 
+    fn validate_semantic(&self) -> Result<(), ConfigError> {
+        let s = &self.semantic;
+        let modes = |m: &str| matches!(m, "live" | "shadow");
+        if !modes(&s.mode) {
+            return err(format!("semantic.mode: '{}' (expected live or shadow)", s.mode));
+        }
+        let unit = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                err(format!("{name} must be between 0 and 1 (got {v})"))
+            }
+        };
+        unit("semantic.threshold", s.threshold as f64)?;
+        unit("semantic.max_threshold", s.max_threshold as f64)?;
+        unit("semantic.verify_rate", s.verify_rate)?;
+        unit("semantic.error_budget", s.error_budget)?;
+        unit("semantic.answer_similarity", s.answer_similarity as f64)?;
+        if s.top_k == 0 || s.max_chars == 0 || s.embed_timeout_ms == 0 {
+            return err("semantic.top_k, max_chars and embed_timeout_ms must be above 0");
+        }
+        for (name, e) in &s.embedders {
+            match e.kind.as_str() {
+                "local" if e.path.is_none() => return err(format!("semantic.embedders.{name}: kind local needs path")),
+                "provider" => {
+                    let up = e.upstream.as_deref().unwrap_or("");
+                    if !self.upstreams.iter().any(|u| u.name == up) {
+                        return err(format!(
+                            "semantic.embedders.{name}: upstream '{up}' is not in [[upstreams]]"
+                        ));
+                    }
+                    if e.model.is_none() {
+                        return err(format!("semantic.embedders.{name}: kind provider needs model"));
+                    }
+                }
+                "local" => {}
+                other => {
+                    return err(format!(
+                        "semantic.embedders.{name}: unknown kind '{other}' (expected local or provider)"
+                    ))
+                }
+            }
+        }
+        let uses_semantic = s.enabled || s.rules.iter().any(|r| r.enabled.unwrap_or(s.enabled));
+        for (i, r) in s.rules.iter().enumerate() {
+            if let Some(m) = &r.mode {
+                if !modes(m) {
+                    return err(format!("semantic.rules[{i}].mode: '{m}' (expected live or shadow)"));
+                }
+            }
+            if let Some(t) = r.threshold {
+                unit(&format!("semantic.rules[{i}].threshold"), t as f64)?;
+            }
+            if let Some(e) = &r.embedder {
+                if !s.embedders.contains_key(e) {
+                    return err(format!(
+                        "semantic.rules[{i}].embedder: '{e}' is not in [semantic.embedders]"
+                    ));
+                }
+            }
+        }
+        if !s.embedders.contains_key(&s.embedder) {
+            return err(format!(
+                "semantic.embedder: '{}' is not in [semantic.embedders]",
+                s.embedder
+            ));
+        }
+        if uses_semantic && self.vectors.engine == "disabled" {
+            return err("semantic matching is enabled but vectors.engine = \"disabled\"; set it to \"embedded\"");
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self, env: &HashMap<String, String>) -> Result<Warnings, ConfigError> {
         let mut warnings = Vec::new();
@@ -412,12 +610,11 @@ impl Config {
             }
         }
         match self.vectors.engine.as_str() {
-            "disabled" => {}
-            "embedded" | "qdrant" => {
-                return err(format!(
-                    "vectors.engine = \"{}\" is not available in this build yet; use \"disabled\"",
-                    self.vectors.engine
-                ))
+            "disabled" | "embedded" => {}
+            "qdrant" => {
+                return err(
+                    "vectors.engine = \"qdrant\" is not available in this build yet; use \"embedded\" or \"disabled\"",
+                )
             }
             other => {
                 return err(format!(
@@ -460,6 +657,7 @@ impl Config {
         if w.max_spend_usd_per_hour.is_nan() || w.max_spend_usd_per_hour < 0.0 {
             return err("warmer.max_spend_usd_per_hour must be a non-negative number");
         }
+        self.validate_semantic()?;
         if self.upstreams.is_empty() {
             return err("no [[upstreams]] configured: recache needs at least one provider to forward to");
         }

@@ -211,31 +211,36 @@ impl Metrics {
         let _ = writeln!(out, "# HELP recache_request_duration_seconds Gateway request latency (to response headers).\n# TYPE recache_request_duration_seconds histogram");
         let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
         for ((status, cache), h) in map.iter() {
-            let labels = format!("status=\"{status}\",cache=\"{cache}\"");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "recache_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    l(&h.buckets[i])
-                );
-            }
-            let count = l(&h.count);
-            let _ = writeln!(
-                out,
-                "recache_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            write_histogram(
+                &mut out,
+                "recache_request_duration_seconds",
+                &format!("status=\"{status}\",cache=\"{cache}\""),
+                h,
             );
-            let _ = writeln!(
-                out,
-                "recache_request_duration_seconds_sum{{{labels}}} {}",
-                l(&h.sum_micros) as f64 / 1e6
-            );
-            let _ = writeln!(out, "recache_request_duration_seconds_count{{{labels}}} {count}");
         }
         for (name, help, v) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         out
     }
+}
+
+/// Writes one labelled histogram's series (the HELP and TYPE lines are the caller's).
+pub fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (i, b) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", l(&h.buckets[i]));
+    }
+    let count = l(&h.count);
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", l(&h.sum_micros) as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{braces} {count}");
 }
 
 /// Resident set size of this process, from /proc (Linux); 0 elsewhere.

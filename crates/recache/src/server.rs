@@ -167,7 +167,9 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
         breaker("vectors"),
         breaker("metadata"),
     );
-    bv.disable(); // semantic matching is off in this build
+    if config.vectors.engine == "disabled" {
+        bv.disable();
+    }
     let ms = |v: u64| Duration::from_millis(v);
     let index: Arc<dyn Index> = Arc::new(GuardedIndex {
         inner: index,
@@ -192,7 +194,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
     let roles = Roles {
         index,
         artifacts,
-        vectors: Arc::new(DisabledVectors),
+        vectors: open_vectors(config, bv.clone())?,
         metadata,
         breakers: vec![bi, ba, bv, bm],
     };
@@ -207,6 +209,21 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
         "storage roles open"
     );
     Ok((roles, queue))
+}
+
+/// The vectors role: disabled, or the embedded engine behind its breaker.
+fn open_vectors(config: &Config, breaker: Arc<Breaker>) -> anyhow::Result<Arc<dyn crate::roles::Vectors>> {
+    let inner: Arc<dyn crate::roles::Vectors> = match config.vectors.engine.as_str() {
+        "embedded" => Arc::new(
+            crate::roles::vectors_embedded::EmbeddedVectors::open(&config.vectors.path)
+                .with_context(|| format!("cannot open the vector store at {}", config.vectors.path.display()))?,
+        ),
+        _ => return Ok(Arc::new(DisabledVectors)),
+    };
+    Ok(Arc::new(crate::roles::guarded::GuardedVectors {
+        inner,
+        guard: Guard::new(breaker, Duration::from_millis(config.vectors.timeout_ms)),
+    }))
 }
 
 /// Logs each backend's state and the guides' warnings (in the background:
@@ -287,7 +304,9 @@ impl Gateway {
         let upstreams = Arc::new(Upstreams::from_config(&config, env)?);
         let config = Arc::new(config);
         let recovery = Arc::new(Recovery::new(cache.clone(), queue, config.clone(), upstreams.clone()));
+        let semantic = crate::semantic::Semantic::open(&config, cache.clone(), &upstreams).await?;
         let state = Arc::new(AppState {
+            semantic,
             tenants: Tenants::from_config(&config),
             admin_token: config.admin_token(env),
             config,

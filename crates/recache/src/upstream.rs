@@ -45,6 +45,11 @@ impl Upstreams {
         Ok(Self { list })
     }
 
+    /// The upstream configured under `name`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.list.iter().find(|u| u.name == name).cloned()
+    }
+
     /// The upstream for `model`: an exact pattern anywhere wins, then the
     /// longest matching prefix pattern (`gpt-*`), then a catch-all `*`.
     pub fn route(&self, model: &str) -> Option<Arc<Upstream>> {

@@ -42,6 +42,8 @@ pub struct StubConfig {
     pub embedding_dim: usize,
     /// When set, the API key every call must carry (`Authorization: Bearer ...`).
     pub require_api_key: Option<String>,
+    /// When set, every chat and completion answer is this text (tests of answer agreement).
+    pub fixed_answer: Option<String>,
 }
 
 impl Default for StubConfig {
@@ -55,6 +57,7 @@ impl Default for StubConfig {
             truncate_stream_after: None,
             embedding_dim: 8,
             require_api_key: None,
+            fixed_answer: None,
         }
     }
 }
@@ -208,7 +211,7 @@ async fn chat(State(state): State<Arc<StubState>>, headers: HeaderMap, body: Byt
         .and_then(|m| m.as_str())
         .unwrap_or("stub-model")
         .to_string();
-    let text = answer_text(&req, n);
+    let text = cfg.fixed_answer.clone().unwrap_or_else(|| answer_text(&req, n));
     let id = format!("chatcmpl-stub-{n}");
     let created = now_secs();
     let stream = req.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);
@@ -260,7 +263,7 @@ async fn completions(State(state): State<Arc<StubState>>, headers: HeaderMap, bo
         .and_then(|m| m.as_str())
         .unwrap_or("stub-model")
         .to_string();
-    let text = answer_text(&req, n);
+    let text = cfg.fixed_answer.clone().unwrap_or_else(|| answer_text(&req, n));
     let id = format!("cmpl-stub-{n}");
     let created = now_secs();
     let stream = req.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);

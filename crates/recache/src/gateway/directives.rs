@@ -1,12 +1,14 @@
 //! Per-request cache directives: `Cache-Control` (`no-cache`, `no-store`,
 //! `max-age=N`), `x-recache-ttl` (seconds to keep the answer) and
-//! `x-recache-namespace` (a partition inside the tenant).
+//! `x-recache-namespace` (a partition inside the tenant), and for semantic
+//! matching `x-recache-semantic: off` and `x-recache-semantic-threshold`
+//! (a stricter threshold for this request; it can only raise the configured one).
 
 use axum::http::{header, HeaderMap};
 
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Directives {
     /// Skip the lookup and refresh the entry.
     pub no_cache: bool,
@@ -19,6 +21,10 @@ pub struct Directives {
     /// Keep the answer this many seconds (capped by `cache.max_ttl_seconds`).
     pub ttl: Option<u64>,
     pub namespace: String,
+    /// `x-recache-semantic: off`: exact matching only for this request.
+    pub semantic_off: bool,
+    /// `x-recache-semantic-threshold`: a stricter similarity threshold.
+    pub semantic_threshold: Option<f32>,
 }
 
 fn bad(msg: String) -> ApiError {
@@ -33,6 +39,8 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
         stale_if_error: None,
         ttl: None,
         namespace: "default".into(),
+        semantic_off: false,
+        semantic_threshold: None,
     };
     for value in headers.get_all(header::CACHE_CONTROL) {
         let text = value.to_str().map_err(|_| bad("Cache-Control is not ASCII".into()))?;
@@ -85,6 +93,22 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
         }
         d.namespace = ns.to_string();
     }
+    if let Some(v) = headers.get("x-recache-semantic") {
+        d.semantic_off = match v.to_str().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+            "off" => true,
+            "on" => false,
+            _ => return Err(bad("x-recache-semantic must be 'on' or 'off'".into())),
+        };
+    }
+    if let Some(v) = headers.get("x-recache-semantic-threshold") {
+        let t: f32 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t: &f32| (0.0..=1.0).contains(t))
+            .ok_or_else(|| bad("x-recache-semantic-threshold must be a number between 0 and 1".into()))?;
+        d.semantic_threshold = Some(t);
+    }
     Ok(d)
 }
 
@@ -126,5 +150,14 @@ mod tests {
         assert!(parse(&h(&[("x-recache-ttl", "0")]), 100).is_err());
         assert_eq!(parse(&h(&[("x-recache-ttl", "5")]), 100).unwrap().ttl, Some(5));
         assert!(parse(&h(&[("x-recache-namespace", "a b")]), 100).is_err());
+        assert!(parse(&h(&[("x-recache-semantic", "OFF")]), 100).unwrap().semantic_off);
+        assert!(parse(&h(&[("x-recache-semantic", "maybe")]), 100).is_err());
+        assert_eq!(
+            parse(&h(&[("x-recache-semantic-threshold", "0.97")]), 100)
+                .unwrap()
+                .semantic_threshold,
+            Some(0.97)
+        );
+        assert!(parse(&h(&[("x-recache-semantic-threshold", "1.5")]), 100).is_err());
     }
 }

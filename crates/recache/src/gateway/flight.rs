@@ -125,6 +125,8 @@ pub struct StoreTemplate {
     pub model: String,
     pub canonical_request: String,
     pub ttl: std::time::Duration,
+    /// The embedded request, stored in the vectors role once the entry is stored.
+    pub vector: Option<Arc<crate::semantic::Prepared>>,
 }
 
 /// Runs a flight to the end and publishes its outcome.
@@ -205,7 +207,7 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
         let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
         let cost = spec.state.price(&t.model, pt, ct);
         m.usd_spent.add(cost);
-        let _ = spec
+        let stored = spec
             .state
             .cache
             .store(StoreInput {
@@ -223,6 +225,10 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
                 cost_usd: cost,
             })
             .await;
+        if let (Ok(()), Some(p), Some(sem)) = (stored, &t.vector, &spec.state.semantic) {
+            let expires = crate::roles::now_ms() + t.ttl.as_millis() as i64;
+            sem.remember(p, t.key, expires).await;
+        }
     }
     Outcome::Complete {
         body,

@@ -73,6 +73,8 @@ pub struct AppState {
     pub started: Instant,
     /// The warmer's queue and job kinds (admin API, metrics).
     pub recovery: Arc<crate::recovery::Recovery>,
+    /// Semantic matching, when some tenant has it on.
+    pub semantic: Option<Arc<crate::semantic::Semantic>>,
 }
 
 impl AppState {
@@ -135,6 +137,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/admin/audit", get(ops::admin_audit))
         .route("/admin/breakers", get(ops::admin_breakers))
+        .route("/admin/semantic", get(ops::admin_semantic))
         .route("/admin/jobs", get(ops::admin_jobs).post(ops::admin_enqueue))
         .route("/admin/breakers/{backend}/{action}", post(ops::admin_breaker_action))
         .fallback(not_found)

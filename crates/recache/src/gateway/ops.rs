@@ -88,6 +88,9 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         let _ = writeln!(body, "metadata_spool_dropped_total{{record=\"audit\"}} {audit}");
     }
     render_warmer(&s, &mut body).await;
+    if let Some(sem) = &s.semantic {
+        sem.render_metrics(&mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -269,6 +272,9 @@ pub async fn admin_delete_entry(
         if let Some(e) = &entry {
             let _ = s.cache.roles.artifacts.delete(e.artifact).await;
         }
+        if s.cache.roles.vectors.enabled() {
+            let _ = s.cache.roles.vectors.delete(vec![key]).await;
+        }
         s.cache
             .audit(AuditEvent {
                 id: format!("admin-{}-{}", now_ms(), key.hex()),
@@ -303,6 +309,17 @@ pub async fn admin_audit(State(s): State<Arc<AppState>>, headers: HeaderMap, Que
         Ok(Json(json!({"events": events})).into_response())
     };
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+/// `GET /admin/semantic`: the semantic report (what `recache semantic report` prints).
+pub async fn admin_semantic(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = check_admin(&s, &headers) {
+        return e.into_response();
+    }
+    match &s.semantic {
+        Some(sem) => Json(json!({"enabled": true, "report": sem.report().await})).into_response(),
+        None => Json(json!({"enabled": false, "vectors_engine": s.cache.roles.vectors.engine()})).into_response(),
+    }
 }
 
 pub async fn admin_breakers(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {

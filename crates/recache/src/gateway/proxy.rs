@@ -21,6 +21,8 @@ use crate::sse;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
+    /// Answered with the entry of a near-duplicate request of the same scope.
+    SemanticHit,
     Miss,
     Bypass,
     /// An expired entry served because the provider failed (`stale-if-error`).
@@ -31,6 +33,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
+            CacheStatus::SemanticHit => "SEMANTIC_HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Bypass => "BYPASS",
             CacheStatus::Stale => "STALE",
@@ -201,6 +204,84 @@ async fn serve(
         }
     }
 
+    // Semantic lookup (DESIGN.md §2 step 5), only after an exact miss.
+    let mut prepared = None;
+    let mut shadow = None;
+    if let Some(sem) = &state.semantic {
+        if !(d.no_cache && d.no_store) && !d.semantic_off {
+            if let Some(policy) = sem.policy(&tenant.name, &d.namespace) {
+                prepared = sem
+                    .prepare(
+                        policy,
+                        &tenant.name,
+                        &d.namespace,
+                        endpoint,
+                        &upstream.name,
+                        &parsed.value,
+                    )
+                    .await
+                    .map(Arc::new);
+            }
+        }
+        if let (Some(p), false) = (&prepared, d.no_cache) {
+            if let Some(c) = sem.find(p, d.semantic_threshold).await {
+                if p.policy.live {
+                    match state.cache.lookup(c.key, &tenant.name, d.max_age, 0).await {
+                        Some(hit) => {
+                            metrics
+                                .tokens_saved
+                                .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
+                            metrics.usd_saved.add(hit.meta.cost_usd);
+                            if sem.sample_verification(p) {
+                                let spec = FlightSpec {
+                                    state: state.clone(),
+                                    upstream: upstream.clone(),
+                                    endpoint,
+                                    body: raw.clone(),
+                                    store: (!d.no_store).then(|| StoreTemplate {
+                                        key,
+                                        tenant: tenant.name.clone(),
+                                        namespace: d.namespace.clone(),
+                                        model: parsed.model.clone(),
+                                        canonical_request: canonical.clone(),
+                                        ttl: Duration::from_secs(d.ttl.unwrap_or(tenant.default_ttl.as_secs())),
+                                        vector: Some(p.clone()),
+                                    }),
+                                };
+                                let fresh = match state.coalescer.join(key) {
+                                    Joined::Follower(rx) => rx,
+                                    Joined::Leader(tx, guard) => {
+                                        let rx = tx.subscribe();
+                                        tokio::spawn(flight::run(spec, tx, None, Some(guard)));
+                                        rx
+                                    }
+                                };
+                                sem.judge_later(p.clone(), c.clone(), hit.body.clone(), fresh, false);
+                            }
+                            let mut resp = render_answer(
+                                endpoint,
+                                &parsed,
+                                &hit.body,
+                                &hit.meta.content_type,
+                                CacheStatus::SemanticHit,
+                                c.key,
+                                hit.age_secs,
+                            );
+                            if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", c.score)) {
+                                resp.headers_mut().insert("x-recache-similarity", v);
+                            }
+                            return Ok((resp, CacheStatus::SemanticHit.as_str()));
+                        }
+                        None => sem.not_served(),
+                    }
+                } else if let Some(hit) = state.cache.peek(c.key, &tenant.name).await {
+                    tracing::debug!(similarity = c.score, key = %c.key, "shadow mode: semantic candidate found; serving the provider's answer");
+                    shadow = Some((c, hit.body));
+                }
+            }
+        }
+    }
+
     let status = if d.no_cache || d.no_store {
         CacheStatus::Bypass
     } else {
@@ -217,6 +298,7 @@ async fn serve(
         model: parsed.model.clone(),
         canonical_request: canonical,
         ttl: Duration::from_secs(d.ttl.unwrap_or(tenant.default_ttl.as_secs())),
+        vector: prepared.clone(),
     });
     let spec = FlightSpec {
         state: state.clone(),
@@ -231,6 +313,9 @@ async fn serve(
         match state.coalescer.join(key) {
             Joined::Follower(rx) => {
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+                if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
+                    sem.judge_later(p.clone(), c, body, rx.clone(), true);
+                }
                 let outcome = flight::wait(rx).await;
                 if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
                     return Ok((r, "STALE"));
@@ -246,6 +331,9 @@ async fn serve(
         (watch::channel(None).0, None)
     };
     let rx = tx.subscribe();
+    if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
+        sem.judge_later(p.clone(), c, body, tx.subscribe(), true);
+    }
     if parsed.stream {
         let (head_tx, head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(64);

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    ArtifactId, Artifacts, AuditEvent, BackendError, BoxFuture, CheckInfo, EntryRecord, HitUpdate, Index, IndexEntry,
-    Metadata, Result,
+    ArtifactId, Artifacts, AuditEvent, BackendError, BoxFuture, CheckInfo, CollectionInfo, EntryRecord, HitUpdate,
+    Index, IndexEntry, Metadata, Result, VectorMatch, VectorPoint, Vectors,
 };
 use crate::breaker::Breaker;
 use crate::key::CacheKey;
@@ -212,5 +212,63 @@ impl Metadata for GuardedMetadata {
     }
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>> {
         Box::pin(self.guard.call_bulk(self.inner.hourly_counts(since_ms)))
+    }
+}
+
+pub struct GuardedVectors {
+    pub inner: Arc<dyn Vectors>,
+    pub guard: Guard,
+}
+
+impl Vectors for GuardedVectors {
+    fn engine(&self) -> &'static str {
+        self.inner.engine()
+    }
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+    fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
+        Box::pin(self.guard.check(self.inner.check()))
+    }
+    fn ensure_collection<'a>(&'a self, collection: &'a str, dimension: usize) -> BoxFuture<'a, Result<()>> {
+        Box::pin(
+            self.guard
+                .call_bulk(self.inner.ensure_collection(collection, dimension)),
+        )
+    }
+    fn collections(&self) -> BoxFuture<'_, Result<Vec<CollectionInfo>>> {
+        Box::pin(self.guard.call(self.inner.collections()))
+    }
+    fn upsert<'a>(&'a self, collection: &'a str, points: Vec<VectorPoint>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.guard.call(self.inner.upsert(collection, points)))
+    }
+    fn search<'a>(
+        &'a self,
+        collection: &'a str,
+        scope: &'a str,
+        vector: Vec<f32>,
+        k: usize,
+    ) -> BoxFuture<'a, Result<Vec<VectorMatch>>> {
+        Box::pin(self.guard.call(self.inner.search(collection, scope, vector, k)))
+    }
+    fn delete(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call(self.inner.delete(keys)))
+    }
+    fn count<'a>(&'a self, collection: Option<&'a str>) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.guard.call(self.inner.count(collection)))
+    }
+    fn list<'a>(
+        &'a self,
+        collection: &'a str,
+        after: Option<CacheKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<CacheKey>>> {
+        Box::pin(self.guard.call_bulk(self.inner.list(collection, after, limit)))
+    }
+    fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        self.inner.purge_expired(before_ms)
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.flush()
     }
 }

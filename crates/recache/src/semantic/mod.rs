@@ -3,6 +3,16 @@
 //!
 //! - [`scope`]: what may be compared (only the final user message varies).
 //! - [`guard`]: literal and near-miss guards a candidate must pass.
+//! - [`embedder`]: text to vectors (local model or a provider's endpoint).
+//! - [`judge`]: whether two answers are the same (shadow mode, verification).
+//! - [`engine`]: policies per tenant and namespace, lookup, storage, reports.
+//! - [`budget`]: the measured false-hit rate per scope and the threshold it forces.
 
+pub mod budget;
+pub mod embedder;
+pub mod engine;
 pub mod guard;
+pub mod judge;
 pub mod scope;
+
+pub use engine::{Candidate, Policy, Prepared, Semantic};

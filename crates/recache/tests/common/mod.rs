@@ -111,8 +111,12 @@ pub struct Env {
 /// The gateway config for a test.
 pub fn config_text(backends: &Backends, dir: &std::path::Path, stub_url: &str, extra: &str) -> String {
     let roles = backends.toml(dir);
+    let vectors = dir.join("vectors");
+    let vectors = vectors.display();
     format!(
         r#"
+[vectors]
+path = "{vectors}"
 [server]
 listen = "127.0.0.1:0"
 [cache]

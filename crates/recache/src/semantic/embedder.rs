@@ -1,0 +1,140 @@
+//! Embedders: text → an L2-normalised vector, each with a fingerprint.
+//!
+//! The fingerprint (kind, model, dimension, normalisation) names the
+//! collection its vectors live in, so vectors of two embedders never mix.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::config::EmbedderConfig;
+use crate::gateway::Endpoint;
+use crate::roles::BoxFuture;
+use crate::upstream::{Upstream, Upstreams};
+
+pub trait Embedder: Send + Sync {
+    /// `kind:model:dimension:normalisation[:max tokens]`, e.g. `local:all-MiniLM-L6-v2:384:l2:256`
+    /// (anything that changes the vectors changes the fingerprint).
+    fn fingerprint(&self) -> String;
+    fn dimension(&self) -> usize;
+    fn embed(&self, text: String) -> BoxFuture<'_, Result<Vec<f32>, String>>;
+}
+
+/// The collection name for a fingerprint: readable, and safe for every engine.
+pub fn collection_for(fingerprint: &str) -> String {
+    let mut out = String::from("recache-");
+    for c in fingerprint.chars() {
+        out.push(if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+            c.to_ascii_lowercase()
+        } else {
+            '_'
+        });
+    }
+    out
+}
+
+/// A sentence-transformers folder run in-process (candle), one inference per CPU at a time.
+pub struct LocalEmbedder {
+    model: Arc<recache_embed::LocalModel>,
+    permits: Arc<Semaphore>,
+}
+
+impl LocalEmbedder {
+    pub fn load(cfg: &EmbedderConfig) -> anyhow::Result<Self> {
+        let path = cfg
+            .path
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("a local embedder needs a path"))?;
+        let model = recache_embed::LocalModel::load(path, cfg.max_tokens)?;
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Ok(Self {
+            model: Arc::new(model),
+            permits: Arc::new(Semaphore::new(cpus)),
+        })
+    }
+}
+
+impl Embedder for LocalEmbedder {
+    fn fingerprint(&self) -> String {
+        format!(
+            "local:{}:{}:l2:{}",
+            self.model.name(),
+            self.model.dimension(),
+            self.model.max_tokens()
+        )
+    }
+    fn dimension(&self) -> usize {
+        self.model.dimension()
+    }
+    fn embed(&self, text: String) -> BoxFuture<'_, Result<Vec<f32>, String>> {
+        Box::pin(async move {
+            let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+            let model = self.model.clone();
+            tokio::task::spawn_blocking(move || model.embed(&[&text]))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+                .pop()
+                .ok_or_else(|| "the model returned no vector".to_string())
+        })
+    }
+}
+
+/// An upstream's `/v1/embeddings` (its calls cost money like any other).
+pub struct ProviderEmbedder {
+    upstream: Arc<Upstream>,
+    model: String,
+    dimension: usize,
+}
+
+impl ProviderEmbedder {
+    pub fn new(cfg: &EmbedderConfig, upstreams: &Upstreams) -> anyhow::Result<Self> {
+        let name = cfg.upstream.as_deref().unwrap_or_default();
+        let upstream = upstreams
+            .by_name(name)
+            .ok_or_else(|| anyhow::anyhow!("no upstream named '{name}'"))?;
+        Ok(Self {
+            upstream,
+            model: cfg.model.clone().unwrap_or_default(),
+            dimension: cfg.dimension.unwrap_or(0),
+        })
+    }
+}
+
+impl Embedder for ProviderEmbedder {
+    fn fingerprint(&self) -> String {
+        format!("provider:{}:{}:{}:l2", self.upstream.name, self.model, self.dimension)
+    }
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+    fn embed(&self, text: String) -> BoxFuture<'_, Result<Vec<f32>, String>> {
+        Box::pin(async move {
+            let body = Bytes::from(json!({"model": self.model, "input": text}).to_string());
+            let resp = self
+                .upstream
+                .send(Endpoint::Embeddings, body)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("embeddings endpoint answered {}", resp.status()));
+            }
+            let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+            let raw = v
+                .pointer("/data/0/embedding")
+                .and_then(Value::as_array)
+                .ok_or("no data[0].embedding in the answer")?;
+            let mut out: Vec<f32> = raw.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect();
+            if self.dimension != 0 && out.len() != self.dimension {
+                return Err(format!("expected {} dimensions, got {}", self.dimension, out.len()));
+            }
+            let n = out.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if n > 0.0 {
+                out.iter_mut().for_each(|x| *x /= n);
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,846 @@
+//! The semantic engine: policies, embedding, search, guards, and the
+//! false-hit accounting of shadow mode and verification sampling.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::budget::{Budget, Event, ScopeStats};
+use super::embedder::{collection_for, Embedder, LocalEmbedder, ProviderEmbedder};
+use super::guard::{self, Refusal};
+use super::judge;
+use super::scope::{self, Ineligible};
+use crate::breaker::{Breaker, BreakerStatus};
+use crate::cache::{event_id, Cache};
+use crate::config::{Config, SemanticConfig};
+use crate::gateway::flight::{Outcome, Shared};
+use crate::gateway::Endpoint;
+use crate::key::CacheKey;
+use crate::metrics::{write_histogram, Histogram};
+use crate::roles::{now_ms, AuditEvent, CollectionInfo, VectorPoint, Vectors};
+use crate::upstream::Upstreams;
+
+/// The semantic settings in force for one tenant and namespace.
+#[derive(Clone, Debug, Serialize)]
+pub struct Policy {
+    /// `true`: serve semantic hits; `false`: shadow mode.
+    pub live: bool,
+    pub threshold: f32,
+    pub embedder: String,
+    pub verify_rate: f64,
+    pub error_budget: f64,
+}
+
+impl Policy {
+    pub fn mode(&self) -> &'static str {
+        if self.live {
+            "live"
+        } else {
+            "shadow"
+        }
+    }
+}
+
+/// A request ready for semantic lookup and storage: its scope and embedded text.
+pub struct Prepared {
+    pub tenant: String,
+    pub namespace: String,
+    pub scope: String,
+    pub text: String,
+    pub vector: Vec<f32>,
+    pub collection: String,
+    pub policy: Policy,
+}
+
+/// The stored request a new one may be answered with.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub key: CacheKey,
+    pub score: f32,
+    pub text: String,
+}
+
+/// How one semantic lookup ended (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A candidate passed: served (live) or recorded (shadow).
+    Hit,
+    ShadowHit,
+    /// Nothing in the scope at or above the threshold.
+    Miss,
+    /// Candidates above the threshold, all refused by the guards.
+    Refused,
+    /// The embedder or the vector store failed or was skipped by its breaker.
+    Unavailable,
+}
+
+const LOOKUPS: [Lookup; 5] = [
+    Lookup::Hit,
+    Lookup::ShadowHit,
+    Lookup::Miss,
+    Lookup::Refused,
+    Lookup::Unavailable,
+];
+
+impl Lookup {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::ShadowHit => "shadow_hit",
+            Lookup::Miss => "miss",
+            Lookup::Refused => "refused",
+            Lookup::Unavailable => "unavailable",
+        }
+    }
+}
+
+const INELIGIBLE: [Ineligible; 5] = [
+    Ineligible::Endpoint,
+    Ineligible::NoFinalUserText,
+    Ineligible::ManyChoices,
+    Ineligible::Temperature,
+    Ineligible::TextSize,
+];
+const REFUSALS: [Refusal; 4] = [
+    Refusal::Literals,
+    Refusal::SubstitutedWords,
+    Refusal::SwappedTerms,
+    Refusal::QuestionWord,
+];
+
+#[derive(Default)]
+pub struct SemanticMetrics {
+    lookups: [AtomicU64; 5],
+    ineligible: [AtomicU64; 5],
+    refusals: [AtomicU64; 4],
+    /// shadow agreed, shadow disagreed, verification agreed, verification disagreed.
+    checks: [AtomicU64; 4],
+    pub embed_errors: AtomicU64,
+    pub vectors_stored: AtomicU64,
+    pub vector_store_errors: AtomicU64,
+    pub threshold_raises: AtomicU64,
+    embed_seconds: Histogram,
+    search_seconds: Histogram,
+}
+
+impl SemanticMetrics {
+    fn lookup(&self, l: Lookup) {
+        if let Some(i) = LOOKUPS.iter().position(|x| *x == l) {
+            self.lookups[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn lookups(&self, l: Lookup) -> u64 {
+        LOOKUPS
+            .iter()
+            .position(|x| *x == l)
+            .map(|i| self.lookups[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Appends the `cache_semantic_*` families in the Prometheus text format.
+    pub fn render(&self, out: &mut String, scopes: &[ScopeStats]) {
+        use std::fmt::Write as _;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            out,
+            "cache_semantic_hits_total",
+            "counter",
+            "Requests answered by a semantic (near-duplicate) match.",
+        );
+        let _ = writeln!(out, "cache_semantic_hits_total {}", self.lookups(Lookup::Hit));
+        family(
+            out,
+            "cache_semantic_lookups_total",
+            "counter",
+            "Semantic lookups by result.",
+        );
+        for (i, k) in LOOKUPS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cache_semantic_lookups_total{{result=\"{}\"}} {}",
+                k.as_str(),
+                l(&self.lookups[i])
+            );
+        }
+        family(
+            out,
+            "cache_semantic_ineligible_total",
+            "counter",
+            "Requests of a semantic tenant not matched semantically, by reason.",
+        );
+        for (i, k) in INELIGIBLE.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cache_semantic_ineligible_total{{reason=\"{}\"}} {}",
+                k.as_str(),
+                l(&self.ineligible[i])
+            );
+        }
+        family(
+            out,
+            "cache_semantic_guard_refusals_total",
+            "counter",
+            "Candidates above the threshold refused by the literal and near-miss guards.",
+        );
+        for (i, k) in REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cache_semantic_guard_refusals_total{{reason=\"{}\"}} {}",
+                k.as_str(),
+                l(&self.refusals[i])
+            );
+        }
+        family(
+            out,
+            "cache_semantic_checks_total",
+            "counter",
+            "Semantic answers compared with the provider's fresh answer (shadow mode, verification sampling).",
+        );
+        for (i, (kind, agreed)) in [
+            ("shadow", true),
+            ("shadow", false),
+            ("verification", true),
+            ("verification", false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "cache_semantic_checks_total{{kind=\"{kind}\",agreed=\"{agreed}\"}} {}",
+                l(&self.checks[i])
+            );
+        }
+        for (name, help, v) in [
+            (
+                "cache_semantic_embed_errors_total",
+                "Embeddings that failed, timed out or were skipped by the embedder's breaker.",
+                &self.embed_errors,
+            ),
+            (
+                "cache_semantic_vectors_stored_total",
+                "Vectors written for new entries.",
+                &self.vectors_stored,
+            ),
+            (
+                "cache_semantic_vector_store_errors_total",
+                "Vectors that could not be written (the entry is still cached exactly).",
+                &self.vector_store_errors,
+            ),
+            (
+                "cache_semantic_threshold_raises_total",
+                "Times a scope's threshold was raised because its false-hit rate went over the error budget.",
+                &self.threshold_raises,
+            ),
+        ] {
+            family(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", l(v));
+        }
+        family(
+            out,
+            "cache_semantic_embed_seconds",
+            "histogram",
+            "Time to embed one request text.",
+        );
+        write_histogram(out, "cache_semantic_embed_seconds", "", &self.embed_seconds);
+        family(
+            out,
+            "cache_semantic_search_seconds",
+            "histogram",
+            "Time of one vector search.",
+        );
+        write_histogram(out, "cache_semantic_search_seconds", "", &self.search_seconds);
+        // Per tenant and namespace: the strictest threshold in force and the measured false-hit rate.
+        let mut by_tn: BTreeMap<(&str, &str), (f32, u64, u64)> = BTreeMap::new();
+        for s in scopes {
+            let e = by_tn.entry((&s.tenant, &s.namespace)).or_insert((0.0, 0, 0));
+            e.0 = e.0.max(s.threshold);
+            e.1 += s.checks();
+            e.2 += s.disagreements();
+        }
+        family(
+            out,
+            "cache_semantic_threshold",
+            "gauge",
+            "Highest similarity threshold in force among a tenant's scopes.",
+        );
+        for ((t, n), (th, _, _)) in &by_tn {
+            let _ = writeln!(out, "cache_semantic_threshold{{tenant=\"{t}\",namespace=\"{n}\"}} {th}");
+        }
+        family(
+            out,
+            "cache_semantic_false_hit_ratio",
+            "gauge",
+            "Measured share of compared semantic answers that disagreed with the provider.",
+        );
+        for ((t, n), (_, checks, bad)) in &by_tn {
+            if *checks > 0 {
+                let _ = writeln!(
+                    out,
+                    "cache_semantic_false_hit_ratio{{tenant=\"{t}\",namespace=\"{n}\"}} {}",
+                    *bad as f64 / *checks as f64
+                );
+            }
+        }
+    }
+}
+
+/// One embedder as the report shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedderInfo {
+    pub name: String,
+    pub fingerprint: String,
+    pub collection: String,
+    pub dimension: usize,
+}
+
+/// Per tenant and namespace: what `recache semantic report` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantReport {
+    pub tenant: String,
+    pub namespace: String,
+    pub mode: String,
+    pub embedder: String,
+    pub scopes: usize,
+    pub semantic_hits: u64,
+    pub shadow_candidates: u64,
+    pub shadow_checks: u64,
+    pub shadow_agreements: u64,
+    pub verifications: u64,
+    pub verification_agreements: u64,
+    pub guard_refusals: u64,
+    /// Disagreements / checks, over all checks.
+    pub false_hit_rate: Option<f64>,
+    /// Its 95 % Wilson interval.
+    pub false_hit_rate_ci95: Option<(f64, f64)>,
+    pub error_budget: f64,
+    /// The configured threshold.
+    pub base_threshold: f32,
+    /// The highest threshold in force among its scopes (raised by the budget).
+    pub threshold: f32,
+    pub threshold_raises: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub embedders: Vec<EmbedderInfo>,
+    pub embedder_breaker: BreakerStatus,
+    pub vectors_engine: String,
+    pub collections: Vec<CollectionInfo>,
+    pub lookups: BTreeMap<String, u64>,
+    pub tenants: Vec<TenantReport>,
+    pub scopes: Vec<ScopeStats>,
+}
+
+pub struct Semantic {
+    cfg: SemanticConfig,
+    embedders: BTreeMap<String, Arc<dyn Embedder>>,
+    vectors: Arc<dyn Vectors>,
+    breaker: Arc<Breaker>,
+    budget: Budget,
+    pub metrics: SemanticMetrics,
+    cache: Arc<Cache>,
+    /// Collections known to exist.
+    ready: Mutex<HashSet<String>>,
+}
+
+/// The embedder names a configuration uses.
+fn used_embedders(cfg: &SemanticConfig) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        if !names.iter().any(|x| x == n) {
+            names.push(n.to_string());
+        }
+    };
+    if cfg.enabled {
+        add(&cfg.embedder);
+    }
+    for r in &cfg.rules {
+        if r.enabled.unwrap_or(cfg.enabled) {
+            add(r.embedder.as_deref().unwrap_or(&cfg.embedder));
+        }
+    }
+    names
+}
+
+impl Semantic {
+    /// `None` when no tenant has semantic matching on.
+    pub async fn open(config: &Config, cache: Arc<Cache>, upstreams: &Upstreams) -> anyhow::Result<Option<Arc<Self>>> {
+        let cfg = config.semantic.clone();
+        let names = used_embedders(&cfg);
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mut embedders: BTreeMap<String, Arc<dyn Embedder>> = BTreeMap::new();
+        for name in names {
+            let e = &cfg.embedders[&name];
+            let embedder: Arc<dyn Embedder> = match e.kind.as_str() {
+                "local" => {
+                    let e = e.clone();
+                    let loaded = tokio::task::spawn_blocking(move || LocalEmbedder::load(&e)).await??;
+                    // One inference at start-up, so the first request does not pay the warm-up.
+                    let _ = loaded.embed("warm up".into()).await;
+                    Arc::new(loaded)
+                }
+                _ => Arc::new(ProviderEmbedder::new(e, upstreams)?),
+            };
+            tracing::info!(
+                embedder = %name,
+                fingerprint = %embedder.fingerprint(),
+                collection = %collection_for(&embedder.fingerprint()),
+                "semantic matching: embedder ready"
+            );
+            embedders.insert(name, embedder);
+        }
+        let me = Arc::new(Self {
+            breaker: Breaker::new("embedder", &config.breaker),
+            cfg,
+            embedders,
+            vectors: cache.roles.vectors.clone(),
+            budget: Budget::default(),
+            metrics: SemanticMetrics::default(),
+            cache,
+            ready: Mutex::new(HashSet::new()),
+        });
+        for e in me.embedders.values() {
+            // Best effort: a vector store that is down now gets its collection on first write.
+            let _ = me.ensure(&collection_for(&e.fingerprint()), e.dimension()).await;
+        }
+        Ok(Some(me))
+    }
+
+    pub fn embedder(&self, name: &str) -> Option<&Arc<dyn Embedder>> {
+        self.embedders.get(name)
+    }
+
+    async fn ensure(&self, collection: &str, dimension: usize) -> bool {
+        if self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(collection)
+        {
+            return true;
+        }
+        match self.vectors.ensure_collection(collection, dimension).await {
+            Ok(()) => {
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(collection.to_string());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(collection, error = %e, "cannot create the vector collection; semantic matching waits for it");
+                false
+            }
+        }
+    }
+
+    /// The policy for a tenant and namespace; `None` when semantic matching is off there.
+    /// Rules apply from least to most specific: the defaults, the tenant's, the namespace's.
+    pub fn policy(&self, tenant: &str, namespace: &str) -> Option<Policy> {
+        let c = &self.cfg;
+        let mut enabled = c.enabled;
+        let mut p = Policy {
+            live: c.mode == "live",
+            threshold: c.threshold,
+            embedder: c.embedder.clone(),
+            verify_rate: c.verify_rate,
+            error_budget: c.error_budget,
+        };
+        let tenant_rules = c.rules.iter().filter(|r| r.tenant == tenant && r.namespace.is_none());
+        let ns_rules = c
+            .rules
+            .iter()
+            .filter(|r| r.tenant == tenant && r.namespace.as_deref() == Some(namespace));
+        for r in tenant_rules.chain(ns_rules) {
+            enabled = r.enabled.unwrap_or(true);
+            if let Some(m) = &r.mode {
+                p.live = m == "live";
+            }
+            if let Some(t) = r.threshold {
+                p.threshold = t;
+            }
+            if let Some(e) = &r.embedder {
+                p.embedder = e.clone();
+            }
+            if let Some(v) = r.verify_rate {
+                p.verify_rate = v;
+            }
+            if let Some(b) = r.error_budget {
+                p.error_budget = b;
+            }
+        }
+        (enabled && self.embedders.contains_key(&p.embedder)).then_some(p)
+    }
+
+    /// Splits out the final user text, checks eligibility, and embeds it.
+    /// `None`: not eligible, or the embedder is unavailable (counted either way).
+    pub async fn prepare(
+        &self,
+        policy: Policy,
+        tenant: &str,
+        namespace: &str,
+        endpoint: Endpoint,
+        upstream: &str,
+        body: &Value,
+    ) -> Option<Prepared> {
+        let split = match scope::split(endpoint.name(), body, self.cfg.max_temperature, self.cfg.max_chars) {
+            Ok(s) => s,
+            Err(why) => {
+                if let Some(i) = INELIGIBLE.iter().position(|x| *x == why) {
+                    self.metrics.ineligible[i].fetch_add(1, Ordering::Relaxed);
+                }
+                return None;
+            }
+        };
+        let embedder = self.embedders.get(&policy.embedder)?;
+        let fingerprint = embedder.fingerprint();
+        let scope = scope::scope_hash(tenant, namespace, endpoint.name(), upstream, &split.rest, &fingerprint);
+        let vector = match self.embed(embedder.as_ref(), split.text.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "semantic matching skipped: embedding failed");
+                self.metrics.lookup(Lookup::Unavailable);
+                return None;
+            }
+        };
+        Some(Prepared {
+            tenant: tenant.to_string(),
+            namespace: namespace.to_string(),
+            scope,
+            text: split.text,
+            vector,
+            collection: collection_for(&fingerprint),
+            policy,
+        })
+    }
+
+    /// One embedding behind the embedder's breaker and time limit.
+    async fn embed(&self, embedder: &dyn Embedder, text: String) -> Result<Vec<f32>, String> {
+        let Some(permit) = self.breaker.admit() else {
+            self.metrics.embed_errors.fetch_add(1, Ordering::Relaxed);
+            return Err("the embedder's breaker is open".into());
+        };
+        let started = Instant::now();
+        let limit = Duration::from_millis(self.cfg.embed_timeout_ms);
+        match tokio::time::timeout(limit, embedder.embed(text)).await {
+            Ok(Ok(v)) => {
+                permit.success();
+                self.metrics.embed_seconds.observe(started.elapsed().as_secs_f64());
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                permit.failure();
+                self.metrics.embed_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            Err(_) => {
+                permit.failure();
+                self.metrics.embed_errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!("embedding took over {} ms", limit.as_millis()))
+            }
+        }
+    }
+
+    fn stats_init(p: &Prepared) -> impl FnOnce() -> ScopeStats + '_ {
+        move || ScopeStats {
+            tenant: p.tenant.clone(),
+            namespace: p.namespace.clone(),
+            scope: p.scope.clone(),
+            mode: p.policy.mode().into(),
+            threshold: p.policy.threshold,
+            ..Default::default()
+        }
+    }
+
+    /// The threshold in force for a prepared request: the policy's, raised by
+    /// the error budget, raised again by the request's own header.
+    pub fn threshold(&self, p: &Prepared, requested: Option<f32>) -> f32 {
+        self.budget
+            .threshold(&p.scope, p.policy.threshold)
+            .max(requested.unwrap_or(0.0))
+    }
+
+    /// The best stored request of the same scope that is similar enough and
+    /// passes the guards.
+    pub async fn find(&self, p: &Prepared, requested: Option<f32>) -> Option<Candidate> {
+        let threshold = self.threshold(p, requested);
+        let started = Instant::now();
+        let found = self
+            .vectors
+            .search(&p.collection, &p.scope, p.vector.clone(), self.cfg.top_k)
+            .await;
+        self.metrics.search_seconds.observe(started.elapsed().as_secs_f64());
+        let matches = match found {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "semantic lookup skipped: vector search failed");
+                self.metrics.lookup(Lookup::Unavailable);
+                return None;
+            }
+        };
+        let mut refused = false;
+        for m in matches {
+            if m.score < threshold {
+                break;
+            }
+            match guard::check(&p.text, &m.text) {
+                Ok(()) => {
+                    let l = if p.policy.live { Lookup::Hit } else { Lookup::ShadowHit };
+                    self.metrics.lookup(l);
+                    let event = if p.policy.live {
+                        Event::Hit
+                    } else {
+                        Event::ShadowCandidate
+                    };
+                    self.budget.count(&p.scope, Self::stats_init(p), event);
+                    return Some(Candidate {
+                        key: m.key,
+                        score: m.score,
+                        text: m.text,
+                    });
+                }
+                Err(why) => {
+                    refused = true;
+                    if let Some(i) = REFUSALS.iter().position(|x| *x == why) {
+                        self.metrics.refusals[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.budget.count(&p.scope, Self::stats_init(p), Event::Refused);
+                    tracing::debug!(
+                        score = m.score,
+                        reason = why.as_str(),
+                        "semantic candidate refused by the guards"
+                    );
+                }
+            }
+        }
+        self.metrics
+            .lookup(if refused { Lookup::Refused } else { Lookup::Miss });
+        None
+    }
+
+    /// A semantic hit that was served after all (its artifact was gone): undo the count.
+    pub fn not_served(&self) {
+        self.metrics.lookups[0].fetch_sub(1, Ordering::Relaxed);
+        self.metrics.lookup(Lookup::Miss);
+    }
+
+    /// Stores the vector of a freshly stored entry.
+    pub async fn remember(&self, p: &Prepared, key: CacheKey, expires_at_ms: i64) {
+        if !self.ensure(&p.collection, p.vector.len()).await {
+            self.metrics.vector_store_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let point = VectorPoint {
+            key,
+            scope: p.scope.clone(),
+            tenant: p.tenant.clone(),
+            text: p.text.clone(),
+            expires_at_ms,
+            vector: p.vector.clone(),
+        };
+        match self.vectors.upsert(&p.collection, vec![point]).await {
+            Ok(()) => {
+                self.metrics.vectors_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.vector_store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(key = %key, error = %e, "vector not stored; the entry is still cached exactly");
+            }
+        }
+    }
+
+    /// Whether this live semantic hit is also checked against the provider.
+    pub fn sample_verification(&self, p: &Prepared) -> bool {
+        p.policy.verify_rate > 0.0 && crate::queue::random_unit() < p.policy.verify_rate
+    }
+
+    /// Compares a semantic candidate's answer with the provider's fresh answer
+    /// once that arrives, and feeds the error budget (in the background).
+    pub fn judge_later(
+        self: &Arc<Self>,
+        p: Arc<Prepared>,
+        candidate: Candidate,
+        candidate_body: Bytes,
+        mut fresh: watch::Receiver<Option<Shared>>,
+        shadow: bool,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok(outcome) = fresh.wait_for(|v| v.is_some()).await.map(|v| v.clone()) else {
+                return;
+            };
+            let Some(outcome) = outcome else { return };
+            let Outcome::Complete { body, .. } = outcome.as_ref() else {
+                return;
+            };
+            let Some(agreed) = me.agree(&p.policy.embedder, &candidate_body, body).await else {
+                return;
+            };
+            me.record_check(&p, &candidate, shadow, agreed).await;
+        });
+    }
+
+    /// Are two answers the same? (see [`judge`]). `None` when it cannot be told.
+    pub async fn agree(&self, embedder: &str, a: &[u8], b: &[u8]) -> Option<bool> {
+        let (ta, tb) = (judge::answer_text(a)?, judge::answer_text(b)?);
+        if judge::normalise(&ta) == judge::normalise(&tb) {
+            return Some(true);
+        }
+        let e = self.embedders.get(embedder)?;
+        let va = self.embed(e.as_ref(), ta).await.ok()?;
+        let vb = self.embed(e.as_ref(), tb).await.ok()?;
+        let cos: f32 = va.iter().zip(&vb).map(|(x, y)| x * y).sum();
+        Some(cos >= self.cfg.answer_similarity)
+    }
+
+    async fn record_check(&self, p: &Prepared, c: &Candidate, shadow: bool, agreed: bool) {
+        let i = (!shadow as usize) * 2 + (!agreed as usize);
+        self.metrics.checks[i].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            tenant = %p.tenant,
+            namespace = %p.namespace,
+            kind = if shadow { "shadow" } else { "verification" },
+            agreed,
+            similarity = c.score,
+            "semantic answer compared with the provider's"
+        );
+        let raised = self.budget.check(
+            &p.scope,
+            Self::stats_init(p),
+            shadow,
+            agreed,
+            p.policy.error_budget,
+            self.cfg.min_samples,
+            self.cfg.threshold_step,
+            self.cfg.max_threshold,
+        );
+        let Some(r) = raised else { return };
+        self.metrics.threshold_raises.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            tenant = %p.tenant,
+            namespace = %p.namespace,
+            scope = %p.scope,
+            from = r.from,
+            to = r.to,
+            false_hit_rate = r.rate,
+            checks = r.checks,
+            error_budget = p.policy.error_budget,
+            "semantic false-hit rate over budget: threshold raised"
+        );
+        self.cache
+            .audit(AuditEvent {
+                id: event_id(),
+                at_ms: now_ms(),
+                tenant: Some(p.tenant.clone()),
+                actor: "semantic".into(),
+                action: "semantic.threshold_raised".into(),
+                cache_key: None,
+                detail: json!({"namespace": p.namespace, "scope": p.scope, "from": r.from, "to": r.to,
+                               "false_hit_rate": r.rate, "checks": r.checks, "error_budget": p.policy.error_budget}),
+            })
+            .await;
+    }
+
+    /// Everything `recache semantic report` shows.
+    pub async fn report(&self) -> Report {
+        let scopes = self.budget.snapshot();
+        let mut tenants: BTreeMap<(String, String), TenantReport> = BTreeMap::new();
+        // Configured tenants appear even before their first request.
+        for r in &self.cfg.rules {
+            let ns = r.namespace.clone().unwrap_or_else(|| "*".into());
+            if let Some(p) = self.policy(&r.tenant, r.namespace.as_deref().unwrap_or("default")) {
+                tenants
+                    .entry((r.tenant.clone(), ns.clone()))
+                    .or_insert_with(|| empty_report(&r.tenant, &ns, &p));
+            }
+        }
+        for s in &scopes {
+            let Some(p) = self.policy(&s.tenant, &s.namespace) else {
+                continue;
+            };
+            let t = tenants
+                .entry((s.tenant.clone(), s.namespace.clone()))
+                .or_insert_with(|| empty_report(&s.tenant, &s.namespace, &p));
+            t.scopes += 1;
+            t.semantic_hits += s.semantic_hits;
+            t.shadow_candidates += s.shadow_candidates;
+            t.shadow_checks += s.shadow_checks;
+            t.shadow_agreements += s.shadow_agreements;
+            t.verifications += s.verifications;
+            t.verification_agreements += s.verification_agreements;
+            t.guard_refusals += s.guard_refusals;
+            t.threshold = t.threshold.max(s.threshold);
+            t.threshold_raises += s.threshold_raises;
+        }
+        for t in tenants.values_mut() {
+            let checks = t.shadow_checks + t.verifications;
+            if checks > 0 {
+                let bad = checks - t.shadow_agreements - t.verification_agreements;
+                t.false_hit_rate = Some(bad as f64 / checks as f64);
+                t.false_hit_rate_ci95 = Some(super::budget::wilson(bad, checks));
+            }
+        }
+        let mut embedders: Vec<EmbedderInfo> = self
+            .embedders
+            .iter()
+            .map(|(name, e)| EmbedderInfo {
+                name: name.clone(),
+                fingerprint: e.fingerprint(),
+                collection: collection_for(&e.fingerprint()),
+                dimension: e.dimension(),
+            })
+            .collect();
+        embedders.sort_by(|a, b| a.name.cmp(&b.name));
+        Report {
+            embedders,
+            embedder_breaker: self.breaker.status(),
+            vectors_engine: self.vectors.engine().to_string(),
+            collections: self.vectors.collections().await.unwrap_or_default(),
+            lookups: LOOKUPS
+                .iter()
+                .map(|l| (l.as_str().to_string(), self.metrics.lookups(*l)))
+                .collect(),
+            tenants: tenants.into_values().collect(),
+            scopes,
+        }
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        self.metrics.render(out, &self.budget.snapshot());
+    }
+}
+
+fn empty_report(tenant: &str, namespace: &str, p: &Policy) -> TenantReport {
+    TenantReport {
+        tenant: tenant.to_string(),
+        namespace: namespace.to_string(),
+        mode: p.mode().into(),
+        embedder: p.embedder.clone(),
+        scopes: 0,
+        semantic_hits: 0,
+        shadow_candidates: 0,
+        shadow_checks: 0,
+        shadow_agreements: 0,
+        verifications: 0,
+        verification_agreements: 0,
+        guard_refusals: 0,
+        false_hit_rate: None,
+        false_hit_rate_ci95: None,
+        error_budget: p.error_budget,
+        base_threshold: p.threshold,
+        threshold: p.threshold,
+        threshold_raises: 0,
+    }
+}

@@ -1,0 +1,403 @@
+//! Semantic matching through the gateway: real HTTP, the local embedding model
+//! (all-MiniLM-L6-v2, fetched by scripts/fetch-model.sh), the embedded vector
+//! store, and the stub provider. Skipped (with a message) when the model
+//! folder is absent; `bash scripts/test.sh` fetches it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Backends, Env, KEY_A, KEY_B};
+use recache_stub_provider::StubConfig;
+use serde_json::{json, Value};
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "semantic tests skipped: no model at {} (run `bash scripts/fetch-model.sh`)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// `[semantic]` with the local model and both test tenants on, plus `more`
+/// (rule fields for team-a; lines after a `|` go to `[semantic]` itself).
+fn semantic_toml(model: &std::path::Path, more: &str) -> String {
+    let (more, global) = more.split_once('|').unwrap_or((more, ""));
+    format!(
+        r#"
+[semantic]
+embed_timeout_ms = 10000
+{global}
+[semantic.embedders.local]
+kind = "local"
+path = "{}"
+[[semantic.rules]]
+tenant = "team-a"
+enabled = true
+{more}
+[[semantic.rules]]
+tenant = "team-b"
+enabled = true
+"#,
+        model.display()
+    )
+}
+
+const VECTORS_ON: &[(&str, &str)] = &[("RECACHE_VECTORS__ENGINE", "embedded")];
+
+async fn env_with(b: Backends, stub: StubConfig, more: &str) -> Option<Env> {
+    let model = model_dir()?;
+    Some(Env::on_with(b, stub, &semantic_toml(&model, more), VECTORS_ON).await)
+}
+
+fn body(system: Option<&str>, question: &str) -> Value {
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(json!({"role": "system", "content": s}));
+    }
+    messages.push(json!({"role": "user", "content": question}));
+    json!({"model": "gpt-4o-mini", "messages": messages})
+}
+
+async fn ask(env: &Env, key: &str, body: &Value, headers: &[(&str, &str)]) -> common::Resp {
+    let r = env.post("/v1/chat/completions", Some(key), body, headers).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r
+}
+
+async fn report(env: &Env) -> Value {
+    env.admin_json("/admin/semantic").await
+}
+
+fn team_a(report: &Value) -> Value {
+    report["report"]["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "team-a" && t["namespace"] == "default")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(super::Backends::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real_engines() {
+                if let Some(b) = super::Backends::real().await {
+                    super::$name(b).await
+                }
+            }
+        }
+    )* };
+}
+
+on_both_backends!(
+    paraphrase_hits_and_context_changes_miss,
+    vectors_breaker_open_keeps_exact_hits_flowing,
+);
+
+async fn paraphrase_hits_and_context_changes_miss(b: Backends) {
+    let Some(env) = env_with(b, StubConfig::default(), "").await else {
+        return;
+    };
+    let sys = Some("You are a support agent for Acme.");
+    let first = ask(&env, KEY_A, &body(sys, "How do I reset my password?"), &[]).await;
+    assert_eq!(first.cache(), "MISS");
+    assert_eq!(env.stub.calls(), 1);
+
+    // A paraphrase in the same context is answered from the cache.
+    let para = ask(&env, KEY_A, &body(sys, "How can I reset my password?"), &[]).await;
+    assert_eq!(para.cache(), "SEMANTIC_HIT", "{}", para.text);
+    let sim: f32 = para.header("x-recache-similarity").parse().unwrap();
+    assert!((0.9..=1.0).contains(&sim), "similarity {sim}");
+    assert_eq!(para.content(), first.content());
+    assert_eq!(para.header("x-recache-key"), first.header("x-recache-key"));
+    assert_eq!(env.stub.calls(), 1);
+
+    // ... and replayed as SSE for a streaming client.
+    let mut sb = body(sys, "How can I reset my password, please?");
+    sb["stream"] = json!(true);
+    let streamed = ask(&env, KEY_A, &sb, &[]).await;
+    assert_eq!(streamed.cache(), "SEMANTIC_HIT");
+    assert_eq!(streamed.content(), first.content());
+    assert_eq!(env.stub.calls(), 1);
+
+    // Opt-outs: no semantic matching, or a stricter threshold than the match has.
+    let off = ask(
+        &env,
+        KEY_A,
+        &body(sys, "How should I reset my password?"),
+        &[("x-recache-semantic", "off")],
+    )
+    .await;
+    assert_eq!(off.cache(), "MISS");
+    let strict = ask(
+        &env,
+        KEY_A,
+        &body(sys, "how do I reset my password"),
+        &[("x-recache-semantic-threshold", "0.9999")],
+    )
+    .await;
+    assert_eq!(strict.cache(), "MISS");
+    let calls = env.stub.calls();
+    assert_eq!(calls, 3);
+
+    // The same paraphrase in every other context is a miss.
+    let other_turns = json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": sys.unwrap()},
+        {"role": "user", "content": "I use the mobile app."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "How can I reset my password?"}]});
+    let mut other_model = body(sys, "How can I reset my password?");
+    other_model["model"] = json!("gpt-4o");
+    let mut tools = body(sys, "How can I reset my password?");
+    tools["tools"] =
+        json!([{"type": "function", "function": {"name": "lookup_user", "parameters": {"type": "object"}}}]);
+    let mut temperature = body(sys, "How can I reset my password?");
+    temperature["temperature"] = json!(0.2);
+    let mut n = 0;
+    for (what, key, b) in [
+        ("another tenant", KEY_B, body(sys, "How can I reset my password?")),
+        (
+            "another system prompt",
+            KEY_A,
+            body(Some("You are a pirate."), "How can I reset my password?"),
+        ),
+        ("no system prompt", KEY_A, body(None, "How can I reset my password?")),
+        ("other earlier turns", KEY_A, other_turns),
+        ("another model", KEY_A, other_model),
+        ("tools", KEY_A, tools),
+        ("another temperature", KEY_A, temperature),
+    ] {
+        let r = ask(&env, key, &b, &[]).await;
+        assert_eq!(r.cache(), "MISS", "{what} must not match");
+        n += 1;
+        assert_eq!(env.stub.calls(), calls + n, "{what}");
+    }
+    // Another namespace of the same tenant is another scope too.
+    let r = ask(
+        &env,
+        KEY_A,
+        &body(sys, "How can I reset my password?"),
+        &[("x-recache-namespace", "org/other")],
+    )
+    .await;
+    assert_eq!(r.cache(), "MISS");
+
+    // Near-misses the guards refuse, however similar the embeddings.
+    for (a, b) in [
+        ("Solve x+2=8", "Solve a+2=8"),
+        (
+            "Enable the firewall on the server.",
+            "Do not enable the firewall on the server.",
+        ),
+        (
+            "What service usually runs on port 8080?",
+            "What service usually runs on port 8081?",
+        ),
+    ] {
+        assert_eq!(ask(&env, KEY_A, &body(sys, a), &[]).await.cache(), "MISS");
+        let r = ask(&env, KEY_A, &body(sys, b), &[]).await;
+        assert_eq!(r.cache(), "MISS", "'{b}' must not be answered with '{a}'");
+    }
+
+    let text = env.metrics_text().await;
+    assert!(text.contains("cache_semantic_hits_total 2"), "{text}");
+    assert!(env.metric("cache_semantic_vectors_stored_total").await >= 10.0);
+    let refused: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("cache_semantic_guard_refusals_total{"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum();
+    // "x+2=8" / "a+2=8" already scores under the threshold (about 0.74); the other two
+    // score above it and are stopped by the guards.
+    assert!(refused >= 2.0, "guard refusals {refused}");
+    let rep = report(&env).await;
+    assert_eq!(team_a(&rep)["semantic_hits"], 2, "{rep}");
+}
+
+async fn vectors_breaker_open_keeps_exact_hits_flowing(b: Backends) {
+    let Some(env) = env_with(b, StubConfig::default(), "").await else {
+        return;
+    };
+    let q = body(None, "What is the difference between a process and a thread?");
+    assert_eq!(ask(&env, KEY_A, &q, &[]).await.cache(), "MISS");
+    let (code, _) = env.admin_post("/admin/breakers/vectors/open", &json!({})).await;
+    assert_eq!(code, 200);
+    // Exact hits go on; paraphrases and new questions go to the provider; no client error.
+    for _ in 0..5 {
+        assert_eq!(ask(&env, KEY_A, &q, &[]).await.cache(), "HIT");
+    }
+    let para = body(None, "What's the difference between a process and a thread?");
+    assert_eq!(ask(&env, KEY_A, &para, &[]).await.cache(), "MISS");
+    let fresh = body(None, "Explain how a hash map works.");
+    assert_eq!(ask(&env, KEY_A, &fresh, &[]).await.cache(), "MISS");
+    assert!(env.metric("cache_semantic_vector_store_errors_total").await >= 1.0);
+    // Back on: paraphrases match again.
+    let (code, _) = env.admin_post("/admin/breakers/vectors/reset", &json!({})).await;
+    assert_eq!(code, 200);
+    let para2 = body(None, "Please explain how a hash map works.");
+    let r = ask(&env, KEY_A, &para2, &[]).await;
+    // The hash-map answer was stored while vectors were down, so it has no vector:
+    // its paraphrase is a miss (which stores one), and the next paraphrase matches.
+    assert_eq!(r.cache(), "MISS");
+    let again = body(None, "Could you explain how a hash map works?");
+    assert_eq!(ask(&env, KEY_A, &again, &[]).await.cache(), "SEMANTIC_HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_serves_the_provider_and_counts_agreement() {
+    let stub = StubConfig {
+        fixed_answer: Some("Open Settings, choose Security, then Reset password.".into()),
+        ..Default::default()
+    };
+    let Some(env) = env_with(Backends::Embedded, stub, "mode = \"shadow\"").await else {
+        return;
+    };
+    let first = ask(&env, KEY_A, &body(None, "How do I reset my password?"), &[]).await;
+    assert_eq!(first.cache(), "MISS");
+    let para = ask(&env, KEY_A, &body(None, "How can I reset my password?"), &[]).await;
+    assert_eq!(para.cache(), "MISS", "shadow mode never serves a semantic hit");
+    assert_eq!(env.stub.calls(), 2);
+    // The comparison runs in the background.
+    let mut t = Value::Null;
+    for _ in 0..100 {
+        t = team_a(&report(&env).await);
+        if t["shadow_checks"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t["mode"], "shadow", "{t}");
+    assert_eq!(t["shadow_candidates"], 1, "{t}");
+    assert_eq!(t["shadow_checks"], 1, "{t}");
+    assert_eq!(t["shadow_agreements"], 1, "{t}");
+    assert_eq!(t["false_hit_rate"], 0.0, "{t}");
+    assert_eq!(t["semantic_hits"], 0, "{t}");
+    let text = env.metrics_text().await;
+    assert!(
+        text.contains("cache_semantic_checks_total{kind=\"shadow\",agreed=\"true\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_budget_exceeded_raises_the_threshold() {
+    // Every fresh answer differs from every stored one: each shadow comparison is a false hit.
+    let answers = [
+        "Open Settings, choose Security, then Reset password.",
+        "Bananas are rich in potassium.",
+        "The Pacific is the largest ocean on Earth.",
+        "Mount Everest is about 8,849 metres tall.",
+        "Rust frees memory without a garbage collector.",
+    ];
+    let stub = StubConfig {
+        fixed_answer: Some(answers[0].into()),
+        ..Default::default()
+    };
+    let more = "mode = \"shadow\"\nerror_budget = 0.1|min_samples = 3";
+    let Some(env) = env_with(Backends::Embedded, stub, more).await else {
+        return;
+    };
+    assert_eq!(
+        ask(&env, KEY_A, &body(None, "How do I reset my password?"), &[])
+            .await
+            .cache(),
+        "MISS"
+    );
+    let paraphrases = [
+        "How can I reset my password?",
+        "How should I reset my password?",
+        "How do you reset my password?",
+    ];
+    for (i, p) in paraphrases.iter().enumerate() {
+        env.stub.update(|c| c.fixed_answer = Some(answers[i + 1].into()));
+        ask(&env, KEY_A, &body(None, p), &[]).await;
+        // Wait for this comparison before the next request, so each one is judged in turn.
+        for _ in 0..100 {
+            if team_a(&report(&env).await)["shadow_checks"].as_u64() == Some(i as u64 + 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let t = team_a(&report(&env).await);
+    assert_eq!(t["shadow_checks"], 3, "{t}");
+    assert_eq!(t["shadow_agreements"], 0, "{t}");
+    assert_eq!(t["threshold_raises"], 1, "{t}");
+    let (base, now) = (t["base_threshold"].as_f64().unwrap(), t["threshold"].as_f64().unwrap());
+    assert!(now > base + 0.005, "threshold {base} -> {now}");
+    let ci = t["false_hit_rate_ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() > 0.2 && ci[1].as_f64().unwrap() <= 1.0, "{t}");
+    assert_eq!(env.metric("cache_semantic_threshold_raises_total").await, 1.0);
+    let audit = env.admin_json("/admin/audit?limit=50").await;
+    let raised = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "semantic.threshold_raised")
+        .cloned()
+        .expect("the raise is audited");
+    assert_eq!(raised["tenant"], "team-a");
+    assert!(raised["detail"]["to"].as_f64().unwrap() > raised["detail"]["from"].as_f64().unwrap());
+}
+
+/// The labelled pair set: paraphrases that should match and near-misses that
+/// must not. Reports both rates at the default threshold; any near-miss served fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_pairs_no_near_miss_is_ever_served() {
+    let Some(env) = env_with(Backends::Embedded, StubConfig::default(), "").await else {
+        return;
+    };
+    let text = include_str!("data/semantic_pairs.jsonl");
+    let (mut para, mut para_hits, mut near, mut near_hits) = (0, 0, 0, 0);
+    let mut served = Vec::new();
+    let mut missed = Vec::new();
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let pair: Value = serde_json::from_str(line).unwrap();
+        let ns = format!("pairs-{i}");
+        let h = [("x-recache-namespace", ns.as_str())];
+        let (a, b) = (pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap());
+        assert_eq!(ask(&env, KEY_A, &body(None, a), &h).await.cache(), "MISS");
+        let r = ask(&env, KEY_A, &body(None, b), &h).await;
+        let hit = r.cache() == "SEMANTIC_HIT";
+        if pair["label"] == "paraphrase" {
+            para += 1;
+            para_hits += hit as u32;
+            if !hit {
+                missed.push(format!("{a} | {b}"));
+            }
+        } else {
+            near += 1;
+            near_hits += hit as u32;
+            if hit {
+                served.push(format!(
+                    "[{}] {a} | {b} ({})",
+                    pair["kind"],
+                    r.header("x-recache-similarity")
+                ));
+            }
+        }
+    }
+    println!(
+        "semantic pairs at the default threshold: paraphrase hit rate {para_hits}/{para} ({:.0} %), near-miss false-hit rate {near_hits}/{near} ({:.0} %)",
+        100.0 * para_hits as f64 / para as f64,
+        100.0 * near_hits as f64 / near as f64
+    );
+    for m in &missed {
+        println!("  paraphrase not matched: {m}");
+    }
+    assert!(served.is_empty(), "near-misses served: {served:#?}");
+    assert!(para_hits * 2 >= para, "paraphrase hit rate too low: {para_hits}/{para}");
+}
