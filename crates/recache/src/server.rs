@@ -305,6 +305,9 @@ impl Gateway {
         let config = Arc::new(config);
         let recovery = Arc::new(Recovery::new(cache.clone(), queue, config.clone(), upstreams.clone()));
         let semantic = crate::semantic::Semantic::open(&config, cache.clone(), &upstreams).await?;
+        if let Some(sem) = &semantic {
+            let _ = recovery.semantic.set(sem.clone());
+        }
         let state = Arc::new(AppState {
             semantic,
             tenants: Tenants::from_config(&config),
@@ -323,6 +326,8 @@ impl Gateway {
             crate::recovery::watch::check_index(&state.recovery),
         )
         .await;
+        // An empty active vector collection (new embedder, lost store) is refilled from metadata.
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.recovery.check_vectors()).await;
         let listener = tokio::net::TcpListener::bind(&state.config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.server.listen))?;

@@ -111,7 +111,8 @@ async fn paraphrase_hits_and_context_changes_miss(b: Backends) {
     let Some(env) = env_with(b, StubConfig::default(), "").await else {
         return;
     };
-    let sys = Some("You are a support agent for Acme.");
+    const SYSTEM: &str = "You are a support agent for Acme.";
+    let sys = Some(SYSTEM);
     let first = ask(&env, KEY_A, &body(sys, "How do I reset my password?"), &[]).await;
     assert_eq!(first.cache(), "MISS");
     assert_eq!(env.stub.calls(), 1);
@@ -155,7 +156,7 @@ async fn paraphrase_hits_and_context_changes_miss(b: Backends) {
 
     // The same paraphrase in every other context is a miss.
     let other_turns = json!({"model": "gpt-4o-mini", "messages": [
-        {"role": "system", "content": sys.unwrap()},
+        {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "I use the mobile app."},
         {"role": "assistant", "content": "Noted."},
         {"role": "user", "content": "How can I reset my password?"}]});
@@ -400,4 +401,106 @@ async fn labelled_pairs_no_near_miss_is_ever_served() {
     }
     assert!(served.is_empty(), "near-misses served: {served:#?}");
     assert!(para_hits * 2 >= para, "paraphrase hit rate too low: {para_hits}/{para}");
+}
+
+/// A new embedder fingerprint gets its own empty collection: no hit from the old
+/// vectors; a rebuild-vectors job (queued by itself at start-up) re-embeds the
+/// stored requests, and paraphrases hit again, with zero provider calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedder_change_never_mixes_vectors_and_rebuilds_them() {
+    let Some(model) = model_dir() else { return };
+    let two_embedders = |active: &str, warmer_on: bool| {
+        format!(
+            r#"
+[semantic]
+embed_timeout_ms = 10000
+[semantic.embedders.local]
+kind = "local"
+path = "{m}"
+[semantic.embedders.short]
+kind = "local"
+path = "{m}"
+max_tokens = 128
+[[semantic.rules]]
+tenant = "team-a"
+enabled = true
+embedder = "{active}"
+[warmer]
+enabled = {warmer_on}
+poll_ms = 50
+"#,
+            m = model.display()
+        )
+    };
+    let mut env = Env::on_with(
+        Backends::Embedded,
+        StubConfig::default(),
+        &two_embedders("local", true),
+        VECTORS_ON,
+    )
+    .await;
+    let original = ask(&env, KEY_A, &body(None, "How do I install Rust on Linux?"), &[]).await;
+    assert_eq!(original.cache(), "MISS");
+    let p1 = ask(&env, KEY_A, &body(None, "How can I install Rust on Linux?"), &[]).await;
+    assert_eq!(p1.cache(), "SEMANTIC_HIT");
+
+    // Another embedder, the warmer off: the old collection is never searched.
+    env.set_extra(&two_embedders("short", false));
+    env.restart().await;
+    let rep = report(&env).await;
+    let short = rep["report"]["embedders"][0]["collection"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(short.ends_with("128"), "{rep}");
+    let p2 = ask(
+        &env,
+        KEY_A,
+        &body(None, "How can I install Rust on Linux?"),
+        &[("cache-control", "no-store")],
+    )
+    .await;
+    assert_eq!(p2.cache(), "BYPASS");
+    let p2 = ask(
+        &env,
+        KEY_A,
+        &body(None, "How should I install Rust on Linux?"),
+        &[("cache-control", "no-store")],
+    )
+    .await;
+    assert_eq!(p2.cache(), "BYPASS");
+    let jobs = env.admin_json("/admin/jobs?limit=100").await;
+    let queued = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["kind"] == "rebuild-vectors" && j["state"] == "queued");
+    assert!(queued, "a rebuild of the empty collection is queued: {jobs}");
+    let calls = env.stub.calls();
+
+    // The warmer on: the job re-embeds the stored request, and paraphrases hit again.
+    env.set_extra(&two_embedders("short", true));
+    env.restart().await;
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        let jobs = env.admin_json("/admin/jobs?limit=100").await;
+        if let Some(j) = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["kind"] == "rebuild-vectors" && j["state"] == "succeeded")
+        {
+            done = j.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done["result"]["embedded"].as_u64().unwrap_or(0) >= 1, "{done}");
+    let p3 = ask(&env, KEY_A, &body(None, "How can I install Rust on Linux?"), &[]).await;
+    assert_eq!(p3.cache(), "SEMANTIC_HIT");
+    assert_eq!(p3.header("x-recache-key"), original.header("x-recache-key"));
+    assert_eq!(env.stub.calls(), calls, "the rebuild called no provider");
+    let rep = report(&env).await;
+    let collections = rep["report"]["collections"].as_array().unwrap();
+    assert_eq!(collections.len(), 2, "both collections exist, apart: {rep}");
 }

@@ -287,6 +287,13 @@ async fn status(a: StatusArgs) -> Result<i32, Exit> {
 
 async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
     let r = open(&a.config, IndexAccess::Write, "info").await?;
+    // rebuild-vectors needs the embedders.
+    if let Some(sem) = crate::semantic::Semantic::open(&r.config, r.cache.clone(), &r.upstreams)
+        .await
+        .map_err(|e| Exit::config(format!("semantic matching: {e:#}")))?
+    {
+        let _ = r.semantic.set(sem);
+    }
     let mut cfg = crate::server::worker_config(&r.config, "warmer");
     if let Some(c) = a.concurrency {
         cfg.concurrency = c.max(1);

@@ -21,6 +21,7 @@ pub mod directives;
 pub mod flight;
 pub mod ops;
 pub mod proxy;
+pub mod semantic;
 
 /// The OpenAI-compatible endpoints recache caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,11 +11,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::auth::Tenant;
 use super::flight::{self, FlightSpec, Joined, Live, Outcome, StoreTemplate};
 use super::{directives, AppState, Endpoint};
 use crate::error::ApiError;
 use crate::key::{cache_key, canonical_request, CacheKey};
 use crate::sse;
+use crate::upstream::Upstream;
 
 /// What `x-recache-status` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +44,46 @@ impl CacheStatus {
 }
 
 /// The validated parts of a request body the gateway needs.
-struct Parsed {
-    model: String,
-    stream: bool,
-    include_usage: bool,
-    value: Value,
+pub(super) struct Parsed {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub value: Value,
+}
+
+/// One authenticated, parsed request on its way through the cache.
+pub(super) struct Request<'a> {
+    pub state: &'a Arc<AppState>,
+    pub endpoint: Endpoint,
+    pub parsed: &'a Parsed,
+    pub directives: &'a directives::Directives,
+    pub tenant: &'a Tenant,
+    pub upstream: &'a Arc<Upstream>,
+    pub key: CacheKey,
+    pub raw: &'a Bytes,
+    pub canonical: &'a str,
+}
+
+impl Request<'_> {
+    /// The provider call for this request, storing its answer (and its vector) unless `no-store`.
+    pub fn flight(&self, vector: Option<Arc<crate::semantic::Prepared>>) -> FlightSpec {
+        let d = self.directives;
+        FlightSpec {
+            state: self.state.clone(),
+            upstream: self.upstream.clone(),
+            endpoint: self.endpoint,
+            body: self.raw.clone(),
+            store: (!d.no_store).then(|| StoreTemplate {
+                key: self.key,
+                tenant: self.tenant.name.clone(),
+                namespace: d.namespace.clone(),
+                model: self.parsed.model.clone(),
+                canonical_request: self.canonical.to_string(),
+                ttl: Duration::from_secs(d.ttl.unwrap_or(self.tenant.default_ttl.as_secs())),
+                vector,
+            }),
+        }
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -204,83 +241,22 @@ async fn serve(
         }
     }
 
+    let req = Request {
+        state,
+        endpoint,
+        parsed: &parsed,
+        directives: &d,
+        tenant: &tenant,
+        upstream: &upstream,
+        key,
+        raw: &raw,
+        canonical: &canonical,
+    };
     // Semantic lookup (DESIGN.md §2 step 5), only after an exact miss.
-    let mut prepared = None;
-    let mut shadow = None;
-    if let Some(sem) = &state.semantic {
-        if !(d.no_cache && d.no_store) && !d.semantic_off {
-            if let Some(policy) = sem.policy(&tenant.name, &d.namespace) {
-                prepared = sem
-                    .prepare(
-                        policy,
-                        &tenant.name,
-                        &d.namespace,
-                        endpoint,
-                        &upstream.name,
-                        &parsed.value,
-                    )
-                    .await
-                    .map(Arc::new);
-            }
-        }
-        if let (Some(p), false) = (&prepared, d.no_cache) {
-            if let Some(c) = sem.find(p, d.semantic_threshold).await {
-                if p.policy.live {
-                    match state.cache.lookup(c.key, &tenant.name, d.max_age, 0).await {
-                        Some(hit) => {
-                            metrics
-                                .tokens_saved
-                                .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
-                            metrics.usd_saved.add(hit.meta.cost_usd);
-                            if sem.sample_verification(p) {
-                                let spec = FlightSpec {
-                                    state: state.clone(),
-                                    upstream: upstream.clone(),
-                                    endpoint,
-                                    body: raw.clone(),
-                                    store: (!d.no_store).then(|| StoreTemplate {
-                                        key,
-                                        tenant: tenant.name.clone(),
-                                        namespace: d.namespace.clone(),
-                                        model: parsed.model.clone(),
-                                        canonical_request: canonical.clone(),
-                                        ttl: Duration::from_secs(d.ttl.unwrap_or(tenant.default_ttl.as_secs())),
-                                        vector: Some(p.clone()),
-                                    }),
-                                };
-                                let fresh = match state.coalescer.join(key) {
-                                    Joined::Follower(rx) => rx,
-                                    Joined::Leader(tx, guard) => {
-                                        let rx = tx.subscribe();
-                                        tokio::spawn(flight::run(spec, tx, None, Some(guard)));
-                                        rx
-                                    }
-                                };
-                                sem.judge_later(p.clone(), c.clone(), hit.body.clone(), fresh, false);
-                            }
-                            let mut resp = render_answer(
-                                endpoint,
-                                &parsed,
-                                &hit.body,
-                                &hit.meta.content_type,
-                                CacheStatus::SemanticHit,
-                                c.key,
-                                hit.age_secs,
-                            );
-                            if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", c.score)) {
-                                resp.headers_mut().insert("x-recache-similarity", v);
-                            }
-                            return Ok((resp, CacheStatus::SemanticHit.as_str()));
-                        }
-                        None => sem.not_served(),
-                    }
-                } else if let Some(hit) = state.cache.peek(c.key, &tenant.name).await {
-                    tracing::debug!(similarity = c.score, key = %c.key, "shadow mode: semantic candidate found; serving the provider's answer");
-                    shadow = Some((c, hit.body));
-                }
-            }
-        }
-    }
+    let (prepared, shadow) = match super::semantic::lookup(&req).await {
+        super::semantic::Step::Served(resp) => return Ok((resp, CacheStatus::SemanticHit.as_str())),
+        super::semantic::Step::Continue { prepared, shadow } => (prepared, shadow),
+    };
 
     let status = if d.no_cache || d.no_store {
         CacheStatus::Bypass
@@ -291,22 +267,7 @@ async fn serve(
         CacheStatus::Bypass => metrics.bypasses.fetch_add(1, Ordering::Relaxed),
         _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
     };
-    let store = (!d.no_store).then(|| StoreTemplate {
-        key,
-        tenant: tenant.name.clone(),
-        namespace: d.namespace.clone(),
-        model: parsed.model.clone(),
-        canonical_request: canonical,
-        ttl: Duration::from_secs(d.ttl.unwrap_or(tenant.default_ttl.as_secs())),
-        vector: prepared.clone(),
-    });
-    let spec = FlightSpec {
-        state: state.clone(),
-        upstream,
-        endpoint,
-        body: raw,
-        store,
-    };
+    let spec = req.flight(prepared.clone());
 
     // Only plain misses coalesce: a no-cache refresh or a no-store call is the client's own.
     let (tx, guard) = if status == CacheStatus::Miss {
@@ -441,7 +402,7 @@ fn clone_error(e: &ApiError) -> ApiError {
 }
 
 /// Renders a complete answer as JSON, or replays it as SSE for a streaming client.
-fn render_answer(
+pub(super) fn render_answer(
     endpoint: Endpoint,
     parsed: &Parsed,
     body: &Bytes,

@@ -22,7 +22,7 @@ pub const RECONCILE_METADATA: &str = "reconcile-metadata";
 pub const REFETCH: &str = "refetch";
 pub const REFRESH_STALE: &str = "refresh-stale";
 pub const WARM: &str = "warm";
-/// Kept for the semantic-matching work: succeeds with nothing to do while vectors are disabled.
+/// Re-embeds live entries into the active embedders' collections.
 pub const REBUILD_VECTORS: &str = "rebuild-vectors";
 
 pub const KINDS: [&str; 6] = [
@@ -41,6 +41,7 @@ pub fn needs(kind: &str) -> Vec<&'static str> {
         RECONCILE_METADATA => vec!["metadata", "artifacts"],
         REFETCH | REFRESH_STALE => vec!["metadata", "artifacts", "index"],
         WARM => vec!["artifacts", "index"],
+        REBUILD_VECTORS => vec!["metadata", "vectors"],
         _ => vec!["metadata"],
     }
 }
@@ -52,6 +53,7 @@ pub fn default_priority(kind: &str) -> i64 {
         RECONCILE_METADATA => 90,
         REFRESH_STALE => 50,
         REFETCH => 40,
+        REBUILD_VECTORS => 30,
         _ => 0,
     }
 }
@@ -77,7 +79,7 @@ impl Recovery {
             REFETCH => self.refetch(job.payload.clone(), ctx).await?,
             REFRESH_STALE => self.refresh_stale(job.payload.clone(), ctx).await?,
             WARM => self.warm(job.payload.clone(), ctx).await?,
-            REBUILD_VECTORS => json!({"note": "the vectors role is disabled: nothing to rebuild"}),
+            REBUILD_VECTORS => self.rebuild_vectors(job.payload.clone(), ctx).await?,
             other => return Err(JobError::Fatal(format!("unknown job kind '{other}'"))),
         };
         result["seconds"] = json!(started.elapsed().as_secs_f64());

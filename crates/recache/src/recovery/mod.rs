@@ -10,9 +10,10 @@
 //! | metadata rows | `reconcile-metadata` from the artifact envelopes | none |
 //! | artifacts | `refetch`, most valuable first, within a budget | one call per artifact |
 //! | entries expired during an outage | automatic `refresh-stale`, most hit first | one call per entry |
+//! | vectors (store lost, or a new embedder) | automatic `rebuild-vectors` from the stored requests | none (local embedder) |
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -31,6 +32,7 @@ pub mod jobs;
 pub mod listing;
 pub mod local;
 pub mod repair;
+pub mod vectors;
 pub mod warm;
 pub mod watch;
 
@@ -46,6 +48,8 @@ pub struct Recovery {
     pub progress: Arc<Progress>,
     /// Attempt outcomes by (kind, outcome), for `/metrics`.
     pub outcomes: Mutex<BTreeMap<(String, String), u64>>,
+    /// Semantic matching (for `rebuild-vectors`), once it is opened.
+    pub semantic: OnceLock<Arc<crate::semantic::Semantic>>,
 }
 
 impl Recovery {
@@ -57,6 +61,7 @@ impl Recovery {
             upstreams,
             progress: Arc::new(Progress::default()),
             outcomes: Mutex::new(BTreeMap::new()),
+            semantic: OnceLock::new(),
         }
     }
 

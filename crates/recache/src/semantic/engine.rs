@@ -58,6 +58,28 @@ pub struct Prepared {
     pub policy: Policy,
 }
 
+/// Why a request gets no embedding.
+#[derive(Debug)]
+pub enum Skip {
+    Ineligible(Ineligible),
+    /// The embedder failed, timed out, or its breaker is open.
+    Embedder(String),
+}
+
+impl Prepared {
+    /// The point that stores this request's vector for the entry `key`.
+    pub fn point(&self, key: CacheKey, expires_at_ms: i64) -> VectorPoint {
+        VectorPoint {
+            key,
+            scope: self.scope.clone(),
+            tenant: self.tenant.clone(),
+            text: self.text.clone(),
+            expires_at_ms,
+            vector: self.vector.clone(),
+        }
+    }
+}
+
 /// The stored request a new one may be answered with.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -422,7 +444,16 @@ impl Semantic {
         self.embedders.get(name)
     }
 
-    async fn ensure(&self, collection: &str, dimension: usize) -> bool {
+    /// The collections of the loaded embedders, with their dimensions.
+    pub fn active_collections(&self) -> Vec<(String, usize)> {
+        self.embedders
+            .values()
+            .map(|e| (collection_for(&e.fingerprint()), e.dimension()))
+            .collect()
+    }
+
+    /// Creates a collection unless it is known to exist; `false` when the store refused.
+    pub async fn ensure(&self, collection: &str, dimension: usize) -> bool {
         if self
             .ready
             .lock()
@@ -495,27 +526,48 @@ impl Semantic {
         upstream: &str,
         body: &Value,
     ) -> Option<Prepared> {
-        let split = match scope::split(endpoint.name(), body, self.cfg.max_temperature, self.cfg.max_chars) {
-            Ok(s) => s,
-            Err(why) => {
+        match self
+            .try_prepare(policy, tenant, namespace, endpoint, upstream, body)
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(Skip::Ineligible(why)) => {
                 if let Some(i) = INELIGIBLE.iter().position(|x| *x == why) {
                     self.metrics.ineligible[i].fetch_add(1, Ordering::Relaxed);
                 }
-                return None;
+                None
             }
-        };
-        let embedder = self.embedders.get(&policy.embedder)?;
-        let fingerprint = embedder.fingerprint();
-        let scope = scope::scope_hash(tenant, namespace, endpoint.name(), upstream, &split.rest, &fingerprint);
-        let vector = match self.embed(embedder.as_ref(), split.text.clone()).await {
-            Ok(v) => v,
-            Err(e) => {
+            Err(Skip::Embedder(e)) => {
                 tracing::debug!(error = %e, "semantic matching skipped: embedding failed");
                 self.metrics.lookup(Lookup::Unavailable);
-                return None;
+                None
             }
-        };
-        Some(Prepared {
+        }
+    }
+
+    /// [`Semantic::prepare`] without the counting: the rebuild job tells the two failures apart.
+    pub async fn try_prepare(
+        &self,
+        policy: Policy,
+        tenant: &str,
+        namespace: &str,
+        endpoint: Endpoint,
+        upstream: &str,
+        body: &Value,
+    ) -> Result<Prepared, Skip> {
+        let split = scope::split(endpoint.name(), body, self.cfg.max_temperature, self.cfg.max_chars)
+            .map_err(Skip::Ineligible)?;
+        let embedder = self
+            .embedders
+            .get(&policy.embedder)
+            .ok_or_else(|| Skip::Embedder(format!("embedder '{}' is not loaded", policy.embedder)))?;
+        let fingerprint = embedder.fingerprint();
+        let scope = scope::scope_hash(tenant, namespace, endpoint.name(), upstream, &split.rest, &fingerprint);
+        let vector = self
+            .embed(embedder.as_ref(), split.text.clone())
+            .await
+            .map_err(Skip::Embedder)?;
+        Ok(Prepared {
             tenant: tenant.to_string(),
             namespace: namespace.to_string(),
             scope,
@@ -642,14 +694,7 @@ impl Semantic {
             self.metrics.vector_store_errors.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let point = VectorPoint {
-            key,
-            scope: p.scope.clone(),
-            tenant: p.tenant.clone(),
-            text: p.text.clone(),
-            expires_at_ms,
-            vector: p.vector.clone(),
-        };
+        let point = p.point(key, expires_at_ms);
         match self.vectors.upsert(&p.collection, vec![point]).await {
             Ok(()) => {
                 self.metrics.vectors_stored.fetch_add(1, Ordering::Relaxed);

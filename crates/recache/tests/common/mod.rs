@@ -195,6 +195,11 @@ impl Env {
         self.gw = Some(gw);
     }
 
+    /// Replaces the extra config (takes effect at the next restart).
+    pub fn set_extra(&mut self, extra: &str) {
+        self.extra = extra.to_string();
+    }
+
     pub async fn restart(&mut self) {
         if let Some(gw) = self.gw.take() {
             gw.shutdown().await;
