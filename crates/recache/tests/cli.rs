@@ -115,6 +115,60 @@ fn wait_for_url(child: &mut std::process::Child) -> String {
     panic!("no URL printed");
 }
 
+/// With the model fetched (scripts/fetch-model.sh), the demo turns semantic
+/// matching on for its tenant and says so at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_turns_semantic_matching_on_when_the_model_is_there() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if !root.join("models/all-MiniLM-L6-v2/model.safetensors").exists() {
+        eprintln!("skipped: no model (run `bash scripts/fetch-model.sh`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child(
+        recache()
+            .current_dir(&root)
+            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut said) = (String::new(), String::new());
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(i) = line.find("http://") {
+            if url.is_empty() {
+                url = line[i..].chars().take_while(|c| !c.is_whitespace()).collect();
+            }
+        }
+        if line.starts_with("semantic matching:") {
+            said = line;
+            break;
+        }
+    }
+    // Keep draining stdout so the gateway never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(said.contains("ON for the demo tenant"), "{said}");
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for q in ["How do I reset my password?", "How can I reset my password?"] {
+        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": q}]});
+        let r = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth("sk-recache-demo")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        statuses.push(r.headers()["x-recache-status"].to_str().unwrap().to_string());
+    }
+    assert_eq!(statuses, ["MISS", "SEMANTIC_HIT"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_miss_then_hit_and_health_reports() {
     let dir = tempfile::tempdir().unwrap();

@@ -28,9 +28,33 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
 }
 
-/// The demo configuration: everything embedded, the stub provider upstream.
-pub fn demo_config(stub_url: &str, data_dir: &std::path::Path, listen: &str) -> String {
+/// Where `scripts/fetch-model.sh` puts the demo's embedding model.
+pub const DEMO_MODEL: &str = "models/all-MiniLM-L6-v2";
+
+/// The demo's model folder, when it has been fetched.
+pub fn demo_model() -> Option<PathBuf> {
+    let dir = PathBuf::from(DEMO_MODEL);
+    (dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists()).then_some(dir)
+}
+
+/// The demo configuration: everything embedded, the stub provider upstream;
+/// semantic matching for the demo tenant when a model folder is given.
+pub fn demo_config(
+    stub_url: &str,
+    data_dir: &std::path::Path,
+    listen: &str,
+    model: Option<&std::path::Path>,
+) -> String {
     let d = data_dir.display();
+    let semantic = match model {
+        Some(m) => format!(
+            "[vectors]\nengine = \"embedded\"\npath = \"{d}/vectors\"\n\
+             [semantic.embedders.local]\nkind = \"local\"\npath = \"{}\"\n\
+             [[semantic.rules]]\ntenant = \"demo\"\nenabled = true\n",
+            m.display()
+        ),
+        None => String::new(),
+    };
     format!(
         r#"
 [server]
@@ -57,6 +81,7 @@ default_ttl_seconds = 86400
 [prices."gpt-4o-mini"]
 input = 0.15
 output = 0.60
+{semantic}
 "#,
         hash = crate::config::key_hash(DEMO_KEY).unwrap_or_default()
     )
@@ -69,7 +94,8 @@ async fn build_config(args: &ServeArgs, env: &HashMap<String, String>) -> Result
             .await
             .map_err(|e| format!("cannot start the stub provider: {e}"))?;
         let listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
-        let text = demo_config(&format!("http://{addr}/v1"), &args.data_dir, &listen);
+        let model = demo_model();
+        let text = demo_config(&format!("http://{addr}/v1"), &args.data_dir, &listen, model.as_deref());
         let (mut c, _) = Config::from_toml_str(&text, env).map_err(|e| e.to_string())?;
         c.server.listen = listen;
         return Ok(c);
@@ -107,6 +133,15 @@ pub async fn run(args: ServeArgs) -> i32 {
             gw.addr
         );
         println!("demo client key: {DEMO_KEY}");
+        match demo_model() {
+            Some(m) => println!(
+                "semantic matching: ON for the demo tenant (local model {}; a paraphrase answers as SEMANTIC_HIT)",
+                m.display()
+            ),
+            None => {
+                println!("semantic matching: off (no model at {DEMO_MODEL}; `bash scripts/fetch-model.sh` fetches it)")
+            }
+        }
         println!(
             "try: curl -si http://{}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'",
             gw.addr

@@ -408,7 +408,16 @@ impl Semantic {
             let embedder: Arc<dyn Embedder> = match e.kind.as_str() {
                 "local" => {
                     let e = e.clone();
-                    let loaded = tokio::task::spawn_blocking(move || LocalEmbedder::load(&e)).await??;
+                    let path = e.path.clone().unwrap_or_default();
+                    let loaded = tokio::task::spawn_blocking(move || LocalEmbedder::load(&e))
+                        .await?
+                        .map_err(|err| {
+                            anyhow::anyhow!(
+                                "semantic.embedders.{name}: cannot load the model at {} ({err:#}); \
+                                 `bash scripts/fetch-model.sh` fetches all-MiniLM-L6-v2 into models/",
+                                path.display()
+                            )
+                        })?;
                     // One inference at start-up, so the first request does not pay the warm-up.
                     let _ = loaded.embed("warm up".into()).await;
                     Arc::new(loaded)
