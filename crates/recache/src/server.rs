@@ -194,7 +194,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
     let roles = Roles {
         index,
         artifacts,
-        vectors: open_vectors(config, bv.clone())?,
+        vectors: open_vectors(config, bv.clone(), access)?,
         metadata,
         breakers: vec![bi, ba, bv, bm],
     };
@@ -211,13 +211,25 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
     Ok((roles, queue))
 }
 
-/// The vectors role: disabled, or the embedded engine behind its breaker.
-fn open_vectors(config: &Config, breaker: Arc<Breaker>) -> anyhow::Result<Arc<dyn crate::roles::Vectors>> {
+/// The vectors role: disabled, or the engine behind its breaker. A read-only
+/// process (audit) beside a gateway that owns the embedded store goes without.
+pub fn open_vectors(
+    config: &Config,
+    breaker: Arc<Breaker>,
+    access: IndexAccess,
+) -> anyhow::Result<Arc<dyn crate::roles::Vectors>> {
     let inner: Arc<dyn crate::roles::Vectors> = match config.vectors.engine.as_str() {
-        "embedded" => Arc::new(
-            crate::roles::vectors_embedded::EmbeddedVectors::open(&config.vectors.path)
-                .with_context(|| format!("cannot open the vector store at {}", config.vectors.path.display()))?,
-        ),
+        "embedded" => match crate::roles::vectors_embedded::EmbeddedVectors::open(&config.vectors.path) {
+            Ok(v) => Arc::new(v),
+            Err(e) if access == IndexAccess::ReadOnly => {
+                tracing::info!(error = %e, "vectors not opened (read-only process)");
+                return Ok(Arc::new(DisabledVectors));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the vector store at {}", config.vectors.path.display()))
+            }
+        },
         _ => return Ok(Arc::new(DisabledVectors)),
     };
     Ok(Arc::new(crate::roles::guarded::GuardedVectors {
@@ -369,10 +381,14 @@ impl Gateway {
         for t in &mut self.recovery {
             if tokio::time::timeout(Duration::from_secs(10), &mut *t).await.is_err() {
                 t.abort();
+                let _ = t.await;
             }
         }
-        for t in &self.background {
+        // Awaited after the abort: a cancelled task drops its state (and the stores'
+        // locks with it) only when it is polled again, and a restart needs them free.
+        for t in self.background.drain(..) {
             t.abort();
+            let _ = t.await;
         }
         self.state.cache.flush_hits().await;
         if let Err(e) = self.state.cache.roles.index.flush().await {

@@ -286,6 +286,9 @@ async fn shadow_mode_serves_the_provider_and_counts_agreement() {
     assert_eq!(t["shadow_agreements"], 1, "{t}");
     assert_eq!(t["false_hit_rate"], 0.0, "{t}");
     assert_eq!(t["semantic_hits"], 0, "{t}");
+    let (code, v) = env.cli_json(&["semantic", "report", "--url", &env.base]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(team_a(&v)["shadow_agreements"], 1);
     let text = env.metrics_text().await;
     assert!(
         text.contains("cache_semantic_checks_total{kind=\"shadow\",agreed=\"true\"} 1"),
@@ -352,6 +355,53 @@ async fn error_budget_exceeded_raises_the_threshold() {
         .expect("the raise is audited");
     assert_eq!(raised["tenant"], "team-a");
     assert!(raised["detail"]["to"].as_f64().unwrap() > raised["detail"]["from"].as_f64().unwrap());
+
+    // The CLI report says the same, and exits 1: a tenant is over its budget.
+    let (code, v) = env.cli_json(&["semantic", "report", "--url", &env.base]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(team_a(&v)["threshold_raises"], 1);
+    let (code, out, err) = env.cli(&["semantic", "report", "--url", &env.base]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("raised from 0.900") && out.contains("team-a"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vectors_init_and_list_from_the_cli() {
+    let Some(mut env) = env_with(Backends::Embedded, StubConfig::default(), "").await else {
+        return;
+    };
+    // The running gateway owns the embedded store: the CLI says so.
+    let (code, _, err) = env.cli(&["vectors", "init", "--collection", "ops-test", "--dimension", "8"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another recache process"), "{err}");
+    env.gw.take().unwrap().shutdown().await;
+    let (code, out, err) = env.cli(&["vectors", "init", "--collection", "ops-test", "--dimension", "8"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ops-test"), "{out}");
+    // Idempotent; another dimension for the same name is refused.
+    assert_eq!(
+        env.cli(&["vectors", "init", "--collection", "ops-test", "--dimension", "8"])
+            .0,
+        0
+    );
+    let (code, _, err) = env.cli(&["vectors", "init", "--collection", "ops-test", "--dimension", "16"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, v) = env.cli_json(&["vectors", "list"]);
+    assert_eq!(code, 0);
+    let cols = v["collections"].as_array().unwrap();
+    assert!(
+        cols.iter().any(|c| c["name"] == "ops-test" && c["dimension"] == 8),
+        "{v}"
+    );
+    // The gateway's own collection (its embedder's fingerprint) is there too.
+    assert!(
+        cols.iter()
+            .any(|c| c["name"].as_str().unwrap().starts_with("recache-local")),
+        "{v}"
+    );
+    let (code, v) = env.cli_json(&["health", "--backend", "vectors"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["backends"][0]["engine"], "embedded");
 }
 
 /// The labelled pair set: paraphrases that should match and near-misses that

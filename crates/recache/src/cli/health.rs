@@ -122,14 +122,43 @@ pub async fn run(args: HealthArgs) -> i32 {
         );
     }
     if want("vectors") {
-        report.push(RoleHealth {
-            role: "vectors",
-            engine: "disabled",
-            status: "disabled",
-            latency_ms: 0.0,
-            info: CheckInfo::default(),
-            error: None,
-            breaker: None,
+        report.push(match config.vectors.engine.as_str() {
+            "embedded" => {
+                let path = config.vectors.path.clone();
+                timed_check(
+                    "vectors",
+                    "embedded",
+                    async move {
+                        // Read-only: a running gateway owns the store, so only inspect its logs.
+                        let cols = tokio::task::spawn_blocking(move || {
+                            crate::roles::vectors_embedded::EmbeddedVectors::probe(&path)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                        let list: Vec<String> = cols
+                            .iter()
+                            .map(|(n, d, bytes)| format!("{n} (dimension {d}, {bytes} bytes)"))
+                            .collect();
+                        Ok::<_, String>(CheckInfo {
+                            version: Some(format!("{} collection(s): {}", cols.len(), list.join(", "))),
+                            entries: None,
+                            warnings: Vec::new(),
+                        })
+                    },
+                    t,
+                )
+                .await
+            }
+            _ => RoleHealth {
+                role: "vectors",
+                engine: "disabled",
+                status: "disabled",
+                latency_ms: 0.0,
+                info: CheckInfo::default(),
+                error: None,
+                breaker: None,
+            },
         });
     }
     if want("metadata") {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod health;
 pub mod ops;
 pub mod repair;
+pub mod semantic;
 pub mod serve;
 pub mod warmer;
 
@@ -44,6 +45,10 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Fix what audit finds: missing artifacts, metadata rows, orphans, the index.
     Repair(repair::RepairArgs),
+    /// Semantic matching: the per-tenant report (hits, measured false-hit rate, thresholds).
+    Semantic(semantic::SemanticArgs),
+    /// The vector store: create and list collections.
+    Vectors(semantic::VectorsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,5 +103,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Warmer(a) => warmer::run(a).await,
         Command::Audit(a) => audit::run(a).await,
         Command::Repair(a) => repair::run(a).await,
+        Command::Semantic(a) => semantic::run_semantic(a).await,
+        Command::Vectors(a) => semantic::run_vectors(a).await,
     }
 }

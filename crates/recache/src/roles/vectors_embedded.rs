@@ -99,6 +99,8 @@ impl Collection {
 pub struct EmbeddedVectors {
     dir: PathBuf,
     collections: RwLock<BTreeMap<String, Collection>>,
+    /// Held while open: one writing process at a time.
+    _lock: File,
 }
 
 fn io(e: impl std::fmt::Display) -> BackendError {
@@ -259,8 +261,21 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 impl EmbeddedVectors {
     /// Opens (or creates) the vector store in `dir`, replaying every collection log.
+    /// One process at a time: a second one gets an error naming the lock.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("vectors.lock"))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!(
+                "the embedded vector store in {} is in use by another recache process (a running gateway owns it; \
+                 queue vector work with `recache warmer rebuild --scope vectors` and the gateway's workers run it)",
+                dir.display()
+            );
+        }
         let mut collections = BTreeMap::new();
         for e in std::fs::read_dir(dir)? {
             let path = e?.path();
@@ -302,7 +317,37 @@ impl EmbeddedVectors {
         Ok(Self {
             dir: dir.to_path_buf(),
             collections: RwLock::new(collections),
+            _lock: lock,
         })
+    }
+
+    /// Inspects a store without opening it (a running gateway owns it):
+    /// each collection's name, dimension and log size.
+    pub fn probe(dir: &Path) -> std::io::Result<Vec<(String, usize, u64)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let path = e?.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("vlog") {
+                continue;
+            }
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let mut head = [0u8; 12];
+            File::open(&path)?.read_exact(&mut head)?;
+            if &head[..8] != MAGIC {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a recache vector log",
+                    path.display()
+                )));
+            }
+            let dim = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+            out.push((name, dim, std::fs::metadata(&path)?.len()));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Rewrites a collection log with only its live points.

@@ -320,6 +320,7 @@ impl Env {
             .arg(self.config_file())
             .envs(self.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "warn")
+            .env("RECACHE_ADMIN_TOKEN", "admin-secret")
             .output()
             .expect("recache runs");
         (
