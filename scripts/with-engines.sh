@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs a command with real storage engines started for it, each on an
 # ephemeral loopback port with its data in a temporary directory:
-#   Redis (redis-server), PostgreSQL (initdb + postgres), S3 (s3s-fs).
+#   Redis (redis-server), PostgreSQL (initdb + postgres), S3 (s3s-fs), and
+#   Qdrant when a server binary is at hand: $QDRANT_BIN, or ../shared/bin/qdrant
+#   beside the project root (no package ships one; without it the Qdrant tests
+#   say they are skipped).
 # Installs what is missing (Debian packages, crates.io), hands the endpoints
 # to the command through RECACHE_TEST_* environment variables, and tears
 # everything down when the command ends, whether it passed or failed.
@@ -75,6 +78,23 @@ S3_ROOT="$WORK/s3"; mkdir -p "$S3_ROOT/recache-test"
   >"$WORK/s3.log" 2>&1 &
 S3_PID=$!; PIDS+=("$S3_PID"); disown "$S3_PID"
 
+# --- Qdrant (optional): a binary from QDRANT_BIN or ../shared/bin/qdrant.
+QDRANT=${QDRANT_BIN:-}
+SHARED_QDRANT="$(cd "$(dirname "$0")/.." && pwd)/../shared/bin/qdrant"
+[ -z "$QDRANT" ] && [ -x "$SHARED_QDRANT" ] && QDRANT=$SHARED_QDRANT
+if [ -n "$QDRANT" ] && [ -x "$QDRANT" ]; then
+  Q_HTTP=$(free_port); Q_GRPC=$(free_port)
+  mkdir -p "$WORK/qdrant"
+  (cd "$WORK/qdrant" && exec env QDRANT__SERVICE__HOST=127.0.0.1 QDRANT__SERVICE__HTTP_PORT="$Q_HTTP" \
+    QDRANT__SERVICE__GRPC_PORT="$Q_GRPC" QDRANT__STORAGE__STORAGE_PATH="$WORK/qdrant/storage" \
+    QDRANT__STORAGE__SNAPSHOTS_PATH="$WORK/qdrant/snapshots" QDRANT__TELEMETRY_DISABLED=true \
+    QDRANT__SERVICE__ENABLE_STATIC_CONTENT=false "$QDRANT" --disable-telemetry) >"$WORK/qdrant.log" 2>&1 &
+  Q_PID=$!; PIDS+=("$Q_PID"); disown "$Q_PID"
+else
+  QDRANT=""
+  log "qdrant: no server binary (set QDRANT_BIN, or put one at ../shared/bin/qdrant); the Qdrant tests are skipped"
+fi
+
 wait_for() { # name, command...
   local name=$1; shift
   for _ in $(seq 1 200); do
@@ -86,6 +106,13 @@ wait_for() { # name, command...
 wait_for redis redis-cli -p "$REDIS_PORT" ping
 wait_for postgres "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
 wait_for s3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT"
+if [ -n "$QDRANT" ]; then
+  wait_for qdrant python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$Q_HTTP/readyz', timeout=1)"
+  export RECACHE_TEST_QDRANT_BIN="$QDRANT"
+  export RECACHE_TEST_QDRANT_URL="http://127.0.0.1:$Q_GRPC"
+  export RECACHE_TEST_QDRANT_HTTP="http://127.0.0.1:$Q_HTTP"
+  log "qdrant $RECACHE_TEST_QDRANT_URL (gRPC), $RECACHE_TEST_QDRANT_HTTP (HTTP)"
+fi
 
 export RECACHE_TEST_ENGINES=1
 # For tests that start (and kill) servers of their own.

@@ -182,8 +182,10 @@ pub struct VectorsConfig {
     pub engine: String,
     /// `embedded`: the directory of the vector logs.
     pub path: PathBuf,
+    /// `qdrant`: its gRPC address (e.g. `http://127.0.0.1:6334`). Collections are
+    /// named per embedder fingerprint (`recache-…`), never configured by hand.
     pub url: Option<String>,
-    pub collection: Option<String>,
+    /// Time limit of one call (bulk calls get 40 times this, at least 5 s).
     pub timeout_ms: u64,
 }
 
@@ -193,7 +195,6 @@ impl Default for VectorsConfig {
             engine: "disabled".into(),
             path: PathBuf::from("./recache-data/vectors"),
             url: None,
-            collection: None,
             timeout_ms: 100,
         }
     }
@@ -613,11 +614,12 @@ impl Config {
         }
         match self.vectors.engine.as_str() {
             "disabled" | "embedded" => {}
-            "qdrant" => {
-                return err(
-                    "vectors.engine = \"qdrant\" is not available in this build yet; use \"embedded\" or \"disabled\"",
-                )
-            }
+            "qdrant" => match self.vectors.url.as_deref() {
+                None | Some("") => {
+                    return err("vectors.engine = \"qdrant\" needs vectors.url (its gRPC address, e.g. http://127.0.0.1:6334)")
+                }
+                Some(u) => check_url("vectors.url", u, &["http", "https"])?,
+            },
             other => {
                 return err(format!(
                     "vectors.engine: unknown engine '{other}' (expected disabled, embedded or qdrant)"

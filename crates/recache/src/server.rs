@@ -230,6 +230,15 @@ pub fn open_vectors(
                     .with_context(|| format!("cannot open the vector store at {}", config.vectors.path.display()))
             }
         },
+        "qdrant" => Arc::new(
+            // The client's own limit is generous (collection creation); every call is
+            // bounded by vectors.timeout_ms in the guard.
+            crate::roles::vectors_qdrant::QdrantVectors::new(
+                config.vectors.url.as_deref().unwrap_or_default(),
+                Duration::from_secs(30),
+            )
+            .context("cannot set up the Qdrant client")?,
+        ),
         _ => return Ok(Arc::new(DisabledVectors)),
     };
     Ok(Arc::new(crate::roles::guarded::GuardedVectors {

@@ -171,6 +171,32 @@ async fn embedded_index_snapshot_matches_the_index() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_vectors_conformance() {
+    use recache::roles::vectors_qdrant::QdrantVectors;
+    use recache::roles::Vectors;
+    let Some(url) = engines::qdrant_url() else { return };
+    let v: Arc<dyn Vectors> = Arc::new(QdrantVectors::new(&url, Duration::from_secs(10)).unwrap());
+    c::vectors_upsert_search_delete(v.as_ref()).await;
+    c::vectors_scope_isolation_and_expiry(v.as_ref()).await;
+    c::vectors_concurrent_writers(v.clone()).await;
+    c::vectors_health(v.as_ref()).await;
+    // Payload indexes exist for the filters (scope, tenant, expiry).
+    let http = std::env::var("RECACHE_TEST_QDRANT_HTTP").unwrap();
+    let col = c::test_collection("basic");
+    let info: serde_json::Value = reqwest::get(format!("{http}/collections/{col}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schema = &info["result"]["payload_schema"];
+    for field in ["scope", "tenant", "expires_at_ms"] {
+        assert!(schema.get(field).is_some(), "payload index on {field}: {info}");
+    }
+    assert_eq!(info["result"]["config"]["params"]["vectors"]["distance"], "Cosine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_vectors_conformance() {
     use recache::roles::vectors_embedded::EmbeddedVectors;
     use recache::roles::Vectors;

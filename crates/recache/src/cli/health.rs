@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
-use crate::roles::{timed_check, CheckInfo, Index, RoleHealth};
+use crate::roles::{timed_check, CheckInfo, Index, RoleHealth, Vectors};
 use crate::server::{open_artifacts, open_metadata};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +145,22 @@ pub async fn run(args: HealthArgs) -> i32 {
                             entries: None,
                             warnings: Vec::new(),
                         })
+                    },
+                    t,
+                )
+                .await
+            }
+            "qdrant" => {
+                timed_check(
+                    "vectors",
+                    "qdrant",
+                    async {
+                        let v = crate::roles::vectors_qdrant::QdrantVectors::new(
+                            config.vectors.url.as_deref().unwrap_or_default(),
+                            t,
+                        )
+                        .map_err(|e| format!("{e:#}"))?;
+                        v.check().await.map_err(|e| e.to_string())
                     },
                     t,
                 )

@@ -237,10 +237,14 @@ impl Vectors for GuardedVectors {
         )
     }
     fn collections(&self) -> BoxFuture<'_, Result<Vec<CollectionInfo>>> {
-        Box::pin(self.guard.call(self.inner.collections()))
+        Box::pin(self.guard.call_bulk(self.inner.collections()))
     }
     fn upsert<'a>(&'a self, collection: &'a str, points: Vec<VectorPoint>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.guard.call(self.inner.upsert(collection, points)))
+        if points.len() > 1 {
+            Box::pin(self.guard.call_bulk(self.inner.upsert(collection, points)))
+        } else {
+            Box::pin(self.guard.call(self.inner.upsert(collection, points)))
+        }
     }
     fn search<'a>(
         &'a self,
@@ -252,10 +256,10 @@ impl Vectors for GuardedVectors {
         Box::pin(self.guard.call(self.inner.search(collection, scope, vector, k)))
     }
     fn delete(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(self.guard.call(self.inner.delete(keys)))
+        Box::pin(self.guard.call_bulk(self.inner.delete(keys)))
     }
     fn count<'a>(&'a self, collection: Option<&'a str>) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.guard.call(self.inner.count(collection)))
+        Box::pin(self.guard.call_bulk(self.inner.count(collection)))
     }
     fn list<'a>(
         &'a self,

@@ -25,6 +25,20 @@ pub fn redis_url() -> Option<String> {
     var("RECACHE_TEST_REDIS_URL")
 }
 
+/// The harness's Qdrant (gRPC URL). Optional even in CI: no package ships a
+/// Qdrant server, so the harness starts one only when a binary is at hand.
+pub fn qdrant_url() -> Option<String> {
+    match std::env::var("RECACHE_TEST_QDRANT_URL") {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            eprintln!(
+                "Qdrant test skipped: no Qdrant server (scripts/with-engines.sh starts one from QDRANT_BIN or ../shared/bin/qdrant)"
+            );
+            None
+        }
+    }
+}
+
 pub fn s3() -> Option<(String, String)> {
     Some((var("RECACHE_TEST_S3_ENDPOINT")?, var("RECACHE_TEST_S3_BUCKET")?))
 }
