@@ -185,6 +185,8 @@ pub struct VectorsConfig {
     /// `qdrant`: its gRPC address (e.g. `http://127.0.0.1:6334`). Collections are
     /// named per embedder fingerprint (`recache-…`), never configured by hand.
     pub url: Option<String>,
+    /// Collection names start with this (deployments sharing one Qdrant keep apart).
+    pub collection_prefix: String,
     /// Time limit of one call (bulk calls get 40 times this, at least 5 s).
     pub timeout_ms: u64,
 }
@@ -195,6 +197,7 @@ impl Default for VectorsConfig {
             engine: "disabled".into(),
             path: PathBuf::from("./recache-data/vectors"),
             url: None,
+            collection_prefix: "recache-".into(),
             timeout_ms: 100,
         }
     }
@@ -612,14 +615,25 @@ impl Config {
                 ))
             }
         }
+        let prefix = &self.vectors.collection_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        {
+            return err("vectors.collection_prefix must be 1-64 characters of a-z 0-9 - _ .");
+        }
         match self.vectors.engine.as_str() {
             "disabled" | "embedded" => {}
-            "qdrant" => match self.vectors.url.as_deref() {
-                None | Some("") => {
-                    return err("vectors.engine = \"qdrant\" needs vectors.url (its gRPC address, e.g. http://127.0.0.1:6334)")
+            "qdrant" => {
+                match self.vectors.url.as_deref() {
+                    None | Some("") => return err(
+                        "vectors.engine = \"qdrant\" needs vectors.url (its gRPC address, e.g. http://127.0.0.1:6334)",
+                    ),
+                    Some(u) => check_url("vectors.url", u, &["http", "https"])?,
                 }
-                Some(u) => check_url("vectors.url", u, &["http", "https"])?,
-            },
+            }
             other => {
                 return err(format!(
                     "vectors.engine: unknown engine '{other}' (expected disabled, embedded or qdrant)"

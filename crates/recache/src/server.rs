@@ -236,6 +236,7 @@ pub fn open_vectors(
             crate::roles::vectors_qdrant::QdrantVectors::new(
                 config.vectors.url.as_deref().unwrap_or_default(),
                 Duration::from_secs(30),
+                &config.vectors.collection_prefix,
             )
             .context("cannot set up the Qdrant client")?,
         ),

@@ -175,7 +175,7 @@ async fn qdrant_vectors_conformance() {
     use recache::roles::vectors_qdrant::QdrantVectors;
     use recache::roles::Vectors;
     let Some(url) = engines::qdrant_url() else { return };
-    let v: Arc<dyn Vectors> = Arc::new(QdrantVectors::new(&url, Duration::from_secs(10)).unwrap());
+    let v: Arc<dyn Vectors> = Arc::new(QdrantVectors::new(&url, Duration::from_secs(10), "recache-").unwrap());
     c::vectors_upsert_search_delete(v.as_ref()).await;
     c::vectors_scope_isolation_and_expiry(v.as_ref()).await;
     c::vectors_concurrent_writers(v.clone()).await;

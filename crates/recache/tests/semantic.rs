@@ -49,11 +49,38 @@ enabled = true
     )
 }
 
-const VECTORS_ON: &[(&str, &str)] = &[("RECACHE_VECTORS__ENGINE", "embedded")];
+/// Where the vectors go: the embedded store, or a Qdrant server (gRPC URL).
+#[derive(Clone, Debug)]
+enum VectorStore {
+    Embedded,
+    Qdrant(String),
+}
 
 async fn env_with(b: Backends, stub: StubConfig, more: &str) -> Option<Env> {
+    env_on(b, VectorStore::Embedded, stub, more).await
+}
+
+async fn env_on(b: Backends, v: VectorStore, stub: StubConfig, more: &str) -> Option<Env> {
     let model = model_dir()?;
-    Some(Env::on_with(b, stub, &semantic_toml(&model, more), VECTORS_ON).await)
+    Some(env_raw(b, v, stub, &semantic_toml(&model, more)).await)
+}
+
+/// A gateway with the vectors on `v` and `extra` as its extra config.
+async fn env_raw(b: Backends, v: VectorStore, stub: StubConfig, extra: &str) -> Env {
+    let overrides: Vec<(&str, String)> = match v {
+        VectorStore::Embedded => vec![("RECACHE_VECTORS__ENGINE", "embedded".into())],
+        // Each test its own collections on the shared server.
+        VectorStore::Qdrant(url) => vec![
+            ("RECACHE_VECTORS__ENGINE", "qdrant".into()),
+            ("RECACHE_VECTORS__URL", url),
+            (
+                "RECACHE_VECTORS__COLLECTION_PREFIX",
+                format!("{}-", common::engines::unique("t").to_lowercase()),
+            ),
+        ],
+    };
+    let o: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Env::on_with(b, stub, extra, &o).await
 }
 
 fn body(system: Option<&str>, question: &str) -> Value {
@@ -85,30 +112,45 @@ fn team_a(report: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
-macro_rules! on_both_backends {
+/// Runs each named test on the embedded stores (vectors embedded), on Redis +
+/// S3 + PostgreSQL (vectors embedded), and on Redis + S3 + PostgreSQL with the
+/// vectors on Qdrant (skipped, saying so, when no Qdrant server is at hand).
+macro_rules! on_every_engine {
     ($($name:ident),* $(,)?) => { $(
         mod $name {
+            use super::VectorStore;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn embedded() {
-                super::$name(super::Backends::Embedded).await
+                super::$name(super::Backends::Embedded, VectorStore::Embedded).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn real_engines() {
                 if let Some(b) = super::Backends::real().await {
-                    super::$name(b).await
+                    super::$name(b, VectorStore::Embedded).await
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn qdrant() {
+                let Some(url) = super::common::engines::qdrant_url() else { return };
+                if let Some(b) = super::Backends::real().await {
+                    super::$name(b, VectorStore::Qdrant(url)).await
                 }
             }
         }
     )* };
 }
 
-on_both_backends!(
+on_every_engine!(
     paraphrase_hits_and_context_changes_miss,
     vectors_breaker_open_keeps_exact_hits_flowing,
+    shadow_mode_serves_the_provider_and_counts_agreement,
+    error_budget_exceeded_raises_the_threshold,
+    labelled_pairs_no_near_miss_is_ever_served,
+    embedder_change_never_mixes_vectors_and_rebuilds_them,
 );
 
-async fn paraphrase_hits_and_context_changes_miss(b: Backends) {
-    let Some(env) = env_with(b, StubConfig::default(), "").await else {
+async fn paraphrase_hits_and_context_changes_miss(b: Backends, v: VectorStore) {
+    let Some(env) = env_on(b, v, StubConfig::default(), "").await else {
         return;
     };
     const SYSTEM: &str = "You are a support agent for Acme.";
@@ -228,8 +270,8 @@ async fn paraphrase_hits_and_context_changes_miss(b: Backends) {
     assert_eq!(team_a(&rep)["semantic_hits"], 2, "{rep}");
 }
 
-async fn vectors_breaker_open_keeps_exact_hits_flowing(b: Backends) {
-    let Some(env) = env_with(b, StubConfig::default(), "").await else {
+async fn vectors_breaker_open_keeps_exact_hits_flowing(b: Backends, v: VectorStore) {
+    let Some(env) = env_on(b, v, StubConfig::default(), "").await else {
         return;
     };
     let q = body(None, "What is the difference between a process and a thread?");
@@ -257,13 +299,12 @@ async fn vectors_breaker_open_keeps_exact_hits_flowing(b: Backends) {
     assert_eq!(ask(&env, KEY_A, &again, &[]).await.cache(), "SEMANTIC_HIT");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_mode_serves_the_provider_and_counts_agreement() {
+async fn shadow_mode_serves_the_provider_and_counts_agreement(b: Backends, v: VectorStore) {
     let stub = StubConfig {
         fixed_answer: Some("Open Settings, choose Security, then Reset password.".into()),
         ..Default::default()
     };
-    let Some(env) = env_with(Backends::Embedded, stub, "mode = \"shadow\"").await else {
+    let Some(env) = env_on(b, v, stub, "mode = \"shadow\"").await else {
         return;
     };
     let first = ask(&env, KEY_A, &body(None, "How do I reset my password?"), &[]).await;
@@ -296,8 +337,7 @@ async fn shadow_mode_serves_the_provider_and_counts_agreement() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_budget_exceeded_raises_the_threshold() {
+async fn error_budget_exceeded_raises_the_threshold(b: Backends, v: VectorStore) {
     // Every fresh answer differs from every stored one: each shadow comparison is a false hit.
     let answers = [
         "Open Settings, choose Security, then Reset password.",
@@ -311,7 +351,7 @@ async fn error_budget_exceeded_raises_the_threshold() {
         ..Default::default()
     };
     let more = "mode = \"shadow\"\nerror_budget = 0.1|min_samples = 3";
-    let Some(env) = env_with(Backends::Embedded, stub, more).await else {
+    let Some(env) = env_on(b, v, stub, more).await else {
         return;
     };
     assert_eq!(
@@ -406,9 +446,8 @@ async fn vectors_init_and_list_from_the_cli() {
 
 /// The labelled pair set: paraphrases that should match and near-misses that
 /// must not. Reports both rates at the default threshold; any near-miss served fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn labelled_pairs_no_near_miss_is_ever_served() {
-    let Some(env) = env_with(Backends::Embedded, StubConfig::default(), "").await else {
+async fn labelled_pairs_no_near_miss_is_ever_served(b: Backends, v: VectorStore) {
+    let Some(env) = env_on(b, v, StubConfig::default(), "").await else {
         return;
     };
     let text = include_str!("data/semantic_pairs.jsonl");
@@ -456,8 +495,7 @@ async fn labelled_pairs_no_near_miss_is_ever_served() {
 /// A new embedder fingerprint gets its own empty collection: no hit from the old
 /// vectors; a rebuild-vectors job (queued by itself at start-up) re-embeds the
 /// stored requests, and paraphrases hit again, with zero provider calls.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedder_change_never_mixes_vectors_and_rebuilds_them() {
+async fn embedder_change_never_mixes_vectors_and_rebuilds_them(b: Backends, v: VectorStore) {
     let Some(model) = model_dir() else { return };
     let two_embedders = |active: &str, warmer_on: bool| {
         format!(
@@ -482,13 +520,7 @@ poll_ms = 50
             m = model.display()
         )
     };
-    let mut env = Env::on_with(
-        Backends::Embedded,
-        StubConfig::default(),
-        &two_embedders("local", true),
-        VECTORS_ON,
-    )
-    .await;
+    let mut env = env_raw(b, v, StubConfig::default(), &two_embedders("local", true)).await;
     let original = ask(&env, KEY_A, &body(None, "How do I install Rust on Linux?"), &[]).await;
     assert_eq!(original.cache(), "MISS");
     let p1 = ask(&env, KEY_A, &body(None, "How can I install Rust on Linux?"), &[]).await;
@@ -553,4 +585,79 @@ poll_ms = 50
     let rep = report(&env).await;
     let collections = rep["report"]["collections"].as_array().unwrap();
     assert_eq!(collections.len(), 2, "both collections exist, apart: {rep}");
+}
+
+/// Qdrant killed with `kill -9` under traffic: exact hits go on, paraphrases
+/// and new questions go to the provider, no client ever sees an error; the
+/// vectors breaker opens, and closes again once Qdrant is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_qdrant_keeps_exact_hits_flowing_with_zero_errors() {
+    let Some(mut qdrant) = common::servers::Server::qdrant() else {
+        eprintln!(
+            "Qdrant test skipped: no Qdrant server binary (scripts/with-engines.sh sets RECACHE_TEST_QDRANT_BIN)"
+        );
+        return;
+    };
+    let Some(model) = model_dir() else { return };
+    let extra = format!("{}\n[breaker]\nopen_seconds = 1\n", semantic_toml(&model, ""));
+    let env = env_raw(
+        Backends::Embedded,
+        VectorStore::Qdrant(qdrant.url()),
+        StubConfig::default(),
+        &extra,
+    )
+    .await;
+    let q = body(None, "How do I rotate an API key?");
+    assert_eq!(ask(&env, KEY_A, &q, &[]).await.cache(), "MISS");
+    assert_eq!(
+        ask(&env, KEY_A, &body(None, "How can I rotate an API key?"), &[])
+            .await
+            .cache(),
+        "SEMANTIC_HIT"
+    );
+
+    qdrant.kill9();
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        statuses.push(ask(&env, KEY_A, &q, &[]).await.cache().to_string());
+        let fresh = ask(
+            &env,
+            KEY_A,
+            &body(None, &format!("What is item number {i} of the list?")),
+            &[],
+        )
+        .await;
+        assert_eq!(fresh.cache(), "MISS");
+    }
+    assert!(statuses.iter().all(|s| s == "HIT"), "{statuses:?}");
+    let para = ask(&env, KEY_A, &body(None, "How should I rotate an API key?"), &[]).await;
+    assert_eq!(para.cache(), "MISS", "no vectors: the provider answers");
+    let text = env.metrics_text().await;
+    assert!(
+        text.contains("cache_breaker_state{backend=\"vectors\"} 1"),
+        "the vectors breaker is open: {}",
+        text.lines()
+            .filter(|l| l.contains("breaker_state"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Back: after the open period the probe succeeds and paraphrases match again.
+    qdrant.start();
+    let mut back = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = ask(
+            &env,
+            KEY_A,
+            &body(None, "How can I rotate an API key?"),
+            &[("cache-control", "no-store")],
+        )
+        .await;
+        back = r.cache().to_string();
+        if back == "SEMANTIC_HIT" {
+            break;
+        }
+    }
+    assert_eq!(back, "SEMANTIC_HIT", "semantic matching is back once Qdrant is");
 }

@@ -158,6 +158,7 @@ pub async fn run(args: HealthArgs) -> i32 {
                         let v = crate::roles::vectors_qdrant::QdrantVectors::new(
                             config.vectors.url.as_deref().unwrap_or_default(),
                             t,
+                            &config.vectors.collection_prefix,
                         )
                         .map_err(|e| format!("{e:#}"))?;
                         v.check().await.map_err(|e| e.to_string())

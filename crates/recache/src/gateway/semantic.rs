@@ -59,48 +59,55 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
         }
     }
     let mut shadow = None;
-    let found = match (&prepared, d.no_cache) {
-        (Some(p), false) => sem.find(p, d.semantic_threshold).await.map(|c| (p, c)),
-        _ => None,
+    let (Some(p), false) = (&prepared, d.no_cache) else {
+        return Step::Continue { prepared, shadow };
     };
-    if let Some((p, c)) = found {
+    let found = sem.find(p, d.semantic_threshold).await;
+    for c in &found.candidates {
         if !p.policy.live {
             if let Some(hit) = state.cache.peek(c.key, tenant).await {
                 tracing::debug!(similarity = c.score, key = %c.key, "shadow mode: semantic candidate found; serving the provider's answer");
-                shadow = Some((c, hit.body));
+                sem.outcome(p, &found, true);
+                shadow = Some((c.clone(), hit.body));
+                return Step::Continue { prepared, shadow };
             }
-        } else if let Some(hit) = state.cache.lookup(c.key, tenant, d.max_age, 0).await {
-            let m = &state.cache.metrics;
-            m.tokens_saved
-                .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
-            m.usd_saved.add(hit.meta.cost_usd);
-            if sem.sample_verification(p) {
-                let fresh = match state.coalescer.join(req.key) {
-                    Joined::Follower(rx) => rx,
-                    Joined::Leader(tx, guard) => {
-                        let rx = tx.subscribe();
-                        tokio::spawn(flight::run(req.flight(Some(p.clone())), tx, None, Some(guard)));
-                        rx
-                    }
-                };
-                sem.judge_later(p.clone(), c.clone(), hit.body.clone(), fresh, false);
-            }
-            let mut resp = render_answer(
-                req.endpoint,
-                req.parsed,
-                &hit.body,
-                &hit.meta.content_type,
-                CacheStatus::SemanticHit,
-                c.key,
-                hit.age_secs,
-            );
-            if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", c.score)) {
-                resp.headers_mut().insert("x-recache-similarity", v);
-            }
-            return Step::Served(resp);
-        } else {
-            sem.not_served();
+            sem.forget_if_gone(c.key);
+            continue;
         }
+        let Some(hit) = state.cache.lookup(c.key, tenant, d.max_age, 0).await else {
+            sem.forget_if_gone(c.key);
+            continue;
+        };
+        sem.outcome(p, &found, true);
+        let m = &state.cache.metrics;
+        m.tokens_saved
+            .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
+        m.usd_saved.add(hit.meta.cost_usd);
+        if sem.sample_verification(p) {
+            let fresh = match state.coalescer.join(req.key) {
+                Joined::Follower(rx) => rx,
+                Joined::Leader(tx, guard) => {
+                    let rx = tx.subscribe();
+                    tokio::spawn(flight::run(req.flight(Some(p.clone())), tx, None, Some(guard)));
+                    rx
+                }
+            };
+            sem.judge_later(p.clone(), c.clone(), hit.body.clone(), fresh, false);
+        }
+        let mut resp = render_answer(
+            req.endpoint,
+            req.parsed,
+            &hit.body,
+            &hit.meta.content_type,
+            CacheStatus::SemanticHit,
+            c.key,
+            hit.age_secs,
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", c.score)) {
+            resp.headers_mut().insert("x-recache-similarity", v);
+        }
+        return Step::Served(resp);
     }
+    sem.outcome(p, &found, false);
     Step::Continue { prepared, shadow }
 }

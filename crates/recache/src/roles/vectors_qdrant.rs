@@ -6,7 +6,7 @@
 //! `expires_at_ms`, with keyword indexes on `scope` and `tenant` and an integer
 //! index on `expires_at_ms`, so a search filters by scope and expiry inside
 //! Qdrant. Deletes and expiry sweeps cover the collections this process has
-//! opened and every collection named `recache-…` (never another
+//! opened and every collection named with its prefix (`recache-` by default; never another
 //! application's collections on a shared server).
 
 use std::collections::BTreeSet;
@@ -25,11 +25,10 @@ use super::{BackendError, BoxFuture, CheckInfo, CollectionInfo, Result, VectorMa
 use crate::key::CacheKey;
 use crate::roles::now_ms;
 
-/// Collections recache owns on a shared server.
-const PREFIX: &str = "recache-";
-
 pub struct QdrantVectors {
     client: Qdrant,
+    /// Collections recache owns on a shared server start with this (`vectors.collection_prefix`).
+    prefix: String,
     /// Collections opened by this process (conformance tests use other names).
     known: Mutex<BTreeSet<String>>,
 }
@@ -94,7 +93,7 @@ fn normalised(mut v: Vec<f32>) -> Vec<f32> {
 
 impl QdrantVectors {
     /// Connects lazily (the first call opens the gRPC channel).
-    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(url: &str, timeout: Duration, prefix: &str) -> anyhow::Result<Self> {
         let client = Qdrant::from_url(url)
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -102,6 +101,7 @@ impl QdrantVectors {
             .build()?;
         Ok(Self {
             client,
+            prefix: prefix.to_string(),
             known: Mutex::new(BTreeSet::new()),
         })
     }
@@ -114,7 +114,7 @@ impl QdrantVectors {
             .collections
             .into_iter()
             .map(|c| c.name)
-            .filter(|n| n.starts_with(PREFIX) || known.contains(n))
+            .filter(|n| n.starts_with(&self.prefix) || known.contains(n))
             .collect())
     }
 
@@ -161,7 +161,9 @@ impl Vectors for QdrantVectors {
                 }
             }
             if self.ours().await?.is_empty() {
-                warnings.push("no recache collection yet (created with the first vector, or `recache vectors init`)".into());
+                warnings.push(
+                    "no recache collection yet (created with the first vector, or `recache vectors init`)".into(),
+                );
             }
             Ok(CheckInfo {
                 version: Some(format!("qdrant {}", h.version)),

@@ -23,8 +23,8 @@ pub trait Embedder: Send + Sync {
 }
 
 /// The collection name for a fingerprint: readable, and safe for every engine.
-pub fn collection_for(fingerprint: &str) -> String {
-    let mut out = String::from("recache-");
+pub fn collection_for(prefix: &str, fingerprint: &str) -> String {
+    let mut out = String::from(prefix);
     for c in fingerprint.chars() {
         out.push(if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
             c.to_ascii_lowercase()

@@ -88,6 +88,15 @@ pub struct Candidate {
     pub text: String,
 }
 
+/// What a search found: the candidates that passed, best first.
+pub struct Found {
+    pub candidates: Vec<Candidate>,
+    /// Some candidate above the threshold was refused by the guards.
+    pub refused: bool,
+    /// The vector store failed or was skipped by its breaker.
+    pub unavailable: bool,
+}
+
 /// How one semantic lookup ended (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -365,6 +374,8 @@ pub struct Report {
 
 pub struct Semantic {
     cfg: SemanticConfig,
+    /// `vectors.collection_prefix`.
+    prefix: String,
     embedders: BTreeMap<String, Arc<dyn Embedder>>,
     vectors: Arc<dyn Vectors>,
     breaker: Arc<Breaker>,
@@ -427,7 +438,7 @@ impl Semantic {
             tracing::info!(
                 embedder = %name,
                 fingerprint = %embedder.fingerprint(),
-                collection = %collection_for(&embedder.fingerprint()),
+                collection = %collection_for(&config.vectors.collection_prefix, &embedder.fingerprint()),
                 "semantic matching: embedder ready"
             );
             embedders.insert(name, embedder);
@@ -435,6 +446,7 @@ impl Semantic {
         let me = Arc::new(Self {
             breaker: Breaker::new("embedder", &config.breaker),
             cfg,
+            prefix: config.vectors.collection_prefix.clone(),
             embedders,
             vectors: cache.roles.vectors.clone(),
             budget: Budget::default(),
@@ -444,7 +456,9 @@ impl Semantic {
         });
         for e in me.embedders.values() {
             // Best effort: a vector store that is down now gets its collection on first write.
-            let _ = me.ensure(&collection_for(&e.fingerprint()), e.dimension()).await;
+            let _ = me
+                .ensure(&collection_for(&me.prefix, &e.fingerprint()), e.dimension())
+                .await;
         }
         Ok(Some(me))
     }
@@ -457,7 +471,7 @@ impl Semantic {
     pub fn active_collections(&self) -> Vec<(String, usize)> {
         self.embedders
             .values()
-            .map(|e| (collection_for(&e.fingerprint()), e.dimension()))
+            .map(|e| (collection_for(&self.prefix, &e.fingerprint()), e.dimension()))
             .collect()
     }
 
@@ -582,7 +596,7 @@ impl Semantic {
             scope,
             text: split.text,
             vector,
-            collection: collection_for(&fingerprint),
+            collection: collection_for(&self.prefix, &fingerprint),
             policy,
         })
     }
@@ -633,9 +647,10 @@ impl Semantic {
             .max(requested.unwrap_or(0.0))
     }
 
-    /// The best stored request of the same scope that is similar enough and
-    /// passes the guards.
-    pub async fn find(&self, p: &Prepared, requested: Option<f32>) -> Option<Candidate> {
+    /// The stored requests of the same scope that are similar enough and pass
+    /// the guards, best first. The caller serves the first whose entry is still
+    /// there and reports how it went with [`Semantic::outcome`].
+    pub async fn find(&self, p: &Prepared, requested: Option<f32>) -> Found {
         let threshold = self.threshold(p, requested);
         let started = Instant::now();
         let found = self
@@ -647,33 +662,30 @@ impl Semantic {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "semantic lookup skipped: vector search failed");
-                self.metrics.lookup(Lookup::Unavailable);
-                return None;
+                return Found {
+                    candidates: Vec::new(),
+                    refused: false,
+                    unavailable: true,
+                };
             }
         };
-        let mut refused = false;
+        let mut out = Found {
+            candidates: Vec::new(),
+            refused: false,
+            unavailable: false,
+        };
         for m in matches {
             if m.score < threshold {
                 break;
             }
             match guard::check(&p.text, &m.text) {
-                Ok(()) => {
-                    let l = if p.policy.live { Lookup::Hit } else { Lookup::ShadowHit };
-                    self.metrics.lookup(l);
-                    let event = if p.policy.live {
-                        Event::Hit
-                    } else {
-                        Event::ShadowCandidate
-                    };
-                    self.budget.count(&p.scope, Self::stats_init(p), event);
-                    return Some(Candidate {
-                        key: m.key,
-                        score: m.score,
-                        text: m.text,
-                    });
-                }
+                Ok(()) => out.candidates.push(Candidate {
+                    key: m.key,
+                    score: m.score,
+                    text: m.text,
+                }),
                 Err(why) => {
-                    refused = true;
+                    out.refused = true;
                     if let Some(i) = REFUSALS.iter().position(|x| *x == why) {
                         self.metrics.refusals[i].fetch_add(1, Ordering::Relaxed);
                     }
@@ -686,15 +698,37 @@ impl Semantic {
                 }
             }
         }
-        self.metrics
-            .lookup(if refused { Lookup::Refused } else { Lookup::Miss });
-        None
+        out
     }
 
-    /// A semantic hit that was served after all (its artifact was gone): undo the count.
-    pub fn not_served(&self) {
-        self.metrics.lookups[0].fetch_sub(1, Ordering::Relaxed);
-        self.metrics.lookup(Lookup::Miss);
+    /// Counts how a lookup ended: `served` is the candidate answered with (or,
+    /// in shadow mode, recorded), if any.
+    pub fn outcome(&self, p: &Prepared, found: &Found, served: bool) {
+        let l = match (served, p.policy.live) {
+            (true, true) => Lookup::Hit,
+            (true, false) => Lookup::ShadowHit,
+            (false, _) if found.unavailable => Lookup::Unavailable,
+            (false, _) if found.refused && found.candidates.is_empty() => Lookup::Refused,
+            (false, _) => Lookup::Miss,
+        };
+        self.metrics.lookup(l);
+        match l {
+            Lookup::Hit => self.budget.count(&p.scope, Self::stats_init(p), Event::Hit),
+            Lookup::ShadowHit => self.budget.count(&p.scope, Self::stats_init(p), Event::ShadowCandidate),
+            _ => {}
+        }
+    }
+
+    /// A candidate that could not be served: when the index says its entry is
+    /// gone (deleted, lost), its vector goes too. Kept when the index cannot
+    /// tell (down) or the entry is only too old for this request.
+    pub fn forget_if_gone(self: &Arc<Self>, key: CacheKey) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Ok(None) = me.cache.roles.index.get(key).await {
+                let _ = me.vectors.delete(vec![key]).await;
+            }
+        });
     }
 
     /// Stores the vector of a freshly stored entry.
@@ -852,7 +886,7 @@ impl Semantic {
             .map(|(name, e)| EmbedderInfo {
                 name: name.clone(),
                 fingerprint: e.fingerprint(),
-                collection: collection_for(&e.fingerprint()),
+                collection: collection_for(&self.prefix, &e.fingerprint()),
                 dimension: e.dimension(),
             })
             .collect();

@@ -212,6 +212,32 @@ impl Server {
         Some(s)
     }
 
+    /// Qdrant (the harness's binary) on two ephemeral ports; `port` is gRPC.
+    pub fn qdrant() -> Option<Server> {
+        let bin = std::env::var("RECACHE_TEST_QDRANT_BIN")
+            .ok()
+            .filter(|b| !b.is_empty())?;
+        let dir = tempfile::tempdir().unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        let d = dir.path().display();
+        // Run from its own directory: Qdrant writes files relative to its working directory.
+        let script = format!(
+            "cd '{d}' && exec env QDRANT__SERVICE__HOST=127.0.0.1 QDRANT__SERVICE__HTTP_PORT={http} \
+             QDRANT__SERVICE__GRPC_PORT={grpc} QDRANT__STORAGE__STORAGE_PATH='{d}/storage' \
+             QDRANT__STORAGE__SNAPSHOTS_PATH='{d}/snapshots' QDRANT__TELEMETRY_DISABLED=true \
+             QDRANT__SERVICE__ENABLE_STATIC_CONTENT=false '{bin}' --disable-telemetry"
+        );
+        let mut s = Server {
+            name: "qdrant",
+            port: grpc,
+            child: None,
+            dir,
+            cmd: vec!["sh".into(), "-c".into(), script],
+        };
+        s.spawn();
+        Some(s)
+    }
+
     pub fn url(&self) -> String {
         match self.name {
             "redis" => format!("redis://127.0.0.1:{}", self.port),
