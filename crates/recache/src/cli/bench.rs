@@ -29,6 +29,10 @@ pub enum BenchCommand {
     Seed(SeedArgs),
     /// Rebuild the configured index from metadata and report entries/s, seconds and peak RSS.
     Rebuild(RebuildArgs),
+    /// The embedded vector store in-process: N synthetic vectors, lookup p50/p99, recall, RSS.
+    Vectors(super::bench_semantic::VectorsBenchArgs),
+    /// The local embedding model: latency p50/p99 for short and long prompts.
+    Embed(super::bench_semantic::EmbedBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -43,6 +47,9 @@ pub struct RebuildArgs {
 pub enum Mode {
     /// The same request every time (after one warm-up): cache hits.
     Hit,
+    /// A paraphrase of one stored question every time (after one warm-up):
+    /// semantic hits, on a gateway where the tenant has semantic matching on.
+    Semantic,
     /// A unique request every time: misses through to the provider.
     Miss,
 }
@@ -93,8 +100,14 @@ pub async fn run(args: BenchArgs) -> i32 {
         BenchCommand::Load(a) => load(a).await,
         BenchCommand::Seed(a) => seed(a).await,
         BenchCommand::Rebuild(a) => rebuild(a).await,
+        BenchCommand::Vectors(a) => super::bench_semantic::vectors(a).await,
+        BenchCommand::Embed(a) => super::bench_semantic::embed(a).await,
     }
 }
+
+/// `--mode semantic`: the question stored by the warm-up, and the paraphrase asked.
+const SEMANTIC_STORED: &str = "How do I reset my password in the recache benchmark app?";
+const SEMANTIC_ASKED: &str = "How can I reset my password in the recache benchmark app?";
 
 fn is_loopback(url: &str) -> bool {
     reqwest::Url::parse(url)
@@ -134,6 +147,7 @@ async fn load(a: LoadArgs) -> i32 {
     let body_for = |n: u64| {
         let content = match a.mode {
             Mode::Hit => "recache benchmark: the same question every time".to_string(),
+            Mode::Semantic => SEMANTIC_STORED.to_string(),
             Mode::Miss => format!("recache benchmark miss {} {n}", now_ms()),
         };
         json!({"model": a.model, "messages": [{"role": "user", "content": content}]}).to_string()
@@ -153,11 +167,18 @@ async fn load(a: LoadArgs) -> i32 {
     let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
     let sent = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.connections.max(1) {
-        let (client, url, key, sent, errors) =
-            (client.clone(), url.clone(), a.key.clone(), sent.clone(), errors.clone());
+        let (client, url, key, sent, errors, statuses) = (
+            client.clone(),
+            url.clone(),
+            a.key.clone(),
+            sent.clone(),
+            errors.clone(),
+            statuses.clone(),
+        );
         let bodies: Vec<String> = Vec::new();
         let mode = a.mode;
         let model = a.model.clone();
@@ -166,6 +187,7 @@ async fn load(a: LoadArgs) -> i32 {
             let _ = bodies;
             let mut lat = Vec::with_capacity(100_000);
             let fixed = json!({"model": model, "messages": [{"role": "user", "content": "recache benchmark: the same question every time"}]}).to_string();
+            let paraphrase = json!({"model": model, "messages": [{"role": "user", "content": SEMANTIC_ASKED}]}).to_string();
             while Instant::now() < deadline {
                 let n = sent.fetch_add(1, Ordering::Relaxed);
                 if n >= max {
@@ -173,6 +195,7 @@ async fn load(a: LoadArgs) -> i32 {
                 }
                 let body = match mode {
                     Mode::Hit => fixed.clone(),
+                    Mode::Semantic => paraphrase.clone(),
                     Mode::Miss => json!({"model": model, "messages": [{"role": "user", "content": format!("recache benchmark miss {} {n}", now_ms())}]}).to_string(),
                 };
                 let t = Instant::now();
@@ -180,6 +203,17 @@ async fn load(a: LoadArgs) -> i32 {
                 let ok = match res {
                     Ok(r) => {
                         let good = r.status().is_success();
+                        let status = r
+                            .headers()
+                            .get("x-recache-status")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        *statuses
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(status)
+                            .or_default() += 1;
                         good && r.bytes().await.is_ok()
                     }
                     Err(_) => false,
@@ -228,6 +262,7 @@ async fn load(a: LoadArgs) -> i32 {
             "p50": percentile(&all, 0.50), "p90": percentile(&all, 0.90),
             "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0),
         },
+        "cache_status": statuses.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "gateway_rss_mb": gauge("process_resident_memory_bytes") / 1048576.0,
         "gateway_index_entries": gauge("cache_index_entries"),
     });
@@ -250,6 +285,7 @@ async fn load(a: LoadArgs) -> i32 {
                 percentile(&all, 0.99),
                 percentile(&all, 1.0)
             );
+            println!("x-recache-status: {}", report["cache_status"]);
             println!(
                 "gateway RSS {:.1} MB, index entries {}",
                 report["gateway_rss_mb"].as_f64().unwrap_or(0.0),

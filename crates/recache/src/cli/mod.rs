@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError, LogFormat};
 
 pub mod audit;
 pub mod bench;
+pub mod bench_semantic;
 pub mod health;
 pub mod ops;
 pub mod repair;
