@@ -2,6 +2,13 @@ use clap::Parser;
 
 fn main() {
     let cli = recache::cli::Cli::parse();
+    // The local embedding model (candle) asks for its thread count on every matrix
+    // product; with this set it reads a variable instead of probing cgroups each time
+    // (measured: 8.9 -> 6.7 ms per short embedding on 2 cores). Set before any thread starts.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -196,6 +196,108 @@ async fn qdrant_vectors_conformance() {
     assert_eq!(info["result"]["config"]["params"]["vectors"]["distance"], "Cosine");
 }
 
+/// The same suite with every scope indexed (IVF from 2 points on), then a big
+/// scope: the index is trained off the request path, near-duplicate queries
+/// find what an exact scan finds, deletes and new points are followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_vectors_with_ivf() {
+    use recache::roles::vectors_embedded::{EmbeddedVectors, IvfParams};
+    use recache::roles::{VectorPoint, Vectors};
+    let dir = tempfile::tempdir().unwrap();
+    let params = IvfParams {
+        min_rows: 2,
+        nprobe: 8,
+        retrain_growth: 4,
+    };
+    let store = Arc::new(EmbeddedVectors::open_with(dir.path(), params).unwrap());
+    let v: Arc<dyn Vectors> = store.clone();
+    c::vectors_upsert_search_delete(v.as_ref()).await;
+    c::vectors_scope_isolation_and_expiry(v.as_ref()).await;
+    c::vectors_concurrent_writers(v.clone()).await;
+
+    // A big scope of clustered vectors.
+    let (dim, n, col) = (64usize, 20_000usize, "ivf-big");
+    v.ensure_collection(col, dim).await.unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let unit = |v: Vec<f32>| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let centres: Vec<Vec<f32>> = (0..200).map(|_| unit((0..dim).map(|_| rnd()).collect())).collect();
+    let mut kept = Vec::new();
+    let key = |i: usize| recache::key::CacheKey::from_hex(&format!("{i:064x}")).unwrap();
+    for chunk in 0..(n / 1000) {
+        let mut batch = Vec::new();
+        for j in 0..1000 {
+            let i = chunk * 1000 + j;
+            let c = &centres[i % centres.len()];
+            let p = unit(c.iter().map(|x| x + 0.08 * rnd()).collect());
+            kept.push(p.clone());
+            batch.push(VectorPoint {
+                key: key(i),
+                scope: "big".into(),
+                tenant: "t".into(),
+                text: format!("q{i}"),
+                expires_at_ms: recache::roles::now_ms() + 600_000,
+                vector: p,
+            });
+        }
+        v.upsert(col, batch).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (indexed, waiting) = store.ivf_status();
+        if indexed >= 1 && waiting == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the scope is indexed in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Near-duplicate queries: the IVF finds the exact scan's best point.
+    let mut agree = 0;
+    for q in 0..300 {
+        let t = (q * 61) % n;
+        let query = unit(kept[t].iter().map(|x| x + 0.02 * rnd()).collect());
+        let exact = (0..n)
+            .map(|i| (i, kept[i].iter().zip(&query).map(|(a, b)| a * b).sum::<f32>()))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+            .0;
+        let hits = v.search(col, "big", query, 1).await.unwrap();
+        agree += (hits[0].key == key(exact)) as usize;
+    }
+    assert!(agree >= 285, "recall@1 {agree}/300");
+    // Deleted points never come back; new points are found at once.
+    let gone: Vec<_> = (0..n).step_by(3).map(key).collect();
+    v.delete(gone).await.unwrap();
+    let hits = v.search(col, "big", kept[0].clone(), 4).await.unwrap();
+    assert!(hits.iter().all(|h| h.key != key(0)), "{hits:?}");
+    let fresh = unit((0..dim).map(|_| rnd()).collect());
+    v.upsert(
+        col,
+        vec![VectorPoint {
+            key: key(n + 1),
+            scope: "big".into(),
+            tenant: "t".into(),
+            text: "new".into(),
+            expires_at_ms: recache::roles::now_ms() + 600_000,
+            vector: fresh.clone(),
+        }],
+    )
+    .await
+    .unwrap();
+    let hits = v.search(col, "big", fresh, 1).await.unwrap();
+    assert_eq!(hits[0].key, key(n + 1));
+    assert!((hits[0].score - 1.0).abs() < 0.01);
+    assert_eq!(v.count(Some(col)).await.unwrap() as usize, n - n.div_ceil(3) + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_vectors_conformance() {
     use recache::roles::vectors_embedded::EmbeddedVectors;

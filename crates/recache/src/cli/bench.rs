@@ -50,6 +50,9 @@ pub enum Mode {
     /// A paraphrase of one stored question every time (after one warm-up):
     /// semantic hits, on a gateway where the tenant has semantic matching on.
     Semantic,
+    /// Like `semantic`, but the paraphrase's spacing differs every time (the
+    /// same tokens, another text), so each request pays a fresh embedding.
+    SemanticFresh,
     /// A unique request every time: misses through to the provider.
     Miss,
 }
@@ -109,6 +112,21 @@ pub async fn run(args: BenchArgs) -> i32 {
 const SEMANTIC_STORED: &str = "How do I reset my password in the recache benchmark app?";
 const SEMANTIC_ASKED: &str = "How can I reset my password in the recache benchmark app?";
 
+/// `text` with one to three spaces in each gap, chosen by the base-3 digits of `n`
+/// (3^gaps different texts, the same tokens).
+fn spaced(text: &str, n: u64) -> String {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut digits = n;
+    for (i, w) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push_str(&" ".repeat(1 + (digits % 3) as usize));
+            digits /= 3;
+        }
+        out.push_str(w);
+    }
+    out
+}
+
 fn is_loopback(url: &str) -> bool {
     reqwest::Url::parse(url)
         .ok()
@@ -147,7 +165,7 @@ async fn load(a: LoadArgs) -> i32 {
     let body_for = |n: u64| {
         let content = match a.mode {
             Mode::Hit => "recache benchmark: the same question every time".to_string(),
-            Mode::Semantic => SEMANTIC_STORED.to_string(),
+            Mode::Semantic | Mode::SemanticFresh => SEMANTIC_STORED.to_string(),
             Mode::Miss => format!("recache benchmark miss {} {n}", now_ms()),
         };
         json!({"model": a.model, "messages": [{"role": "user", "content": content}]}).to_string()
@@ -196,6 +214,7 @@ async fn load(a: LoadArgs) -> i32 {
                 let body = match mode {
                     Mode::Hit => fixed.clone(),
                     Mode::Semantic => paraphrase.clone(),
+                    Mode::SemanticFresh => json!({"model": model, "messages": [{"role": "user", "content": spaced(SEMANTIC_ASKED, n)}]}).to_string(),
                     Mode::Miss => json!({"model": model, "messages": [{"role": "user", "content": format!("recache benchmark miss {} {n}", now_ms())}]}).to_string(),
                 };
                 let t = Instant::now();

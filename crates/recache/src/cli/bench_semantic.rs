@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{OutputFormat, EXIT_PROBLEM};
 use crate::key::CacheKey;
-use crate::roles::vectors_embedded::EmbeddedVectors;
+use crate::roles::vectors_embedded::{EmbeddedVectors, IvfParams};
 use crate::roles::{now_ms, VectorPoint, Vectors};
 
 #[derive(Args, Debug)]
@@ -34,6 +34,12 @@ pub struct VectorsBenchArgs {
     /// Lookups timed.
     #[arg(long, default_value_t = 1000)]
     pub queries: usize,
+    /// No IVF index: every lookup scans its scope exactly (for comparison).
+    #[arg(long)]
+    pub exact: bool,
+    /// Lists an IVF search scans.
+    #[arg(long, default_value_t = IvfParams::default().nprobe)]
+    pub nprobe: usize,
     /// Also time each lookup with a local embedding before it (a model folder).
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
@@ -116,7 +122,16 @@ pub async fn vectors(a: VectorsBenchArgs) -> i32 {
 
 async fn run_vectors(a: VectorsBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
-    let store = Arc::new(EmbeddedVectors::open(&dir)?);
+    let params = IvfParams {
+        min_rows: if a.exact {
+            usize::MAX
+        } else {
+            IvfParams::default().min_rows
+        },
+        nprobe: a.nprobe,
+        ..IvfParams::default()
+    };
+    let store = Arc::new(EmbeddedVectors::open_with(&dir, params)?);
     let col = "bench";
     store.ensure_collection(col, a.dimension).await?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -147,6 +162,22 @@ async fn run_vectors(a: VectorsBenchArgs) -> anyhow::Result<()> {
     store.upsert(col, batch).await?;
     bar.finish_and_clear();
     let insert_secs = started.elapsed().as_secs_f64();
+    // Scopes past the exact-scan size get an IVF index in the background: wait for it.
+    let big = (0..a.scopes.max(1))
+        .filter(|s| a.points / a.scopes.max(1) + usize::from(*s < a.points % a.scopes.max(1)) >= params.min_rows)
+        .count();
+    let indexing = Instant::now();
+    if big > 0 {
+        eprintln!("waiting for the IVF index of {big} scope(s) ...");
+        loop {
+            let (indexed, waiting) = store.ivf_status();
+            if indexed >= big && waiting == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let index_secs = indexing.elapsed().as_secs_f64();
     let kept_mb = (a.points * a.dimension * 4) as f64 / 1048576.0;
     let store_mb = rss_mb() - rss_before - kept_mb;
 
@@ -196,6 +227,7 @@ async fn run_vectors(a: VectorsBenchArgs) -> anyhow::Result<()> {
     let report = json!({
         "points": a.points, "scopes": a.scopes, "dimension": a.dimension, "clusters": a.clusters,
         "insert_seconds": insert_secs, "inserts_per_second": a.points as f64 / insert_secs.max(1e-9),
+        "ivf_scopes": big, "ivf_index_seconds": index_secs,
         "lookup_ms": {"p50": pct(&lookup, 0.5), "p99": pct(&lookup, 0.99), "max": pct(&lookup, 1.0)},
         "lookup_with_embedding_ms": if with_embed.is_empty() { serde_json::Value::Null } else {
             json!({"p50": pct(&with_embed, 0.5), "p99": pct(&with_embed, 0.99)}) },
@@ -207,12 +239,13 @@ async fn run_vectors(a: VectorsBenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     super::ops::print(a.format, &report, |v| {
         let mut s = format!(
-            "{} vectors ({}-d) in {} scope(s): inserted in {:.1} s ({:.0}/s)\n",
+            "{} vectors ({}-d) in {} scope(s): inserted in {:.1} s ({:.0}/s); {big} scope(s) IVF-indexed in the background, settled {:.1} s after the last insert\n",
             a.points,
             a.dimension,
             a.scopes,
             insert_secs,
-            v["inserts_per_second"].as_f64().unwrap_or(0.0)
+            v["inserts_per_second"].as_f64().unwrap_or(0.0),
+            index_secs
         );
         s += &format!(
             "lookup (top-4 in one scope, no embedding): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms\n",

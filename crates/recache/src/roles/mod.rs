@@ -26,6 +26,7 @@ pub mod metadata_sql;
 pub mod metadata_sqlite;
 pub mod vectors_disabled;
 pub mod vectors_embedded;
+pub mod vectors_ivf;
 pub mod vectors_qdrant;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -153,6 +153,7 @@ pub struct SemanticMetrics {
     /// shadow agreed, shadow disagreed, verification agreed, verification disagreed.
     checks: [AtomicU64; 4],
     pub embed_errors: AtomicU64,
+    pub embed_cache_hits: AtomicU64,
     pub vectors_stored: AtomicU64,
     pub vector_store_errors: AtomicU64,
     pub threshold_raises: AtomicU64,
@@ -261,6 +262,11 @@ impl SemanticMetrics {
                 "cache_semantic_vectors_stored_total",
                 "Vectors written for new entries.",
                 &self.vectors_stored,
+            ),
+            (
+                "cache_semantic_embed_cache_hits_total",
+                "Embeddings answered from the recent-text cache (no inference).",
+                &self.embed_cache_hits,
             ),
             (
                 "cache_semantic_vector_store_errors_total",
@@ -384,6 +390,41 @@ pub struct Semantic {
     cache: Arc<Cache>,
     /// Collections known to exist.
     ready: Mutex<HashSet<String>>,
+    /// Recent embeddings by (fingerprint, text) digest.
+    recent: RecentVectors,
+}
+
+/// Embeddings by digest, and the digests in insertion order.
+type RecentMap = (std::collections::HashMap<u128, Arc<[f32]>>, std::collections::VecDeque<u128>);
+
+/// A bounded map of recent embeddings (oldest out first).
+struct RecentVectors {
+    inner: Mutex<RecentMap>,
+    cap: usize,
+}
+
+impl RecentVectors {
+    fn new(cap: usize) -> Self {
+        Self {
+            inner: Mutex::new(Default::default()),
+            cap,
+        }
+    }
+    fn get(&self, k: u128) -> Option<Vec<f32>> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(&k).map(|v| v.to_vec())
+    }
+    fn put(&self, k: u128, v: Vec<f32>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0.insert(k, v.into()).is_none() {
+            g.1.push_back(k);
+        }
+        while g.1.len() > self.cap {
+            if let Some(old) = g.1.pop_front() {
+                g.0.remove(&old);
+            }
+        }
+    }
 }
 
 /// The embedder names a configuration uses.
@@ -453,6 +494,7 @@ impl Semantic {
             metrics: SemanticMetrics::default(),
             cache,
             ready: Mutex::new(HashSet::new()),
+            recent: RecentVectors::new(4096),
         });
         for e in me.embedders.values() {
             // Best effort: a vector store that is down now gets its collection on first write.
@@ -601,8 +643,29 @@ impl Semantic {
         })
     }
 
-    /// One embedding behind the embedder's breaker and time limit.
+    /// One embedding behind the embedder's breaker and time limit; the same
+    /// text again (a repeated paraphrase, an answer judged twice) comes from a
+    /// small cache.
     async fn embed(&self, embedder: &dyn Embedder, text: String) -> Result<Vec<f32>, String> {
+        let cache_key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(embedder.fingerprint().as_bytes());
+            h.update([0u8]);
+            h.update(text.as_bytes());
+            let d = h.finalize();
+            u128::from_le_bytes(d[..16].try_into().unwrap_or_default())
+        };
+        if let Some(v) = self.recent.get(cache_key) {
+            self.metrics.embed_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v);
+        }
+        let v = self.embed_uncached(embedder, text).await?;
+        self.recent.put(cache_key, v.clone());
+        Ok(v)
+    }
+
+    async fn embed_uncached(&self, embedder: &dyn Embedder, text: String) -> Result<Vec<f32>, String> {
         let Some(permit) = self.breaker.admit() else {
             self.metrics.embed_errors.fetch_add(1, Ordering::Relaxed);
             return Err("the embedder's breaker is open".into());
