@@ -115,6 +115,20 @@ fn wait_for_url(child: &mut std::process::Child) -> String {
     panic!("no URL printed");
 }
 
+/// Asks the demo gateway one question; returns `x-recache-status`.
+async fn demo_chat(url: &str, question: &str) -> String {
+    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]});
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth("sk-recache-demo")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["x-recache-status"].to_str().unwrap().to_string()
+}
+
 /// With the model fetched (scripts/fetch-model.sh), the demo turns semantic
 /// matching on for its tenant and says so at start-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,19 +166,9 @@ async fn demo_turns_semantic_matching_on_when_the_model_is_there() {
     // Keep draining stdout so the gateway never writes into a closed pipe.
     std::thread::spawn(move || lines.for_each(drop));
     assert!(said.contains("ON for the demo tenant"), "{said}");
-    let http = reqwest::Client::new();
     let mut statuses = Vec::new();
     for q in ["How do I reset my password?", "How can I reset my password?"] {
-        let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": q}]});
-        let r = http
-            .post(format!("{url}/v1/chat/completions"))
-            .bearer_auth("sk-recache-demo")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        statuses.push(r.headers()["x-recache-status"].to_str().unwrap().to_string());
+        statuses.push(demo_chat(&url, q).await);
     }
     assert_eq!(statuses, ["MISS", "SEMANTIC_HIT"]);
 }
@@ -182,19 +186,9 @@ async fn demo_serves_miss_then_hit_and_health_reports() {
             .unwrap(),
     );
     let url = wait_for_url(&mut child.0);
-    let http = reqwest::Client::new();
-    let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        let r = http
-            .post(format!("{url}/v1/chat/completions"))
-            .bearer_auth("sk-recache-demo")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        statuses.push(r.headers()["x-recache-status"].to_str().unwrap().to_string());
+        statuses.push(demo_chat(&url, "hello").await);
     }
     assert_eq!(statuses, ["MISS", "HIT"]);
 

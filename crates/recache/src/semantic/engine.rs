@@ -189,48 +189,42 @@ impl SemanticMetrics {
             "Requests answered by a semantic (near-duplicate) match.",
         );
         let _ = writeln!(out, "cache_semantic_hits_total {}", self.lookups(Lookup::Hit));
-        family(
-            out,
+        let mut labelled = |name: &str, help: &str, label: &str, values: Vec<(&str, u64)>| {
+            family(out, name, "counter", help);
+            for (v, n) in values {
+                let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+            }
+        };
+        labelled(
             "cache_semantic_lookups_total",
-            "counter",
             "Semantic lookups by result.",
+            "result",
+            LOOKUPS
+                .iter()
+                .zip(&self.lookups)
+                .map(|(k, n)| (k.as_str(), l(n)))
+                .collect(),
         );
-        for (i, k) in LOOKUPS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cache_semantic_lookups_total{{result=\"{}\"}} {}",
-                k.as_str(),
-                l(&self.lookups[i])
-            );
-        }
-        family(
-            out,
+        labelled(
             "cache_semantic_ineligible_total",
-            "counter",
             "Requests of a semantic tenant not matched semantically, by reason.",
+            "reason",
+            INELIGIBLE
+                .iter()
+                .zip(&self.ineligible)
+                .map(|(k, n)| (k.as_str(), l(n)))
+                .collect(),
         );
-        for (i, k) in INELIGIBLE.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cache_semantic_ineligible_total{{reason=\"{}\"}} {}",
-                k.as_str(),
-                l(&self.ineligible[i])
-            );
-        }
-        family(
-            out,
+        labelled(
             "cache_semantic_guard_refusals_total",
-            "counter",
             "Candidates above the threshold refused by the literal and near-miss guards.",
+            "reason",
+            REFUSALS
+                .iter()
+                .zip(&self.refusals)
+                .map(|(k, n)| (k.as_str(), l(n)))
+                .collect(),
         );
-        for (i, k) in REFUSALS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cache_semantic_guard_refusals_total{{reason=\"{}\"}} {}",
-                k.as_str(),
-                l(&self.refusals[i])
-            );
-        }
         family(
             out,
             "cache_semantic_checks_total",
@@ -395,7 +389,10 @@ pub struct Semantic {
 }
 
 /// Embeddings by digest, and the digests in insertion order.
-type RecentMap = (std::collections::HashMap<u128, Arc<[f32]>>, std::collections::VecDeque<u128>);
+type RecentMap = (
+    std::collections::HashMap<u128, Arc<[f32]>>,
+    std::collections::VecDeque<u128>,
+);
 
 /// A bounded map of recent embeddings (oldest out first).
 struct RecentVectors {
