@@ -367,7 +367,7 @@ fn train_scope(cols: &Shared, col: &str, scope: &Arc<str>) {
         }
         (c.dim, rows, sample)
     };
-    let centroids = vectors_ivf::train(&sample, dim, vectors_ivf::nlist_for(rows), 6);
+    let centroids = vectors_ivf::train(&sample, dim, vectors_ivf::nlist_for(rows), 8);
     drop(sample);
     let probe = Ivf::new(dim, centroids.clone(), 0, rows);
     let mut assigned: Vec<(u32, CacheKey, u32)> = Vec::with_capacity(rows);

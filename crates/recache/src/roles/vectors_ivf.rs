@@ -171,10 +171,11 @@ pub fn train(sample: &[f32], dim: usize, k: usize, iters: usize) -> Vec<f32> {
         .collect();
     let mut sums = vec![0f32; k * dim];
     let mut counts = vec![0u32; k];
+    let mut owner = vec![0usize; m];
     for _ in 0..iters {
         sums.iter_mut().for_each(|x| *x = 0.0);
         counts.iter_mut().for_each(|x| *x = 0);
-        for row in sample.chunks_exact(dim) {
+        for (j, row) in sample.chunks_exact(dim).enumerate() {
             let mut best = (f32::MIN, 0usize);
             for (i, c) in centroids.chunks_exact(dim).enumerate() {
                 let s: f32 = dot(row, c);
@@ -182,6 +183,7 @@ pub fn train(sample: &[f32], dim: usize, k: usize, iters: usize) -> Vec<f32> {
                     best = (s, i);
                 }
             }
+            owner[j] = best.1;
             counts[best.1] += 1;
             for (a, b) in sums[best.1 * dim..(best.1 + 1) * dim].iter_mut().zip(row) {
                 *a += b;
@@ -189,12 +191,27 @@ pub fn train(sample: &[f32], dim: usize, k: usize, iters: usize) -> Vec<f32> {
         }
         for i in 0..k {
             if counts[i] == 0 {
-                continue; // an empty list keeps its centroid
+                continue;
             }
             let s = &sums[i * dim..(i + 1) * dim];
             let n = s.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
             for (c, v) in centroids[i * dim..(i + 1) * dim].iter_mut().zip(s) {
                 *c = v / n;
+            }
+        }
+        // Balance: the smallest lists take over a point of the biggest ones, so one
+        // centroid never ends up holding many distant groups (and a search scanning
+        // a few lists never meets a giant one).
+        let avg = (m / k).max(1) as u32;
+        let mut by_size: Vec<usize> = (0..k).collect();
+        by_size.sort_by_key(|&c| counts[c]);
+        for step in 0..k / 8 {
+            let (small, big) = (by_size[step], by_size[k - 1 - step]);
+            if counts[big] < 4 * avg || counts[small] * 4 > avg || small == big {
+                break;
+            }
+            if let Some(j) = (0..m).filter(|&j| owner[j] == big).nth(counts[big] as usize / 2) {
+                centroids[small * dim..(small + 1) * dim].copy_from_slice(&sample[j * dim..(j + 1) * dim]);
             }
         }
     }
