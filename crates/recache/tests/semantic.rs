@@ -442,6 +442,15 @@ async fn vectors_init_and_list_from_the_cli() {
     let (code, v) = env.cli_json(&["health", "--backend", "vectors"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["backends"][0]["engine"], "embedded");
+    // The audit reads every collection (no vector here lacks its entry).
+    let (code, v) = env.cli_json(&["audit", "--check", "vectors"]);
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("recache-local") && notes.contains("vectors checked"),
+        "{v}"
+    );
+    assert_eq!(v["counts"].get("dangling_vector"), None, "{v}");
+    assert_eq!(code, 0, "{v}");
 }
 
 /// The labelled pair set: paraphrases that should match and near-misses that

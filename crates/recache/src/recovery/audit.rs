@@ -146,6 +146,54 @@ fn finding(
 }
 
 impl Recovery {
+    /// Vectors whose entry the index no longer has (`dangling_vector`: harmless, a search
+    /// skips them and drops them, but they cost memory), per collection.
+    async fn audit_vectors(
+        &self,
+        index: &dyn crate::roles::Index,
+        r: &mut AuditReport,
+        max: usize,
+    ) -> Result<(), JobError> {
+        let v = &self.cache.roles.vectors;
+        if !v.enabled() {
+            r.notes.push(format!(
+                "vectors: not checked (engine {}: disabled here, or an embedded store a running gateway owns)",
+                v.engine()
+            ));
+            return Ok(());
+        }
+        for c in v.collections().await? {
+            let mut after = None;
+            let mut n = 0u64;
+            loop {
+                let keys = v.list(&c.name, after, 1000).await?;
+                let Some(last) = keys.last().copied() else { break };
+                after = Some(last);
+                n += keys.len() as u64;
+                let found = index.get_many(keys.clone()).await?;
+                for (k, e) in keys.into_iter().zip(found) {
+                    if e.is_none() {
+                        r.add(
+                            max,
+                            finding(
+                                "dangling_vector",
+                                None,
+                                Some(k),
+                                None,
+                                format!("a vector in {} for an entry the index does not have", c.name),
+                            ),
+                        );
+                    }
+                }
+            }
+            r.notes.push(format!(
+                "vectors: collection {} (dimension {}): {n} vectors checked",
+                c.name, c.dimension
+            ));
+        }
+        Ok(())
+    }
+
     /// Runs the audit. `index` overrides the index to scan (a read-only
     /// snapshot of the embedded index while a gateway owns it).
     pub async fn audit(
@@ -167,8 +215,7 @@ impl Recovery {
         let want_index = opts.check.covers(Check::Index);
         let want_meta = opts.check.covers(Check::Metadata);
         if opts.check.covers(Check::Vectors) {
-            r.notes
-                .push("vectors: the vectors role is disabled; nothing to check".into());
+            self.audit_vectors(index, &mut r, max).await?;
         }
         // One LIST of the artifact store.
         let mut listing = ArtifactListing::new(if want_art || want_index || want_meta {
