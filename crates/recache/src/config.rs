@@ -187,6 +187,10 @@ pub struct VectorsConfig {
     pub url: Option<String>,
     /// Collection names start with this (deployments sharing one Qdrant keep apart).
     pub collection_prefix: String,
+    /// `embedded`: scopes with at least this many points get an IVF index (smaller ones are scanned exactly).
+    pub ivf_min_points: usize,
+    /// `embedded`: IVF lists a search scans (more: better recall, slower).
+    pub ivf_nprobe: usize,
     /// Time limit of one call (bulk calls get 40 times this, at least 5 s).
     pub timeout_ms: u64,
 }
@@ -198,6 +202,8 @@ impl Default for VectorsConfig {
             path: PathBuf::from("./recache-data/vectors"),
             url: None,
             collection_prefix: "recache-".into(),
+            ivf_min_points: 16_384,
+            ivf_nprobe: 4,
             timeout_ms: 100,
         }
     }
@@ -623,6 +629,9 @@ impl Config {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
         {
             return err("vectors.collection_prefix must be 1-64 characters of a-z 0-9 - _ .");
+        }
+        if self.vectors.ivf_nprobe == 0 || self.vectors.ivf_min_points == 0 {
+            return err("vectors.ivf_nprobe and vectors.ivf_min_points must be above 0");
         }
         match self.vectors.engine.as_str() {
             "disabled" | "embedded" => {}

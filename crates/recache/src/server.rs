@@ -219,7 +219,14 @@ pub fn open_vectors(
     access: IndexAccess,
 ) -> anyhow::Result<Arc<dyn crate::roles::Vectors>> {
     let inner: Arc<dyn crate::roles::Vectors> = match config.vectors.engine.as_str() {
-        "embedded" => match crate::roles::vectors_embedded::EmbeddedVectors::open(&config.vectors.path) {
+        "embedded" => match crate::roles::vectors_embedded::EmbeddedVectors::open_with(
+            &config.vectors.path,
+            crate::roles::vectors_embedded::IvfParams {
+                min_rows: config.vectors.ivf_min_points,
+                nprobe: config.vectors.ivf_nprobe,
+                ..Default::default()
+            },
+        ) {
             Ok(v) => Arc::new(v),
             Err(e) if access == IndexAccess::ReadOnly => {
                 tracing::info!(error = %e, "vectors not opened (read-only process)");

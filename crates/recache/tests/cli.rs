@@ -109,6 +109,8 @@ fn wait_for_url(child: &mut std::process::Child) -> String {
         let Some(Ok(line)) = lines.next() else { break };
         if let Some(i) = line.find("http://") {
             let url: String = line[i..].chars().take_while(|c| !c.is_whitespace()).collect();
+            // Keep draining stdout: a closed pipe would kill the gateway at its next line.
+            std::thread::spawn(move || lines.for_each(drop));
             return url;
         }
     }

@@ -37,6 +37,10 @@ pub struct VectorsBenchArgs {
     /// No IVF index: every lookup scans its scope exactly (for comparison).
     #[arg(long)]
     pub exact: bool,
+    /// Cosine of each query to the stored point it was made from (0.90 is the default
+    /// semantic threshold: the hardest match a search must still find).
+    #[arg(long, default_value_t = 0.95)]
+    pub query_similarity: f32,
     /// Lists an IVF search scans.
     #[arg(long, default_value_t = IvfParams::default().nprobe)]
     pub nprobe: usize,
@@ -191,7 +195,7 @@ async fn run_vectors(a: VectorsBenchArgs) -> anyhow::Result<()> {
     let mut score_err = 0f32;
     for q in 0..a.queries {
         let target = (rng.next() as usize) % a.points.max(1);
-        let query = near(&mut rng, &kept[target], 0.95);
+        let query = near(&mut rng, &kept[target], a.query_similarity);
         let scope = format!("scope-{}", target % a.scopes.max(1));
         let t = Instant::now();
         let hits = store.search(col, &scope, query.clone(), 4).await?;
