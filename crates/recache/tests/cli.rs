@@ -117,6 +117,22 @@ fn wait_for_url(child: &mut std::process::Child) -> String {
     panic!("no URL printed");
 }
 
+/// `recache serve --demo` on an ephemeral port, run from `cwd` (the model is looked for there).
+fn spawn_demo(cwd: Option<&std::path::Path>, data: &std::path::Path) -> Child {
+    let mut cmd = recache();
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    Child(
+        cmd.args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Asks the demo gateway one question; returns `x-recache-status`.
 async fn demo_chat(url: &str, question: &str) -> String {
     let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]});
@@ -141,16 +157,7 @@ async fn demo_turns_semantic_matching_on_when_the_model_is_there() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child(
-        recache()
-            .current_dir(&root)
-            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_demo(Some(&root), &dir.path().join("data"));
     let stdout = child.0.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let (mut url, mut said) = (String::new(), String::new());
@@ -178,15 +185,7 @@ async fn demo_turns_semantic_matching_on_when_the_model_is_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_miss_then_hit_and_health_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child(
-        recache()
-            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_demo(None, &dir.path().join("data"));
     let url = wait_for_url(&mut child.0);
     let mut statuses = Vec::new();
     for _ in 0..2 {

@@ -189,41 +189,32 @@ impl SemanticMetrics {
             "Requests answered by a semantic (near-duplicate) match.",
         );
         let _ = writeln!(out, "cache_semantic_hits_total {}", self.lookups(Lookup::Hit));
-        let mut labelled = |name: &str, help: &str, label: &str, values: Vec<(&str, u64)>| {
+        let mut labelled = |name: &str, help: &str, label: &str, values: &[&str], counters: &[AtomicU64]| {
             family(out, name, "counter", help);
-            for (v, n) in values {
-                let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+            for (v, n) in values.iter().zip(counters) {
+                let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", l(n));
             }
         };
         labelled(
             "cache_semantic_lookups_total",
             "Semantic lookups by result.",
             "result",
-            LOOKUPS
-                .iter()
-                .zip(&self.lookups)
-                .map(|(k, n)| (k.as_str(), l(n)))
-                .collect(),
+            &LOOKUPS.map(Lookup::as_str),
+            &self.lookups,
         );
         labelled(
             "cache_semantic_ineligible_total",
             "Requests of a semantic tenant not matched semantically, by reason.",
             "reason",
-            INELIGIBLE
-                .iter()
-                .zip(&self.ineligible)
-                .map(|(k, n)| (k.as_str(), l(n)))
-                .collect(),
+            &INELIGIBLE.map(Ineligible::as_str),
+            &self.ineligible,
         );
         labelled(
             "cache_semantic_guard_refusals_total",
             "Candidates above the threshold refused by the literal and near-miss guards.",
             "reason",
-            REFUSALS
-                .iter()
-                .zip(&self.refusals)
-                .map(|(k, n)| (k.as_str(), l(n)))
-                .collect(),
+            &REFUSALS.map(Refusal::as_str),
+            &self.refusals,
         );
         family(
             out,
