@@ -31,9 +31,27 @@ impl From<candle_core::Error> for EmbedError {
     }
 }
 
+mod qbert;
+mod qlinear;
+
+/// The network: f32 weights, or int8 (Q8_0) weights in every linear layer.
+enum Bert {
+    F32(BertModel),
+    Q8(qbert::BertModel),
+}
+
+impl Bert {
+    fn forward(&self, ids: &Tensor, types: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        match self {
+            Bert::F32(m) => m.forward(ids, types, mask),
+            Bert::Q8(m) => m.forward(ids, types, mask),
+        }
+    }
+}
+
 /// A loaded local embedding model.
 pub struct LocalModel {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
     dimension: usize,
@@ -44,6 +62,13 @@ pub struct LocalModel {
 impl LocalModel {
     /// Loads the model folder. `max_tokens` bounds the input (longer texts are truncated).
     pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
+        Self::load_with(dir, max_tokens, false)
+    }
+
+    /// Like [`LocalModel::load`]; with `int8`, every linear layer's weights are
+    /// quantised to Q8_0 at load (a quarter of the memory traffic per pass; the
+    /// model's name, and so the fingerprint, gets `-q8`).
+    pub fn load_with(dir: &Path, max_tokens: usize, int8: bool) -> Result<Self, EmbedError> {
         let err = |detail: String| EmbedError::Model {
             path: dir.to_path_buf(),
             detail,
@@ -78,13 +103,28 @@ impl LocalModel {
         // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
             .map_err(|e| err(format!("model.safetensors: {e}")))?;
-        let model = BertModel::load(vb.clone(), &config)
-            .or_else(|_| BertModel::load(vb.pp("bert"), &config))
-            .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?;
-        let name = dir
+        let model = if int8 {
+            let qconfig: qbert::Config =
+                serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
+            Bert::Q8(
+                qbert::BertModel::load(vb.clone(), &qconfig)
+                    .or_else(|_| qbert::BertModel::load(vb.pp("bert"), &qconfig))
+                    .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
+            )
+        } else {
+            Bert::F32(
+                BertModel::load(vb.clone(), &config)
+                    .or_else(|_| BertModel::load(vb.pp("bert"), &config))
+                    .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
+            )
+        };
+        let mut name = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "local".into());
+        if int8 {
+            name.push_str("-q8");
+        }
         Ok(Self {
             model,
             tokenizer,

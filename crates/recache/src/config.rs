@@ -339,6 +339,7 @@ impl Default for SemanticConfig {
                 model: None,
                 dimension: None,
                 max_tokens: 256,
+                weights: "f32".into(),
             },
         );
         Self {
@@ -383,6 +384,14 @@ pub struct EmbedderConfig {
     /// `local`: longer inputs are truncated to this many tokens.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
+    /// `local`: `f32` (default) or `int8` (Q8_0 linear layers: about 20 % faster per
+    /// short embedding on 2 cores, cosine ≥ 0.999 to f32; another fingerprint).
+    #[serde(default = "default_weights")]
+    pub weights: String,
+}
+
+fn default_weights() -> String {
+    "f32".into()
 }
 
 fn default_max_tokens() -> usize {
@@ -538,6 +547,12 @@ impl Config {
                             "semantic.embedders.{name}: kind provider needs model and dimension"
                         ));
                     }
+                }
+                "local" if !matches!(e.weights.as_str(), "f32" | "int8") => {
+                    return err(format!(
+                        "semantic.embedders.{name}.weights: '{}' (expected f32 or int8)",
+                        e.weights
+                    ))
                 }
                 "local" => {}
                 other => {

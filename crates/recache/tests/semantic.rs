@@ -670,3 +670,51 @@ async fn killed_qdrant_keeps_exact_hits_flowing_with_zero_errors() {
     }
     assert_eq!(back, "SEMANTIC_HIT", "semantic matching is back once Qdrant is");
 }
+
+/// `weights = "int8"`: the Q8_0 model stays within 0.995 cosine of the f32 one
+/// on every text of the pair set, carries its own fingerprint, and the gateway
+/// still answers a paraphrase from the cache with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int8_embedder_agrees_with_f32() {
+    let Some(model) = model_dir() else { return };
+    let f32m = recache_embed::LocalModel::load(&model, 256).unwrap();
+    let q8 = recache_embed::LocalModel::load_with(&model, 256, true).unwrap();
+    assert_ne!(f32m.name(), q8.name(), "another fingerprint");
+    let mut worst = 1.0f32;
+    for line in include_str!("data/semantic_pairs.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        let pair: Value = serde_json::from_str(line).unwrap();
+        for t in [pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap()] {
+            let (a, b) = (&f32m.embed(&[t]).unwrap()[0], &q8.embed(&[t]).unwrap()[0]);
+            worst = worst.min(recache_embed::cosine(a, b));
+        }
+    }
+    assert!(worst >= 0.995, "int8 vs f32 cosine {worst}");
+    let extra = format!(
+        "{}\n",
+        semantic_toml(&model, "").replace("kind = \"local\"", "kind = \"local\"\nweights = \"int8\"")
+    );
+    let env = env_raw(Backends::Embedded, VectorStore::Embedded, StubConfig::default(), &extra).await;
+    assert_eq!(
+        ask(&env, KEY_A, &body(None, "How do I reset my password?"), &[])
+            .await
+            .cache(),
+        "MISS"
+    );
+    assert_eq!(
+        ask(&env, KEY_A, &body(None, "How can I reset my password?"), &[])
+            .await
+            .cache(),
+        "SEMANTIC_HIT"
+    );
+    let rep = report(&env).await;
+    assert!(
+        rep["report"]["embedders"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .contains("-q8"),
+        "{rep}"
+    );
+}

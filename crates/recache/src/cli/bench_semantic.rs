@@ -56,6 +56,9 @@ pub struct EmbedBenchArgs {
     /// The model folder (safetensors + tokenizer.json).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     pub model: std::path::PathBuf,
+    /// `f32`, or `int8` (Q8_0 linear layers).
+    #[arg(long, default_value = "f32")]
+    pub weights: String,
     /// Embeddings timed per prompt length.
     #[arg(long, default_value_t = 200)]
     pub runs: usize,
@@ -284,7 +287,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 pub async fn embed(a: EmbedBenchArgs) -> i32 {
-    let model = match recache_embed::LocalModel::load(&a.model, 256) {
+    let model = match recache_embed::LocalModel::load_with(&a.model, 256, a.weights == "int8") {
         Ok(m) => m,
         Err(e) => {
             eprintln!(

@@ -47,7 +47,7 @@ impl LocalEmbedder {
             .path
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("a local embedder needs a path"))?;
-        let model = recache_embed::LocalModel::load(path, cfg.max_tokens)?;
+        let model = recache_embed::LocalModel::load_with(path, cfg.max_tokens, cfg.weights == "int8")?;
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Self {
             model: Arc::new(model),
