@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{OutputFormat, EXIT_PROBLEM};
 use crate::key::CacheKey;
 use crate::roles::vectors_embedded::{EmbeddedVectors, IvfParams};
-use crate::roles::{now_ms, VectorPoint, Vectors};
+use crate::roles::{normalised, now_ms, VectorPoint, Vectors};
 
 #[derive(Args, Debug)]
 pub struct VectorsBenchArgs {
@@ -85,21 +85,15 @@ impl Rng {
         (s - 2.0) * 1.732
     }
     fn unit(&mut self, dim: usize) -> Vec<f32> {
-        normalise((0..dim).map(|_| self.gauss()).collect())
+        normalised((0..dim).map(|_| self.gauss()).collect())
     }
-}
-
-fn normalise(mut v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n.max(1e-12));
-    v
 }
 
 /// `base` moved towards a random direction so that cos(result, base) is about `cos`.
 fn near(rng: &mut Rng, base: &[f32], cos: f32) -> Vec<f32> {
     let noise = rng.unit(base.len());
     let t = (1.0 / (cos * cos) - 1.0).sqrt();
-    normalise(base.iter().zip(&noise).map(|(b, n)| b + t * n).collect())
+    normalised(base.iter().zip(&noise).map(|(b, n)| b + t * n).collect())
 }
 
 fn key_of(i: usize) -> CacheKey {

@@ -438,6 +438,16 @@ impl Roles {
     }
 }
 
+/// `v` scaled to unit length (left as is when it already is, or is all zeros).
+/// Every vectors engine stores and searches unit vectors, so cosine is a dot product.
+pub fn normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 && (n - 1.0).abs() > 1e-4 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+    v
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

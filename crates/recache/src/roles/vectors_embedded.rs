@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::vectors_ivf::{self, Ivf};
 use super::{BackendError, BoxFuture, CheckInfo, CollectionInfo, Result, VectorMatch, VectorPoint, Vectors};
 use crate::key::CacheKey;
-use crate::roles::now_ms;
+use crate::roles::{normalised, now_ms};
 
 const MAGIC: &[u8; 8] = b"RCVEC01\n";
 const OP_UPSERT: u8 = 1;
@@ -290,14 +290,6 @@ fn new_log(path: &Path, dim: usize) -> std::io::Result<File> {
     f.write_all(&(dim as u32).to_le_bytes())?;
     f.sync_all()?;
     Ok(f)
-}
-
-fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 && (n - 1.0).abs() > 1e-4 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-    v
 }
 
 /// The maintainer thread: trains the IVF of scopes that outgrew an exact scan

@@ -23,7 +23,7 @@ use qdrant_client::{Payload, Qdrant, QdrantError};
 
 use super::{BackendError, BoxFuture, CheckInfo, CollectionInfo, Result, VectorMatch, VectorPoint, Vectors};
 use crate::key::CacheKey;
-use crate::roles::now_ms;
+use crate::roles::{normalised, now_ms};
 
 pub struct QdrantVectors {
     client: Qdrant,
@@ -81,14 +81,6 @@ fn payload_int(p: &std::collections::HashMap<String, qdrant_client::qdrant::Valu
         Kind::DoubleValue(d) => Some(*d as i64),
         _ => None,
     }
-}
-
-fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-    v
 }
 
 impl QdrantVectors {

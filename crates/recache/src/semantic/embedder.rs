@@ -126,15 +126,11 @@ impl Embedder for ProviderEmbedder {
                 .pointer("/data/0/embedding")
                 .and_then(Value::as_array)
                 .ok_or("no data[0].embedding in the answer")?;
-            let mut out: Vec<f32> = raw.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect();
+            let out: Vec<f32> = raw.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect();
             if self.dimension != 0 && out.len() != self.dimension {
                 return Err(format!("expected {} dimensions, got {}", self.dimension, out.len()));
             }
-            let n = out.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if n > 0.0 {
-                out.iter_mut().for_each(|x| *x /= n);
-            }
-            Ok(out)
+            Ok(crate::roles::normalised(out))
         })
     }
 }
