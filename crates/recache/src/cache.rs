@@ -228,7 +228,8 @@ impl Cache {
 
     /// Stores a complete answer: artifact first, then metadata, then index,
     /// so a crash leaves an orphan artifact for audit, never a dangling key.
-    pub async fn store(&self, s: StoreInput) -> Result<(), BackendError> {
+    /// Returns the entry's expiry (ms), which its vector, if any, shares.
+    pub async fn store(&self, s: StoreInput) -> Result<i64, BackendError> {
         // With the index breaker open no key could point at the artifact: skip
         // the writes (and the orphans they would leave) until the index is back.
         if self.roles.breaker("index").is_some_and(|b| {
@@ -260,9 +261,12 @@ impl Cache {
         let bytes = artifact::encode(&meta, s.canonical_request.as_bytes(), &s.body);
         let id = ArtifactId::of(&bytes);
         let size = bytes.len() as u64;
-        let result = self.store_steps(&s, id, bytes, created, expires, size).await;
+        let result = self
+            .store_steps(&s, id, bytes, created, expires, size)
+            .await
+            .map(|()| expires);
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 self.metrics.stores.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {

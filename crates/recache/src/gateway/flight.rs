@@ -225,8 +225,7 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
                 cost_usd: cost,
             })
             .await;
-        if let (Ok(()), Some(p), Some(sem)) = (stored, &t.vector, &spec.state.semantic) {
-            let expires = crate::roles::now_ms() + t.ttl.as_millis() as i64;
+        if let (Ok(expires), Some(p), Some(sem)) = (stored, &t.vector, &spec.state.semantic) {
             sem.remember(p, t.key, expires).await;
         }
     }
