@@ -55,6 +55,8 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
                     &req.parsed.value,
                 )
                 .await
+                .map_err(|why| sem.skipped(why))
+                .ok()
                 .map(Arc::new);
         }
     }

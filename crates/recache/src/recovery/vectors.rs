@@ -82,7 +82,7 @@ impl Recovery {
                     continue;
                 };
                 match sem
-                    .try_prepare(policy, &e.tenant, &e.namespace, endpoint, &upstream.name, &body)
+                    .prepare(policy, &e.tenant, &e.namespace, endpoint, &upstream.name, &body)
                     .await
                 {
                     Ok(prepared) => batches

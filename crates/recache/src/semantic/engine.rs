@@ -365,9 +365,7 @@ pub struct Report {
 
 pub struct Semantic {
     cfg: SemanticConfig,
-    /// `vectors.collection_prefix`.
-    prefix: String,
-    embedders: BTreeMap<String, Arc<dyn Embedder>>,
+    embedders: BTreeMap<String, Loaded>,
     vectors: Arc<dyn Vectors>,
     breaker: Arc<Breaker>,
     budget: Budget,
@@ -377,6 +375,12 @@ pub struct Semantic {
     ready: Mutex<HashSet<String>>,
     /// Recent embeddings by (fingerprint, text) digest.
     recent: RecentVectors,
+}
+
+/// An embedder with what is derived from it once, at load: fingerprint and collection.
+struct Loaded {
+    embedder: Arc<dyn Embedder>,
+    info: EmbedderInfo,
 }
 
 /// Embeddings by digest, and the digests in insertion order.
@@ -442,7 +446,7 @@ impl Semantic {
         if names.is_empty() {
             return Ok(None);
         }
-        let mut embedders: BTreeMap<String, Arc<dyn Embedder>> = BTreeMap::new();
+        let mut embedders: BTreeMap<String, Loaded> = BTreeMap::new();
         for name in names {
             let e = &cfg.embedders[&name];
             let embedder: Arc<dyn Embedder> = match e.kind.as_str() {
@@ -464,18 +468,24 @@ impl Semantic {
                 }
                 _ => Arc::new(ProviderEmbedder::new(e, upstreams)?),
             };
+            let fingerprint = embedder.fingerprint();
+            let info = EmbedderInfo {
+                name: name.clone(),
+                collection: collection_for(&config.vectors.collection_prefix, &fingerprint),
+                fingerprint,
+                dimension: embedder.dimension(),
+            };
             tracing::info!(
                 embedder = %name,
-                fingerprint = %embedder.fingerprint(),
-                collection = %collection_for(&config.vectors.collection_prefix, &embedder.fingerprint()),
+                fingerprint = %info.fingerprint,
+                collection = %info.collection,
                 "semantic matching: embedder ready"
             );
-            embedders.insert(name, embedder);
+            embedders.insert(name, Loaded { embedder, info });
         }
         let me = Arc::new(Self {
             breaker: Breaker::new("embedder", &config.breaker),
             cfg,
-            prefix: config.vectors.collection_prefix.clone(),
             embedders,
             vectors: cache.roles.vectors.clone(),
             budget: Budget::default(),
@@ -484,24 +494,18 @@ impl Semantic {
             ready: Mutex::new(HashSet::new()),
             recent: RecentVectors::new(4096),
         });
-        for e in me.embedders.values() {
+        for (collection, dimension) in me.active_collections() {
             // Best effort: a vector store that is down now gets its collection on first write.
-            let _ = me
-                .ensure(&collection_for(&me.prefix, &e.fingerprint()), e.dimension())
-                .await;
+            let _ = me.ensure(&collection, dimension).await;
         }
         Ok(Some(me))
-    }
-
-    pub fn embedder(&self, name: &str) -> Option<&Arc<dyn Embedder>> {
-        self.embedders.get(name)
     }
 
     /// The collections of the loaded embedders, with their dimensions.
     pub fn active_collections(&self) -> Vec<(String, usize)> {
         self.embedders
             .values()
-            .map(|e| (collection_for(&self.prefix, &e.fingerprint()), e.dimension()))
+            .map(|e| (e.info.collection.clone(), e.info.dimension))
             .collect()
     }
 
@@ -568,38 +572,25 @@ impl Semantic {
         (enabled && self.embedders.contains_key(&p.embedder)).then_some(p)
     }
 
-    /// Splits out the final user text, checks eligibility, and embeds it.
-    /// `None`: not eligible, or the embedder is unavailable (counted either way).
-    pub async fn prepare(
-        &self,
-        policy: Policy,
-        tenant: &str,
-        namespace: &str,
-        endpoint: Endpoint,
-        upstream: &str,
-        body: &Value,
-    ) -> Option<Prepared> {
-        match self
-            .try_prepare(policy, tenant, namespace, endpoint, upstream, body)
-            .await
-        {
-            Ok(p) => Some(p),
-            Err(Skip::Ineligible(why)) => {
+    /// Counts why a request got no embedding (the gateway's side of [`Semantic::prepare`]).
+    pub fn skipped(&self, why: Skip) {
+        match why {
+            Skip::Ineligible(why) => {
                 if let Some(i) = INELIGIBLE.iter().position(|x| *x == why) {
                     self.metrics.ineligible[i].fetch_add(1, Ordering::Relaxed);
                 }
-                None
             }
-            Err(Skip::Embedder(e)) => {
+            Skip::Embedder(e) => {
                 tracing::debug!(error = %e, "semantic matching skipped: embedding failed");
                 self.metrics.lookup(Lookup::Unavailable);
-                None
             }
         }
     }
 
-    /// [`Semantic::prepare`] without the counting: the rebuild job tells the two failures apart.
-    pub async fn try_prepare(
+    /// Splits out the final user text, checks eligibility, and embeds it. The
+    /// gateway counts a [`Skip`] ([`Semantic::skipped`]); the rebuild job retries
+    /// on an embedder failure and passes over an ineligible request.
+    pub async fn prepare(
         &self,
         policy: Policy,
         tenant: &str,
@@ -610,23 +601,26 @@ impl Semantic {
     ) -> Result<Prepared, Skip> {
         let split = scope::split(endpoint.name(), body, self.cfg.max_temperature, self.cfg.max_chars)
             .map_err(Skip::Ineligible)?;
-        let embedder = self
+        let loaded = self
             .embedders
             .get(&policy.embedder)
             .ok_or_else(|| Skip::Embedder(format!("embedder '{}' is not loaded", policy.embedder)))?;
-        let fingerprint = embedder.fingerprint();
-        let scope = scope::scope_hash(tenant, namespace, endpoint.name(), upstream, &split.rest, &fingerprint);
-        let vector = self
-            .embed(embedder.as_ref(), split.text.clone())
-            .await
-            .map_err(Skip::Embedder)?;
+        let scope = scope::scope_hash(
+            tenant,
+            namespace,
+            endpoint.name(),
+            upstream,
+            &split.rest,
+            &loaded.info.fingerprint,
+        );
+        let vector = self.embed(loaded, split.text.clone()).await.map_err(Skip::Embedder)?;
         Ok(Prepared {
             tenant: tenant.to_string(),
             namespace: namespace.to_string(),
             scope,
             text: split.text,
             vector,
-            collection: collection_for(&self.prefix, &fingerprint),
+            collection: loaded.info.collection.clone(),
             policy,
         })
     }
@@ -634,11 +628,11 @@ impl Semantic {
     /// One embedding behind the embedder's breaker and time limit; the same
     /// text again (a repeated paraphrase, an answer judged twice) comes from a
     /// small cache.
-    async fn embed(&self, embedder: &dyn Embedder, text: String) -> Result<Vec<f32>, String> {
+    async fn embed(&self, loaded: &Loaded, text: String) -> Result<Vec<f32>, String> {
         let cache_key = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
-            h.update(embedder.fingerprint().as_bytes());
+            h.update(loaded.info.fingerprint.as_bytes());
             h.update([0u8]);
             h.update(text.as_bytes());
             let d = h.finalize();
@@ -648,7 +642,7 @@ impl Semantic {
             self.metrics.embed_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
         }
-        let v = self.embed_uncached(embedder, text).await?;
+        let v = self.embed_uncached(loaded.embedder.as_ref(), text).await?;
         self.recent.put(cache_key, v.clone());
         Ok(v)
     }
@@ -838,8 +832,8 @@ impl Semantic {
             return Some(true);
         }
         let e = self.embedders.get(embedder)?;
-        let va = self.embed(e.as_ref(), ta).await.ok()?;
-        let vb = self.embed(e.as_ref(), tb).await.ok()?;
+        let va = self.embed(e, ta).await.ok()?;
+        let vb = self.embed(e, tb).await.ok()?;
         let cos: f32 = va.iter().zip(&vb).map(|(x, y)| x * y).sum();
         Some(cos >= self.cfg.answer_similarity)
     }
@@ -931,19 +925,8 @@ impl Semantic {
                 t.false_hit_rate_ci95 = Some(super::budget::wilson(bad, checks));
             }
         }
-        let mut embedders: Vec<EmbedderInfo> = self
-            .embedders
-            .iter()
-            .map(|(name, e)| EmbedderInfo {
-                name: name.clone(),
-                fingerprint: e.fingerprint(),
-                collection: collection_for(&self.prefix, &e.fingerprint()),
-                dimension: e.dimension(),
-            })
-            .collect();
-        embedders.sort_by(|a, b| a.name.cmp(&b.name));
         Report {
-            embedders,
+            embedders: self.embedders.values().map(|e| e.info.clone()).collect(),
             embedder_breaker: self.breaker.status(),
             vectors_engine: self.vectors.engine().to_string(),
             collections: self.vectors.collections().await.unwrap_or_default(),
