@@ -14,13 +14,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// One scope's counters.
+/// What is counted per scope, and summed per tenant and namespace for reports.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ScopeStats {
-    pub tenant: String,
-    pub namespace: String,
-    pub scope: String,
-    pub mode: String,
+pub struct Counts {
     /// Semantic hits served (live mode).
     pub semantic_hits: u64,
     /// Would-be hits computed in shadow mode.
@@ -31,15 +27,10 @@ pub struct ScopeStats {
     pub verification_agreements: u64,
     /// Candidates the guards refused.
     pub guard_refusals: u64,
-    /// Checks and disagreements since the threshold last changed.
-    pub window_checks: u64,
-    pub window_disagreements: u64,
-    /// The threshold in force (base, raised by the budget).
-    pub threshold: f32,
     pub threshold_raises: u64,
 }
 
-impl ScopeStats {
+impl Counts {
     pub fn checks(&self) -> u64 {
         self.shadow_checks + self.verifications
     }
@@ -47,15 +38,39 @@ impl ScopeStats {
         self.checks() - self.shadow_agreements - self.verification_agreements
     }
     /// Measured false-hit rate and its 95 % Wilson interval, over all checks.
-    pub fn false_hit_rate(&self) -> Option<(f64, f64, f64)> {
+    pub fn false_hit_rate(&self) -> Option<(f64, (f64, f64))> {
         let n = self.checks();
-        if n == 0 {
-            return None;
-        }
-        let p = self.disagreements() as f64 / n as f64;
-        let (lo, hi) = wilson(self.disagreements(), n);
-        Some((p, lo, hi))
+        (n > 0).then(|| {
+            let bad = self.disagreements();
+            (bad as f64 / n as f64, wilson(bad, n))
+        })
     }
+    pub fn add(&mut self, o: &Counts) {
+        self.semantic_hits += o.semantic_hits;
+        self.shadow_candidates += o.shadow_candidates;
+        self.shadow_checks += o.shadow_checks;
+        self.shadow_agreements += o.shadow_agreements;
+        self.verifications += o.verifications;
+        self.verification_agreements += o.verification_agreements;
+        self.guard_refusals += o.guard_refusals;
+        self.threshold_raises += o.threshold_raises;
+    }
+}
+
+/// One scope's counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScopeStats {
+    pub tenant: String,
+    pub namespace: String,
+    pub scope: String,
+    pub mode: String,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Checks and disagreements since the threshold last changed.
+    pub window_checks: u64,
+    pub window_disagreements: u64,
+    /// The threshold in force (base, raised by the budget).
+    pub threshold: f32,
 }
 
 /// The 95 % Wilson score interval for `k` successes out of `n`.
@@ -106,9 +121,9 @@ impl Budget {
 
     pub fn count(&self, scope: &str, init: impl FnOnce() -> ScopeStats, e: Event) {
         self.with(scope, init, |s| match e {
-            Event::Hit => s.semantic_hits += 1,
-            Event::ShadowCandidate => s.shadow_candidates += 1,
-            Event::Refused => s.guard_refusals += 1,
+            Event::Hit => s.counts.semantic_hits += 1,
+            Event::ShadowCandidate => s.counts.shadow_candidates += 1,
+            Event::Refused => s.counts.guard_refusals += 1,
         })
     }
 
@@ -127,11 +142,11 @@ impl Budget {
     ) -> Option<Raised> {
         self.with(scope, init, |s| {
             if shadow {
-                s.shadow_checks += 1;
-                s.shadow_agreements += agreed as u64;
+                s.counts.shadow_checks += 1;
+                s.counts.shadow_agreements += agreed as u64;
             } else {
-                s.verifications += 1;
-                s.verification_agreements += agreed as u64;
+                s.counts.verifications += 1;
+                s.counts.verification_agreements += agreed as u64;
             }
             s.window_checks += 1;
             s.window_disagreements += (!agreed) as u64;
@@ -144,7 +159,7 @@ impl Budget {
             }
             let from = s.threshold;
             s.threshold = (s.threshold + step).min(max_threshold);
-            s.threshold_raises += 1;
+            s.counts.threshold_raises += 1;
             let checks = s.window_checks;
             s.window_checks = 0;
             s.window_disagreements = 0;
@@ -194,6 +209,6 @@ mod tests {
         for _ in 0..20 {
             assert!(b.check("s", init, false, true, 0.02, 10, 0.01, 0.99).is_none());
         }
-        assert_eq!(b.snapshot()[0].threshold_raises, 1);
+        assert_eq!(b.snapshot()[0].counts.threshold_raises, 1);
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::budget::{Budget, Event, ScopeStats};
+use super::budget::{Budget, Counts, Event, ScopeStats};
 use super::embedder::{collection_for, Embedder, LocalEmbedder, ProviderEmbedder};
 use super::guard::{self, Refusal};
 use super::judge;
@@ -286,8 +286,8 @@ impl SemanticMetrics {
         for s in scopes {
             let e = by_tn.entry((&s.tenant, &s.namespace)).or_insert((0.0, 0, 0));
             e.0 = e.0.max(s.threshold);
-            e.1 += s.checks();
-            e.2 += s.disagreements();
+            e.1 += s.counts.checks();
+            e.2 += s.counts.disagreements();
         }
         family(
             out,
@@ -333,13 +333,8 @@ pub struct TenantReport {
     pub mode: String,
     pub embedder: String,
     pub scopes: usize,
-    pub semantic_hits: u64,
-    pub shadow_candidates: u64,
-    pub shadow_checks: u64,
-    pub shadow_agreements: u64,
-    pub verifications: u64,
-    pub verification_agreements: u64,
-    pub guard_refusals: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Disagreements / checks, over all checks.
     pub false_hit_rate: Option<f64>,
     /// Its 95 % Wilson interval.
@@ -349,7 +344,6 @@ pub struct TenantReport {
     pub base_threshold: f32,
     /// The highest threshold in force among its scopes (raised by the budget).
     pub threshold: f32,
-    pub threshold_raises: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -907,22 +901,13 @@ impl Semantic {
                 .entry((s.tenant.clone(), s.namespace.clone()))
                 .or_insert_with(|| empty_report(&s.tenant, &s.namespace, &p));
             t.scopes += 1;
-            t.semantic_hits += s.semantic_hits;
-            t.shadow_candidates += s.shadow_candidates;
-            t.shadow_checks += s.shadow_checks;
-            t.shadow_agreements += s.shadow_agreements;
-            t.verifications += s.verifications;
-            t.verification_agreements += s.verification_agreements;
-            t.guard_refusals += s.guard_refusals;
+            t.counts.add(&s.counts);
             t.threshold = t.threshold.max(s.threshold);
-            t.threshold_raises += s.threshold_raises;
         }
         for t in tenants.values_mut() {
-            let checks = t.shadow_checks + t.verifications;
-            if checks > 0 {
-                let bad = checks - t.shadow_agreements - t.verification_agreements;
-                t.false_hit_rate = Some(bad as f64 / checks as f64);
-                t.false_hit_rate_ci95 = Some(super::budget::wilson(bad, checks));
+            if let Some((rate, ci)) = t.counts.false_hit_rate() {
+                t.false_hit_rate = Some(rate);
+                t.false_hit_rate_ci95 = Some(ci);
             }
         }
         Report {
@@ -951,18 +936,11 @@ fn empty_report(tenant: &str, namespace: &str, p: &Policy) -> TenantReport {
         mode: p.mode().into(),
         embedder: p.embedder.clone(),
         scopes: 0,
-        semantic_hits: 0,
-        shadow_candidates: 0,
-        shadow_checks: 0,
-        shadow_agreements: 0,
-        verifications: 0,
-        verification_agreements: 0,
-        guard_refusals: 0,
+        counts: Counts::default(),
         false_hit_rate: None,
         false_hit_rate_ci95: None,
         error_budget: p.error_budget,
         base_threshold: p.threshold,
         threshold: p.threshold,
-        threshold_raises: 0,
     }
 }
