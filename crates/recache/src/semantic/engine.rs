@@ -413,20 +413,59 @@ impl RecentVectors {
     }
 }
 
-/// The embedder names a configuration uses.
+/// The settings in force for a tenant and namespace, or `None` when semantic
+/// matching is off there. Rules apply from least to most specific (the
+/// defaults, the tenant's, the namespace's); a field a rule leaves out, `enabled`
+/// included, keeps the value from before.
+fn resolve(c: &SemanticConfig, tenant: &str, namespace: &str) -> Option<Policy> {
+    let mut enabled = c.enabled;
+    let mut p = Policy {
+        live: c.mode == "live",
+        threshold: c.threshold,
+        embedder: c.embedder.clone(),
+        verify_rate: c.verify_rate,
+        error_budget: c.error_budget,
+    };
+    let tenant_rules = c.rules.iter().filter(|r| r.tenant == tenant && r.namespace.is_none());
+    let ns_rules = c
+        .rules
+        .iter()
+        .filter(|r| r.tenant == tenant && r.namespace.as_deref() == Some(namespace));
+    for r in tenant_rules.chain(ns_rules) {
+        if let Some(e) = r.enabled {
+            enabled = e;
+        }
+        if let Some(m) = &r.mode {
+            p.live = m == "live";
+        }
+        if let Some(t) = r.threshold {
+            p.threshold = t;
+        }
+        if let Some(e) = &r.embedder {
+            p.embedder = e.clone();
+        }
+        if let Some(v) = r.verify_rate {
+            p.verify_rate = v;
+        }
+        if let Some(b) = r.error_budget {
+            p.error_budget = b;
+        }
+    }
+    enabled.then_some(p)
+}
+
+/// The embedder names a configuration uses: those of every tenant and
+/// namespace a rule names (and the default's, when it is on), as [`resolve`] sees them.
 fn used_embedders(cfg: &SemanticConfig) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    let mut add = |n: &str| {
-        if !names.iter().any(|x| x == n) {
-            names.push(n.to_string());
-        }
-    };
-    if cfg.enabled {
-        add(&cfg.embedder);
-    }
-    for r in &cfg.rules {
-        if r.enabled.unwrap_or(cfg.enabled) {
-            add(r.embedder.as_deref().unwrap_or(&cfg.embedder));
+    let defaults = cfg.enabled.then(|| cfg.embedder.clone());
+    let ruled = cfg
+        .rules
+        .iter()
+        .filter_map(|r| resolve(cfg, &r.tenant, r.namespace.as_deref().unwrap_or("default")).map(|p| p.embedder));
+    for n in defaults.into_iter().chain(ruled) {
+        if !names.contains(&n) {
+            names.push(n);
         }
     }
     names
@@ -529,41 +568,8 @@ impl Semantic {
     }
 
     /// The policy for a tenant and namespace; `None` when semantic matching is off there.
-    /// Rules apply from least to most specific: the defaults, the tenant's, the namespace's.
     pub fn policy(&self, tenant: &str, namespace: &str) -> Option<Policy> {
-        let c = &self.cfg;
-        let mut enabled = c.enabled;
-        let mut p = Policy {
-            live: c.mode == "live",
-            threshold: c.threshold,
-            embedder: c.embedder.clone(),
-            verify_rate: c.verify_rate,
-            error_budget: c.error_budget,
-        };
-        let tenant_rules = c.rules.iter().filter(|r| r.tenant == tenant && r.namespace.is_none());
-        let ns_rules = c
-            .rules
-            .iter()
-            .filter(|r| r.tenant == tenant && r.namespace.as_deref() == Some(namespace));
-        for r in tenant_rules.chain(ns_rules) {
-            enabled = r.enabled.unwrap_or(true);
-            if let Some(m) = &r.mode {
-                p.live = m == "live";
-            }
-            if let Some(t) = r.threshold {
-                p.threshold = t;
-            }
-            if let Some(e) = &r.embedder {
-                p.embedder = e.clone();
-            }
-            if let Some(v) = r.verify_rate {
-                p.verify_rate = v;
-            }
-            if let Some(b) = r.error_budget {
-                p.error_budget = b;
-            }
-        }
-        (enabled && self.embedders.contains_key(&p.embedder)).then_some(p)
+        resolve(&self.cfg, tenant, namespace).filter(|p| self.embedders.contains_key(&p.embedder))
     }
 
     /// Counts why a request got no embedding (the gateway's side of [`Semantic::prepare`]).
@@ -942,5 +948,50 @@ fn empty_report(tenant: &str, namespace: &str, p: &Policy) -> TenantReport {
         error_budget: p.error_budget,
         base_threshold: p.threshold,
         threshold: p.threshold,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SemanticRule;
+
+    fn rule(tenant: &str, namespace: Option<&str>, enabled: Option<bool>, embedder: Option<&str>) -> SemanticRule {
+        SemanticRule {
+            tenant: tenant.into(),
+            namespace: namespace.map(str::to_string),
+            enabled,
+            mode: None,
+            threshold: None,
+            embedder: embedder.map(str::to_string),
+            verify_rate: None,
+            error_budget: None,
+        }
+    }
+
+    #[test]
+    fn rules_inherit_what_they_leave_out() {
+        let mut c = SemanticConfig::default();
+        c.rules = vec![
+            rule("a", None, Some(true), None),
+            rule("a", Some("ns"), None, Some("other")),
+            rule("b", None, None, Some("other")),
+            rule("c", None, Some(false), None),
+            rule("c", Some("on"), Some(true), None),
+        ];
+        assert!(resolve(&c, "a", "default").is_some());
+        assert_eq!(
+            resolve(&c, "a", "ns").unwrap().embedder,
+            "other",
+            "inherits enabled from the tenant rule"
+        );
+        assert!(resolve(&c, "b", "default").is_none(), "no `enabled`: the default (off)");
+        assert!(resolve(&c, "c", "x").is_none());
+        assert!(resolve(&c, "c", "on").is_some());
+        assert!(resolve(&c, "z", "default").is_none());
+        // Only the embedders of tenants that are on get loaded.
+        assert_eq!(used_embedders(&c), vec!["local".to_string(), "other".to_string()]);
+        c.enabled = true;
+        assert!(resolve(&c, "b", "default").is_some(), "no `enabled`: the default (on)");
     }
 }
