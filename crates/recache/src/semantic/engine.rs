@@ -971,14 +971,16 @@ mod tests {
 
     #[test]
     fn rules_inherit_what_they_leave_out() {
-        let mut c = SemanticConfig::default();
-        c.rules = vec![
-            rule("a", None, Some(true), None),
-            rule("a", Some("ns"), None, Some("other")),
-            rule("b", None, None, Some("other")),
-            rule("c", None, Some(false), None),
-            rule("c", Some("on"), Some(true), None),
-        ];
+        let mut c = SemanticConfig {
+            rules: vec![
+                rule("a", None, Some(true), None),
+                rule("a", Some("ns"), None, Some("other")),
+                rule("b", None, None, Some("other")),
+                rule("c", None, Some(false), None),
+                rule("c", Some("on"), Some(true), None),
+            ],
+            ..Default::default()
+        };
         assert!(resolve(&c, "a", "default").is_some());
         assert_eq!(
             resolve(&c, "a", "ns").unwrap().embedder,
