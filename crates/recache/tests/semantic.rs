@@ -268,6 +268,15 @@ async fn paraphrase_hits_and_context_changes_miss(b: Backends, v: VectorStore) {
     assert!(refused >= 2.0, "guard refusals {refused}");
     let rep = report(&env).await;
     assert_eq!(team_a(&rep)["semantic_hits"], 2, "{rep}");
+    let rows = rep["report"]["tenants"].as_array().unwrap();
+    assert!(
+        !rows.iter().any(|t| t["tenant"] == "team-a" && t["namespace"] == "*"),
+        "no placeholder row once the tenant has traffic: {rep}"
+    );
+    assert!(
+        rows.iter().any(|t| t["tenant"] == "team-b"),
+        "configured tenants are listed: {rep}"
+    );
 }
 
 async fn vectors_breaker_open_keeps_exact_hits_flowing(b: Backends, v: VectorStore) {

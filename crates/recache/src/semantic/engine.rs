@@ -910,6 +910,9 @@ impl Semantic {
             t.counts.add(&s.counts);
             t.threshold = t.threshold.max(s.threshold);
         }
+        // A tenant-wide rule's placeholder row ("*") gives way once its namespaces have rows.
+        let with_traffic: HashSet<String> = scopes.iter().map(|s| s.tenant.clone()).collect();
+        tenants.retain(|(tenant, ns), _| ns != "*" || !with_traffic.contains(tenant));
         for t in tenants.values_mut() {
             if let Some((rate, ci)) = t.counts.false_hit_rate() {
                 t.false_hit_rate = Some(rate);
