@@ -268,15 +268,19 @@ async fn serve(
         _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
     };
     let spec = req.flight(prepared.clone());
+    // Shadow mode: the recorded candidate is judged against this request's provider answer.
+    let judge_shadow = |fresh: watch::Receiver<Option<flight::Shared>>| {
+        if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
+            sem.judge_later(p.clone(), c, body, fresh, true);
+        }
+    };
 
     // Only plain misses coalesce: a no-cache refresh or a no-store call is the client's own.
     let (tx, guard) = if status == CacheStatus::Miss {
         match state.coalescer.join(key) {
             Joined::Follower(rx) => {
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
-                if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
-                    sem.judge_later(p.clone(), c, body, rx.clone(), true);
-                }
+                judge_shadow(rx.clone());
                 let outcome = flight::wait(rx).await;
                 if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
                     return Ok((r, "STALE"));
@@ -292,9 +296,7 @@ async fn serve(
         (watch::channel(None).0, None)
     };
     let rx = tx.subscribe();
-    if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
-        sem.judge_later(p.clone(), c, body, tx.subscribe(), true);
-    }
+    judge_shadow(tx.subscribe());
     if parsed.stream {
         let (head_tx, head_rx) = oneshot::channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(64);
