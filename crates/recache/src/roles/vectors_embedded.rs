@@ -413,23 +413,26 @@ fn train_scope(cols: &Shared, col: &str, scope: &Arc<str>) {
 }
 
 /// Assigns up to 64 unassigned rows of one scope (a few ms under the lock).
+/// The write lock is taken only when a scope has rows waiting, so an idle
+/// store never stalls searches.
 fn assign_some(cols: &Shared) {
+    let waiting = read(cols).iter().find_map(|(name, c)| {
+        c.scopes
+            .iter()
+            .find(|(_, s)| s.ivf.as_ref().is_some_and(|i| !i.unassigned().is_empty()))
+            .map(|(scope, _)| (name.clone(), scope.clone()))
+    });
+    let Some((col, scope)) = waiting else { return };
     let mut g = write(cols);
-    for c in g.values_mut() {
-        let dim = c.dim;
-        for s in c.scopes.values_mut() {
-            let Some(ivf) = &mut s.ivf else { continue };
-            if ivf.unassigned().is_empty() {
-                continue;
-            }
-            let rows: Vec<u32> = ivf.unassigned().iter().take(64).copied().collect();
-            for r in rows {
-                let codes = &s.codes[r as usize * dim..(r as usize + 1) * dim];
-                let list = ivf.nearest(|c| dot_i8(c, codes));
-                ivf.assign(r, list);
-            }
-            return;
-        }
+    let Some(c) = g.get_mut(&col) else { return };
+    let dim = c.dim;
+    let Some(s) = c.scopes.get_mut(&scope) else { return };
+    let Some(ivf) = &mut s.ivf else { return };
+    let rows: Vec<u32> = ivf.unassigned().iter().take(64).copied().collect();
+    for r in rows {
+        let codes = &s.codes[r as usize * dim..(r as usize + 1) * dim];
+        let list = ivf.nearest(|c| dot_i8(c, codes));
+        ivf.assign(r, list);
     }
 }
 
@@ -666,7 +669,7 @@ impl Vectors for EmbeddedVectors {
 
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         Box::pin(async move {
-            let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+            let cols = read(&self.collections);
             let points: u64 = cols.values().map(|c| c.at.len() as u64).sum();
             Ok(CheckInfo {
                 version: None,
@@ -690,7 +693,7 @@ impl Vectors for EmbeddedVectors {
                     detail: format!("dimension {dimension} is out of range"),
                 });
             }
-            let mut cols = self.collections.write().unwrap_or_else(|p| p.into_inner());
+            let mut cols = write(&self.collections);
             if let Some(c) = cols.get(collection) {
                 if c.dim != dimension {
                     return Err(BackendError::Rejected {
@@ -722,7 +725,7 @@ impl Vectors for EmbeddedVectors {
 
     fn collections(&self) -> BoxFuture<'_, Result<Vec<CollectionInfo>>> {
         Box::pin(async move {
-            let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+            let cols = read(&self.collections);
             Ok(cols
                 .iter()
                 .map(|(name, c)| CollectionInfo {
@@ -736,7 +739,7 @@ impl Vectors for EmbeddedVectors {
 
     fn upsert<'a>(&'a self, collection: &'a str, points: Vec<VectorPoint>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut cols = self.collections.write().unwrap_or_else(|p| p.into_inner());
+            let mut cols = write(&self.collections);
             let c = cols.get_mut(collection).ok_or_else(|| missing(collection))?;
             let mut buf = Vec::new();
             let mut ready = Vec::with_capacity(points.len());
@@ -775,7 +778,7 @@ impl Vectors for EmbeddedVectors {
         k: usize,
     ) -> BoxFuture<'a, Result<Vec<VectorMatch>>> {
         Box::pin(async move {
-            let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+            let cols = read(&self.collections);
             let c = cols.get(collection).ok_or_else(|| missing(collection))?;
             if vector.len() != c.dim {
                 return Err(BackendError::Rejected {
@@ -833,7 +836,7 @@ impl Vectors for EmbeddedVectors {
 
     fn delete(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            let mut cols = self.collections.write().unwrap_or_else(|p| p.into_inner());
+            let mut cols = write(&self.collections);
             let mut n = 0;
             for c in cols.values_mut() {
                 let mut buf = Vec::new();
@@ -858,7 +861,7 @@ impl Vectors for EmbeddedVectors {
 
     fn count<'a>(&'a self, collection: Option<&'a str>) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+            let cols = read(&self.collections);
             match collection {
                 Some(name) => Ok(cols.get(name).ok_or_else(|| missing(name))?.at.len() as u64),
                 None => Ok(cols.values().map(|c| c.at.len() as u64).sum()),
@@ -874,7 +877,7 @@ impl Vectors for EmbeddedVectors {
     ) -> BoxFuture<'a, Result<Vec<CacheKey>>> {
         Box::pin(async move {
             use std::ops::Bound;
-            let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+            let cols = read(&self.collections);
             let c = cols.get(collection).ok_or_else(|| missing(collection))?;
             let lower = match after {
                 Some(k) => Bound::Excluded(k),
@@ -891,7 +894,7 @@ impl Vectors for EmbeddedVectors {
     fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let expired: Vec<CacheKey> = {
-                let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+                let cols = read(&self.collections);
                 cols.values()
                     .flat_map(|c| c.scopes.values())
                     .flat_map(|s| s.meta.iter())
@@ -908,7 +911,7 @@ impl Vectors for EmbeddedVectors {
 
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let cols = self.collections.read().unwrap_or_else(|p| p.into_inner());
+            let cols = read(&self.collections);
             for c in cols.values() {
                 c.log
                     .lock()
