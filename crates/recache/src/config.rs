@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub semantic: SemanticConfig,
     #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -291,6 +293,56 @@ pub struct WarmerConfig {
     pub page_size: u32,
 }
 
+/// `[backup]`: backup sets of all four stores, a DR copy, retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Where sets go: a directory (`/path`, `file:///path`) or
+    /// `s3://bucket/prefix?endpoint=…&region=…&access_key_env=…&secret_key_env=…`.
+    pub target: Option<String>,
+    /// A second target (another region) every set is copied to and checked on.
+    pub dr_target: Option<String>,
+    /// This deployment's folder in the targets (several deployments may share one).
+    pub deployment: String,
+    /// Take a backup this often inside `serve` (e.g. `15m`, `1h`); unset: never.
+    pub schedule: Option<String>,
+    /// Scheduled sets kept: the newest `keep_last`, plus the newest of each of
+    /// the last `keep_daily` days and `keep_weekly` weeks. Manual sets are
+    /// kept until deleted; the newest verified set is never pruned.
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    /// Verify each new set right after it is written (and its DR copy).
+    pub verify_after_create: bool,
+    /// The level of that verification: `structure`, `read-data` or `restore`.
+    pub verify_level: String,
+    /// Prune deletes pooled artifacts and unfinished sets only once they are this old (e.g. `24h`).
+    pub prune_grace: String,
+    /// Artifacts copied at once.
+    pub parallel: usize,
+    /// The RPO target (e.g. `5m`) that `backup list` checks the newest set's age against.
+    pub rpo: Option<String>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            target: None,
+            dr_target: None,
+            deployment: "default".into(),
+            schedule: None,
+            keep_last: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
+            verify_after_create: true,
+            verify_level: "structure".into(),
+            prune_grace: "24h".into(),
+            parallel: 32,
+            rpo: None,
+        }
+    }
+}
+
 /// `[semantic]`: semantic matching (off unless a rule or `enabled` turns it on).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -511,6 +563,37 @@ impl Config {
         Ok((config, warnings))
     }
 
+    fn validate_backup(&self) -> Result<(), ConfigError> {
+        let b = &self.backup;
+        if b.deployment.is_empty() || b.deployment.contains('/') {
+            return err(format!("backup.deployment: '{}' must be a non-empty name without '/'", b.deployment));
+        }
+        if !matches!(b.verify_level.as_str(), "structure" | "read-data" | "restore") {
+            return err(format!(
+                "backup.verify_level: '{}' (expected structure, read-data or restore)",
+                b.verify_level
+            ));
+        }
+        for (name, v) in [("schedule", &b.schedule), ("rpo", &b.rpo), ("prune_grace", &Some(b.prune_grace.clone()))] {
+            if let Some(v) = v {
+                let d = crate::cli::ops::parse_duration(v).map_err(|e| ConfigError(format!("backup.{name}: {e}")))?;
+                if name == "schedule" && d.as_secs() < 10 {
+                    return err("backup.schedule must be at least 10s");
+                }
+            }
+        }
+        if b.schedule.is_some() && b.target.is_none() {
+            return err("backup.schedule is set but backup.target is not");
+        }
+        if b.keep_last == 0 {
+            return err("backup.keep_last must be at least 1");
+        }
+        if b.parallel == 0 {
+            return err("backup.parallel must be at least 1");
+        }
+        Ok(())
+    }
+
     fn validate_semantic(&self) -> Result<(), ConfigError> {
         let s = &self.semantic;
         let modes = |m: &str| matches!(m, "live" | "shadow");
@@ -636,6 +719,7 @@ impl Config {
                 ))
             }
         }
+        self.validate_backup()?;
         let prefix = &self.vectors.collection_prefix;
         if prefix.is_empty()
             || prefix.len() > 64

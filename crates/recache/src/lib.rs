@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the request path and the failure matrix.
 
 pub mod artifact;
+pub mod backup;
 pub mod breaker;
 pub mod cache;
 pub mod cli;

@@ -424,6 +424,13 @@ fn spawn_recovery(state: &Arc<AppState>, stop: watch::Receiver<bool>) -> Vec<Joi
         Duration::from_millis(w.detect_interval_ms.max(50)),
         stop.clone(),
     )));
+    if let Some(every) = crate::backup::schedule::interval(&state.config) {
+        match crate::backup::Targets::open(state.config.clone(), &crate::cli::env_map()) {
+            Ok(t) if w.enabled => out.push(tokio::spawn(crate::backup::schedule::run(r.clone(), t, every, stop.clone()))),
+            Ok(_) => tracing::warn!("backup.schedule is set but warmer.enabled is false: no worker would run the backups"),
+            Err(e) => tracing::error!(error = %e, "backup.schedule is set but the target cannot be opened"),
+        }
+    }
     if w.enabled {
         let cfg = worker_config(&state.config, "gateway");
         out.push(tokio::spawn(crate::queue::worker::run(

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{Config, ConfigError, LogFormat};
 
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod bench_semantic;
 pub mod health;
@@ -50,6 +51,8 @@ pub enum Command {
     Semantic(semantic::SemanticArgs),
     /// The vector store: create and list collections.
     Vectors(semantic::VectorsArgs),
+    /// Backup sets of all four stores: create, list, verify, restore, prune.
+    Backup(backup::BackupArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -106,5 +109,6 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Repair(a) => repair::run(a).await,
         Command::Semantic(a) => semantic::run_semantic(a).await,
         Command::Vectors(a) => semantic::run_vectors(a).await,
+        Command::Backup(a) => backup::run(a).await,
     }
 }

@@ -25,13 +25,17 @@ pub const WARM: &str = "warm";
 /// Re-embeds live entries into the active embedders' collections.
 pub const REBUILD_VECTORS: &str = "rebuild-vectors";
 
-pub const KINDS: [&str; 6] = [
+pub use crate::backup::run::{BACKUP, BACKUP_RESTORE};
+
+pub const KINDS: [&str; 8] = [
     REBUILD_INDEX,
     RECONCILE_METADATA,
     REFETCH,
     REFRESH_STALE,
     WARM,
     REBUILD_VECTORS,
+    BACKUP,
+    BACKUP_RESTORE,
 ];
 
 /// The backends (breaker names) each kind needs; the queue itself needs metadata.
@@ -42,6 +46,7 @@ pub fn needs(kind: &str) -> Vec<&'static str> {
         REFETCH | REFRESH_STALE => vec!["metadata", "artifacts", "index"],
         WARM => vec!["artifacts", "index"],
         REBUILD_VECTORS => vec!["metadata", "vectors"],
+        BACKUP | BACKUP_RESTORE => vec!["metadata", "artifacts", "index"],
         _ => vec!["metadata"],
     }
 }
@@ -80,10 +85,19 @@ impl Recovery {
             REFRESH_STALE => self.refresh_stale(job.payload.clone(), ctx).await?,
             WARM => self.warm(job.payload.clone(), ctx).await?,
             REBUILD_VECTORS => self.rebuild_vectors(job.payload.clone(), ctx).await?,
+            BACKUP | BACKUP_RESTORE => {
+                use crate::backup::BackupError;
+                match crate::backup::run::run_job(self, &job.kind, &job.payload, ctx).await {
+                    Ok(v) => v,
+                    Err(BackupError::Backend(e)) => return Err(JobError::Backend(e)),
+                    Err(e @ BackupError::Target(_)) => return Err(JobError::Failed(e.to_string())),
+                    Err(e) => return Err(JobError::Fatal(e.to_string())),
+                }
+            }
             other => return Err(JobError::Fatal(format!("unknown job kind '{other}'"))),
         };
         result["seconds"] = json!(started.elapsed().as_secs_f64());
-        if job.kind != WARM {
+        if job.kind != WARM && job.kind != BACKUP && job.kind != BACKUP_RESTORE {
             self.cache
                 .audit(AuditEvent {
                     id: crate::cache::event_id(),

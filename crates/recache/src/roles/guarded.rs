@@ -213,6 +213,22 @@ impl Metadata for GuardedMetadata {
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>> {
         Box::pin(self.guard.call_bulk(self.inner.hourly_counts(since_ms)))
     }
+    /// Refused while the breaker is open; otherwise unbounded in time (a
+    /// snapshot of a large store takes as long as it takes; its pages are
+    /// handed over as they are read).
+    fn export_snapshot(&self, out: tokio::sync::mpsc::Sender<super::SnapshotBatch>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.guard.breaker.admit().is_none() {
+                return Err(BackendError::CircuitOpen {
+                    backend: self.guard.breaker.backend,
+                });
+            }
+            self.inner.export_snapshot(out).await
+        })
+    }
+    fn import_snapshot(&self, batch: super::SnapshotBatch) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.import_snapshot(batch)))
+    }
 }
 
 pub struct GuardedVectors {

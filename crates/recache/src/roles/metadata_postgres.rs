@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::OnceCell;
 
 use super::metadata_sql::{
-    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer, INSERT_SQL,
+    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, snapshot_queries, row_to_entry, row_to_pointer, INSERT_SQL,
     NAME,
 };
 use super::{
@@ -132,6 +132,7 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
+snapshot_queries!(PostgresMetadata, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
 
 impl PostgresMetadata {
     const CLAIM: &'static str = crate::queue::sql::CLAIM_PG;
@@ -325,4 +326,10 @@ impl Metadata for PostgresMetadata {
     }
 
     recovery_methods!();
+    fn export_snapshot(&self, out: tokio::sync::mpsc::Sender<super::SnapshotBatch>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.q_export(out))
+    }
+    fn import_snapshot(&self, batch: super::SnapshotBatch) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.q_import(batch))
+    }
 }

@@ -301,3 +301,151 @@ where
         },
     ))
 }
+
+/// Restores an entry with everything it had (counters, stored request, the
+/// missing mark); a row that exists is left alone (it is newer than the backup).
+pub const RESTORE_ENTRY_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace, endpoint, model, artifact_sha256, \
+     request_bytes, response_bytes, prompt_tokens, completion_tokens, cost_usd, created_at_ms, expires_at_ms, \
+     last_hit_at_ms, hit_count, request_json, artifact_missing) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+     ON CONFLICT (cache_key) DO NOTHING";
+
+/// Restores a job (pending work comes back queued, without a lease); one that
+/// collides with a live job of the same unique key is skipped.
+pub const RESTORE_JOB_SQL: &str = "INSERT INTO jobs (kind, payload, priority, state, attempts, max_attempts, \
+     run_after_ms, unique_key, namespace, created_at_ms, finished_at_ms, updated_at_ms, last_error, result) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING";
+
+/// Rows per page of a snapshot.
+pub const SNAPSHOT_PAGE: i64 = 5000;
+
+/// The snapshot methods of the [`super::Metadata`] trait (backups), written
+/// once for both SQL engines. `$begin` is run first inside the read
+/// transaction (PostgreSQL makes it a repeatable-read snapshot; SQLite's WAL
+/// gives a read transaction one snapshot by itself).
+macro_rules! snapshot_queries {
+    ($ty:ty, $begin:expr) => {
+        impl $ty {
+            async fn q_export(
+                &self,
+                out: tokio::sync::mpsc::Sender<super::SnapshotBatch>,
+            ) -> Result<()> {
+                use super::metadata_sql::SNAPSHOT_PAGE;
+                use super::SnapshotBatch;
+                let gone = || BackendError::Protocol {
+                    backend: NAME,
+                    detail: "the snapshot's reader went away".into(),
+                };
+                self.ready().await?;
+                let mut tx = self.reader().begin().await.map_err(map_err)?;
+                let begin: &str = $begin;
+                if !begin.is_empty() {
+                    sqlx::query(begin).execute(&mut *tx).await.map_err(map_err)?;
+                }
+                let sql = Self::sql("SELECT * FROM entries WHERE cache_key > $1 ORDER BY cache_key LIMIT $2");
+                let mut after = String::new();
+                loop {
+                    let rows = sqlx::query(&sql)
+                        .bind(&after)
+                        .bind(SNAPSHOT_PAGE)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    let Some(last) = rows.last() else { break };
+                    after = sqlx::Row::try_get::<String, _>(last, "cache_key").map_err(map_err)?;
+                    let page = rows.iter().map(row_to_entry).collect::<Result<Vec<_>>>()?;
+                    out.send(SnapshotBatch::Entries(page)).await.map_err(|_| gone())?;
+                }
+                let sql = Self::sql("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
+                let mut seq = 0i64;
+                loop {
+                    let rows = sqlx::query(&sql)
+                        .bind(seq)
+                        .bind(SNAPSHOT_PAGE)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    let Some(last) = rows.last() else { break };
+                    seq = sqlx::Row::try_get::<i64, _>(last, "seq").map_err(map_err)?;
+                    let page = rows.iter().map(row_to_audit).collect::<Result<Vec<_>>>()?;
+                    out.send(SnapshotBatch::Audit(page)).await.map_err(|_| gone())?;
+                }
+                let sql = Self::sql("SELECT * FROM jobs WHERE id > $1 ORDER BY id LIMIT $2");
+                let mut id = 0i64;
+                loop {
+                    let rows = sqlx::query(&sql)
+                        .bind(id)
+                        .bind(SNAPSHOT_PAGE)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    let Some(last) = rows.last() else { break };
+                    id = sqlx::Row::try_get::<i64, _>(last, "id").map_err(map_err)?;
+                    let page = rows
+                        .iter()
+                        .map(crate::queue::sql::row_to_job)
+                        .collect::<Result<Vec<_>>>()?;
+                    out.send(SnapshotBatch::Jobs(page)).await.map_err(|_| gone())?;
+                }
+                tx.rollback().await.map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn q_import(&self, batch: super::SnapshotBatch) -> Result<u64> {
+                use super::SnapshotBatch;
+                self.ready().await?;
+                let mut n = 0;
+                match batch {
+                    SnapshotBatch::Entries(entries) => {
+                        let sql = Self::sql(super::metadata_sql::RESTORE_ENTRY_SQL);
+                        let mut tx = self.writer().begin().await.map_err(map_err)?;
+                        for e in &entries {
+                            let q = super::metadata_sql::bind_entry!(sqlx::query(&sql), e).bind(e.artifact_missing as i64);
+                            n += q.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
+                        }
+                        tx.commit().await.map_err(map_err)?;
+                    }
+                    SnapshotBatch::Audit(events) => {
+                        n = events.len() as u64;
+                        super::Metadata::append_audit(self, events).await?;
+                    }
+                    SnapshotBatch::Jobs(jobs) => {
+                        use crate::queue::JobState;
+                        let sql = Self::sql(super::metadata_sql::RESTORE_JOB_SQL);
+                        let mut tx = self.writer().begin().await.map_err(map_err)?;
+                        for j in &jobs {
+                            // Finished work stays history; pending work is queued again, without its lease.
+                            let state = match j.state {
+                                JobState::Succeeded => continue,
+                                JobState::Dead => "dead",
+                                _ => "queued",
+                            };
+                            n += sqlx::query(&sql)
+                                .bind(&j.kind)
+                                .bind(j.payload.to_string())
+                                .bind(j.priority)
+                                .bind(state)
+                                .bind(j.attempts)
+                                .bind(j.max_attempts)
+                                .bind(j.run_after_ms)
+                                .bind(&j.unique_key)
+                                .bind(&j.namespace)
+                                .bind(j.created_at_ms)
+                                .bind(j.finished_at_ms)
+                                .bind(super::now_ms())
+                                .bind(&j.last_error)
+                                .bind(j.result.as_ref().map(|r| r.to_string()))
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(map_err)?
+                                .rows_affected();
+                        }
+                        tx.commit().await.map_err(map_err)?;
+                    }
+                }
+                Ok(n)
+            }
+        }
+    };
+}
+pub(crate) use snapshot_queries;

@@ -14,7 +14,7 @@ use super::{
 use crate::key::CacheKey;
 
 use super::metadata_sql::{
-    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer, sqlite_sql,
+    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, snapshot_queries, row_to_entry, row_to_pointer, sqlite_sql,
     INSERT_SQL, NAME,
 };
 
@@ -120,6 +120,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
+snapshot_queries!(SqliteMetadata, "");
 
 impl SqliteMetadata {
     const CLAIM: &'static str = crate::queue::sql::CLAIM_SQLITE;
@@ -285,4 +286,10 @@ impl Metadata for SqliteMetadata {
     }
 
     recovery_methods!();
+    fn export_snapshot(&self, out: tokio::sync::mpsc::Sender<super::SnapshotBatch>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.q_export(out))
+    }
+    fn import_snapshot(&self, batch: super::SnapshotBatch) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.q_import(batch))
+    }
 }

@@ -271,6 +271,22 @@ pub trait Metadata: Send + Sync {
     fn expired_entries(&self, from_ms: i64, to_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>>;
     /// Entries created per hour since `since_ms`: (hour start ms, count), in order.
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>>;
+    /// Streams one consistent snapshot (a single read transaction) of every
+    /// entry (with its stored request), audit event and job to `out`, in
+    /// pages: entries first, then audit events, then jobs (backups).
+    fn export_snapshot(&self, out: tokio::sync::mpsc::Sender<SnapshotBatch>) -> BoxFuture<'_, Result<()>>;
+    /// Writes one page of a snapshot back (restores). Rows that exist are
+    /// left alone: they were written after the backup, so they are newer.
+    /// Returns the rows written.
+    fn import_snapshot(&self, batch: SnapshotBatch) -> BoxFuture<'_, Result<u64>>;
+}
+
+/// One page of a metadata snapshot (see [`Metadata::export_snapshot`]).
+#[derive(Clone, Debug)]
+pub enum SnapshotBatch {
+    Entries(Vec<EntryRecord>),
+    Audit(Vec<AuditEvent>),
+    Jobs(Vec<crate::queue::Job>),
 }
 
 /// One stored vector: the final user message of a cached request, embedded.

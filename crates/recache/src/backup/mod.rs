@@ -1,0 +1,167 @@
+//! Backups: one command family (`recache backup create | list | verify |
+//! restore | prune`) over the four role traits, so it runs the same on the
+//! embedded stores and on Redis, S3, PostgreSQL and Qdrant.
+//!
+//! A backup set is a folder in an object-store target holding the metadata
+//! snapshot, the index pointers, the artifact list and (when enabled) the
+//! vectors, described by a manifest written last. Artifacts go into a
+//! content-addressed pool beside the sets, so each backup copies only the
+//! artifacts the pool lacks — checked against the target's own listing, never
+//! a local list. `docs/backup.md` documents the format and how to restore by
+//! hand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::roles::BackendError;
+
+pub mod canary;
+pub mod codec;
+pub mod create;
+pub mod list;
+pub mod manifest;
+pub mod prune;
+pub mod restore;
+pub mod run;
+pub mod schedule;
+pub mod target;
+pub mod verify;
+
+pub use manifest::{Manifest, Verification};
+pub use target::Target;
+
+/// Why a backup command failed. Mapped to exit codes in the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+    /// The set is damaged or incomplete, or not what it claims to be.
+    #[error("{0}")]
+    Invalid(String),
+    /// Refused for safety (a non-empty destination, a set that failed verification).
+    #[error("{0}")]
+    Refused(String),
+    /// Bad configuration or arguments.
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type BResult<T> = Result<T, BackupError>;
+
+/// Which target a command works on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    Primary,
+    Dr,
+}
+
+impl Which {
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Primary => "primary",
+            Which::Dr => "dr",
+        }
+    }
+}
+
+/// The configured targets.
+#[derive(Clone)]
+pub struct Targets {
+    pub primary: Target,
+    pub dr: Option<Target>,
+    pub config: Arc<Config>,
+}
+
+impl Targets {
+    pub fn open(config: Arc<Config>, env: &HashMap<String, String>) -> BResult<Targets> {
+        let b = &config.backup;
+        let spec = b.target.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            BackupError::Config("no backup target: set [backup] target (a directory or s3://bucket/prefix)".into())
+        })?;
+        let primary = Target::open(spec, &b.deployment, env).map_err(BackupError::Config)?;
+        let dr = match b.dr_target.as_deref().filter(|s| !s.trim().is_empty()) {
+            Some(spec) => Some(Target::open(spec, &b.deployment, env).map_err(BackupError::Config)?),
+            None => None,
+        };
+        Ok(Targets { primary, dr, config })
+    }
+
+    pub fn get(&self, which: Which) -> BResult<&Target> {
+        match which {
+            Which::Primary => Ok(&self.primary),
+            Which::Dr => self
+                .dr
+                .as_ref()
+                .ok_or_else(|| BackupError::Config("no DR target: set [backup] dr_target".into())),
+        }
+    }
+}
+
+/// A set's folder, relative to the deployment folder.
+pub fn set_dir(id: &str) -> String {
+    format!("sets/{id}")
+}
+
+/// `YYYYMMDDTHHMMSSmmmZ` (UTC): set ids sort by time.
+pub fn format_id(ms: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(ms);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}{:03}Z", ms.rem_euclid(1000))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC), for reports.
+pub fn format_time(ms: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(ms);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Days since the epoch, UTC (retention by day and week).
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+fn civil(ms: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = day_of(ms);
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = if m <= 2 { y + 1 } else { y };
+    (
+        y,
+        m,
+        d,
+        (secs / 3600) as u32,
+        ((secs % 3600) / 60) as u32,
+        (secs % 60) as u32,
+    )
+}
+
+/// SHA-256 of the configuration (secrets included in the hash, never shown).
+pub fn config_fingerprint(config: &Config) -> String {
+    let text = serde_json::to_string(config).unwrap_or_default();
+    codec::sha256_hex(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_utc_and_sortable() {
+        assert_eq!(format_id(0), "19700101T000000000Z");
+        // 2026-11-24 08:36:09.123 UTC
+        assert_eq!(format_id(1_795_509_369_123), "20261124T083609123Z");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert!(format_id(1_000) < format_id(2_000));
+    }
+}

@@ -1,0 +1,239 @@
+//! `backup restore`: metadata first, then the artifacts the destination
+//! lacks (each hash-checked on the way), then the vectors, and the index
+//! last — the switch-over: until a key's pointer is written, requests for it
+//! miss and go to the provider, so a running gateway keeps serving
+//! throughout and never sees a pointer whose artifact is not there yet.
+//! `verify --level restore` runs the same code into a scratch set.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::codec;
+use super::manifest::{FileEntry, Manifest, VectorsPart};
+use super::target::Target;
+use super::{set_dir, BResult, BackupError};
+use crate::key::CacheKey;
+use crate::queue::worker::JobCtx;
+use crate::queue::Job;
+use crate::roles::{ArtifactId, AuditEvent, EntryRecord, Roles, SnapshotBatch};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub set: String,
+    pub entries: u64,
+    pub entries_written: u64,
+    pub audit_events: u64,
+    pub jobs: u64,
+    pub artifacts: u64,
+    pub artifacts_copied: u64,
+    pub artifacts_present: u64,
+    /// Entries whose artifact was missing at backup time (marked for refetch).
+    pub entries_without_artifact: u64,
+    pub pointers: u64,
+    pub pointers_written: u64,
+    /// Pointers of keys the snapshot has no entry for (written between the two reads).
+    pub pointers_skipped: u64,
+    pub vectors: String,
+    pub seconds: f64,
+    pub problems: Vec<String>,
+}
+
+/// Reads a set file, checking its size and SHA-256 against the manifest, and decompresses it.
+pub async fn read_file(target: &Target, m: &Manifest, f: &FileEntry) -> BResult<Vec<u8>> {
+    let rel = format!("{}/{}", set_dir(&m.id), f.path);
+    let bytes = target
+        .get(&rel)
+        .await?
+        .ok_or_else(|| BackupError::Invalid(format!("{} is missing from set {}", f.path, m.id)))?;
+    if bytes.len() as u64 != f.size || codec::sha256_hex(&bytes) != f.sha256 {
+        return Err(BackupError::Invalid(format!(
+            "{} in set {} is damaged: SHA-256 or size differs from the manifest",
+            f.path, m.id
+        )));
+    }
+    codec::unpack(&bytes).map_err(|e| BackupError::Invalid(format!("{} in set {}: {e}", f.path, m.id)))
+}
+
+fn files<'a>(m: &'a Manifest, prefix: &'a str) -> impl Iterator<Item = &'a FileEntry> + 'a {
+    m.files.iter().filter(move |f| f.path.starts_with(prefix))
+}
+
+fn bad(f: &FileEntry, e: String) -> BackupError {
+    BackupError::Invalid(format!("{}: {e}", f.path))
+}
+
+/// How the vectors role is recorded in a set.
+pub async fn vectors_part(roles: &Roles) -> VectorsPart {
+    if !roles.vectors.enabled() {
+        return VectorsPart {
+            engine: roles.vectors.engine().into(),
+            state: "disabled".into(),
+            ..Default::default()
+        };
+    }
+    let collections = roles.vectors.collections().await.unwrap_or_default();
+    VectorsPart {
+        engine: roles.vectors.engine().into(),
+        state: "rebuildable".into(),
+        points: collections.iter().map(|c| c.points).sum(),
+        collections: collections.into_iter().map(|c| c.name).collect(),
+    }
+}
+
+/// Restores set `m` from `target` into `roles`. Problems that leave the
+/// restore incomplete are returned in the report (the caller decides the
+/// verdict); a set file that fails its hash stops the restore.
+pub async fn restore_into(
+    roles: &Roles,
+    target: &Target,
+    m: &Manifest,
+    parallel: usize,
+    ctx: &dyn JobCtx,
+) -> BResult<RestoreReport> {
+    let started = Instant::now();
+    let mut r = RestoreReport {
+        set: m.id.clone(),
+        ..Default::default()
+    };
+    let total_steps = m.roles.metadata.entries + m.roles.artifacts.referenced + m.roles.index.pointers;
+    let mut done = 0u64;
+
+    // 1. Metadata: entries (remembering keys and artifacts), audit events, jobs.
+    let mut keys: HashSet<CacheKey> = HashSet::with_capacity(m.roles.metadata.entries as usize);
+    let mut wanted: HashMap<ArtifactId, u64> = HashMap::new();
+    let mut by_artifact_missing: Vec<CacheKey> = Vec::new();
+    let listed: HashSet<ArtifactId> = super::verify::artifact_list(target, m)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for f in files(m, "metadata/entries-") {
+        let text = read_file(target, m, f).await?;
+        let rows: Vec<EntryRecord> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+        for chunk in rows.chunks(5000) {
+            let mut chunk = chunk.to_vec();
+            for e in &mut chunk {
+                keys.insert(e.key);
+                if listed.contains(&e.artifact) {
+                    wanted.insert(e.artifact, e.response_bytes);
+                } else {
+                    // Missing at backup time: restored marked, so refetch can buy it back.
+                    e.artifact_missing = true;
+                    by_artifact_missing.push(e.key);
+                }
+            }
+            r.entries += chunk.len() as u64;
+            r.entries_written += roles.metadata.import_snapshot(SnapshotBatch::Entries(chunk)).await?;
+            done += 5000.min(rows.len() as u64);
+            ctx.progress(done.min(total_steps), Some(total_steps));
+        }
+    }
+    r.entries_without_artifact = by_artifact_missing.len() as u64;
+    for f in files(m, "metadata/audit-") {
+        let text = read_file(target, m, f).await?;
+        let rows: Vec<AuditEvent> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+        for chunk in rows.chunks(5000) {
+            r.audit_events += roles
+                .metadata
+                .import_snapshot(SnapshotBatch::Audit(chunk.to_vec()))
+                .await?;
+        }
+    }
+    for f in files(m, "metadata/jobs-") {
+        let text = read_file(target, m, f).await?;
+        let rows: Vec<serde_json::Value> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+        let jobs: Vec<Job> = rows.into_iter().filter_map(job_from_json).collect();
+        r.jobs += roles.metadata.import_snapshot(SnapshotBatch::Jobs(jobs)).await?;
+    }
+
+    // 2. Artifacts the destination lacks, hash-checked.
+    let present: HashSet<ArtifactId> = roles.artifacts.list().await?.into_iter().map(|a| a.id).collect();
+    r.artifacts = wanted.len() as u64;
+    let want: Vec<ArtifactId> = wanted.keys().filter(|id| !present.contains(id)).copied().collect();
+    r.artifacts_present = r.artifacts - want.len() as u64;
+    done += r.artifacts_present;
+    let (dest, pool) = (roles.artifacts.clone(), target.clone());
+    let mut s = futures_util::stream::iter(want.into_iter().map(move |id| {
+        let (dest, pool) = (dest.clone(), pool.clone());
+        async move {
+        let bytes = pool.get(&Target::pool_rel(id)).await?;
+        match bytes {
+            Some(b) if ArtifactId::of(&b) == id => {
+                dest.put(id, b).await?;
+                Ok::<_, BackupError>(Ok(()))
+            }
+            Some(_) => Ok(Err(format!("pooled artifact {} is damaged (SHA-256 differs)", id.hex()))),
+            None => Ok(Err(format!("pooled artifact {} is missing from the target", id.hex()))),
+        }
+    }}))
+    .buffer_unordered(parallel.max(1));
+    while let Some(res) = s.next().await {
+        match res? {
+            Ok(()) => r.artifacts_copied += 1,
+            Err(p) => r.problems.push(p),
+        }
+        done += 1;
+        if done % 256 == 0 {
+            ctx.progress(done.min(total_steps), Some(total_steps));
+        }
+    }
+    drop(s);
+    if !by_artifact_missing.is_empty() {
+        for chunk in by_artifact_missing.chunks(5000) {
+            roles.metadata.set_artifact_missing(chunk.to_vec(), true).await?;
+        }
+    }
+
+    // 3. Vectors: rebuilt from the restored requests by the caller's warmer.
+    r.vectors = m.roles.vectors.state.clone();
+
+    // 4. The index, last.
+    for f in files(m, "index/pointers-") {
+        let text = read_file(target, m, f).await?;
+        let rows = codec::parse_pointer_lines(&text).map_err(|e| bad(f, e))?;
+        let read = rows.len() as u64;
+        let rows: Vec<_> = rows.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+        r.pointers += read;
+        r.pointers_skipped += read - rows.len() as u64;
+        for chunk in rows.chunks(5000) {
+            r.pointers_written += roles.index.put_many(chunk.to_vec(), true).await?;
+            done += chunk.len() as u64;
+            ctx.progress(done.min(total_steps), Some(total_steps));
+        }
+    }
+    let _ = roles.index.flush().await;
+    r.seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// A job row of a snapshot (as `Job` serialises it) back into a `Job`.
+fn job_from_json(v: serde_json::Value) -> Option<Job> {
+    use crate::queue::JobState;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let i = |k: &str| v.get(k).and_then(|x| x.as_i64());
+    Some(Job {
+        id: i("id")?,
+        kind: s("kind")?,
+        payload: v.get("payload").cloned().unwrap_or_default(),
+        priority: i("priority").unwrap_or(0),
+        state: JobState::parse(&s("state")?)?,
+        attempts: i("attempts").unwrap_or(0),
+        max_attempts: i("max_attempts").unwrap_or(5),
+        run_after_ms: i("run_after_ms").unwrap_or(0),
+        lease_owner: None,
+        lease_token: None,
+        lease_until_ms: None,
+        heartbeat_at_ms: None,
+        unique_key: s("unique_key"),
+        namespace: s("namespace"),
+        created_at_ms: i("created_at_ms").unwrap_or(0),
+        started_at_ms: i("started_at_ms"),
+        finished_at_ms: i("finished_at_ms"),
+        updated_at_ms: i("updated_at_ms"),
+        last_error: s("last_error"),
+        result: v.get("result").cloned().filter(|r| !r.is_null()),
+    })
+}

@@ -1,0 +1,225 @@
+//! The whole of `create` (set, DR copy, verification) and of `restore`
+//! (checks, restore, counts), shared by the CLI, which runs them inline, and
+//! by the gateway's workers, which run them as `backup` and `backup-restore`
+//! jobs (scheduled backups, and commands whose embedded index belongs to a
+//! running gateway).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::create::{copy_set, create, CreateOptions};
+use super::restore::restore_into;
+use super::verify::{verify, Level, VerifyOptions};
+use super::{list, BResult, BackupError, Targets, Which};
+use crate::queue::worker::JobCtx;
+use crate::recovery::Recovery;
+use crate::roles::{now_ms, AuditEvent};
+
+pub const BACKUP: &str = "backup";
+pub const BACKUP_RESTORE: &str = "backup-restore";
+
+fn opts(targets: &Targets, level: Level) -> VerifyOptions {
+    VerifyOptions {
+        level,
+        subset: None,
+        parallel: targets.config.backup.parallel,
+        record: true,
+        config: targets.config.clone(),
+    }
+}
+
+/// Takes a set, copies it to the DR target, verifies it when configured.
+/// `result["ok"]` is false when a verification failed (the set exists).
+pub async fn run_create(recovery: &Recovery, targets: &Targets, o: &CreateOptions, ctx: &dyn JobCtx) -> BResult<Value> {
+    let roles = &recovery.cache.roles;
+    let b = &targets.config.backup;
+    let m = create(targets, roles, o, ctx).await?;
+    let mut out = json!({
+        "set": m.id, "kind": m.kind, "trigger": m.trigger, "parent": m.parent,
+        "seconds": (m.finished_at_ms - m.started_at_ms) as f64 / 1000.0,
+        "entries": m.roles.metadata.entries, "pointers": m.roles.index.pointers,
+        "artifacts": m.roles.artifacts.referenced, "copied": m.roles.artifacts.copied,
+        "copied_bytes": m.roles.artifacts.copied_bytes, "reused": m.roles.artifacts.reused,
+        "missing_artifacts": m.roles.artifacts.missing, "set_bytes": m.set_bytes(),
+        "vectors": m.roles.vectors.state, "target": targets.primary.label, "ok": true,
+    });
+    let level = Level::parse(&b.verify_level).unwrap_or(Level::Structure);
+    if b.verify_after_create {
+        let v = verify(&targets.primary, Which::Primary, &m.id, &opts(targets, level), ctx).await?;
+        out["ok"] = json!(v.ok);
+        out["verified"] = serde_json::to_value(&v).unwrap_or_default();
+    }
+    if let Some(dr) = &targets.dr {
+        let copied = copy_set(&targets.primary, dr, &m, b.parallel, ctx).await?;
+        out["dr"] = json!({"target": dr.label, "artifacts_copied": copied});
+        // The DR copy is checked on its own target (structure: hashes and presence).
+        let v = verify(dr, Which::Dr, &m.id, &opts(targets, Level::Structure), ctx).await?;
+        if !v.ok {
+            out["ok"] = json!(false);
+        }
+        out["dr"]["verified"] = serde_json::to_value(&v).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// Resolves `id` (`None`: the newest complete set).
+pub async fn resolve(targets: &Targets, which: Which, id: Option<&str>, verified: bool) -> BResult<String> {
+    let t = targets.get(which)?;
+    match id {
+        Some(id) => Ok(id.to_string()),
+        None => list::newest(t, verified)
+            .await?
+            .map(|m| m.id)
+            .ok_or_else(|| BackupError::Invalid(format!("no complete backup set on the {} target", which.name()))),
+    }
+}
+
+/// Restores set `id` into the configured stores.
+pub async fn run_restore(
+    recovery: &Recovery,
+    targets: &Targets,
+    which: Which,
+    id: &str,
+    force: bool,
+    ctx: &dyn JobCtx,
+) -> BResult<Value> {
+    let roles = &recovery.cache.roles;
+    let target = targets.get(which)?;
+    let started = std::time::Instant::now();
+    let found = list::load(target, id)
+        .await?
+        .ok_or_else(|| BackupError::Invalid(format!("set {id} has no manifest (unfinished, or no such set)")))?;
+    let m = found.manifest;
+    let mut warnings = Vec::new();
+    if let Some(d) = &found.damaged {
+        warnings.push(format!("manifest: {d}; restoring from its second copy"));
+    }
+    // A set that failed verification, or fails the structure check now, is refused.
+    if let Some(v) = list::last_verification(target, id).await?.filter(|v| !v.ok) {
+        let why = format!(
+            "set {id} failed its last verification ({}, {}): {}",
+            v.level,
+            super::format_time(v.at_ms),
+            v.problems.first().cloned().unwrap_or_default()
+        );
+        if !force {
+            return Err(BackupError::Refused(format!("{why}; use --force to restore it anyway")));
+        }
+        warnings.push(why);
+    }
+    let v = verify(target, which, id, &opts(targets, Level::Structure), ctx).await?;
+    if !v.ok {
+        let why = format!("set {id} fails verification: {}", v.problems.join("; "));
+        if !force {
+            return Err(BackupError::Refused(format!("{why}; use --force to restore it anyway")));
+        }
+        warnings.push(why);
+    }
+    // Never over a store that holds data, unless asked.
+    let (entries_before, pointers_before) = (roles.metadata.count_entries().await?, roles.index.count().await?);
+    if entries_before > 0 || pointers_before > 0 {
+        let why = format!(
+            "the destination is not empty ({entries_before} entries, {pointers_before} index pointers)"
+        );
+        if !force {
+            return Err(BackupError::Refused(format!(
+                "{why}; use --force to restore into it (rows and pointers already there are kept)"
+            )));
+        }
+        warnings.push(why);
+    }
+    let report = restore_into(roles, target, &m, targets.config.backup.parallel, ctx).await?;
+    let mut problems = report.problems.clone();
+    // Counts below the manifest's are a failure, not a success.
+    let entries = roles.metadata.count_entries().await?;
+    if entries < m.roles.metadata.entries {
+        problems.push(format!(
+            "metadata holds {entries} entries after the restore; the set has {}",
+            m.roles.metadata.entries
+        ));
+    }
+    let pointers = roles.index.count().await?;
+    let expected = m.roles.index.pointers.saturating_sub(report.pointers_skipped);
+    if pointers < expected {
+        problems.push(format!(
+            "the index holds {pointers} pointers after the restore; the set has {expected}"
+        ));
+    }
+    let mut vectors = m.roles.vectors.state.clone();
+    if roles.vectors.enabled() {
+        use crate::queue::NewJob;
+        use crate::recovery::REBUILD_VECTORS;
+        let job = NewJob::new(REBUILD_VECTORS, json!({}))
+            .priority(crate::recovery::jobs::default_priority(REBUILD_VECTORS))
+            .unique(format!("{REBUILD_VECTORS}:restore"));
+        match recovery.queue.enqueue(job).await {
+            Ok(e) => vectors = format!("rebuilding from the restored requests (job #{})", e.id),
+            Err(e) => warnings.push(format!("could not queue the vectors rebuild: {e}")),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ok = problems.is_empty();
+    let out = json!({
+        "set": id, "target": target.label, "ok": ok, "seconds": seconds,
+        "entries": report.entries, "entries_written": report.entries_written,
+        "audit_events": report.audit_events, "jobs": report.jobs,
+        "artifacts": report.artifacts, "artifacts_copied": report.artifacts_copied,
+        "artifacts_present": report.artifacts_present,
+        "entries_without_artifact": report.entries_without_artifact,
+        "pointers": report.pointers, "pointers_written": report.pointers_written,
+        "pointers_skipped": report.pointers_skipped, "vectors": vectors,
+        "entries_after": entries, "pointers_after": pointers,
+        "problems": problems, "warnings": warnings,
+    });
+    let _ = roles
+        .metadata
+        .append_audit(vec![AuditEvent {
+            id: crate::cache::event_id(),
+            at_ms: now_ms(),
+            tenant: None,
+            actor: "backup".into(),
+            action: "backup.restore".into(),
+            cache_key: None,
+            detail: out.clone(),
+        }])
+        .await;
+    Ok(out)
+}
+
+/// Runs a `backup` or `backup-restore` job (the gateway's workers).
+pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn JobCtx) -> BResult<Value> {
+    let env = crate::cli::env_map();
+    let config = Arc::new((*recovery.config).clone());
+    let targets = Targets::open(config, &env)?;
+    match kind {
+        BACKUP => {
+            let trigger = payload["trigger"].as_str().unwrap_or("manual").to_string();
+            // Among replicas, a scheduled set already taken by another one makes this a no-op.
+            if trigger == "scheduled" {
+                if let Some(interval) = super::schedule::interval(&targets.config) {
+                    if let Some(age) = super::schedule::newest_scheduled_age(&targets).await {
+                        if age < interval / 2 {
+                            return Ok(json!({"skipped": "a scheduled set younger than half the interval exists"}));
+                        }
+                    }
+                }
+            }
+            let o = CreateOptions {
+                trigger,
+                full: payload["full"].as_bool().unwrap_or(false),
+            };
+            run_create(recovery, &targets, &o, ctx).await
+        }
+        _ => {
+            let which = if payload["dr"].as_bool().unwrap_or(false) {
+                Which::Dr
+            } else {
+                Which::Primary
+            };
+            let id = resolve(&targets, which, payload["set"].as_str(), false).await?;
+            run_restore(recovery, &targets, which, &id, payload["force"].as_bool().unwrap_or(false), ctx).await
+        }
+    }
+}
+

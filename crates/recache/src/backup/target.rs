@@ -1,0 +1,239 @@
+//! A backup target: an object store (a local directory or an S3-compatible
+//! bucket and prefix) and, inside it, this deployment's folder:
+//!
+//! ```text
+//! <target>/<deployment>/sets/<id>/manifest.json      written last
+//! <target>/<deployment>/sets/<id>/manifest.copy.json the second copy
+//! <target>/<deployment>/sets/<id>/...                the set's files
+//! <target>/<deployment>/pool/sha256/<2 hex>/<64 hex> artifacts, shared by the sets
+//! ```
+//!
+//! Target specs: `/path`, `file:///path`, or
+//! `s3://bucket/prefix?endpoint=http://host:port&region=r&access_key_env=A&secret_key_env=S`
+//! (credentials default to the standard `AWS_*` variables).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutPayload};
+
+use crate::roles::ArtifactId;
+
+/// A target failed: which operation, on what, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("backup target {target}: {what}: {detail}")]
+pub struct TargetError {
+    pub target: String,
+    pub what: String,
+    pub detail: String,
+}
+
+pub type TResult<T> = std::result::Result<T, TargetError>;
+
+/// One object as a listing shows it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// Path relative to the deployment folder.
+    pub rel: String,
+    pub size: u64,
+    pub modified_ms: i64,
+}
+
+#[derive(Clone)]
+pub struct Target {
+    store: Arc<dyn ObjectStore>,
+    /// `prefix/deployment` (no slashes at either end).
+    root: String,
+    /// The spec with secrets left out, for messages.
+    pub label: String,
+}
+
+fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Target {
+    /// Opens `spec` for `deployment`. `env` supplies credentials named in the spec.
+    pub fn open(spec: &str, deployment: &str, env: &HashMap<String, String>) -> Result<Target, String> {
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err("the backup target is empty".into());
+        }
+        if deployment.is_empty() || deployment.contains('/') {
+            return Err(format!("backup.deployment '{deployment}' must be a non-empty name without '/'"));
+        }
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = spec.strip_prefix("s3://") {
+            let (loc, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let (bucket, prefix) = loc.split_once('/').unwrap_or((loc, ""));
+            if bucket.is_empty() {
+                return Err(format!("backup target '{spec}': no bucket (expected s3://bucket/prefix)"));
+            }
+            let q = parse_query(query);
+            for k in q.keys() {
+                if !matches!(k.as_str(), "endpoint" | "region" | "access_key_env" | "secret_key_env") {
+                    return Err(format!(
+                        "backup target '{spec}': unknown option '{k}' (expected endpoint, region, access_key_env, secret_key_env)"
+                    ));
+                }
+            }
+            use object_store::aws::AmazonS3Builder;
+            use object_store::{ClientOptions, RetryConfig};
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_region(q.get("region").map(String::as_str).unwrap_or("us-east-1"))
+                .with_virtual_hosted_style_request(false)
+                .with_retry(RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_timeout(Duration::from_secs(60))
+                        .with_connect_timeout(Duration::from_secs(5)),
+                );
+            if let Some(e) = q.get("endpoint") {
+                b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+            }
+            for (opt, set) in [("access_key_env", true), ("secret_key_env", false)] {
+                if let Some(var) = q.get(opt) {
+                    let v = env
+                        .get(var)
+                        .ok_or_else(|| format!("backup target '{spec}': {opt} names {var}, which is not set"))?;
+                    b = if set {
+                        b.with_access_key_id(v)
+                    } else {
+                        b.with_secret_access_key(v)
+                    };
+                }
+            }
+            let store = b
+                .build()
+                .map_err(|e| format!("backup target '{spec}': {e}"))?;
+            (Arc::new(store), prefix.trim_matches('/').to_string())
+        } else {
+            let dir = spec.strip_prefix("file://").unwrap_or(spec);
+            if !dir.starts_with('/') && !dir.starts_with('.') {
+                return Err(format!(
+                    "backup target '{spec}': expected a directory (/path, ./path, file:///path) or s3://bucket/prefix"
+                ));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| format!("backup target '{dir}': cannot create it: {e}"))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| format!("backup target '{dir}': {e}"))?;
+            (Arc::new(fs), String::new())
+        };
+        let root = if prefix.is_empty() {
+            deployment.to_string()
+        } else {
+            format!("{prefix}/{deployment}")
+        };
+        let label = spec.split('?').next().unwrap_or(spec).to_string();
+        Ok(Target { store, root, label })
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        ObjPath::from(format!("{}/{}", self.root, rel.trim_start_matches('/')))
+    }
+
+    fn err(&self, what: impl Into<String>, e: impl std::fmt::Display) -> TargetError {
+        TargetError {
+            target: self.label.clone(),
+            what: what.into(),
+            detail: e.to_string(),
+        }
+    }
+
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> TResult<()> {
+        self.store
+            .put(&self.path(rel), PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(format!("write {rel}"), e))
+    }
+
+    pub async fn get(&self, rel: &str) -> TResult<Option<Bytes>> {
+        match self.store.get(&self.path(rel)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(format!("read {rel}"), e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(format!("read {rel}"), e)),
+        }
+    }
+
+    /// The size of an object, or `None` when it does not exist.
+    pub async fn head(&self, rel: &str) -> TResult<Option<u64>> {
+        match self.store.head(&self.path(rel)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(format!("look up {rel}"), e)),
+        }
+    }
+
+    pub async fn delete(&self, rel: &str) -> TResult<()> {
+        match self.store.delete(&self.path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(format!("delete {rel}"), e)),
+        }
+    }
+
+    /// Every object under `rel_prefix` (recursively).
+    pub async fn list(&self, rel_prefix: &str) -> TResult<Vec<Listed>> {
+        let prefix = self.path(rel_prefix);
+        let root_len = self.root.len() + 1;
+        let mut out = Vec::new();
+        let mut s = self.store.list(Some(&prefix));
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| self.err(format!("list {rel_prefix}"), e))?
+        {
+            let full = m.location.to_string();
+            out.push(Listed {
+                rel: full.get(root_len..).unwrap_or_default().to_string(),
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The immediate sub-folders of `rel_prefix` (names only).
+    pub async fn dirs(&self, rel_prefix: &str) -> TResult<Vec<String>> {
+        let prefix = self.path(rel_prefix);
+        let l = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| self.err(format!("list {rel_prefix}"), e))?;
+        Ok(l.common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Where a pooled artifact lives.
+    pub fn pool_rel(id: ArtifactId) -> String {
+        let h = id.hex();
+        format!("pool/sha256/{}/{h}", &h[..2])
+    }
+
+    /// Every pooled artifact: id → (size, last write ms).
+    pub async fn pool(&self) -> TResult<HashMap<ArtifactId, (u64, i64)>> {
+        Ok(self
+            .list("pool/sha256")
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                let id = ArtifactId::from_hex(l.rel.rsplit('/').next()?)?;
+                Some((id, (l.size, l.modified_ms)))
+            })
+            .collect())
+    }
+}
