@@ -18,7 +18,7 @@ use super::{set_dir, BResult, BackupError};
 use crate::key::CacheKey;
 use crate::queue::worker::JobCtx;
 use crate::queue::Job;
-use crate::roles::{ArtifactId, AuditEvent, EntryRecord, Roles, SnapshotBatch};
+use crate::roles::{ArtifactId, AuditEvent, EntryRecord, IndexEntry, Roles, SnapshotBatch};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RestoreReport {
@@ -36,6 +36,9 @@ pub struct RestoreReport {
     pub pointers_written: u64,
     /// Pointers of keys the snapshot has no entry for (written between the two reads).
     pub pointers_skipped: u64,
+    /// Live entries the exported index lacked, given a pointer from their entry
+    /// (as the index rebuild does).
+    pub pointers_derived: u64,
     pub vectors: String,
     pub seconds: f64,
     pub problems: Vec<String>,
@@ -102,7 +105,9 @@ pub async fn restore_into(
     let mut done = 0u64;
 
     // 1. Metadata: entries (remembering keys and artifacts), audit events, jobs.
-    let mut keys: HashSet<CacheKey> = HashSet::with_capacity(m.roles.metadata.entries as usize);
+    // Every key; live entries with their artifact also keep the pointer their entry implies.
+    let mut keys: HashMap<CacheKey, Option<IndexEntry>> = HashMap::with_capacity(m.roles.metadata.entries as usize);
+    let now = crate::roles::now_ms();
     let mut wanted: HashMap<ArtifactId, u64> = HashMap::new();
     let mut by_artifact_missing: Vec<CacheKey> = Vec::new();
     let listed: HashSet<ArtifactId> = super::verify::artifact_list(target, m)
@@ -116,10 +121,11 @@ pub async fn restore_into(
         for chunk in rows.chunks(5000) {
             let mut chunk = chunk.to_vec();
             for e in &mut chunk {
-                keys.insert(e.key);
                 if listed.contains(&e.artifact) {
                     wanted.insert(e.artifact, e.response_bytes);
+                    keys.insert(e.key, (e.expires_at_ms > now).then(|| e.index_entry()));
                 } else {
+                    keys.insert(e.key, None);
                     // Missing at backup time: restored marked, so refetch can buy it back.
                     e.artifact_missing = true;
                     by_artifact_missing.push(e.key);
@@ -195,7 +201,16 @@ pub async fn restore_into(
         let text = read_file(target, m, f).await?;
         let rows = codec::parse_pointer_lines(&text).map_err(|e| bad(f, e))?;
         let read = rows.len() as u64;
-        let rows: Vec<_> = rows.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|(k, _)| match keys.get_mut(k) {
+                Some(derived) => {
+                    *derived = None;
+                    true
+                }
+                None => false,
+            })
+            .collect();
         r.pointers += read;
         r.pointers_skipped += read - rows.len() as u64;
         for chunk in rows.chunks(5000) {
@@ -203,6 +218,10 @@ pub async fn restore_into(
             done += chunk.len() as u64;
             ctx.progress(done.min(total_steps), Some(total_steps));
         }
+    }
+    let derived: Vec<(CacheKey, IndexEntry)> = keys.into_iter().filter_map(|(k, p)| Some((k, p?))).collect();
+    for chunk in derived.chunks(5000) {
+        r.pointers_derived += roles.index.put_many(chunk.to_vec(), true).await?;
     }
     let _ = roles.index.flush().await;
     r.seconds = started.elapsed().as_secs_f64();

@@ -168,7 +168,7 @@ pub async fn run_restore(
         "artifacts_present": report.artifacts_present,
         "entries_without_artifact": report.entries_without_artifact,
         "pointers": report.pointers, "pointers_written": report.pointers_written,
-        "pointers_skipped": report.pointers_skipped, "vectors": vectors,
+        "pointers_skipped": report.pointers_skipped, "pointers_derived": report.pointers_derived, "vectors": vectors,
         "entries_after": entries, "pointers_after": pointers,
         "problems": problems, "warnings": warnings,
     });

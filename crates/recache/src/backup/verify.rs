@@ -298,10 +298,10 @@ async fn scratch_restore(
         ));
     }
     let pointers = roles.index.count().await?;
-    if pointers != report.pointers_written || report.pointers != m.roles.index.pointers {
+    if pointers != report.pointers_written + report.pointers_derived || report.pointers != m.roles.index.pointers {
         v.problems.push(format!(
-            "index: {} pointers read, {} written, {pointers} in the scratch index; the manifest says {}",
-            report.pointers, report.pointers_written, m.roles.index.pointers
+            "index: {} pointers read, {} written, {} derived from entries, {pointers} in the scratch index; the manifest says {}",
+            report.pointers, report.pointers_written, report.pointers_derived, m.roles.index.pointers
         ));
     }
     // The canary, byte for byte, through the restored index and artifacts.
