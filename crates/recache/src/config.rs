@@ -566,7 +566,10 @@ impl Config {
     fn validate_backup(&self) -> Result<(), ConfigError> {
         let b = &self.backup;
         if b.deployment.is_empty() || b.deployment.contains('/') {
-            return err(format!("backup.deployment: '{}' must be a non-empty name without '/'", b.deployment));
+            return err(format!(
+                "backup.deployment: '{}' must be a non-empty name without '/'",
+                b.deployment
+            ));
         }
         if !matches!(b.verify_level.as_str(), "structure" | "read-data" | "restore") {
             return err(format!(
@@ -574,7 +577,11 @@ impl Config {
                 b.verify_level
             ));
         }
-        for (name, v) in [("schedule", &b.schedule), ("rpo", &b.rpo), ("prune_grace", &Some(b.prune_grace.clone()))] {
+        for (name, v) in [
+            ("schedule", &b.schedule),
+            ("rpo", &b.rpo),
+            ("prune_grace", &Some(b.prune_grace.clone())),
+        ] {
             if let Some(v) = v {
                 let d = crate::cli::ops::parse_duration(v).map_err(|e| ConfigError(format!("backup.{name}: {e}")))?;
                 if name == "schedule" && d.as_secs() < 10 {

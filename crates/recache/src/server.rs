@@ -426,8 +426,15 @@ fn spawn_recovery(state: &Arc<AppState>, stop: watch::Receiver<bool>) -> Vec<Joi
     )));
     if let Some(every) = crate::backup::schedule::interval(&state.config) {
         match crate::backup::Targets::open(state.config.clone(), &crate::cli::env_map()) {
-            Ok(t) if w.enabled => out.push(tokio::spawn(crate::backup::schedule::run(r.clone(), t, every, stop.clone()))),
-            Ok(_) => tracing::warn!("backup.schedule is set but warmer.enabled is false: no worker would run the backups"),
+            Ok(t) if w.enabled => out.push(tokio::spawn(crate::backup::schedule::run(
+                r.clone(),
+                t,
+                every,
+                stop.clone(),
+            ))),
+            Ok(_) => {
+                tracing::warn!("backup.schedule is set but warmer.enabled is false: no worker would run the backups")
+            }
             Err(e) => tracing::error!(error = %e, "backup.schedule is set but the target cannot be opened"),
         }
     }

@@ -67,7 +67,12 @@ pub fn build(deployment: &str, id: &str, now_ms: i64) -> (EntryRecord, Bytes) {
 
 /// Writes the canary through the stores in the gateway's order (artifact,
 /// metadata, index) and removes the previous canary's artifact.
-pub async fn write(roles: &Roles, deployment: &str, id: &str, now_ms: i64) -> Result<Canary, crate::roles::BackendError> {
+pub async fn write(
+    roles: &Roles,
+    deployment: &str,
+    id: &str,
+    now_ms: i64,
+) -> Result<Canary, crate::roles::BackendError> {
     let (entry, bytes) = build(deployment, id, now_ms);
     roles.artifacts.put(entry.artifact, bytes.clone()).await?;
     let replaced = roles.metadata.upsert_entry(entry.clone()).await?;

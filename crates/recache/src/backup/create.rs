@@ -82,7 +82,12 @@ impl PartWriter {
             let Packed { bytes, sha256, rows } = codec::pack_async(text, rows).await;
             let size = bytes.len() as u64;
             target.put(&full, bytes).await?;
-            Ok(FileEntry { path, sha256, size, rows })
+            Ok(FileEntry {
+                path,
+                sha256,
+                size,
+                rows,
+            })
         }));
         Ok(())
     }
@@ -211,15 +216,16 @@ pub async fn copy_artifacts(
     let mut s = futures_util::stream::iter(want.into_iter().map(move |(id, _)| {
         let (artifacts, target) = (artifacts.clone(), target.clone());
         async move {
-        let bytes = match artifacts.get(id).await? {
-            Some(b) if ArtifactId::of(&b) == id => b,
-            // Gone or damaged at the source: never copied as if it were fine.
-            _ => return Ok::<_, BackupError>((id, None)),
-        };
-        let n = bytes.len() as u64;
-        target.put(&Target::pool_rel(id), bytes).await?;
-        Ok((id, Some(n)))
-    }}))
+            let bytes = match artifacts.get(id).await? {
+                Some(b) if ArtifactId::of(&b) == id => b,
+                // Gone or damaged at the source: never copied as if it were fine.
+                _ => return Ok::<_, BackupError>((id, None)),
+            };
+            let n = bytes.len() as u64;
+            target.put(&Target::pool_rel(id), bytes).await?;
+            Ok((id, Some(n)))
+        }
+    }))
     .buffer_unordered(parallel.max(1));
     while let Some(r) = s.next().await {
         match r? {
@@ -268,11 +274,20 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
         .filter(|(id, size)| opts.full || pool.get(id).is_none_or(|(s, _)| s != size))
         .copied()
         .collect();
-    let reused = referenced.len() as u64 - want.len() as u64;
     let total = referenced.len() as u64;
-    ctx.progress(reused, Some(total));
-    let (copied, copied_bytes, missing) =
-        copy_artifacts(roles, target, want, config.backup.parallel, ctx, reused, total).await?;
+    let already = total - want.len() as u64;
+    ctx.progress(already, Some(total));
+    // The canary is new with every set: counted apart, so `copied` is what the cache added.
+    let canary_id = ArtifactId::from_hex(&canary.artifact);
+    let canary_new = want.iter().find(|(id, _)| Some(*id) == canary_id).map(|(_, s)| *s);
+    let (mut copied, mut copied_bytes, missing) =
+        copy_artifacts(roles, target, want, config.backup.parallel, ctx, already, total).await?;
+    if let Some(size) = canary_new.filter(|_| copied > 0) {
+        copied -= 1;
+        copied_bytes = copied_bytes.saturating_sub(size);
+    }
+    let reused =
+        already - u64::from(canary_new.is_none() && canary_id.is_some_and(|c| meta.referenced.contains_key(&c)));
     if !missing.is_empty() {
         tracing::warn!(
             missing = missing.len(),
@@ -372,7 +387,9 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
 pub async fn write_manifest(target: &Target, m: &Manifest) -> BResult<()> {
     let bytes = bytes::Bytes::from(m.encode());
     let dir = set_dir(&m.id);
-    target.put(&format!("{dir}/{}", manifest::MANIFEST), bytes.clone()).await?;
+    target
+        .put(&format!("{dir}/{}", manifest::MANIFEST), bytes.clone())
+        .await?;
     target.put(&format!("{dir}/{}", manifest::MANIFEST_COPY), bytes).await?;
     Ok(())
 }
@@ -393,21 +410,21 @@ pub async fn copy_set(from: &Target, to: &Target, m: &Manifest, parallel: usize,
     let mut s = futures_util::stream::iter(want.into_iter().map(move |(id, _)| {
         let (from, to) = (src.clone(), dst.clone());
         async move {
-        let rel = Target::pool_rel(id);
-        let bytes = from
-            .get(&rel)
-            .await?
-            .ok_or_else(|| BackupError::Invalid(format!("pooled artifact {} is missing from {}", id.hex(), from.label)))?;
-        if ArtifactId::of(&bytes) != id {
-            return Err(BackupError::Invalid(format!(
-                "pooled artifact {} is damaged in {}",
-                id.hex(),
-                from.label
-            )));
+            let rel = Target::pool_rel(id);
+            let bytes = from.get(&rel).await?.ok_or_else(|| {
+                BackupError::Invalid(format!("pooled artifact {} is missing from {}", id.hex(), from.label))
+            })?;
+            if ArtifactId::of(&bytes) != id {
+                return Err(BackupError::Invalid(format!(
+                    "pooled artifact {} is damaged in {}",
+                    id.hex(),
+                    from.label
+                )));
+            }
+            to.put(&rel, bytes).await?;
+            Ok::<_, BackupError>(())
         }
-        to.put(&rel, bytes).await?;
-        Ok::<_, BackupError>(())
-    }}))
+    }))
     .buffer_unordered(parallel.max(1));
     while let Some(r) = s.next().await {
         r?;
@@ -431,4 +448,3 @@ pub async fn copy_set(from: &Target, to: &Target, m: &Manifest, parallel: usize,
     write_manifest(to, m).await?;
     Ok(copied)
 }
-

@@ -20,7 +20,12 @@ pub async fn load(target: &Target, id: &str) -> BResult<Option<Found>> {
     let dir = set_dir(id);
     let first = target.get(&format!("{dir}/{MANIFEST}")).await?;
     let first_err = match first.as_deref().map(Manifest::decode) {
-        Some(Ok(m)) => return Ok(Some(Found { manifest: m, damaged: None })),
+        Some(Ok(m)) => {
+            return Ok(Some(Found {
+                manifest: m,
+                damaged: None,
+            }))
+        }
         Some(Err(e)) => Some(format!("{MANIFEST}: {e}")),
         None => None,
     };

@@ -63,6 +63,7 @@ pub struct ArtifactsPart {
     pub referenced: u64,
     pub bytes: u64,
     /// Copied into the pool by this backup (the rest were already there).
+    /// `copied` and `reused` leave out the canary, which is new in every set.
     pub copied: u64,
     pub copied_bytes: u64,
     pub reused: u64,
@@ -241,7 +242,9 @@ mod tests {
         let bytes = m.encode();
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
         // One changed byte inside the body: refused, not trusted.
-        let text = String::from_utf8(bytes.clone()).unwrap().replace("\"size\": 3", "\"size\": 4");
+        let text = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace("\"size\": 3", "\"size\": 4");
         assert!(Manifest::decode(text.as_bytes()).unwrap_err().contains("damaged"));
         // Truncated: refused.
         assert!(Manifest::decode(&bytes[..bytes.len() / 2]).is_err());
@@ -251,6 +254,8 @@ mod tests {
     fn newer_format_is_refused() {
         let mut m = sample();
         m.version = VERSION + 1;
-        assert!(Manifest::decode(&m.encode()).unwrap_err().contains("not one this recache reads"));
+        assert!(Manifest::decode(&m.encode())
+            .unwrap_err()
+            .contains("not one this recache reads"));
     }
 }

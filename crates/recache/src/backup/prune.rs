@@ -71,11 +71,17 @@ pub fn decide(sets: &[(String, i64, String, bool)], rules: &BackupConfig) -> Vec
         let week = (day + 3).div_euclid(7);
         if !days.contains(&day) && days.len() < rules.keep_daily as usize {
             days.push(day);
-            keep(&s.0, format!("keep_daily: newest of {}", &super::format_time(s.1)[..10]));
+            keep(
+                &s.0,
+                format!("keep_daily: newest of {}", &super::format_time(s.1)[..10]),
+            );
         }
         if !weeks.contains(&week) && weeks.len() < rules.keep_weekly as usize {
             weeks.push(week);
-            keep(&s.0, format!("keep_weekly: newest of the week of {}", &super::format_time(s.1)[..10]));
+            keep(
+                &s.0,
+                format!("keep_weekly: newest of the week of {}", &super::format_time(s.1)[..10]),
+            );
         }
     }
     sorted
@@ -225,7 +231,10 @@ mod tests {
         assert!(d.iter().find(|x| x.set == "s0006").unwrap().why.contains("verified"));
         // Weekly: the newest set of each of the last 2 weeks.
         let d = decide(&sets, &rules(1, 0, 2));
-        assert_eq!(d.iter().filter(|x| x.keep && x.why.starts_with("keep_weekly")).count(), 1);
+        assert_eq!(
+            d.iter().filter(|x| x.keep && x.why.starts_with("keep_weekly")).count(),
+            1
+        );
         assert_eq!(kept(&d).len(), 4);
     }
 }

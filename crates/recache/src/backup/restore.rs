@@ -165,16 +165,20 @@ pub async fn restore_into(
     let mut s = futures_util::stream::iter(want.into_iter().map(move |id| {
         let (dest, pool) = (dest.clone(), pool.clone());
         async move {
-        let bytes = pool.get(&Target::pool_rel(id)).await?;
-        match bytes {
-            Some(b) if ArtifactId::of(&b) == id => {
-                dest.put(id, b).await?;
-                Ok::<_, BackupError>(Ok(()))
+            let bytes = pool.get(&Target::pool_rel(id)).await?;
+            match bytes {
+                Some(b) if ArtifactId::of(&b) == id => {
+                    dest.put(id, b).await?;
+                    Ok::<_, BackupError>(Ok(()))
+                }
+                Some(_) => Ok(Err(format!(
+                    "pooled artifact {} is damaged (SHA-256 differs)",
+                    id.hex()
+                ))),
+                None => Ok(Err(format!("pooled artifact {} is missing from the target", id.hex()))),
             }
-            Some(_) => Ok(Err(format!("pooled artifact {} is damaged (SHA-256 differs)", id.hex()))),
-            None => Ok(Err(format!("pooled artifact {} is missing from the target", id.hex()))),
         }
-    }}))
+    }))
     .buffer_unordered(parallel.max(1));
     while let Some(res) = s.next().await {
         match res? {

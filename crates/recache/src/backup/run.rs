@@ -119,9 +119,7 @@ pub async fn run_restore(
     // Never over a store that holds data, unless asked.
     let (entries_before, pointers_before) = (roles.metadata.count_entries().await?, roles.index.count().await?);
     if entries_before > 0 || pointers_before > 0 {
-        let why = format!(
-            "the destination is not empty ({entries_before} entries, {pointers_before} index pointers)"
-        );
+        let why = format!("the destination is not empty ({entries_before} entries, {pointers_before} index pointers)");
         if !force {
             return Err(BackupError::Refused(format!(
                 "{why}; use --force to restore into it (rows and pointers already there are kept)"
@@ -218,8 +216,15 @@ pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn
                 Which::Primary
             };
             let id = resolve(&targets, which, payload["set"].as_str(), false).await?;
-            run_restore(recovery, &targets, which, &id, payload["force"].as_bool().unwrap_or(false), ctx).await
+            run_restore(
+                recovery,
+                &targets,
+                which,
+                &id,
+                payload["force"].as_bool().unwrap_or(false),
+                ctx,
+            )
+            .await
         }
     }
 }
-

@@ -67,13 +67,17 @@ impl Target {
             return Err("the backup target is empty".into());
         }
         if deployment.is_empty() || deployment.contains('/') {
-            return Err(format!("backup.deployment '{deployment}' must be a non-empty name without '/'"));
+            return Err(format!(
+                "backup.deployment '{deployment}' must be a non-empty name without '/'"
+            ));
         }
         let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = spec.strip_prefix("s3://") {
             let (loc, query) = rest.split_once('?').unwrap_or((rest, ""));
             let (bucket, prefix) = loc.split_once('/').unwrap_or((loc, ""));
             if bucket.is_empty() {
-                return Err(format!("backup target '{spec}': no bucket (expected s3://bucket/prefix)"));
+                return Err(format!(
+                    "backup target '{spec}': no bucket (expected s3://bucket/prefix)"
+                ));
             }
             let q = parse_query(query);
             for k in q.keys() {
@@ -114,9 +118,7 @@ impl Target {
                     };
                 }
             }
-            let store = b
-                .build()
-                .map_err(|e| format!("backup target '{spec}': {e}"))?;
+            let store = b.build().map_err(|e| format!("backup target '{spec}': {e}"))?;
             (Arc::new(store), prefix.trim_matches('/').to_string())
         } else {
             let dir = spec.strip_prefix("file://").unwrap_or(spec);

@@ -62,8 +62,12 @@ impl Subset {
             .split_once('/')
             .ok_or_else(|| format!("--subset '{s}': expected N/T, e.g. 3/7"))?;
         let (n, t): (u64, u64) = (
-            n.trim().parse().map_err(|_| format!("--subset '{s}': N is not a number"))?,
-            t.trim().parse().map_err(|_| format!("--subset '{s}': T is not a number"))?,
+            n.trim()
+                .parse()
+                .map_err(|_| format!("--subset '{s}': N is not a number"))?,
+            t.trim()
+                .parse()
+                .map_err(|_| format!("--subset '{s}': T is not a number"))?,
         );
         if t == 0 || n == 0 || n > t {
             return Err(format!("--subset '{s}': need 1 <= N <= T"));
@@ -81,7 +85,9 @@ pub async fn artifact_list(target: &Target, m: &Manifest) -> BResult<Vec<(Artifa
     let mut out = Vec::with_capacity(m.roles.artifacts.referenced as usize);
     for f in m.files.iter().filter(|f| f.path.starts_with("artifacts/")) {
         let text = read_file(target, m, f).await?;
-        out.extend(super::codec::parse_artifact_lines(&text).map_err(|e| BackupError::Invalid(format!("{}: {e}", f.path)))?);
+        out.extend(
+            super::codec::parse_artifact_lines(&text).map_err(|e| BackupError::Invalid(format!("{}: {e}", f.path)))?,
+        );
     }
     Ok(out)
 }
@@ -148,7 +154,13 @@ pub async fn verify(
     Ok(v)
 }
 
-async fn run(target: &Target, m: &Manifest, opts: &VerifyOptions, ctx: &dyn JobCtx, v: &mut Verification) -> BResult<()> {
+async fn run(
+    target: &Target,
+    m: &Manifest,
+    opts: &VerifyOptions,
+    ctx: &dyn JobCtx,
+    v: &mut Verification,
+) -> BResult<()> {
     // 1. Every file of the set.
     for f in &m.files {
         v.files_checked += 1;
@@ -191,7 +203,8 @@ async fn run(target: &Target, m: &Manifest, opts: &VerifyOptions, ctx: &dyn JobC
         }
     }
     if absent > 20 {
-        v.problems.push(format!("... {absent} pooled artifacts missing or resized in all"));
+        v.problems
+            .push(format!("... {absent} pooled artifacts missing or resized in all"));
     }
     if opts.level == Level::Structure || !v.problems.is_empty() {
         return Ok(());
@@ -207,15 +220,16 @@ async fn run(target: &Target, m: &Manifest, opts: &VerifyOptions, ctx: &dyn JobC
     let mut s = futures_util::stream::iter(slice.into_iter().map(move |id| {
         let pool = pool.clone();
         async move {
-        match pool.get(&Target::pool_rel(id)).await? {
-            Some(b) if ArtifactId::of(&b) == id => Ok::<_, BackupError>(None),
-            Some(_) => Ok(Some(format!(
-                "pooled artifact {} is damaged: its content does not hash to its name",
-                id.hex()
-            ))),
-            None => Ok(Some(format!("pooled artifact {} vanished while verifying", id.hex()))),
+            match pool.get(&Target::pool_rel(id)).await? {
+                Some(b) if ArtifactId::of(&b) == id => Ok::<_, BackupError>(None),
+                Some(_) => Ok(Some(format!(
+                    "pooled artifact {} is damaged: its content does not hash to its name",
+                    id.hex()
+                ))),
+                None => Ok(Some(format!("pooled artifact {} vanished while verifying", id.hex()))),
+            }
         }
-    }}))
+    }))
     .buffer_unordered(opts.parallel.max(1));
     while let Some(r) = s.next().await {
         v.artifacts_checked += 1;
@@ -238,7 +252,14 @@ async fn run(target: &Target, m: &Manifest, opts: &VerifyOptions, ctx: &dyn JobC
     let found = tokio::task::spawn_blocking(move || {
         let ctx = crate::recovery::local::LocalCtx::new("test restore", true);
         let mut problems = Verification::scratch();
-        let res = handle.block_on(scratch_restore(&target, &m, parallel, config, ctx.as_ref(), &mut problems));
+        let res = handle.block_on(scratch_restore(
+            &target,
+            &m,
+            parallel,
+            config,
+            ctx.as_ref(),
+            &mut problems,
+        ));
         ctx.finish();
         res.map(|()| problems)
     })
@@ -342,7 +363,8 @@ async fn scratch_restore(
             .find(|f| f.kind == *kind)
             .map(|f| format!(" (e.g. {})", f.key.clone().or(f.artifact.clone()).unwrap_or_default()))
             .unwrap_or_default();
-        v.problems.push(format!("audit of the scratch restore: {n} × {kind}{example}"));
+        v.problems
+            .push(format!("audit of the scratch restore: {n} × {kind}{example}"));
     }
     let _ = roles.index.flush().await;
     drop(recovery);
@@ -385,5 +407,10 @@ fn scratch_recovery(
     ));
     let upstreams = crate::upstream::Upstreams::from_config(&config, &HashMap::new())
         .map_err(|e| BackupError::Config(e.to_string()))?;
-    Ok(crate::recovery::Recovery::new(cache, metadata, config, Arc::new(upstreams)))
+    Ok(crate::recovery::Recovery::new(
+        cache,
+        metadata,
+        config,
+        Arc::new(upstreams),
+    ))
 }

@@ -45,6 +45,9 @@ pub enum BackupCommand {
         /// Copy every artifact again, even those already in the target's pool.
         #[arg(long)]
         full: bool,
+        /// Record the set as scheduled, so the retention rules prune it (for backups run from cron).
+        #[arg(long)]
+        scheduled: bool,
     },
     /// The sets on the target: time, kind, sizes, counts, verification and DR copy state.
     List {
@@ -117,7 +120,11 @@ fn targets(c: &Common) -> Result<(Targets, HashMap<String, String>), Exit> {
 
 pub async fn run(a: BackupArgs) -> i32 {
     let res = match a.command {
-        BackupCommand::Create { common, full } => create(&common, full).await,
+        BackupCommand::Create {
+            common,
+            full,
+            scheduled,
+        } => create(&common, full, scheduled).await,
         BackupCommand::List { common } => list_sets(&common).await,
         BackupCommand::Verify {
             common,
@@ -148,7 +155,10 @@ async fn hand_to_gateway(c: &Common, kind: &str, payload: Value) -> Result<Value
         .max_attempts(1);
     let e = r.queue.enqueue(job).await.map_err(|e| Exit::problem(e.to_string()))?;
     let (jobs, finished) = super::warmer::wait_jobs(&r, &[e.id], 6 * 3600, c.format == OutputFormat::Text).await?;
-    let j = jobs.into_iter().next().ok_or_else(|| Exit::problem("the job vanished"))?;
+    let j = jobs
+        .into_iter()
+        .next()
+        .ok_or_else(|| Exit::problem("the job vanished"))?;
     if !finished || j.state != JobState::Succeeded {
         return Err(Exit::problem(format!(
             "job #{} ended {}: {}",
@@ -168,23 +178,26 @@ async fn open_stores(c: &Common) -> Result<Option<Arc<crate::recovery::Recovery>
     }
 }
 
-async fn create(c: &Common, full: bool) -> Result<i32, Exit> {
+async fn create(c: &Common, full: bool, scheduled: bool) -> Result<i32, Exit> {
+    let trigger = if scheduled { "scheduled" } else { "manual" };
     if c.dr {
-        return Err(Exit::config("backup create writes to the primary target and copies to the DR one; drop --dr"));
+        return Err(Exit::config(
+            "backup create writes to the primary target and copies to the DR one; drop --dr",
+        ));
     }
     let (t, _) = targets(c)?;
     let v = match open_stores(c).await? {
         Some(r) => {
             let ctx = LocalCtx::new("backup", c.format == OutputFormat::Text);
             let o = CreateOptions {
-                trigger: "manual".into(),
+                trigger: trigger.into(),
                 full,
             };
             let res = run_create(&r, &t, &o, ctx.as_ref()).await;
             ctx.finish();
             res.map_err(berr)?
         }
-        None => hand_to_gateway(c, BACKUP, json!({"trigger": "manual", "full": full})).await?,
+        None => hand_to_gateway(c, BACKUP, json!({"trigger": trigger, "full": full})).await?,
     };
     print(c.format, &v, |v| {
         let mut out = format!(
@@ -221,7 +234,11 @@ async fn create(c: &Common, full: bool) -> Result<i32, Exit> {
         }
         out
     });
-    Ok(if v["ok"].as_bool().unwrap_or(false) { 0 } else { EXIT_PROBLEM })
+    Ok(if v["ok"].as_bool().unwrap_or(false) {
+        0
+    } else {
+        EXIT_PROBLEM
+    })
 }
 
 fn verification_text(v: &Value) -> String {
@@ -229,7 +246,11 @@ fn verification_text(v: &Value) -> String {
         "  verify ({}, {} target): {} — {} files, {} artifacts read, {} entries restored, canary {}, {:.1} s\n",
         v["level"].as_str().unwrap_or(""),
         v["target"].as_str().unwrap_or(""),
-        if v["ok"].as_bool().unwrap_or(false) { "ok" } else { "FAILED" },
+        if v["ok"].as_bool().unwrap_or(false) {
+            "ok"
+        } else {
+            "FAILED"
+        },
         v["files_checked"],
         v["artifacts_checked"],
         v["restored_entries"],
@@ -259,10 +280,12 @@ async fn list_sets(c: &Common) -> Result<i32, Exit> {
         rows.push(list::summarize(f, target, other).await.map_err(berr)?);
     }
     let b = &t.config.backup;
-    let newest_age_s = rows
-        .first()
-        .map(|r| (crate::roles::now_ms() - r.at_ms) as f64 / 1000.0);
-    let rpo_s = b.rpo.as_deref().and_then(|r| parse_duration(r).ok()).map(|d| d.as_secs_f64());
+    let newest_age_s = rows.first().map(|r| (crate::roles::now_ms() - r.at_ms) as f64 / 1000.0);
+    let rpo_s = b
+        .rpo
+        .as_deref()
+        .and_then(|r| parse_duration(r).ok())
+        .map(|d| d.as_secs_f64());
     let schedule_s = crate::backup::schedule::interval(&t.config).map(|d| d.as_secs_f64());
     let v = json!({
         "target": target.label,
@@ -317,7 +340,9 @@ async fn list_sets(c: &Common) -> Result<i32, Exit> {
         if let Some(a) = v["newest_age_seconds"].as_f64() {
             out.push_str(&format!("  newest set: {:.0} s old", a));
             if let Some(s) = v["schedule_seconds"].as_f64() {
-                out.push_str(&format!("; schedule every {s:.0} s (RPO at most {s:.0} s plus the backup's own time)"));
+                out.push_str(&format!(
+                    "; schedule every {s:.0} s (RPO at most {s:.0} s plus the backup's own time)"
+                ));
             }
             if let Some(r) = v["rpo_target_seconds"].as_f64() {
                 out.push_str(&format!(
@@ -387,7 +412,9 @@ async fn restore(c: &Common, id: Option<String>, latest: bool, force: bool) -> R
     let (t, _) = targets(c)?;
     let w = which(c);
     if id.is_none() && !latest {
-        return Err(Exit::config("name the set to restore (see `backup list`) or pass --latest"));
+        return Err(Exit::config(
+            "name the set to restore (see `backup list`) or pass --latest",
+        ));
     }
     let id = resolve(&t, w, id.as_deref(), true).await.map_err(berr)?;
     let v = match open_stores(c).await? {
@@ -397,14 +424,7 @@ async fn restore(c: &Common, id: Option<String>, latest: bool, force: bool) -> R
             ctx.finish();
             res.map_err(berr)?
         }
-        None => {
-            hand_to_gateway(
-                c,
-                BACKUP_RESTORE,
-                json!({"set": id, "force": force, "dr": c.dr}),
-            )
-            .await?
-        }
+        None => hand_to_gateway(c, BACKUP_RESTORE, json!({"set": id, "force": force, "dr": c.dr})).await?,
     };
     print(c.format, &v, |v| {
         let mut out = format!(
@@ -426,7 +446,11 @@ async fn restore(c: &Common, id: Option<String>, latest: bool, force: bool) -> R
         }
         out
     });
-    Ok(if v["ok"].as_bool().unwrap_or(false) { 0 } else { EXIT_PROBLEM })
+    Ok(if v["ok"].as_bool().unwrap_or(false) {
+        0
+    } else {
+        EXIT_PROBLEM
+    })
 }
 
 async fn prune_sets(c: &Common, dry_run: bool, grace: Option<String>) -> Result<i32, Exit> {

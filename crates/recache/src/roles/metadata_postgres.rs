@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::OnceCell;
 
 use super::metadata_sql::{
-    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, snapshot_queries, row_to_entry, row_to_pointer, INSERT_SQL,
-    NAME,
+    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer,
+    snapshot_queries, INSERT_SQL, NAME,
 };
 use super::{
     ArtifactId, AuditEvent, BackendError, BoxFuture, CheckInfo, EntryRecord, HitUpdate, IndexEntry, Metadata, Result,
@@ -132,7 +132,10 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
-snapshot_queries!(PostgresMetadata, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+snapshot_queries!(
+    PostgresMetadata,
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+);
 
 impl PostgresMetadata {
     const CLAIM: &'static str = crate::queue::sql::CLAIM_PG;

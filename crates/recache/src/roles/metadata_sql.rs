@@ -304,7 +304,8 @@ where
 
 /// Restores an entry with everything it had (counters, stored request, the
 /// missing mark); a row that exists is left alone (it is newer than the backup).
-pub const RESTORE_ENTRY_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace, endpoint, model, artifact_sha256, \
+pub const RESTORE_ENTRY_SQL: &str =
+    "INSERT INTO entries (cache_key, tenant, namespace, endpoint, model, artifact_sha256, \
      request_bytes, response_bytes, prompt_tokens, completion_tokens, cost_usd, created_at_ms, expires_at_ms, \
      last_hit_at_ms, hit_count, request_json, artifact_missing) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
@@ -326,10 +327,7 @@ pub const SNAPSHOT_PAGE: i64 = 5000;
 macro_rules! snapshot_queries {
     ($ty:ty, $begin:expr) => {
         impl $ty {
-            async fn q_export(
-                &self,
-                out: tokio::sync::mpsc::Sender<super::SnapshotBatch>,
-            ) -> Result<()> {
+            async fn q_export(&self, out: tokio::sync::mpsc::Sender<super::SnapshotBatch>) -> Result<()> {
                 use super::metadata_sql::SNAPSHOT_PAGE;
                 use super::SnapshotBatch;
                 let gone = || BackendError::Protocol {
@@ -400,7 +398,8 @@ macro_rules! snapshot_queries {
                         let sql = Self::sql(super::metadata_sql::RESTORE_ENTRY_SQL);
                         let mut tx = self.writer().begin().await.map_err(map_err)?;
                         for e in &entries {
-                            let q = super::metadata_sql::bind_entry!(sqlx::query(&sql), e).bind(e.artifact_missing as i64);
+                            let q =
+                                super::metadata_sql::bind_entry!(sqlx::query(&sql), e).bind(e.artifact_missing as i64);
                             n += q.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
                         }
                         tx.commit().await.map_err(map_err)?;

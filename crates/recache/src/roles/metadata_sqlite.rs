@@ -14,8 +14,8 @@ use super::{
 use crate::key::CacheKey;
 
 use super::metadata_sql::{
-    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, snapshot_queries, row_to_entry, row_to_pointer, sqlite_sql,
-    INSERT_SQL, NAME,
+    bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer,
+    snapshot_queries, sqlite_sql, INSERT_SQL, NAME,
 };
 
 /// Schema migrations, applied in order, each once.

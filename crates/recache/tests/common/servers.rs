@@ -238,6 +238,11 @@ impl Server {
         Some(s)
     }
 
+    /// Where the server keeps its data (s3s-fs: one folder per bucket).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn url(&self) -> String {
         match self.name {
             "redis" => format!("redis://127.0.0.1:{}", self.port),

@@ -1,0 +1,554 @@
+//! Backups on real engines (Redis + S3 + PostgreSQL as the source, a second
+//! S3 server as the backup target, a third as the DR target) and on the
+//! embedded engines (local directory targets): restore after every store is
+//! wiped, incremental copies, damage detection, retention and pool GC,
+//! `kill -9` mid-backup, a target failing mid-backup, the DR copy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::servers::Server;
+use common::{Backends, Env};
+use recache_stub_provider::StubConfig;
+use serde_json::Value;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Embedded,
+    Real,
+}
+
+/// A gateway with backup targets, and where the targets keep their files on disk.
+struct Bk {
+    env: Env,
+    /// On-disk roots of the deployment folders (primary, DR).
+    primary: PathBuf,
+    dr: PathBuf,
+    _targets: tempfile::TempDir,
+    _servers: Vec<Server>,
+    kind: Kind,
+}
+
+fn extra(target: &str, dr: &str, more: &str) -> String {
+    format!(
+        "[backup]\ntarget = \"{target}\"\ndr_target = \"{dr}\"\nverify_level = \"restore\"\nprune_grace = \"0s\"\n{more}\n[warmer]\npoll_ms = 50\n"
+    )
+}
+
+async fn setup(kind: Kind, more: &str) -> Option<Bk> {
+    let targets = tempfile::tempdir().unwrap();
+    match kind {
+        Kind::Embedded => {
+            let (t, d) = (targets.path().join("primary"), targets.path().join("dr"));
+            let env = Env::on(
+                Backends::Embedded,
+                StubConfig::default(),
+                &extra(&t.display().to_string(), &d.display().to_string(), more),
+            )
+            .await;
+            Some(Bk {
+                env,
+                primary: t.join("default"),
+                dr: d.join("default"),
+                _targets: targets,
+                _servers: Vec::new(),
+                kind,
+            })
+        }
+        Kind::Real => {
+            // The test owns its Redis (it flushes it) and both target servers.
+            let redis = Server::redis()?;
+            let backends = Backends::real_with_redis(redis.url()).await?;
+            let (s1, s2) = (Server::s3()?, Server::s3()?);
+            let spec = |s: &Server| format!("s3://bucket/backups?endpoint={}", s.url());
+            let env = Env::on(backends, StubConfig::default(), &extra(&spec(&s1), &spec(&s2), more)).await;
+            let (primary, dr) = (
+                s1.data_dir().join("bucket/backups/default"),
+                s2.data_dir().join("bucket/backups/default"),
+            );
+            Some(Bk {
+                env,
+                primary,
+                dr,
+                _targets: targets,
+                _servers: vec![redis, s1, s2],
+                kind,
+            })
+        }
+    }
+}
+
+impl Bk {
+    /// Runs the CLI off the runtime's threads (it may wait for the gateway's workers).
+    async fn cli(&self, args: &[&str]) -> (i32, Value, String) {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(["--format".into(), "json".into()]);
+        let cmd = env!("CARGO_BIN_EXE_recache");
+        let cfg = self.env.config_file();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(cmd)
+                .args(&a)
+                .arg("--config")
+                .arg(cfg)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let v = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), v, stderr)
+    }
+
+    async fn chats(&self, from: usize, to: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut keys = Vec::new();
+        for i in from..to {
+            let r = self.env.chat(common::KEY_A, &format!("backup question {i}")).await;
+            assert_eq!(r.status, 200);
+            out.push(r.cache().to_string());
+            keys.push(r.header("x-recache-key").to_string());
+        }
+        self.settle(&keys).await;
+        out
+    }
+
+    /// Waits until every key is registered in metadata (the store runs after the answer).
+    async fn settle(&self, keys: &[String]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for k in keys {
+            while self.env.admin_entry(k).await["indexed"] != Value::Bool(true) {
+                assert!(std::time::Instant::now() < deadline, "entry {k} never registered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(gw) = self.env.gw.take() {
+            gw.shutdown().await;
+        }
+    }
+
+    /// Destroys every store: the index, every artifact, every metadata table.
+    async fn wipe(&mut self) {
+        self.stop().await;
+        match self.kind {
+            Kind::Embedded => {
+                for p in [
+                    "index",
+                    "artifacts",
+                    "metadata.db",
+                    "metadata.db-wal",
+                    "metadata.db-shm",
+                    "spool.jsonl",
+                ] {
+                    let p = self.env.path(p);
+                    let _ = std::fs::remove_dir_all(&p);
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+            Kind::Real => {
+                let Backends::Real { redis, .. } = &self.env.backends else {
+                    unreachable!()
+                };
+                let client = redis::Client::open(redis.as_str()).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+                use recache::roles::Artifacts;
+                let store = self.env.raw_artifacts();
+                for a in store.list().await.unwrap() {
+                    store.delete(a.id).await.unwrap();
+                }
+                assert!(store.list().await.unwrap().is_empty());
+                self.env.metadata_sql("DROP SCHEMA public CASCADE").await;
+                self.env.metadata_sql("CREATE SCHEMA public").await;
+            }
+        }
+    }
+
+    fn set_files(&self, root: &Path, set: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&root.join("sets").join(set), &mut out);
+        out.retain(|p| !p.to_string_lossy().contains("/verify/") && !p.to_string_lossy().contains("manifest"));
+        out.sort();
+        out
+    }
+
+    fn pool_files(&self, root: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&root.join("pool"), &mut out);
+        // s3s-fs keeps its metadata in hidden side files.
+        out.retain(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() == 64 && !n.starts_with('.'))
+        });
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn flip_byte(p: &Path) {
+    let mut b = std::fs::read(p).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0x01;
+    std::fs::write(p, b).unwrap();
+}
+
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn embedded() {
+                super::$name(super::Kind::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn real_engines() {
+                super::$name(super::Kind::Real).await
+            }
+        }
+    };
+}
+
+/// 1 and 6: create, wipe every store, restore: every entry a HIT with zero
+/// provider calls, audit clean; the DR copy verifies on its own.
+async fn restore_after_wipe(kind: Kind) {
+    let Some(mut b) = setup(kind, "").await else { return };
+    assert!(b.chats(0, 12).await.iter().all(|s| s == "MISS"));
+    let calls = b.env.stub.calls();
+    assert_eq!(calls, 12);
+    // With the gateway running (on embedded engines its workers take the backup).
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "create: {v} {err}");
+    assert_eq!(v["entries"], 13, "12 entries and the canary: {v}");
+    assert_eq!(v["copied"], 12, "{v}");
+    assert_eq!(v["verified"]["ok"], true, "{v}");
+    assert_eq!(v["verified"]["canary"], true, "{v}");
+    assert_eq!(v["dr"]["verified"]["ok"], true, "{v}");
+    let set = v["set"].as_str().unwrap().to_string();
+
+    b.wipe().await;
+    // Restore into the empty stores, gateway stopped.
+    let (code, r, err) = b.cli(&["backup", "restore", "--latest"]).await;
+    assert_eq!(code, 0, "restore: {r} {err}");
+    assert_eq!(r["set"], set.as_str());
+    assert_eq!(r["entries_written"], 13, "{r}");
+    assert_eq!(r["artifacts_copied"], 13, "{r}");
+    assert!(r["seconds"].as_f64().unwrap() > 0.0);
+    // A second restore over the now non-empty stores is refused without --force.
+    let (code, _, err) = b.cli(&["backup", "restore", &set]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty") && err.contains("--force"), "{err}");
+
+    b.env.start().await;
+    let statuses = b.chats(0, 12).await;
+    assert!(statuses.iter().all(|s| s == "HIT"), "after restore: {statuses:?}");
+    assert_eq!(b.env.stub.calls(), calls, "no provider call after the restore");
+    let (code, a, err) = b.cli(&["audit", "--check", "all"]).await;
+    assert_eq!(code, 0, "audit after restore: {a} {err}");
+
+    // 6: the DR copy exists and verifies on its own, down to a test restore.
+    assert!(b.dr.join("sets").join(&set).join("manifest.json").exists());
+    let (code, v, err) = b.cli(&["backup", "verify", "--dr", &set, "--level", "restore"]).await;
+    assert_eq!(code, 0, "DR verify: {v} {err}");
+    assert_eq!(v["target"], "dr");
+    assert_eq!(v["restored_entries"], 13);
+    let (code, l, _) = b.cli(&["backup", "list"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(l["sets"][0]["dr"], "verified", "{l}");
+}
+on_both!(restore_after_wipe);
+
+/// 2: a second backup after N new entries copies exactly N new artifacts.
+async fn incremental(kind: Kind) {
+    let Some(b) = setup(kind, "verify_after_create = false").await else {
+        return;
+    };
+    b.chats(0, 10).await;
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(
+        (v["kind"].as_str(), v["copied"].as_u64()),
+        (Some("full"), Some(10)),
+        "{v}"
+    );
+    b.chats(10, 17).await;
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["kind"], "incremental", "{v}");
+    assert_eq!(v["copied"], 7, "exactly the new artifacts: {v}");
+    assert_eq!(v["reused"], 10, "{v}");
+    // An artifact that vanished from the pool is copied again, not referenced blindly.
+    // (An entry's artifact, not a canary: earlier sets' canaries are referenced by no new set.)
+    let pool = b.pool_files(&b.primary);
+    let victim = pool
+        .iter()
+        .find(|p| !String::from_utf8_lossy(&std::fs::read(p).unwrap()).contains("_recache"))
+        .unwrap();
+    std::fs::remove_file(victim).unwrap();
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["copied"], 1, "the vanished artifact is uploaded again: {v}");
+    let (code, v, _) = b.cli(&["backup", "verify", "--latest", "--level", "read-data"]).await;
+    assert_eq!(code, 0, "{v}");
+}
+on_both!(incremental);
+
+/// 3: one flipped byte in any file of a set, or in a pooled artifact, is found and named.
+async fn damage_is_detected(kind: Kind) {
+    let Some(b) = setup(kind, "verify_after_create = false").await else {
+        return;
+    };
+    b.chats(0, 6).await;
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    let set = v["set"].as_str().unwrap().to_string();
+    let files = b.set_files(&b.primary, &set);
+    assert!(files.len() >= 5, "entries, audit, jobs, pointers, artifacts: {files:?}");
+    for f in &files {
+        let original = std::fs::read(f).unwrap();
+        flip_byte(f);
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let (code, v, err) = b.cli(&["backup", "verify", &set, "--level", "structure"]).await;
+        assert_eq!(code, 1, "a flipped byte in {name} must fail verify: {v} {err}");
+        assert!(v["problems"].to_string().contains(name), "names {name}: {v}");
+        std::fs::write(f, original).unwrap();
+    }
+    // A damaged manifest is detected too (its copy is intact).
+    let manifest = b.primary.join("sets").join(&set).join("manifest.json");
+    let original = std::fs::read(&manifest).unwrap();
+    flip_byte(&manifest);
+    let (code, v, _) = b.cli(&["backup", "verify", &set, "--level", "structure"]).await;
+    assert_eq!(code, 1);
+    assert!(v["problems"].to_string().contains("manifest"), "{v}");
+    std::fs::write(&manifest, original).unwrap();
+    let (code, v, _) = b.cli(&["backup", "verify", &set, "--level", "structure"]).await;
+    assert_eq!(code, 0, "{v}");
+
+    // A pooled artifact with one flipped byte: found by reading it, and named.
+    let pool = b.pool_files(&b.primary);
+    let victim = &pool[2];
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    flip_byte(victim);
+    let (code, v, _) = b.cli(&["backup", "verify", &set]).await;
+    assert_eq!(code, 1, "{v}");
+    assert!(v["problems"].to_string().contains(&name), "names the artifact: {v}");
+    // The failed verification is on record: restore refuses the set without --force.
+    let mut b = b;
+    b.wipe().await;
+    let (code, _, err) = b.cli(&["backup", "restore", &set]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("failed its last verification") && err.contains("--force"),
+        "{err}"
+    );
+}
+on_both!(damage_is_detected);
+
+/// 4: retention keeps what the rules say; GC removes only unreferenced artifacts.
+async fn retention_and_gc(kind: Kind) {
+    let Some(b) = setup(
+        kind,
+        "keep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nverify_after_create = false",
+    )
+    .await
+    else {
+        return;
+    };
+    let keys: Vec<String> = {
+        let mut k = Vec::new();
+        for i in 0..4 {
+            let r = b.env.chat(common::KEY_A, &format!("retained {i}")).await;
+            k.push(r.header("x-recache-key").to_string());
+        }
+        b.settle(&k).await;
+        k
+    };
+    let mut sets = Vec::new();
+    let (_, manual, _) = b.cli(&["backup", "create"]).await;
+    sets.push(manual["set"].as_str().unwrap().to_string());
+    // Delete one entry: only the manual set and the first scheduled one still refer to its artifact.
+    let (_, s1, _) = b.cli(&["backup", "create", "--scheduled"]).await;
+    sets.push(s1["set"].as_str().unwrap().to_string());
+    let r = b
+        .env
+        .http
+        .delete(format!("{}/admin/entries/{}", b.env.base, keys[0]))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    for _ in 0..3 {
+        let (code, s, err) = b.cli(&["backup", "create", "--scheduled"]).await;
+        assert_eq!(code, 0, "{s} {err}");
+        sets.push(s["set"].as_str().unwrap().to_string());
+    }
+    let pool_before = b.pool_files(&b.primary).len();
+    let (code, d, _) = b.cli(&["backup", "prune", "--dry-run"]).await;
+    assert_eq!(code, 0);
+    let keep: Vec<(String, bool)> = d["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["set"].as_str().unwrap().to_string(), x["keep"].as_bool().unwrap()))
+        .collect();
+    // Manual kept; of four scheduled, the newest two kept.
+    let kept = |id: &str| keep.iter().find(|(s, _)| s == id).map(|(_, k)| *k);
+    assert_eq!(kept(&sets[0]), Some(true), "manual: {d}");
+    assert_eq!(kept(&sets[1]), Some(false), "{d}");
+    assert_eq!(kept(&sets[2]), Some(false), "{d}");
+    assert_eq!((kept(&sets[3]), kept(&sets[4])), (Some(true), Some(true)), "{d}");
+    assert_eq!(
+        d["pool_deleted"], 2,
+        "the two deleted sets' canaries; the manual set still refers to the entry: {d}"
+    );
+    assert_eq!(b.pool_files(&b.primary).len(), pool_before, "a dry run deletes nothing");
+    // Delete the manual set by hand (it is never pruned), then prune for real.
+    let _ = std::fs::remove_dir_all(b.primary.join("sets").join(&sets[0]));
+    let (code, d, _) = b.cli(&["backup", "prune"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(d["sets_deleted"], 2, "{d}");
+    // Three canaries (the manual set's too) and the deleted entry's artifact.
+    assert_eq!(d["pool_deleted"], 4, "{d}");
+    assert_eq!(b.pool_files(&b.primary).len(), pool_before - 4);
+    let (code, l, _) = b.cli(&["backup", "list"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(l["sets"].as_array().unwrap().len(), 2, "{l}");
+    // What remains still verifies down to a test restore.
+    let (code, v, _) = b.cli(&["backup", "verify", "--latest"]).await;
+    assert_eq!(code, 0, "{v}");
+}
+on_both!(retention_and_gc);
+
+/// 5: `kill -9` during `backup create` leaves nothing listed as complete; the
+/// next create succeeds and reuses what was already copied.
+async fn kill9_mid_backup(kind: Kind) {
+    let Some(mut b) = setup(kind, "verify_after_create = false\nparallel = 2").await else {
+        return;
+    };
+    b.stop().await;
+    // Enough entries that the copy takes a while.
+    let n = if kind == Kind::Real { "3000" } else { "20000" };
+    let cfg = b.env.config_file();
+    let seed = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args([
+            "bench",
+            "seed",
+            "--artifacts",
+            "--tenant",
+            "team-a",
+            "--entries",
+            n,
+            "--config",
+        ])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args(["backup", "create", "--format", "json", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it is copying artifacts, then kill it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while b.pool_files(&b.primary).len() < 200 {
+        assert!(std::time::Instant::now() < deadline, "the backup never started copying");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let copied_before = b.pool_files(&b.primary).len() as u64;
+    let (code, l, _) = b.cli(&["backup", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(l["sets"].as_array().unwrap().is_empty(), "nothing complete: {l}");
+    assert_eq!(l["unfinished"].as_array().unwrap().len(), 1, "{l}");
+    let (code, v, _) = b.cli(&["backup", "verify", "--latest"]).await;
+    assert_eq!(code, 1, "no complete set to verify: {v}");
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert!(
+        v["reused"].as_u64().unwrap() + 1 >= copied_before,
+        "what the killed run copied is reused: {v} (pool had {copied_before})"
+    );
+    let (_, l, _) = b.cli(&["backup", "list"]).await;
+    assert_eq!(l["sets"].as_array().unwrap().len(), 1, "{l}");
+}
+on_both!(kill9_mid_backup);
+
+/// A target that fails mid-backup: `backup create` exits non-zero and no
+/// complete manifest exists (real engines: the target server is killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_failure_mid_backup() {
+    let Some(mut b) = setup(Kind::Real, "verify_after_create = false\nparallel = 2").await else {
+        return;
+    };
+    b.stop().await;
+    let cfg = b.env.config_file();
+    let seed = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args([
+            "bench",
+            "seed",
+            "--artifacts",
+            "--tenant",
+            "team-a",
+            "--entries",
+            "3000",
+            "--config",
+        ])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(seed.status.success());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args(["backup", "create", "--format", "json", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while b.pool_files(&b.primary).len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "the backup never started copying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b._servers[1].kill9();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "a failed target fails the backup");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backup target"), "says the target failed: {err}");
+    b._servers[1].start();
+    let (code, l, _) = b.cli(&["backup", "list"]).await;
+    assert_eq!(code, 0, "{l}");
+    assert!(l["sets"].as_array().unwrap().is_empty(), "no complete set: {l}");
+}
