@@ -50,6 +50,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
     c::metadata_health(meta.as_ref()).await;
@@ -114,6 +115,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
     c::metadata_health(meta.as_ref()).await;

@@ -265,6 +265,7 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
         target.pool(),
     );
     let ((index_files, index_part), meta, pool) = (index?, meta?, pool?);
+    let read_s = started.elapsed().as_secs_f64();
 
     // 3. Artifacts the pool lacks: checked against the target's own listing.
     let mut referenced: Vec<(ArtifactId, u64)> = meta.referenced.iter().map(|(k, v)| (*k, *v)).collect();
@@ -288,6 +289,8 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
     }
     let reused =
         already - u64::from(canary_new.is_none() && canary_id.is_some_and(|c| meta.referenced.contains_key(&c)));
+    let copy_s = started.elapsed().as_secs_f64() - read_s;
+    tracing::info!(set = %id, read_s, copy_s, "backup: stores read, artifacts copied");
     if !missing.is_empty() {
         tracing::warn!(
             missing = missing.len(),

@@ -41,6 +41,8 @@ pub struct RestoreReport {
     pub pointers_derived: u64,
     pub vectors: String,
     pub seconds: f64,
+    /// Seconds per step: metadata, artifacts, vectors, index.
+    pub steps: Vec<(&'static str, f64)>,
     pub problems: Vec<String>,
 }
 
@@ -155,6 +157,8 @@ pub async fn restore_into(
         r.jobs += roles.metadata.import_snapshot(SnapshotBatch::Jobs(jobs)).await?;
     }
 
+    r.steps.push(("metadata", started.elapsed().as_secs_f64()));
+    let step = Instant::now();
     // 2. Artifacts the destination lacks, hash-checked.
     let present: HashSet<ArtifactId> = roles.artifacts.list().await?.into_iter().map(|a| a.id).collect();
     r.artifacts = wanted.len() as u64;
@@ -197,9 +201,13 @@ pub async fn restore_into(
         }
     }
 
+    r.steps.push(("artifacts", step.elapsed().as_secs_f64()));
+    let step = Instant::now();
     // 3. Vectors: rebuilt from the restored requests by the caller's warmer.
     r.vectors = m.roles.vectors.state.clone();
 
+    r.steps.push(("vectors", step.elapsed().as_secs_f64()));
+    let step = Instant::now();
     // 4. The index, last.
     for f in files(m, "index/pointers-") {
         let text = read_file(target, m, f).await?;
@@ -228,7 +236,9 @@ pub async fn restore_into(
         r.pointers_derived += roles.index.put_many(chunk.to_vec(), true).await?;
     }
     let _ = roles.index.flush().await;
+    r.steps.push(("index", step.elapsed().as_secs_f64()));
     r.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(set = %m.id, steps = ?r.steps, "restore: done");
     Ok(r)
 }
 

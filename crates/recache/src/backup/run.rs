@@ -168,6 +168,7 @@ pub async fn run_restore(
         "pointers": report.pointers, "pointers_written": report.pointers_written,
         "pointers_skipped": report.pointers_skipped, "pointers_derived": report.pointers_derived, "vectors": vectors,
         "entries_after": entries, "pointers_after": pointers,
+        "steps": report.steps.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "problems": problems, "warnings": warnings,
     });
     let _ = roles

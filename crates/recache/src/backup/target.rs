@@ -226,16 +226,24 @@ impl Target {
         format!("pool/sha256/{}/{h}", &h[..2])
     }
 
-    /// Every pooled artifact: id → (size, last write ms).
+    /// Every pooled artifact: id → (size, last write ms). The 256 shards are
+    /// listed concurrently (one listing of a million objects is the slowest
+    /// step of an incremental backup otherwise).
     pub async fn pool(&self) -> TResult<HashMap<ArtifactId, (u64, i64)>> {
-        Ok(self
-            .list("pool/sha256")
-            .await?
-            .into_iter()
-            .filter_map(|l| {
-                let id = ArtifactId::from_hex(l.rel.rsplit('/').next()?)?;
-                Some((id, (l.size, l.modified_ms)))
-            })
-            .collect())
+        use futures_util::StreamExt;
+        let shards = (0..=255u8).map(|b| {
+            let me = self.clone();
+            async move { me.list(&format!("pool/sha256/{b:02x}")).await }
+        });
+        let mut s = futures_util::stream::iter(shards).buffer_unordered(16);
+        let mut out = HashMap::new();
+        while let Some(listed) = s.next().await {
+            for l in listed? {
+                if let Some(id) = l.rel.rsplit('/').next().and_then(ArtifactId::from_hex) {
+                    out.insert(id, (l.size, l.modified_ms));
+                }
+            }
+        }
+        Ok(out)
     }
 }

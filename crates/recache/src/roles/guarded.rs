@@ -277,6 +277,14 @@ impl Vectors for GuardedVectors {
     fn count<'a>(&'a self, collection: Option<&'a str>) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.guard.call_bulk(self.inner.count(collection)))
     }
+    fn points<'a>(
+        &'a self,
+        collection: &'a str,
+        after: Option<CacheKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<VectorPoint>>> {
+        Box::pin(self.guard.call_bulk(self.inner.points(collection, after, limit)))
+    }
     fn list<'a>(
         &'a self,
         collection: &'a str,

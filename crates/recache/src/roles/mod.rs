@@ -360,6 +360,14 @@ pub trait Vectors: Send + Sync {
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// Whole points (with their vectors) of a collection in key order, after
+    /// `after` (backups). Quantised engines return their stored approximation.
+    fn points<'a>(
+        &'a self,
+        collection: &'a str,
+        after: Option<CacheKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<VectorPoint>>>;
 }
 
 /// The four roles, as the gateway holds them, and their circuit breakers.

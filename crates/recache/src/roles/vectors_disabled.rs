@@ -44,6 +44,14 @@ impl Vectors for DisabledVectors {
     fn list<'a>(&'a self, _: &'a str, _: Option<CacheKey>, _: usize) -> BoxFuture<'a, Result<Vec<CacheKey>>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn points<'a>(
+        &'a self,
+        _: &'a str,
+        _: Option<CacheKey>,
+        _: usize,
+    ) -> BoxFuture<'a, Result<Vec<super::VectorPoint>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     fn purge_expired(&self, _: i64) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async { Ok(0) })
     }

@@ -891,6 +891,42 @@ impl Vectors for EmbeddedVectors {
         })
     }
 
+    fn points<'a>(
+        &'a self,
+        collection: &'a str,
+        after: Option<CacheKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<VectorPoint>>> {
+        Box::pin(async move {
+            use std::ops::Bound;
+            let cols = read(&self.collections);
+            let c = cols.get(collection).ok_or_else(|| missing(collection))?;
+            let lower = match after {
+                Some(k) => Bound::Excluded(k),
+                None => Bound::Unbounded,
+            };
+            Ok(c.at
+                .range((lower, Bound::Unbounded))
+                .take(limit)
+                .filter_map(|(_, (scope_name, row))| {
+                    let s = c.scopes.get(scope_name)?;
+                    let m = s.meta.get(*row)?;
+                    Some(VectorPoint {
+                        key: m.key,
+                        scope: scope_name.to_string(),
+                        tenant: m.tenant.clone(),
+                        text: m.text.clone(),
+                        expires_at_ms: m.expires_at_ms,
+                        vector: s.codes[row * c.dim..(row + 1) * c.dim]
+                            .iter()
+                            .map(|x| *x as f32 * s.scales[*row])
+                            .collect(),
+                    })
+                })
+                .collect())
+        })
+    }
+
     fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let expired: Vec<CacheKey> = {

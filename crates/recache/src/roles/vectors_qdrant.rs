@@ -377,6 +377,50 @@ impl Vectors for QdrantVectors {
         })
     }
 
+    fn points<'a>(
+        &'a self,
+        collection: &'a str,
+        after: Option<CacheKey>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<VectorPoint>>> {
+        Box::pin(async move {
+            use qdrant_client::qdrant::vector_output::Vector;
+            use qdrant_client::qdrant::vectors_output::VectorsOptions;
+            let mut req = ScrollPointsBuilder::new(collection)
+                .limit(limit as u32 + 1)
+                .with_payload(true)
+                .with_vectors(true);
+            if let Some(a) = &after {
+                req = req.offset(point_id(a));
+            }
+            let resp = self.client.scroll(req).await.map_err(err)?;
+            Ok(resp
+                .result
+                .into_iter()
+                .filter_map(|p| {
+                    let key = CacheKey::from_hex(&payload_str(&p.payload, "key")?)?;
+                    let vector = match p.vectors?.vectors_options? {
+                        VectorsOptions::Vector(v) => match v.into_vector() {
+                            Vector::Dense(d) => d.data,
+                            _ => return None,
+                        },
+                        VectorsOptions::Vectors(_) => return None,
+                    };
+                    Some(VectorPoint {
+                        key,
+                        scope: payload_str(&p.payload, "scope").unwrap_or_default(),
+                        tenant: payload_str(&p.payload, "tenant").unwrap_or_default(),
+                        text: payload_str(&p.payload, "text").unwrap_or_default(),
+                        expires_at_ms: payload_int(&p.payload, "expires_at_ms").unwrap_or(0),
+                        vector,
+                    })
+                })
+                .filter(|p| after.is_none_or(|a| p.key > a))
+                .take(limit)
+                .collect())
+        })
+    }
+
     fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let filter = || {
