@@ -77,6 +77,19 @@ pub fn parse_json_lines<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<V
     Ok(out)
 }
 
+/// One exported vector point (a JSON line of `vectors/points-*.jsonl.gz`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PointLine {
+    pub collection: String,
+    pub dimension: usize,
+    pub key: String,
+    pub scope: String,
+    pub tenant: String,
+    pub text: String,
+    pub expires_at_ms: i64,
+    pub vector: Vec<f32>,
+}
+
 /// `key \t artifact \t size \t created_at_ms \t expires_at_ms`
 pub fn pointer_lines(items: &[(CacheKey, IndexEntry)], out: &mut Vec<u8>) {
     for (k, e) in items {

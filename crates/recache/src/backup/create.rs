@@ -198,6 +198,45 @@ async fn export_index(roles: &Roles, target: &Target, dir: &str) -> BResult<(Vec
     Ok((w.finish().await?, part))
 }
 
+async fn export_vectors(roles: &Roles, target: &Target, dir: &str) -> BResult<(Vec<FileEntry>, manifest::VectorsPart)> {
+    let mut part = manifest::VectorsPart {
+        engine: roles.vectors.engine().into(),
+        state: "disabled".into(),
+        ..Default::default()
+    };
+    if !roles.vectors.enabled() {
+        return Ok((Vec::new(), part));
+    }
+    part.state = "exported".into();
+    let mut w = PartWriter::new(target, dir, "points", "jsonl");
+    for c in roles.vectors.collections().await? {
+        let mut after = None;
+        loop {
+            let page = roles.vectors.points(&c.name, after, 2000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key);
+            let lines: Vec<codec::PointLine> = page
+                .into_iter()
+                .map(|p| codec::PointLine {
+                    collection: c.name.clone(),
+                    dimension: c.dimension,
+                    key: p.key.hex(),
+                    scope: p.scope,
+                    tenant: p.tenant,
+                    text: p.text,
+                    expires_at_ms: p.expires_at_ms,
+                    vector: p.vector,
+                })
+                .collect();
+            part.points += lines.len() as u64;
+            codec::json_lines(&lines, &mut w.buf);
+            w.added(lines.len() as u64).await?;
+        }
+        part.collections.push(c.name);
+    }
+    Ok((w.finish().await?, part))
+}
+
 /// Copies the artifacts the pool lacks (or all with `full`), hash-checked.
 /// Returns (copied, copied bytes, missing or damaged at the source).
 pub async fn copy_artifacts(
@@ -310,12 +349,13 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
     }
     let artifact_files = w.finish().await?;
 
-    // 4. Vectors: rebuildable from the stored requests (see docs/backup.md).
-    let vectors = super::restore::vectors_part(roles).await;
+    // 4. Vectors: every point of every collection, when the role is on.
+    let (vector_files, vectors) = export_vectors(roles, target, &dir).await?;
 
     let mut files = meta.files;
     files.extend(index_files);
     files.extend(artifact_files);
+    files.extend(vector_files);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let m = Manifest {
         format: manifest::FORMAT.into(),

@@ -76,8 +76,9 @@ pub struct ArtifactsPart {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct VectorsPart {
     pub engine: String,
-    /// `exported`, `rebuildable` (re-embedded from the stored requests at no
-    /// provider cost with a local embedder) or `disabled`.
+    /// `exported` (every point, in `vectors/points-*.jsonl.gz`) or `disabled`
+    /// (nothing to restore; a restore into a store with vectors on rebuilds
+    /// them from the stored requests, at no provider cost with a local embedder).
     pub state: String,
     pub points: u64,
     #[serde(default)]

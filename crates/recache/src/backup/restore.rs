@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::codec;
-use super::manifest::{FileEntry, Manifest, VectorsPart};
+use super::manifest::{FileEntry, Manifest};
 use super::target::Target;
 use super::{set_dir, BResult, BackupError};
 use crate::key::CacheKey;
@@ -40,6 +40,7 @@ pub struct RestoreReport {
     /// (as the index rebuild does).
     pub pointers_derived: u64,
     pub vectors: String,
+    pub vectors_written: u64,
     pub seconds: f64,
     /// Seconds per step: metadata, artifacts, vectors, index.
     pub steps: Vec<(&'static str, f64)>,
@@ -70,22 +71,49 @@ fn bad(f: &FileEntry, e: String) -> BackupError {
     BackupError::Invalid(format!("{}: {e}", f.path))
 }
 
-/// How the vectors role is recorded in a set.
-pub async fn vectors_part(roles: &Roles) -> VectorsPart {
-    if !roles.vectors.enabled() {
-        return VectorsPart {
-            engine: roles.vectors.engine().into(),
-            state: "disabled".into(),
-            ..Default::default()
-        };
+/// Restores exported vector points into their collections (created with
+/// their dimension if missing). Returns the points written.
+async fn restore_vectors(
+    roles: &Roles,
+    target: &Target,
+    m: &Manifest,
+    keys: &HashMap<CacheKey, Option<IndexEntry>>,
+) -> BResult<u64> {
+    use crate::roles::VectorPoint;
+    let mut n = 0;
+    let mut ensured: HashSet<String> = HashSet::new();
+    for f in files(m, "vectors/points-") {
+        let text = read_file(target, m, f).await?;
+        let rows: Vec<codec::PointLine> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+        let mut by_collection: HashMap<String, Vec<VectorPoint>> = HashMap::new();
+        for p in rows {
+            let Some(key) = CacheKey::from_hex(&p.key) else {
+                continue;
+            };
+            // Only points whose entry came back (a vector without an entry is never searched for).
+            if !keys.contains_key(&key) {
+                continue;
+            }
+            if ensured.insert(p.collection.clone()) {
+                roles.vectors.ensure_collection(&p.collection, p.dimension).await?;
+            }
+            by_collection.entry(p.collection).or_default().push(VectorPoint {
+                key,
+                scope: p.scope,
+                tenant: p.tenant,
+                text: p.text,
+                expires_at_ms: p.expires_at_ms,
+                vector: p.vector,
+            });
+        }
+        for (c, points) in by_collection {
+            for chunk in points.chunks(1000) {
+                n += chunk.len() as u64;
+                roles.vectors.upsert(&c, chunk.to_vec()).await?;
+            }
+        }
     }
-    let collections = roles.vectors.collections().await.unwrap_or_default();
-    VectorsPart {
-        engine: roles.vectors.engine().into(),
-        state: "rebuildable".into(),
-        points: collections.iter().map(|c| c.points).sum(),
-        collections: collections.into_iter().map(|c| c.name).collect(),
-    }
+    Ok(n)
 }
 
 /// Restores set `m` from `target` into `roles`. Problems that leave the
@@ -153,7 +181,13 @@ pub async fn restore_into(
     for f in files(m, "metadata/jobs-") {
         let text = read_file(target, m, f).await?;
         let rows: Vec<serde_json::Value> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
-        let jobs: Vec<Job> = rows.into_iter().filter_map(job_from_json).collect();
+        // A backup or restore that was running when the snapshot was taken is
+        // never run again by the restored queue.
+        let jobs: Vec<Job> = rows
+            .into_iter()
+            .filter_map(job_from_json)
+            .filter(|j| !matches!(j.kind.as_str(), super::run::BACKUP | super::run::BACKUP_RESTORE))
+            .collect();
         r.jobs += roles.metadata.import_snapshot(SnapshotBatch::Jobs(jobs)).await?;
     }
 
@@ -203,8 +237,13 @@ pub async fn restore_into(
 
     r.steps.push(("artifacts", step.elapsed().as_secs_f64()));
     let step = Instant::now();
-    // 3. Vectors: rebuilt from the restored requests by the caller's warmer.
+    // 3. Vectors: the exported points; without an export (or a vectors
+    // role here) the caller's warmer rebuilds them from the restored requests.
     r.vectors = m.roles.vectors.state.clone();
+    if roles.vectors.enabled() && m.roles.vectors.state == "exported" {
+        r.vectors_written = restore_vectors(roles, target, m, &keys).await?;
+        r.vectors = "restored".into();
+    }
 
     r.steps.push(("vectors", step.elapsed().as_secs_f64()));
     let step = Instant::now();

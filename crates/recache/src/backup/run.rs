@@ -144,8 +144,8 @@ pub async fn run_restore(
             "the index holds {pointers} pointers after the restore; the set has {expected}"
         ));
     }
-    let mut vectors = m.roles.vectors.state.clone();
-    if roles.vectors.enabled() {
+    let mut vectors = report.vectors.clone();
+    if roles.vectors.enabled() && report.vectors != "restored" {
         use crate::queue::NewJob;
         use crate::recovery::REBUILD_VECTORS;
         let job = NewJob::new(REBUILD_VECTORS, json!({}))
@@ -166,7 +166,7 @@ pub async fn run_restore(
         "artifacts_present": report.artifacts_present,
         "entries_without_artifact": report.entries_without_artifact,
         "pointers": report.pointers, "pointers_written": report.pointers_written,
-        "pointers_skipped": report.pointers_skipped, "pointers_derived": report.pointers_derived, "vectors": vectors,
+        "pointers_skipped": report.pointers_skipped, "pointers_derived": report.pointers_derived, "vectors": vectors, "vectors_written": report.vectors_written,
         "entries_after": entries, "pointers_after": pointers,
         "steps": report.steps.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "problems": problems, "warnings": warnings,
