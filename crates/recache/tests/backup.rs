@@ -614,3 +614,47 @@ async fn vectors_are_exported_and_restored() {
     assert_eq!(para.content(), first.content());
     assert_eq!(b.env.stub.calls(), calls, "no provider call");
 }
+
+/// `schedule`: `serve` takes backups by itself, and of two replicas sharing
+/// the stores only one takes each (the job queue's unique key and lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_backups_one_replica_each() {
+    let Some(redis) = common::engines::redis_url() else {
+        return;
+    };
+    let targets = tempfile::tempdir().unwrap();
+    let t = targets.path().join("primary");
+    let more = "schedule = \"10s\"\nverify_after_create = false";
+    let extra = format!(
+        "[backup]\ntarget = \"{}\"\n{more}\n[warmer]\npoll_ms = 50\n",
+        t.display()
+    );
+    let backends = Backends::SqliteRedis {
+        redis,
+        prefix: common::engines::unique("sched"),
+    };
+    let env = Env::on(backends, StubConfig::default(), &extra).await;
+    let token: std::collections::HashMap<String, String> =
+        [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+    let second = recache::server::Gateway::start(env.config(), &token).await.unwrap();
+    let r = env.chat(common::KEY_A, "scheduled question").await;
+    assert_eq!(r.status, 200);
+    let sets = || -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&t.join("default/sets"), &mut out);
+        out.retain(|p| p.ends_with("manifest.json"));
+        out
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sets().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no scheduled backup within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both replicas look every 2.5 s; for the rest of the interval no second set appears.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let found = sets();
+    assert_eq!(found.len(), 1, "one set per interval among two replicas: {found:?}");
+    let m: Value = serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap();
+    assert_eq!(m["manifest"]["trigger"], "scheduled");
+    second.shutdown().await;
+}

@@ -40,13 +40,6 @@ pub fn pack(text: Vec<u8>, rows: u64) -> Packed {
     }
 }
 
-/// Compresses on a blocking thread.
-pub async fn pack_async(text: Vec<u8>, rows: u64) -> Packed {
-    tokio::task::spawn_blocking(move || pack(text, rows))
-        .await
-        .unwrap_or_else(|_| pack(Vec::new(), 0))
-}
-
 pub fn unpack(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(bytes.len() * 4);
     flate2::read::GzDecoder::new(bytes)

@@ -28,14 +28,18 @@ pub struct CreateOptions {
     pub full: bool,
 }
 
+/// Records not yet written out: each page turns itself into text when its
+/// part is cut, on the blocking thread that also compresses it.
+type Page = Box<dyn FnOnce(&mut Vec<u8>) + Send>;
+
 /// Writes the parts of one export (`<stem>-00000.<ext>.gz`, …) as they fill,
-/// compressing and uploading each on its own task.
+/// serialising, compressing and uploading each on its own task.
 struct PartWriter {
     target: Target,
     dir: String,
     stem: &'static str,
     ext: &'static str,
-    buf: Vec<u8>,
+    pages: Vec<Page>,
     rows: u64,
     n: usize,
     pending: Vec<JoinHandle<BResult<FileEntry>>>,
@@ -49,7 +53,7 @@ impl PartWriter {
             dir: dir.to_string(),
             stem,
             ext,
-            buf: Vec::new(),
+            pages: Vec::new(),
             rows: 0,
             n: 0,
             pending: Vec::new(),
@@ -57,8 +61,9 @@ impl PartWriter {
         }
     }
 
-    /// Call after appending `rows` records to `buf`.
-    async fn added(&mut self, rows: u64) -> BResult<()> {
+    /// Adds a page of `rows` records; `write` serialises them later.
+    async fn push(&mut self, rows: u64, write: impl FnOnce(&mut Vec<u8>) + Send + 'static) -> BResult<()> {
+        self.pages.push(Box::new(write));
         self.rows += rows;
         if self.rows >= PART_ROWS as u64 {
             self.cut().await?;
@@ -67,7 +72,7 @@ impl PartWriter {
     }
 
     async fn cut(&mut self) -> BResult<()> {
-        let text = std::mem::take(&mut self.buf);
+        let pages = std::mem::take(&mut self.pages);
         let rows = std::mem::take(&mut self.rows);
         let path = format!("{}/{}-{:05}.{}.gz", self.stem_dir(), self.stem, self.n, self.ext);
         self.n += 1;
@@ -79,7 +84,16 @@ impl PartWriter {
             self.done.push(join(first).await?);
         }
         self.pending.push(tokio::spawn(async move {
-            let Packed { bytes, sha256, rows } = codec::pack_async(text, rows).await;
+            let packed = tokio::task::spawn_blocking(move || {
+                let mut text = Vec::new();
+                for page in pages {
+                    page(&mut text);
+                }
+                codec::pack(text, rows)
+            })
+            .await
+            .map_err(|e| BackupError::Invalid(format!("compressing {path} failed: {e}")))?;
+            let Packed { bytes, sha256, rows } = packed;
             let size = bytes.len() as u64;
             target.put(&full, bytes).await?;
             Ok(FileEntry {
@@ -151,18 +165,20 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
                     }
                 }
                 scan.part.entries += page.len() as u64;
-                codec::json_lines(&page, &mut entries.buf);
-                entries.added(page.len() as u64).await?;
+                entries
+                    .push(page.len() as u64, move |out| codec::json_lines(&page, out))
+                    .await?;
             }
             SnapshotBatch::Audit(page) => {
                 scan.part.audit_events += page.len() as u64;
-                codec::json_lines(&page, &mut audit.buf);
-                audit.added(page.len() as u64).await?;
+                audit
+                    .push(page.len() as u64, move |out| codec::json_lines(&page, out))
+                    .await?;
             }
             SnapshotBatch::Jobs(page) => {
                 scan.part.jobs += page.len() as u64;
-                codec::json_lines(&page, &mut jobs.buf);
-                jobs.added(page.len() as u64).await?;
+                jobs.push(page.len() as u64, move |out| codec::json_lines(&page, out))
+                    .await?;
             }
         }
     }
@@ -188,8 +204,8 @@ async fn export_index(roles: &Roles, target: &Target, dir: &str) -> BResult<(Vec
             part.window.add(e.created_at_ms);
         }
         part.pointers += page.len() as u64;
-        codec::pointer_lines(&page, &mut w.buf);
-        w.added(page.len() as u64).await?;
+        w.push(page.len() as u64, move |out| codec::pointer_lines(&page, out))
+            .await?;
         if next == 0 {
             break;
         }
@@ -229,8 +245,8 @@ async fn export_vectors(roles: &Roles, target: &Target, dir: &str) -> BResult<(V
                 })
                 .collect();
             part.points += lines.len() as u64;
-            codec::json_lines(&lines, &mut w.buf);
-            w.added(lines.len() as u64).await?;
+            w.push(lines.len() as u64, move |out| codec::json_lines(&lines, out))
+                .await?;
         }
         part.collections.push(c.name);
     }
@@ -298,10 +314,29 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
     let canary = canary::write(roles, &config.backup.deployment, &id, started_at).await?;
 
     // 2. Index pointers, the metadata snapshot and the pool listing, at once.
+    let timed = |what: &'static str| {
+        let t = Instant::now();
+        move || tracing::debug!(what, seconds = t.elapsed().as_secs_f64(), "backup: read")
+    };
     let (index, meta, pool) = tokio::join!(
-        export_index(roles, target, &dir),
-        export_metadata(roles, target, &dir, started_at),
-        target.pool(),
+        async {
+            let done = timed("index");
+            let r = export_index(roles, target, &dir).await;
+            done();
+            r
+        },
+        async {
+            let done = timed("metadata");
+            let r = export_metadata(roles, target, &dir, started_at).await;
+            done();
+            r
+        },
+        async {
+            let done = timed("pool listing");
+            let r = target.pool().await;
+            done();
+            r
+        },
     );
     let ((index_files, index_part), meta, pool) = (index?, meta?, pool?);
     let read_s = started.elapsed().as_secs_f64();
@@ -344,8 +379,9 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
         .collect();
     let mut w = PartWriter::new(target, &dir, "artifacts", "tsv");
     for chunk in present.chunks(PART_ROWS) {
-        codec::artifact_lines(chunk, &mut w.buf);
-        w.added(chunk.len() as u64).await?;
+        let chunk = chunk.to_vec();
+        w.push(chunk.len() as u64, move |out| codec::artifact_lines(&chunk, out))
+            .await?;
     }
     let artifact_files = w.finish().await?;
 

@@ -50,6 +50,9 @@ pub struct Target {
     root: String,
     /// The spec with secrets left out, for messages.
     pub label: String,
+    /// A local directory target: the deployment folder on disk (pool listings
+    /// read it directly, one `statx` per file instead of object_store's three).
+    local: Option<std::path::PathBuf>,
 }
 
 fn parse_query(q: &str) -> HashMap<String, String> {
@@ -71,6 +74,7 @@ impl Target {
                 "backup.deployment '{deployment}' must be a non-empty name without '/'"
             ));
         }
+        let mut local = None;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = spec.strip_prefix("s3://") {
             let (loc, query) = rest.split_once('?').unwrap_or((rest, ""));
             let (bucket, prefix) = loc.split_once('/').unwrap_or((loc, ""));
@@ -130,6 +134,7 @@ impl Target {
             std::fs::create_dir_all(dir).map_err(|e| format!("backup target '{dir}': cannot create it: {e}"))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                 .map_err(|e| format!("backup target '{dir}': {e}"))?;
+            local = Some(std::path::Path::new(dir).join(deployment));
             (Arc::new(fs), String::new())
         };
         let root = if prefix.is_empty() {
@@ -138,7 +143,12 @@ impl Target {
             format!("{prefix}/{deployment}")
         };
         let label = spec.split('?').next().unwrap_or(spec).to_string();
-        Ok(Target { store, root, label })
+        Ok(Target {
+            store,
+            root,
+            label,
+            local,
+        })
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -220,6 +230,46 @@ impl Target {
             .collect())
     }
 
+    /// [`Target::pool`] on a local directory: two threads, each reading half the shards.
+    async fn local_pool(&self, dir: std::path::PathBuf) -> TResult<HashMap<ArtifactId, (u64, i64)>> {
+        let half = |lo: u16, hi: u16, dir: std::path::PathBuf| {
+            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(ArtifactId, (u64, i64))>> {
+                let mut out = Vec::new();
+                for b in lo..hi {
+                    let rd = match std::fs::read_dir(dir.join(format!("{b:02x}"))) {
+                        Ok(rd) => rd,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
+                    for e in rd {
+                        let e = e?;
+                        let Some(id) = e.file_name().to_str().and_then(ArtifactId::from_hex) else {
+                            continue;
+                        };
+                        let m = e.metadata()?;
+                        let modified = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(0);
+                        out.push((id, (m.len(), modified)));
+                    }
+                }
+                Ok(out)
+            })
+        };
+        let (a, b) = tokio::join!(half(0, 128, dir.clone()), half(128, 256, dir));
+        let mut out = HashMap::new();
+        for part in [a, b] {
+            let part = part
+                .map_err(|e| self.err("list pool", e))?
+                .map_err(|e| self.err("list pool", e))?;
+            out.extend(part);
+        }
+        Ok(out)
+    }
+
     /// Where a pooled artifact lives.
     pub fn pool_rel(id: ArtifactId) -> String {
         let h = id.hex();
@@ -231,6 +281,9 @@ impl Target {
     /// step of an incremental backup otherwise).
     pub async fn pool(&self) -> TResult<HashMap<ArtifactId, (u64, i64)>> {
         use futures_util::StreamExt;
+        if let Some(dir) = &self.local {
+            return self.local_pool(dir.join("pool/sha256")).await;
+        }
         let shards = (0..=255u8).map(|b| {
             let me = self.clone();
             async move { me.list(&format!("pool/sha256/{b:02x}")).await }

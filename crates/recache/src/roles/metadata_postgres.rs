@@ -134,7 +134,8 @@ impl PostgresMetadata {
 recovery_queries!(PostgresMetadata);
 snapshot_queries!(
     PostgresMetadata,
-    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    "cache_key"
 );
 
 impl PostgresMetadata {

@@ -325,7 +325,7 @@ pub const SNAPSHOT_PAGE: i64 = 5000;
 /// transaction (PostgreSQL makes it a repeatable-read snapshot; SQLite's WAL
 /// gives a read transaction one snapshot by itself).
 macro_rules! snapshot_queries {
-    ($ty:ty, $begin:expr) => {
+    ($ty:ty, $begin:expr, $order:expr) => {
         impl $ty {
             async fn q_export(&self, out: tokio::sync::mpsc::Sender<super::SnapshotBatch>) -> Result<()> {
                 use super::metadata_sql::SNAPSHOT_PAGE;
@@ -340,17 +340,28 @@ macro_rules! snapshot_queries {
                 if !begin.is_empty() {
                     sqlx::query(begin).execute(&mut *tx).await.map_err(map_err)?;
                 }
-                let sql = Self::sql("SELECT * FROM entries WHERE cache_key > $1 ORDER BY cache_key LIMIT $2");
-                let mut after = String::new();
+                // Pages in storage order where the engine has one (`$order`:
+                // SQLite's rowid walks the table; a keyed walk costs a seek per row).
+                let order: &str = $order;
+                let sql = Self::sql(&format!(
+                    "SELECT {order} AS page_pos, * FROM entries WHERE {order} > $1 ORDER BY {order} LIMIT $2"
+                ));
+                let mut after: Option<String> = None;
+                let mut after_pos: i64 = i64::MIN;
                 loop {
-                    let rows = sqlx::query(&sql)
-                        .bind(&after)
-                        .bind(SNAPSHOT_PAGE)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
+                    let q = sqlx::query(&sql);
+                    let q = if order == "cache_key" {
+                        q.bind(after.clone().unwrap_or_default())
+                    } else {
+                        q.bind(after_pos)
+                    };
+                    let rows = q.bind(SNAPSHOT_PAGE).fetch_all(&mut *tx).await.map_err(map_err)?;
                     let Some(last) = rows.last() else { break };
-                    after = sqlx::Row::try_get::<String, _>(last, "cache_key").map_err(map_err)?;
+                    if order == "cache_key" {
+                        after = Some(sqlx::Row::try_get::<String, _>(last, "page_pos").map_err(map_err)?);
+                    } else {
+                        after_pos = sqlx::Row::try_get::<i64, _>(last, "page_pos").map_err(map_err)?;
+                    }
                     let page = rows.iter().map(row_to_entry).collect::<Result<Vec<_>>>()?;
                     out.send(SnapshotBatch::Entries(page)).await.map_err(|_| gone())?;
                 }

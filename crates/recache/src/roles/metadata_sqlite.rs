@@ -120,7 +120,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
-snapshot_queries!(SqliteMetadata, "");
+snapshot_queries!(SqliteMetadata, "", "rowid");
 
 impl SqliteMetadata {
     const CLAIM: &'static str = crate::queue::sql::CLAIM_SQLITE;

@@ -42,7 +42,7 @@ impl ArtifactId {
         Self(sha2::Sha256::digest(bytes).into())
     }
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        crate::key::hex32(&self.0)
     }
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 32];
@@ -273,7 +273,8 @@ pub trait Metadata: Send + Sync {
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>>;
     /// Streams one consistent snapshot (a single read transaction) of every
     /// entry (with its stored request), audit event and job to `out`, in
-    /// pages: entries first, then audit events, then jobs (backups).
+    /// pages (in no particular order): entries first, then audit events,
+    /// then jobs (backups).
     fn export_snapshot(&self, out: tokio::sync::mpsc::Sender<SnapshotBatch>) -> BoxFuture<'_, Result<()>>;
     /// Writes one page of a snapshot back (restores). Rows that exist are
     /// left alone: they were written after the backup, so they are newer.
