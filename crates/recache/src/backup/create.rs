@@ -154,7 +154,7 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
     let mut jobs = PartWriter::new(target, dir, "jobs", "jsonl");
     while let Some(batch) = rx.recv().await {
         match batch {
-            SnapshotBatch::Entries(page) => {
+            SnapshotBatch::EntryLines(page) => {
                 for e in &page {
                     scan.part.window.add(e.created_at_ms);
                     if e.expires_at_ms > now {
@@ -165,6 +165,26 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
                     }
                 }
                 scan.part.entries += page.len() as u64;
+                entries
+                    .push(page.len() as u64, move |out| {
+                        for e in &page {
+                            out.extend_from_slice(e.json.as_bytes());
+                            out.push(b'\n');
+                        }
+                    })
+                    .await?;
+            }
+            SnapshotBatch::Entries(page) => {
+                scan.part.entries += page.len() as u64;
+                for e in &page {
+                    scan.part.window.add(e.created_at_ms);
+                    if e.expires_at_ms > now {
+                        scan.part.live_entries += 1;
+                    }
+                    if !e.artifact_missing {
+                        scan.referenced.insert(e.artifact, e.response_bytes);
+                    }
+                }
                 entries
                     .push(page.len() as u64, move |out| codec::json_lines(&page, out))
                     .await?;
@@ -291,7 +311,7 @@ pub async fn copy_artifacts(
             (id, None) => missing.push(id),
         }
         done += 1;
-        if done % 256 == 0 {
+        if done.is_multiple_of(256) {
             ctx.progress(done, Some(total));
         }
     }
@@ -508,7 +528,7 @@ pub async fn copy_set(from: &Target, to: &Target, m: &Manifest, parallel: usize,
     while let Some(r) = s.next().await {
         r?;
         copied += 1;
-        if copied % 256 == 0 {
+        if copied.is_multiple_of(256) {
             ctx.progress(copied, Some(total));
         }
     }

@@ -109,6 +109,7 @@ pub async fn delete_set(target: &Target, id: &str) -> BResult<()> {
     for f in target.list(&dir).await? {
         target.delete(&f.rel).await?;
     }
+    target.remove_dir(&dir).await?;
     Ok(())
 }
 

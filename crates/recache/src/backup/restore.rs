@@ -224,7 +224,7 @@ pub async fn restore_into(
             Err(p) => r.problems.push(p),
         }
         done += 1;
-        if done % 256 == 0 {
+        if done.is_multiple_of(256) {
             ctx.progress(done.min(total_steps), Some(total_steps));
         }
     }

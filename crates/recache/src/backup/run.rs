@@ -51,28 +51,58 @@ pub async fn run_create(recovery: &Recovery, targets: &Targets, o: &CreateOption
         out["verified"] = serde_json::to_value(&v).unwrap_or_default();
     }
     if let Some(dr) = &targets.dr {
-        let copied = copy_set(&targets.primary, dr, &m, b.parallel, ctx).await?;
-        out["dr"] = json!({"target": dr.label, "artifacts_copied": copied});
-        // The DR copy is checked on its own target (structure: hashes and presence).
-        let v = verify(dr, Which::Dr, &m.id, &opts(targets, Level::Structure), ctx).await?;
-        if !v.ok {
-            out["ok"] = json!(false);
+        // The primary set is complete whatever happens here: a DR failure is
+        // reported (exit 1), not a reason to take the set again.
+        match copy_set(&targets.primary, dr, &m, b.parallel, ctx).await {
+            Ok(copied) => {
+                out["dr"] = json!({"target": dr.label, "artifacts_copied": copied});
+                // The DR copy is checked on its own target (structure: hashes and presence).
+                match verify(dr, Which::Dr, &m.id, &opts(targets, Level::Structure), ctx).await {
+                    Ok(v) => {
+                        if !v.ok {
+                            out["ok"] = json!(false);
+                        }
+                        out["dr"]["verified"] = serde_json::to_value(&v).unwrap_or_default();
+                    }
+                    Err(e) => {
+                        out["ok"] = json!(false);
+                        out["dr"]["error"] = json!(e.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(set = %m.id, error = %e, "backup: the DR copy failed");
+                out["ok"] = json!(false);
+                out["dr"] = json!({"target": dr.label, "error": e.to_string()});
+            }
         }
-        out["dr"]["verified"] = serde_json::to_value(&v).unwrap_or_default();
     }
     Ok(out)
 }
 
-/// Resolves `id` (`None`: the newest complete set).
-pub async fn resolve(targets: &Targets, which: Which, id: Option<&str>, verified: bool) -> BResult<String> {
+/// Resolves `id` (`None`: the newest complete set; with `usable`, the newest
+/// one whose last verification did not fail).
+pub async fn resolve(targets: &Targets, which: Which, id: Option<&str>, usable: bool) -> BResult<String> {
     let t = targets.get(which)?;
-    match id {
-        Some(id) => Ok(id.to_string()),
-        None => list::newest(t, verified)
-            .await?
-            .map(|m| m.id)
-            .ok_or_else(|| BackupError::Invalid(format!("no complete backup set on the {} target", which.name()))),
+    if let Some(id) = id {
+        return Ok(id.to_string());
     }
+    let mut ids = list::ids(t).await?;
+    while let Some(id) = ids.pop() {
+        if !matches!(list::load(t, &id).await, Ok(Some(_))) {
+            continue;
+        }
+        if usable && list::last_verification(t, &id).await?.is_some_and(|v| !v.ok) {
+            tracing::warn!(set = %id, "skipping a set that failed its last verification");
+            continue;
+        }
+        return Ok(id);
+    }
+    Err(BackupError::Invalid(format!(
+        "no complete{} backup set on the {} target",
+        if usable { ", unfailed" } else { "" },
+        which.name()
+    )))
 }
 
 /// Restores set `id` into the configured stores.
@@ -208,7 +238,25 @@ pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn
                 trigger,
                 full: payload["full"].as_bool().unwrap_or(false),
             };
-            run_create(recovery, &targets, &o, ctx).await
+            let mut out = run_create(recovery, &targets, &o, ctx).await?;
+            // The schedule prunes by the retention rules as sets come.
+            if payload["prune"].as_bool().unwrap_or(false) {
+                let grace = crate::cli::ops::parse_duration(&targets.config.backup.prune_grace)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(86_400_000);
+                for t in std::iter::once(&targets.primary).chain(targets.dr.as_ref()) {
+                    match super::prune::prune(t, &targets.config.backup, grace, false).await {
+                        Ok(p) => {
+                            out["pruned"][t.label.as_str()] =
+                                json!({"sets": p.sets_deleted, "artifacts": p.pool_deleted})
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = %t.label, error = %e, "backup: prune after the scheduled backup failed")
+                        }
+                    }
+                }
+            }
+            Ok(out)
         }
         _ => {
             let which = if payload["dr"].as_bool().unwrap_or(false) {

@@ -49,7 +49,7 @@ pub async fn run(recovery: Arc<Recovery>, targets: Targets, every: Duration, mut
         if !due {
             continue;
         }
-        let job = NewJob::new(BACKUP, serde_json::json!({"trigger": "scheduled"}))
+        let job = NewJob::new(BACKUP, serde_json::json!({"trigger": "scheduled", "prune": true}))
             .priority(80)
             .unique("backup:scheduled".to_string())
             .max_attempts(recovery.config.warmer.max_attempts);

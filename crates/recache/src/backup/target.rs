@@ -195,6 +195,18 @@ impl Target {
         }
     }
 
+    /// Removes what is left of a folder once its objects are deleted (a local
+    /// directory keeps its empty directories; object stores have none).
+    pub async fn remove_dir(&self, rel: &str) -> TResult<()> {
+        let Some(root) = &self.local else { return Ok(()) };
+        let dir = root.join(rel);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(format!("remove {rel}"), e)),
+        }
+    }
+
     /// Every object under `rel_prefix` (recursively).
     pub async fn list(&self, rel_prefix: &str) -> TResult<Vec<Listed>> {
         let prefix = self.path(rel_prefix);

@@ -236,7 +236,7 @@ async fn run(
         if let Some(p) = r? {
             v.problems.push(p);
         }
-        if v.artifacts_checked % 256 == 0 {
+        if v.artifacts_checked.is_multiple_of(256) {
             ctx.progress(v.artifacts_checked, Some(total));
         }
     }
@@ -413,4 +413,27 @@ fn scratch_recovery(
         config,
         Arc::new(upstreams),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_partition_the_artifacts() {
+        assert!(Subset::parse("0/3").is_err());
+        assert!(Subset::parse("4/3").is_err());
+        assert!(Subset::parse("x").is_err());
+        let t = 7;
+        let slices: Vec<Subset> = (1..=t).map(|n| Subset::parse(&format!("{n}/{t}")).unwrap()).collect();
+        let mut sizes = vec![0usize; t as usize];
+        for i in 0..7000u32 {
+            let id = ArtifactId::of(&i.to_le_bytes());
+            let hits: Vec<usize> = (0..t as usize).filter(|s| slices[*s].contains(&id)).collect();
+            assert_eq!(hits.len(), 1, "every artifact is in exactly one slice");
+            sizes[hits[0]] += 1;
+        }
+        // Slices are about even, so a daily cron does about the same work each day.
+        assert!(sizes.iter().all(|n| (800..1200).contains(n)), "{sizes:?}");
+    }
 }

@@ -75,7 +75,7 @@ pub enum BackupCommand {
         common: Common,
         /// The set to restore.
         id: Option<String>,
-        /// Restore the newest verified set.
+        /// Restore the newest set whose last verification did not fail.
         #[arg(long, conflicts_with = "id")]
         latest: bool,
         /// Restore into stores that hold data, or a set that failed verification.
@@ -223,11 +223,14 @@ async fn create(c: &Common, full: bool, scheduled: bool) -> Result<i32, Exit> {
             out.push_str(&verification_text(ver));
         }
         if let Some(dr) = v.get("dr") {
-            out.push_str(&format!(
-                "  DR copy on {}: {} artifacts copied\n",
-                dr["target"].as_str().unwrap_or(""),
-                dr["artifacts_copied"]
-            ));
+            match dr["error"].as_str() {
+                Some(e) => out.push_str(&format!("  DR copy FAILED: {e}\n")),
+                None => out.push_str(&format!(
+                    "  DR copy on {}: {} artifacts copied\n",
+                    dr["target"].as_str().unwrap_or(""),
+                    dr["artifacts_copied"]
+                )),
+            }
             if let Some(ver) = dr.get("verified") {
                 out.push_str(&verification_text(ver));
             }

@@ -502,6 +502,11 @@ pub async fn metadata_snapshot_round_trip(meta: &dyn Metadata) {
     for batch in batches {
         match batch {
             SnapshotBatch::Entries(e) => entries.extend(e),
+            SnapshotBatch::EntryLines(lines) => entries.extend(
+                lines
+                    .iter()
+                    .map(|l| serde_json::from_str::<EntryRecord>(&l.json).expect("an exported line parses")),
+            ),
             SnapshotBatch::Audit(e) => events.extend(e),
             SnapshotBatch::Jobs(_) => {}
         }

@@ -135,7 +135,11 @@ recovery_queries!(PostgresMetadata);
 snapshot_queries!(
     PostgresMetadata,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    "cache_key"
+    "cache_key",
+    &format!(
+        "json_build_object({}, 'artifact_missing', artifact_missing <> 0)::text",
+        super::metadata_sql::ENTRY_JSON_FIELDS
+    )
 );
 
 impl PostgresMetadata {

@@ -317,6 +317,14 @@ pub const RESTORE_JOB_SQL: &str = "INSERT INTO jobs (kind, payload, priority, st
      run_after_ms, unique_key, namespace, created_at_ms, finished_at_ms, updated_at_ms, last_error, result) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT DO NOTHING";
 
+/// The keys and columns of an exported entry's JSON (`EntryRecord`'s serde
+/// names), as `'name', column` pairs for `json_object` / `json_build_object`.
+pub const ENTRY_JSON_FIELDS: &str = "'key', cache_key, 'tenant', tenant, 'namespace', namespace, \
+     'endpoint', endpoint, 'model', model, 'artifact', artifact_sha256, 'request_bytes', request_bytes, \
+     'response_bytes', response_bytes, 'prompt_tokens', prompt_tokens, 'completion_tokens', completion_tokens, \
+     'cost_usd', cost_usd, 'created_at_ms', created_at_ms, 'expires_at_ms', expires_at_ms, \
+     'last_hit_at_ms', last_hit_at_ms, 'hit_count', hit_count, 'request', request_json";
+
 /// Rows per page of a snapshot.
 pub const SNAPSHOT_PAGE: i64 = 5000;
 
@@ -325,7 +333,7 @@ pub const SNAPSHOT_PAGE: i64 = 5000;
 /// transaction (PostgreSQL makes it a repeatable-read snapshot; SQLite's WAL
 /// gives a read transaction one snapshot by itself).
 macro_rules! snapshot_queries {
-    ($ty:ty, $begin:expr, $order:expr) => {
+    ($ty:ty, $begin:expr, $order:expr, $json:expr) => {
         impl $ty {
             async fn q_export(&self, out: tokio::sync::mpsc::Sender<super::SnapshotBatch>) -> Result<()> {
                 use super::metadata_sql::SNAPSHOT_PAGE;
@@ -342,9 +350,12 @@ macro_rules! snapshot_queries {
                 }
                 // Pages in storage order where the engine has one (`$order`:
                 // SQLite's rowid walks the table; a keyed walk costs a seek per row).
+                // Each entry's JSON is built by the engine (`$json`).
                 let order: &str = $order;
+                let json: &str = $json;
                 let sql = Self::sql(&format!(
-                    "SELECT {order} AS page_pos, * FROM entries WHERE {order} > $1 ORDER BY {order} LIMIT $2"
+                    "SELECT {order} AS page_pos, artifact_sha256, response_bytes, artifact_missing, created_at_ms, \
+                     expires_at_ms, {json} AS line FROM entries WHERE {order} > $1 ORDER BY {order} LIMIT $2"
                 ));
                 let mut after: Option<String> = None;
                 let mut after_pos: i64 = i64::MIN;
@@ -362,8 +373,23 @@ macro_rules! snapshot_queries {
                     } else {
                         after_pos = sqlx::Row::try_get::<i64, _>(last, "page_pos").map_err(map_err)?;
                     }
-                    let page = rows.iter().map(row_to_entry).collect::<Result<Vec<_>>>()?;
-                    out.send(SnapshotBatch::Entries(page)).await.map_err(|_| gone())?;
+                    let page = rows
+                        .iter()
+                        .map(|r| {
+                            use sqlx::Row as _;
+                            let art: String = r.try_get("artifact_sha256").map_err(map_err)?;
+                            Ok(super::EntryLine {
+                                artifact: ArtifactId::from_hex(&art)
+                                    .ok_or_else(|| super::metadata_sql::corrupt("artifact_sha256"))?,
+                                response_bytes: r.try_get::<i64, _>("response_bytes").map_err(map_err)? as u64,
+                                artifact_missing: r.try_get::<i64, _>("artifact_missing").map_err(map_err)? != 0,
+                                created_at_ms: r.try_get("created_at_ms").map_err(map_err)?,
+                                expires_at_ms: r.try_get("expires_at_ms").map_err(map_err)?,
+                                json: r.try_get("line").map_err(map_err)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    out.send(SnapshotBatch::EntryLines(page)).await.map_err(|_| gone())?;
                 }
                 let sql = Self::sql("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
                 let mut seq = 0i64;
@@ -403,8 +429,23 @@ macro_rules! snapshot_queries {
             async fn q_import(&self, batch: super::SnapshotBatch) -> Result<u64> {
                 use super::SnapshotBatch;
                 self.ready().await?;
+                let batch = match batch {
+                    SnapshotBatch::EntryLines(lines) => SnapshotBatch::Entries(
+                        lines
+                            .iter()
+                            .map(|l| serde_json::from_str::<EntryRecord>(&l.json))
+                            .collect::<std::result::Result<Vec<_>, _>>()
+                            .map_err(|e| BackendError::Protocol {
+                                backend: NAME,
+                                detail: format!("an exported entry does not parse: {e}"),
+                            })?,
+                    ),
+                    other => other,
+                };
                 let mut n = 0;
                 match batch {
+                    // Converted above.
+                    SnapshotBatch::EntryLines(_) => {}
                     SnapshotBatch::Entries(entries) => {
                         let sql = Self::sql(super::metadata_sql::RESTORE_ENTRY_SQL);
                         let mut tx = self.writer().begin().await.map_err(map_err)?;

@@ -120,7 +120,15 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
-snapshot_queries!(SqliteMetadata, "", "rowid");
+snapshot_queries!(
+    SqliteMetadata,
+    "",
+    "rowid",
+    &format!(
+        "json_object({}, 'artifact_missing', json(CASE WHEN artifact_missing <> 0 THEN 'true' ELSE 'false' END))",
+        super::metadata_sql::ENTRY_JSON_FIELDS
+    )
+);
 
 impl SqliteMetadata {
     const CLAIM: &'static str = crate::queue::sql::CLAIM_SQLITE;
