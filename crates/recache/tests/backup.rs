@@ -211,6 +211,53 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// `recache bench seed --artifacts` of `n` entries for team-a into the config's stores.
+fn seed(cfg: &Path, n: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args([
+            "bench",
+            "seed",
+            "--artifacts",
+            "--tenant",
+            "team-a",
+            "--entries",
+            n,
+            "--config",
+        ])
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `recache backup create` in the background (stderr captured).
+fn spawn_create(cfg: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+        .args(["backup", "create", "--format", "json", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+impl Bk {
+    /// Waits until the backup in progress has copied `n` artifacts into the pool.
+    async fn wait_pool(&self, n: usize, child: &mut std::process::Child) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.pool_files(&self.primary).len() < n {
+            assert!(std::time::Instant::now() < deadline, "the backup never started copying");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the backup finished before the fault"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 fn flip_byte(p: &Path) {
     let mut b = std::fs::read(p).unwrap();
     let i = b.len() / 2;
@@ -454,40 +501,10 @@ async fn kill9_mid_backup(kind: Kind) {
     // Enough entries that the copy takes a while.
     let n = if kind == Kind::Real { "1500" } else { "20000" };
     let cfg = b.env.config_file();
-    let seed = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
-        .args([
-            "bench",
-            "seed",
-            "--artifacts",
-            "--tenant",
-            "team-a",
-            "--entries",
-            n,
-            "--config",
-        ])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(seed.status.success(), "{}", String::from_utf8_lossy(&seed.stderr));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
-        .args(["backup", "create", "--format", "json", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    seed(&cfg, n);
+    let mut child = spawn_create(&cfg);
     // Wait until it is copying artifacts, then kill it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while b.pool_files(&b.primary).len() < 200 {
-        assert!(std::time::Instant::now() < deadline, "the backup never started copying");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backup finished before it could be killed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    b.wait_pool(200, &mut child).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let copied_before = b.pool_files(&b.primary).len() as u64;
@@ -517,35 +534,9 @@ async fn target_failure_mid_backup() {
     };
     b.stop().await;
     let cfg = b.env.config_file();
-    let seed = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
-        .args([
-            "bench",
-            "seed",
-            "--artifacts",
-            "--tenant",
-            "team-a",
-            "--entries",
-            "3000",
-            "--config",
-        ])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(seed.status.success());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
-        .args(["backup", "create", "--format", "json", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while b.pool_files(&b.primary).len() < 100 {
-        assert!(std::time::Instant::now() < deadline, "the backup never started copying");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    seed(&cfg, "3000");
+    let mut child = spawn_create(&cfg);
+    b.wait_pool(100, &mut child).await;
     b._servers[1].kill9();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await

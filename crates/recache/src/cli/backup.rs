@@ -146,27 +146,14 @@ pub async fn run(a: BackupArgs) -> i32 {
 
 /// Runs `kind` in the running gateway's workers (its embedded index cannot be opened twice) and waits.
 async fn hand_to_gateway(c: &Common, kind: &str, payload: Value) -> Result<Value, Exit> {
-    use crate::queue::{JobState, NewJob};
+    use crate::queue::NewJob;
     let r = super::ops::open_queue(&c.config).await?;
     eprintln!("recache backup: the embedded index belongs to the running gateway; its workers run this ({kind})");
     let job = NewJob::new(kind, payload)
         .priority(85)
         .unique(format!("{kind}:cli"))
         .max_attempts(1);
-    let e = r.queue.enqueue(job).await.map_err(|e| Exit::problem(e.to_string()))?;
-    let (jobs, finished) = super::warmer::wait_jobs(&r, &[e.id], 6 * 3600, c.format == OutputFormat::Text).await?;
-    let j = jobs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Exit::problem("the job vanished"))?;
-    if !finished || j.state != JobState::Succeeded {
-        return Err(Exit::problem(format!(
-            "job #{} ended {}: {}",
-            j.id,
-            j.state.as_str(),
-            j.last_error.unwrap_or_default()
-        )));
-    }
+    let j = super::warmer::run_in_gateway(&r, job, 6 * 3600, c.format == OutputFormat::Text).await?;
     Ok(j.result.unwrap_or_default())
 }
 

@@ -39,7 +39,7 @@ pub struct RepairArgs {
 
 /// Queues the repair for the gateway's workers (the embedded index is theirs) and waits for it.
 async fn hand_to_gateway(a: &RepairArgs) -> Result<i32, Exit> {
-    use crate::queue::{JobState, NewJob};
+    use crate::queue::NewJob;
     use crate::recovery::jobs::{default_priority, REBUILD_INDEX, RECONCILE_METADATA, REFETCH};
     let r = super::ops::open_queue(&a.config).await?;
     let (kind, mut payload) = if a.missing_artifacts {
@@ -59,20 +59,7 @@ async fn hand_to_gateway(a: &RepairArgs) -> Result<i32, Exit> {
         .priority(default_priority(kind))
         .unique(format!("{kind}:repair"))
         .max_attempts(r.config.warmer.max_attempts);
-    let e = r.queue.enqueue(job).await.map_err(|e| Exit::problem(e.to_string()))?;
-    let (jobs, finished) = super::warmer::wait_jobs(&r, &[e.id], 3600, a.format == OutputFormat::Text).await?;
-    let j = jobs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Exit::problem("the job vanished"))?;
-    if !finished || j.state != JobState::Succeeded {
-        return Err(Exit::problem(format!(
-            "job #{} ended {}: {}",
-            j.id,
-            j.state.as_str(),
-            j.last_error.unwrap_or_default()
-        )));
-    }
+    let j = super::warmer::run_in_gateway(&r, job, 3600, a.format == OutputFormat::Text).await?;
     let mut v = j.result.unwrap_or_default();
     v["job"] = serde_json::json!(j.id);
     print(a.format, &v, |v| {

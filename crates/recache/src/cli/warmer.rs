@@ -502,6 +502,27 @@ pub async fn wait_jobs(r: &QueueEnv, ids: &[i64], timeout_s: u64, bar: bool) -> 
     }
 }
 
+/// Queues `job` for a running gateway's workers (a CLI process cannot open
+/// the embedded index a gateway owns), waits for it, and returns it once it
+/// succeeded; any other end is an error naming the job.
+pub async fn run_in_gateway(r: &QueueEnv, job: crate::queue::NewJob, timeout_s: u64, bar: bool) -> Result<Job, Exit> {
+    let e = r.queue.enqueue(job).await.map_err(|e| Exit::problem(e.to_string()))?;
+    let (jobs, finished) = wait_jobs(r, &[e.id], timeout_s, bar).await?;
+    let j = jobs
+        .into_iter()
+        .next()
+        .ok_or_else(|| Exit::problem("the job vanished"))?;
+    if !finished || j.state != JobState::Succeeded {
+        return Err(Exit::problem(format!(
+            "job #{} ended {}: {}",
+            j.id,
+            j.state.as_str(),
+            j.last_error.clone().unwrap_or_default()
+        )));
+    }
+    Ok(j)
+}
+
 async fn retry(a: RetryArgs) -> Result<i32, Exit> {
     let r = open_queue(&a.config).await?;
     debug_assert!(a.dead, "clap requires --dead");
