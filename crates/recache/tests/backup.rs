@@ -649,3 +649,51 @@ async fn scheduled_backups_one_replica_each() {
     assert_eq!(m["manifest"]["trigger"], "scheduled");
     second.shutdown().await;
 }
+
+/// A running gateway keeps serving while a restore runs underneath it (real
+/// engines: the CLI writes to the same Redis, S3 and PostgreSQL): no client
+/// error at any point, misses go to the provider until the index is written,
+/// and afterwards every restored prompt is a HIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_under_live_traffic() {
+    let Some(mut b) = setup(Kind::Real, "verify_after_create = false").await else {
+        return;
+    };
+    b.chats(0, 10).await;
+    let (code, v, err) = b.cli(&["backup", "create"]).await;
+    assert_eq!(code, 0, "{v} {err}");
+    b.wipe().await;
+    b.env.start().await;
+    // Traffic on other prompts for as long as the restore runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (http, base, flag) = (b.env.http.clone(), b.env.base.clone(), stop.clone());
+    let load = tokio::spawn(async move {
+        let (mut ok, mut bad, mut i) = (0u32, 0u32, 0u32);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(common::KEY_A)
+                .json(&common::chat_body(&format!("live traffic {}", i % 20), false))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => ok += 1,
+                _ => bad += 1,
+            }
+            i += 1;
+        }
+        (ok, bad)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The live traffic has written entries by now: the restore needs --force.
+    let (code, r, err) = b.cli(&["backup", "restore", "--latest", "--force"]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = load.await.unwrap();
+    assert_eq!(code, 0, "{r} {err}");
+    assert_eq!(bad, 0, "no client-visible error during the restore ({ok} answered)");
+    assert!(ok > 0);
+    let calls = b.env.stub.calls();
+    let statuses = b.chats(0, 10).await;
+    assert!(statuses.iter().all(|s| s == "HIT"), "{statuses:?}");
+    assert_eq!(b.env.stub.calls(), calls);
+}
