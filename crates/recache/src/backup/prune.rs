@@ -43,6 +43,8 @@ pub struct PruneReport {
     pub pool_deleted_bytes: u64,
     /// Unreferenced, but younger than the grace period.
     pub pool_kept_in_grace: u64,
+    /// Whether the pool was garbage-collected this time.
+    pub pool_collected: bool,
 }
 
 /// Which sets the rules keep. `sets`: (id, started_at_ms, trigger, verified), any order.
@@ -114,8 +116,22 @@ pub async fn delete_set(target: &Target, id: &str) -> BResult<()> {
 }
 
 pub async fn prune(target: &Target, rules: &BackupConfig, grace_ms: i64, dry_run: bool) -> BResult<PruneReport> {
+    prune_with(target, rules, grace_ms, dry_run, true).await
+}
+
+/// [`prune`], with the pool's garbage collection optional: it reads every
+/// remaining set's artifact list, which a schedule of one set a minute need
+/// not do every minute.
+pub async fn prune_with(
+    target: &Target,
+    rules: &BackupConfig,
+    grace_ms: i64,
+    dry_run: bool,
+    collect_pool: bool,
+) -> BResult<PruneReport> {
     let mut r = PruneReport {
         dry_run,
+        pool_collected: collect_pool,
         ..Default::default()
     };
     let now = now_ms();
@@ -130,7 +146,7 @@ pub async fn prune(target: &Target, rules: &BackupConfig, grace_ms: i64, dry_run
     let doomed: HashSet<String> = r.sets.iter().filter(|d| !d.keep).map(|d| d.set.clone()).collect();
     // What the remaining sets refer to.
     let mut referenced: HashSet<ArtifactId> = HashSet::new();
-    for f in sets.iter().filter(|f| !doomed.contains(&f.manifest.id)) {
+    for f in sets.iter().filter(|f| collect_pool && !doomed.contains(&f.manifest.id)) {
         for (id, _) in super::verify::artifact_list(target, &f.manifest).await? {
             referenced.insert(id);
         }
@@ -169,6 +185,9 @@ pub async fn prune(target: &Target, rules: &BackupConfig, grace_ms: i64, dry_run
         }
     }
     // The pool.
+    if !collect_pool {
+        return Ok(r);
+    }
     let pool = target.pool().await?;
     r.pool_artifacts = pool.len() as u64;
     r.pool_referenced = pool.keys().filter(|id| referenced.contains(id)).count() as u64;

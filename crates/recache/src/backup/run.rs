@@ -244,8 +244,14 @@ pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn
                 let grace = crate::cli::ops::parse_duration(&targets.config.backup.prune_grace)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(86_400_000);
+                // Sets go at once; the pool is collected at most hourly (see prune_with).
+                static LAST_GC: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+                let gc = now_ms() - LAST_GC.load(std::sync::atomic::Ordering::Relaxed) > 3_600_000;
+                if gc {
+                    LAST_GC.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                }
                 for t in std::iter::once(&targets.primary).chain(targets.dr.as_ref()) {
-                    match super::prune::prune(t, &targets.config.backup, grace, false).await {
+                    match super::prune::prune_with(t, &targets.config.backup, grace, false, gc).await {
                         Ok(p) => {
                             out["pruned"][t.label.as_str()] =
                                 json!({"sets": p.sets_deleted, "artifacts": p.pool_deleted})
