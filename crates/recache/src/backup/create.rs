@@ -18,7 +18,7 @@ use super::manifest::{self, FileEntry, Manifest};
 use super::target::Target;
 use super::{canary, set_dir, BResult, BackupError, Targets};
 use crate::queue::worker::JobCtx;
-use crate::roles::{now_ms, ArtifactId, AuditEvent, Roles, SnapshotBatch};
+use crate::roles::{now_ms, ArtifactId, Roles, SnapshotBatch};
 
 #[derive(Clone, Debug, Default)]
 pub struct CreateOptions {
@@ -462,22 +462,16 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
         reused,
         "backup: set written"
     );
-    let _ = roles
-        .metadata
-        .append_audit(vec![AuditEvent {
-            id: crate::cache::event_id(),
-            at_ms: now_ms(),
-            tenant: None,
-            actor: "backup".into(),
-            action: "backup.create".into(),
-            cache_key: None,
-            detail: json!({
-                "set": id, "target": target.label, "kind": m.kind, "trigger": m.trigger,
-                "entries": m.roles.metadata.entries, "copied": copied, "reused": reused,
-                "missing": m.roles.artifacts.missing, "seconds": seconds,
-            }),
-        }])
-        .await;
+    super::audit(
+        roles.metadata.as_ref(),
+        "backup.create",
+        json!({
+            "set": id, "target": target.label, "kind": m.kind, "trigger": m.trigger,
+            "entries": m.roles.metadata.entries, "copied": copied, "reused": reused,
+            "missing": m.roles.artifacts.missing, "seconds": seconds,
+        }),
+    )
+    .await;
     Ok(m)
 }
 

@@ -100,6 +100,22 @@ impl Targets {
     }
 }
 
+/// Writes one backup event to the audit log. Best effort: a backup's result
+/// never depends on it (the audit log is itself in the store being saved).
+pub async fn audit(metadata: &dyn crate::roles::Metadata, action: &str, detail: serde_json::Value) {
+    let _ = metadata
+        .append_audit(vec![crate::roles::AuditEvent {
+            id: crate::cache::event_id(),
+            at_ms: crate::roles::now_ms(),
+            tenant: None,
+            actor: "backup".into(),
+            action: action.into(),
+            cache_key: None,
+            detail,
+        }])
+        .await;
+}
+
 /// A set's folder, relative to the deployment folder.
 pub fn set_dir(id: &str) -> String {
     format!("sets/{id}")

@@ -14,7 +14,7 @@ use super::verify::{verify, Level, VerifyOptions};
 use super::{list, BResult, BackupError, Targets, Which};
 use crate::queue::worker::JobCtx;
 use crate::recovery::Recovery;
-use crate::roles::{now_ms, AuditEvent};
+use crate::roles::now_ms;
 
 pub const BACKUP: &str = "backup";
 pub const BACKUP_RESTORE: &str = "backup-restore";
@@ -201,18 +201,7 @@ pub async fn run_restore(
         "steps": report.steps.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "problems": problems, "warnings": warnings,
     });
-    let _ = roles
-        .metadata
-        .append_audit(vec![AuditEvent {
-            id: crate::cache::event_id(),
-            at_ms: now_ms(),
-            tenant: None,
-            actor: "backup".into(),
-            action: "backup.restore".into(),
-            cache_key: None,
-            detail: out.clone(),
-        }])
-        .await;
+    super::audit(roles.metadata.as_ref(), "backup.restore", out.clone()).await;
     Ok(out)
 }
 

@@ -118,13 +118,7 @@ pub async fn verify(
         level: opts.level.name().into(),
         subset: opts.subset.map(|s| format!("{}/{}", s.n, s.t)),
         target: which.name().into(),
-        ok: false,
-        files_checked: 0,
-        artifacts_checked: 0,
-        restored_entries: 0,
-        canary: None,
-        problems: Vec::new(),
-        seconds: 0.0,
+        ..Verification::scratch()
     };
     let found = match list::load(target, id).await {
         Ok(Some(f)) => f,

@@ -379,17 +379,12 @@ async fn verify_set(c: &Common, id: Option<String>, level: Level, subset: Option
     let v = res.map_err(berr)?;
     // Also in the audit log, when metadata is reachable.
     if let Ok((metadata, _)) = crate::server::open_metadata(&t.config).await {
-        let _ = metadata
-            .append_audit(vec![crate::roles::AuditEvent {
-                id: crate::cache::event_id(),
-                at_ms: crate::roles::now_ms(),
-                tenant: None,
-                actor: "backup".into(),
-                action: "backup.verify".into(),
-                cache_key: None,
-                detail: serde_json::to_value(&v).unwrap_or_default(),
-            }])
-            .await;
+        crate::backup::audit(
+            metadata.as_ref(),
+            "backup.verify",
+            serde_json::to_value(&v).unwrap_or_default(),
+        )
+        .await;
     }
     let value = serde_json::to_value(&v).unwrap_or_default();
     print(c.format, &value, |x| {
