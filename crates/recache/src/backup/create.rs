@@ -129,6 +129,20 @@ impl PartWriter {
     }
 }
 
+impl MetaScan {
+    /// Counts one exported entry: its time window, liveness and artifact.
+    fn note(&mut self, artifact: ArtifactId, size: u64, missing: bool, created_ms: i64, expires_ms: i64, now: i64) {
+        self.part.entries += 1;
+        self.part.window.add(created_ms);
+        if expires_ms > now {
+            self.part.live_entries += 1;
+        }
+        if !missing {
+            self.referenced.insert(artifact, size);
+        }
+    }
+}
+
 async fn join(h: JoinHandle<BResult<FileEntry>>) -> BResult<FileEntry> {
     h.await
         .map_err(|e| BackupError::Invalid(format!("a part upload task failed: {e}")))?
@@ -156,15 +170,9 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
         match batch {
             SnapshotBatch::EntryLines(page) => {
                 for e in &page {
-                    scan.part.window.add(e.created_at_ms);
-                    if e.expires_at_ms > now {
-                        scan.part.live_entries += 1;
-                    }
-                    if !e.artifact_missing {
-                        scan.referenced.insert(e.artifact, e.response_bytes);
-                    }
+                    let (created, expires) = (e.created_at_ms, e.expires_at_ms);
+                    scan.note(e.artifact, e.response_bytes, e.artifact_missing, created, expires, now);
                 }
-                scan.part.entries += page.len() as u64;
                 entries
                     .push(page.len() as u64, move |out| {
                         for e in &page {
@@ -175,15 +183,9 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
                     .await?;
             }
             SnapshotBatch::Entries(page) => {
-                scan.part.entries += page.len() as u64;
                 for e in &page {
-                    scan.part.window.add(e.created_at_ms);
-                    if e.expires_at_ms > now {
-                        scan.part.live_entries += 1;
-                    }
-                    if !e.artifact_missing {
-                        scan.referenced.insert(e.artifact, e.response_bytes);
-                    }
+                    let (created, expires) = (e.created_at_ms, e.expires_at_ms);
+                    scan.note(e.artifact, e.response_bytes, e.artifact_missing, created, expires, now);
                 }
                 entries
                     .push(page.len() as u64, move |out| codec::json_lines(&page, out))

@@ -70,6 +70,32 @@ struct Collection {
 }
 
 impl Collection {
+    /// The point at `row` of `scope`, its vector dequantised from the codes.
+    fn point(&self, scope_name: &str, scope: &Scope, row: usize) -> Option<VectorPoint> {
+        let m = scope.meta.get(row)?;
+        Some(VectorPoint {
+            key: m.key,
+            scope: scope_name.to_string(),
+            tenant: m.tenant.clone(),
+            text: m.text.clone(),
+            expires_at_ms: m.expires_at_ms,
+            vector: scope.codes[row * self.dim..(row + 1) * self.dim]
+                .iter()
+                .map(|x| *x as f32 * scope.scales[row])
+                .collect(),
+        })
+    }
+
+    /// Keys after `after`, in key order, with where they live.
+    fn keys_after(&self, after: Option<CacheKey>) -> impl Iterator<Item = (&CacheKey, &(Arc<str>, usize))> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        self.at.range((lower, Bound::Unbounded))
+    }
+
     fn insert(&mut self, p: VectorPoint) {
         self.remove(p.key);
         let name: Arc<str> = match self.scopes.get_key_value(p.scope.as_str()) {
@@ -625,22 +651,11 @@ impl EmbeddedVectors {
         let mut w = BufWriter::new(new_log(&tmp, c.dim)?);
         let mut buf = Vec::new();
         for (scope_name, scope) in &c.scopes {
-            for (i, m) in scope.meta.iter().enumerate() {
+            for i in 0..scope.meta.len() {
                 buf.clear();
-                encode_upsert(
-                    &mut buf,
-                    &VectorPoint {
-                        key: m.key,
-                        scope: scope_name.to_string(),
-                        tenant: m.tenant.clone(),
-                        text: m.text.clone(),
-                        expires_at_ms: m.expires_at_ms,
-                        vector: scope.codes[i * c.dim..(i + 1) * c.dim]
-                            .iter()
-                            .map(|x| *x as f32 * scope.scales[i])
-                            .collect(),
-                    },
-                );
+                if let Some(p) = c.point(scope_name, scope, i) {
+                    encode_upsert(&mut buf, &p);
+                }
                 w.write_all(&buf)?;
             }
         }
@@ -876,18 +891,9 @@ impl Vectors for EmbeddedVectors {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<CacheKey>>> {
         Box::pin(async move {
-            use std::ops::Bound;
             let cols = read(&self.collections);
             let c = cols.get(collection).ok_or_else(|| missing(collection))?;
-            let lower = match after {
-                Some(k) => Bound::Excluded(k),
-                None => Bound::Unbounded,
-            };
-            Ok(c.at
-                .range((lower, Bound::Unbounded))
-                .take(limit)
-                .map(|(k, _)| *k)
-                .collect())
+            Ok(c.keys_after(after).take(limit).map(|(k, _)| *k).collect())
         })
     }
 
@@ -898,31 +904,11 @@ impl Vectors for EmbeddedVectors {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<VectorPoint>>> {
         Box::pin(async move {
-            use std::ops::Bound;
             let cols = read(&self.collections);
             let c = cols.get(collection).ok_or_else(|| missing(collection))?;
-            let lower = match after {
-                Some(k) => Bound::Excluded(k),
-                None => Bound::Unbounded,
-            };
-            Ok(c.at
-                .range((lower, Bound::Unbounded))
+            Ok(c.keys_after(after)
                 .take(limit)
-                .filter_map(|(_, (scope_name, row))| {
-                    let s = c.scopes.get(scope_name)?;
-                    let m = s.meta.get(*row)?;
-                    Some(VectorPoint {
-                        key: m.key,
-                        scope: scope_name.to_string(),
-                        tenant: m.tenant.clone(),
-                        text: m.text.clone(),
-                        expires_at_ms: m.expires_at_ms,
-                        vector: s.codes[row * c.dim..(row + 1) * c.dim]
-                            .iter()
-                            .map(|x| *x as f32 * s.scales[*row])
-                            .collect(),
-                    })
-                })
+                .filter_map(|(_, (scope_name, row))| c.point(scope_name, c.scopes.get(scope_name)?, *row))
                 .collect())
         })
     }

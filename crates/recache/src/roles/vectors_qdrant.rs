@@ -84,6 +84,33 @@ fn payload_int(p: &std::collections::HashMap<String, qdrant_client::qdrant::Valu
 }
 
 impl QdrantVectors {
+    /// Up to `limit` points of `collection` with keys after `after`, in key
+    /// order (points come in id order, and the id is the key's first 16
+    /// bytes), with their payload and, if asked, their vectors.
+    async fn scroll_after(
+        &self,
+        collection: &str,
+        after: Option<CacheKey>,
+        limit: usize,
+        with_vectors: bool,
+    ) -> Result<Vec<(CacheKey, qdrant_client::qdrant::RetrievedPoint)>> {
+        let mut req = ScrollPointsBuilder::new(collection)
+            .limit(limit as u32 + 1)
+            .with_payload(true)
+            .with_vectors(with_vectors);
+        if let Some(a) = &after {
+            req = req.offset(point_id(a));
+        }
+        let resp = self.client.scroll(req).await.map_err(err)?;
+        Ok(resp
+            .result
+            .into_iter()
+            .filter_map(|p| Some((CacheKey::from_hex(&payload_str(&p.payload, "key")?)?, p)))
+            .filter(|(k, _)| after.is_none_or(|a| *k > a))
+            .take(limit)
+            .collect())
+    }
+
     /// Connects lazily (the first call opens the gRPC channel).
     pub fn new(url: &str, timeout: Duration, prefix: &str) -> anyhow::Result<Self> {
         let client = Qdrant::from_url(url)
@@ -359,20 +386,11 @@ impl Vectors for QdrantVectors {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<CacheKey>>> {
         Box::pin(async move {
-            // Points come in id order, and the id is the key's first 16 bytes: key order.
-            let mut req = ScrollPointsBuilder::new(collection)
-                .limit(limit as u32 + 1)
-                .with_payload(true);
-            if let Some(a) = &after {
-                req = req.offset(point_id(a));
-            }
-            let resp = self.client.scroll(req).await.map_err(err)?;
-            Ok(resp
-                .result
+            Ok(self
+                .scroll_after(collection, after, limit, false)
+                .await?
                 .into_iter()
-                .filter_map(|p| CacheKey::from_hex(&payload_str(&p.payload, "key")?))
-                .filter(|k| after.is_none_or(|a| *k > a))
-                .take(limit)
+                .map(|(k, _)| k)
                 .collect())
         })
     }
@@ -386,19 +404,11 @@ impl Vectors for QdrantVectors {
         Box::pin(async move {
             use qdrant_client::qdrant::vector_output::Vector;
             use qdrant_client::qdrant::vectors_output::VectorsOptions;
-            let mut req = ScrollPointsBuilder::new(collection)
-                .limit(limit as u32 + 1)
-                .with_payload(true)
-                .with_vectors(true);
-            if let Some(a) = &after {
-                req = req.offset(point_id(a));
-            }
-            let resp = self.client.scroll(req).await.map_err(err)?;
-            Ok(resp
-                .result
+            Ok(self
+                .scroll_after(collection, after, limit, true)
+                .await?
                 .into_iter()
-                .filter_map(|p| {
-                    let key = CacheKey::from_hex(&payload_str(&p.payload, "key")?)?;
+                .filter_map(|(key, p)| {
                     let vector = match p.vectors?.vectors_options? {
                         VectorsOptions::Vector(v) => match v.into_vector() {
                             Vector::Dense(d) => d.data,
@@ -415,8 +425,6 @@ impl Vectors for QdrantVectors {
                         vector,
                     })
                 })
-                .filter(|p| after.is_none_or(|a| p.key > a))
-                .take(limit)
                 .collect())
         })
     }
