@@ -238,6 +238,24 @@ impl Breaker {
         self.transition(&mut inner, BreakerState::ForcedOpen, "forced open by an operator");
     }
 
+    /// Forces the breaker open for `d` at most (drills): a task resets it at the
+    /// deadline unless its state changed meanwhile (an operator reset it, or forced it again).
+    pub fn force_open_for(self: &Arc<Self>, d: Duration) {
+        let generation = {
+            let mut inner = self.lock();
+            self.transition(&mut inner, BreakerState::ForcedOpen, "forced open by an operator (with a deadline)");
+            inner.generation
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let mut inner = me.lock();
+            if inner.state == BreakerState::ForcedOpen && inner.generation == generation {
+                me.transition(&mut inner, BreakerState::Closed, "forced-open deadline reached");
+            }
+        });
+    }
+
     /// Back to closed with clean counters.
     pub fn reset(&self) {
         let mut inner = self.lock();

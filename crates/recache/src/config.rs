@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
+    pub drill: crate::drill::config::DrillConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -563,6 +565,10 @@ impl Config {
         Ok((config, warnings))
     }
 
+    fn validate_drill(&self) -> Result<(), ConfigError> {
+        self.drill.validate().map_err(ConfigError)
+    }
+
     fn validate_backup(&self) -> Result<(), ConfigError> {
         let b = &self.backup;
         if b.deployment.is_empty() || b.deployment.contains('/') {
@@ -727,6 +733,7 @@ impl Config {
             }
         }
         self.validate_backup()?;
+        self.validate_drill()?;
         let prefix = &self.vectors.collection_prefix;
         if prefix.is_empty()
             || prefix.len() > 64

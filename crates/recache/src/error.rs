@@ -31,6 +31,9 @@ pub enum ApiError {
     UpstreamTimeout { upstream: String, timeout_ms: u64 },
     #[error("internal error: {0}")]
     Internal(String),
+    /// `Cache-Control: only-if-cached` and no entry to serve.
+    #[error("no cached answer for this request (Cache-Control: only-if-cached)")]
+    NotCached,
 }
 
 impl ApiError {
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::UpstreamUnreachable { .. } => ("upstream_error", "upstream_unreachable"),
             ApiError::UpstreamTimeout { .. } => ("upstream_error", "upstream_timeout"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
+            ApiError::NotCached => ("cache_error", "not_cached"),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod gateway;
 pub mod key;

@@ -27,6 +27,7 @@ async fn embedded_index_conformance() {
     drop(index);
     let (reopened, stats) = EmbeddedIndex::open(dir.path()).unwrap();
     assert_eq!(reopened.count().await.unwrap(), before, "{stats:?}");
+    c::index_wipe(reopened.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,6 +89,13 @@ async fn redis_index_conformance() {
         let len: i64 = redis::cmd("STRLEN").arg(k).query_async(&mut conn).await.unwrap();
         assert_eq!(len, 56, "{k} holds a pointer, not a payload");
     }
+    c::index_wipe(index.as_ref()).await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "a wipe leaves no key under the prefix: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

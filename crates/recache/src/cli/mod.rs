@@ -11,6 +11,7 @@ pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod bench_semantic;
+pub mod drill;
 pub mod health;
 pub mod ops;
 pub mod repair;
@@ -53,6 +54,8 @@ pub enum Command {
     Vectors(semantic::VectorsArgs),
     /// Backup sets of all four stores: create, list, verify, restore, prune.
     Backup(backup::BackupArgs),
+    /// DR drills: inject a failure under load, measure RTO/RPO/integrity/cost, write the report.
+    Drill(drill::DrillArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -110,5 +113,6 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Semantic(a) => semantic::run_semantic(a).await,
         Command::Vectors(a) => semantic::run_vectors(a).await,
         Command::Backup(a) => backup::run(a).await,
+        Command::Drill(a) => drill::run(a).await,
     }
 }

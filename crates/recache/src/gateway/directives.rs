@@ -1,5 +1,5 @@
 //! Per-request cache directives: `Cache-Control` (`no-cache`, `no-store`,
-//! `max-age=N`), `x-recache-ttl` (seconds to keep the answer) and
+//! `max-age=N`, `stale-if-error=N`, `only-if-cached`), `x-recache-ttl` (seconds to keep the answer) and
 //! `x-recache-namespace` (a partition inside the tenant), and for semantic
 //! matching `x-recache-semantic: off` and `x-recache-semantic-threshold`
 //! (a stricter threshold for this request; it can only raise the configured one).
@@ -14,6 +14,8 @@ pub struct Directives {
     pub no_cache: bool,
     /// Do not store the answer.
     pub no_store: bool,
+    /// Answer from the cache or not at all (504): never call the provider.
+    pub only_if_cached: bool,
     /// Accept only entries at most this many seconds old.
     pub max_age: Option<u64>,
     /// Serve an entry expired at most this long ago if the provider fails.
@@ -35,6 +37,7 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
     let mut d = Directives {
         no_cache: false,
         no_store: false,
+        only_if_cached: false,
         max_age: None,
         stale_if_error: None,
         ttl: None,
@@ -52,6 +55,7 @@ pub fn parse(headers: &HeaderMap, max_ttl: u64) -> Result<Directives, ApiError> 
             match (name.as_str(), arg) {
                 ("no-cache", _) => d.no_cache = true,
                 ("no-store", _) => d.no_store = true,
+                ("only-if-cached", _) => d.only_if_cached = true,
                 ("max-age", Some(a)) => {
                     d.max_age =
                         Some(a.parse().map_err(|_| {

@@ -331,10 +331,17 @@ pub async fn admin_breakers(State(s): State<Arc<AppState>>, headers: HeaderMap) 
 }
 
 /// `POST /admin/breakers/{backend}/{open|reset}`: force a breaker open (drills) or reset it.
+#[derive(serde::Deserialize)]
+pub struct BreakerQuery {
+    /// `open` only: the breaker closes by itself after this many seconds.
+    pub seconds: Option<u64>,
+}
+
 pub async fn admin_breaker_action(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path((backend, action)): Path<(String, String)>,
+    Query(q): Query<BreakerQuery>,
 ) -> Response {
     let run = async {
         check_admin(&s, &headers)?;
@@ -344,7 +351,11 @@ pub async fn admin_breaker_action(
             ))
         })?;
         match action.as_str() {
-            "open" => b.force_open(),
+            "open" => match q.seconds {
+                Some(0) => return Err(ApiError::InvalidRequest("seconds must be at least 1".into())),
+                Some(n) => b.force_open_for(std::time::Duration::from_secs(n)),
+                None => b.force_open(),
+            },
             "reset" => b.reset(),
             other => {
                 return Err(ApiError::InvalidRequest(format!(
@@ -360,7 +371,7 @@ pub async fn admin_breaker_action(
                 actor: "admin".into(),
                 action: format!("breaker.{action}"),
                 cache_key: None,
-                detail: json!({"backend": backend}),
+                detail: json!({"backend": backend, "seconds": q.seconds}),
             })
             .await;
         Ok(Json(json!({"breaker": b.status()})).into_response())

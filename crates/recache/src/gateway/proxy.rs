@@ -258,6 +258,10 @@ async fn serve(
         super::semantic::Step::Continue { prepared, shadow } => (prepared, shadow),
     };
 
+    // `only-if-cached`: what the cache cannot answer is not bought (RFC 9111 §5.2.1.7).
+    if d.only_if_cached {
+        return Err(ApiError::NotCached);
+    }
     let status = if d.no_cache || d.no_store {
         CacheStatus::Bypass
     } else {

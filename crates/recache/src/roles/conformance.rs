@@ -159,6 +159,32 @@ pub async fn index_bulk_scan_generation(index: &dyn Index) {
     assert!(index.generation().await.unwrap().is_some(), "marker kept");
 }
 
+/// A wipe (drills' losses) leaves nothing: no pointer, no generation marker.
+/// Destructive: run it last.
+pub async fn index_wipe(index: &dyn Index) {
+    index.put(test_key("index-wipe"), entry(3, 60_000)).await.unwrap();
+    index.set_generation("gen-wipe".into()).await.unwrap();
+    let removed = index.wipe().await.unwrap();
+    assert!(removed >= 1, "wipe reports what it removed");
+    assert_eq!(index.get(test_key("index-wipe")).await.unwrap(), None);
+    // (count() may include keys of others sharing a Redis: the scan is the index's own.)
+    let (mut cursor, mut left) = (0, 0);
+    loop {
+        let (page, next) = index.scan(cursor, 1000).await.unwrap();
+        left += page.len();
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(left, 0, "no pointer left after a wipe");
+    let generation = index.generation().await.unwrap();
+    assert!(
+        generation.is_none() || generation.as_deref() == Some("in-process"),
+        "a wiped networked index forgets its generation marker: {generation:?}"
+    );
+}
+
 pub async fn index_health(index: &dyn Index) {
     index.check().await.expect("a healthy index passes its check");
 }

@@ -127,6 +127,10 @@ impl Index for GuardedIndex {
     fn set_generation(&self, generation: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.guard.call(self.inner.set_generation(generation)))
     }
+    fn wipe(&self) -> BoxFuture<'_, Result<u64>> {
+        // Unguarded: a drill's loss must happen even while the breaker is open.
+        self.inner.wipe()
+    }
 }
 
 pub struct GuardedArtifacts {

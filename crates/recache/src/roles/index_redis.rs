@@ -295,6 +295,35 @@ impl Index for RedisIndex {
         })
     }
 
+    /// Every key under the prefix (pointers and the generation marker), as a flush would.
+    fn wipe(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let pattern = format!("{}*", self.prefix);
+            let (mut cursor, mut n) = (0u64, 0u64);
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(map_err)?;
+                if !keys.is_empty() {
+                    let removed: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await.map_err(map_err)?;
+                    n += removed;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            Ok(n)
+        })
+    }
+
     fn generation(&self) -> BoxFuture<'_, Result<Option<String>>> {
         Box::pin(async move {
             let mut c = self.conn().await?;

@@ -135,6 +135,26 @@ pub trait Index: Send + Sync {
     fn set_generation(&self, _generation: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// Destroys every pointer (and the generation marker): a loss, as a drill
+    /// makes it. Returns the pointers removed. Never called on the request path.
+    fn wipe(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let (mut cursor, mut keys) = (0u64, Vec::new());
+            loop {
+                let (page, next) = self.scan(cursor, 1000).await?;
+                keys.extend(page.into_iter().map(|(k, _)| k));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let mut n = 0;
+            for k in keys {
+                n += u64::from(self.delete(k).await?);
+            }
+            Ok(n)
+        })
+    }
 }
 
 /// One page of an index scan: the pointers and the next cursor (0: done).
