@@ -23,6 +23,8 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
 [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] || need_apt+=(postgresql)
+# Headless Chromium renders the drill reports' charts in the tests.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from Debian packages"
   export DEBIAN_FRONTEND=noninteractive

@@ -243,7 +243,11 @@ impl Breaker {
     pub fn force_open_for(self: &Arc<Self>, d: Duration) {
         let generation = {
             let mut inner = self.lock();
-            self.transition(&mut inner, BreakerState::ForcedOpen, "forced open by an operator (with a deadline)");
+            self.transition(
+                &mut inner,
+                BreakerState::ForcedOpen,
+                "forced open by an operator (with a deadline)",
+            );
             inner.generation
         };
         let me = self.clone();

@@ -25,7 +25,7 @@ pub struct DrillArgs {
 #[derive(Subcommand, Debug)]
 pub enum DrillCommand {
     /// Inject a failure under load, measure RTO, RPO, integrity and cost, and write the report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Past drills: scenario, time, verdict, RTO, RPO, report.
     List {
         #[command(flatten)]
@@ -98,7 +98,7 @@ pub struct RunArgs {
 
 pub async fn run(a: DrillArgs) -> i32 {
     match a.command {
-        DrillCommand::Run(r) => exit_code("drill", run_one(r).await),
+        DrillCommand::Run(r) => exit_code("drill", run_one(*r).await),
         DrillCommand::List { config, limit, format } => exit_code("drill", list(&config, limit, format).await),
         DrillCommand::Schedule { config, format } => exit_code("drill", schedule(&config, format).await),
     }
@@ -106,8 +106,16 @@ pub async fn run(a: DrillArgs) -> i32 {
 
 async fn run_one(a: RunArgs) -> Result<i32, Exit> {
     let env = env_map();
-    let config = load_config(&a.config, &env).map_err(|e| Exit::config(e.to_string()))?;
-    init_logging(LogFormat::Text, "warn");
+    let (config, warnings) =
+        crate::config::Config::load(&a.config.config, &env).map_err(|e| Exit::config(e.to_string()))?;
+    for w in warnings {
+        // A managed drill brings its own tenant.
+        if !(a.managed && w.starts_with("no [[tenants]]")) {
+            eprintln!("recache: warning: {w}");
+        }
+    }
+    // The timeline says what happened; the gateway's own logs only when they are errors.
+    init_logging(LogFormat::Text, "error");
     let scenario = Scenario::parse(&a.scenario).ok_or_else(|| {
         Exit::config(format!(
             "unknown scenario '{}' (expected one of {})",
@@ -117,9 +125,9 @@ async fn run_one(a: RunArgs) -> Result<i32, Exit> {
     })?;
     let dur = |name: &str, s: &str| parse_duration(s).map_err(|e| Exit::config(format!("--{name}: {e}")));
     let workload = match &a.workload {
-        Some(p) => Some(
-            std::fs::read_to_string(p).map_err(|e| Exit::config(format!("cannot read {}: {e}", p.display())))?,
-        ),
+        Some(p) => {
+            Some(std::fs::read_to_string(p).map_err(|e| Exit::config(format!("cannot read {}: {e}", p.display())))?)
+        }
         None => None,
     };
     let o = Options {

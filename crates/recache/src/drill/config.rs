@@ -164,8 +164,16 @@ impl DrillConfig {
             match e.method.as_str() {
                 "pause" => {}
                 "kill" if e.stop.is_some() && e.start.is_some() => {}
-                "kill" => return Err(format!("drill.engines.{name}: method = \"kill\" needs both 'stop' and 'start' commands")),
-                other => return Err(format!("drill.engines.{name}.method: '{other}' (expected pause or kill)")),
+                "kill" => {
+                    return Err(format!(
+                        "drill.engines.{name}: method = \"kill\" needs both 'stop' and 'start' commands"
+                    ))
+                }
+                other => {
+                    return Err(format!(
+                        "drill.engines.{name}.method: '{other}' (expected pause or kill)"
+                    ))
+                }
             }
         }
         Ok(())

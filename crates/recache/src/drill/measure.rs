@@ -133,13 +133,24 @@ mod tests {
         let xs: Vec<Sample> = (0..200)
             .map(|i| {
                 let t = i as f64 / 10.0;
-                s(t, if (5.0..9.0).contains(&t) { Outcome::Miss } else { Outcome::Hit })
+                s(
+                    t,
+                    if (5.0..9.0).contains(&t) {
+                        Outcome::Miss
+                    } else {
+                        Outcome::Hit
+                    },
+                )
             })
             .collect();
         assert_eq!(hit_rate(in_range(&xs, 0.0, 5.0)), 1.0);
         let at = recovered_at(&xs, 1.0, 5.0, 20.0).unwrap();
         assert!((at - 9.0).abs() < 0.01, "{at}");
-        assert_eq!(recovered_at(&xs, 1.0, 5.0, 11.0), None, "a window must fit before the end");
+        assert_eq!(
+            recovered_at(&xs, 1.0, 5.0, 11.0),
+            None,
+            "a window must fit before the end"
+        );
         let b = buckets(&xs, 20.0);
         assert_eq!(b.len(), 20);
         assert_eq!((b[6].misses, b[6].hits), (10, 0));

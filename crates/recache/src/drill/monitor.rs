@@ -105,7 +105,7 @@ pub async fn run(subject: Arc<Subject>, clock: Instant, out: Arc<Mutex<Observed>
                 .breakers
                 .push(BreakerSample { t, states });
         }
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let (ready, live_jobs) = tokio::join!(subject.ready(), subject.live_jobs());
             out.lock().unwrap_or_else(|e| e.into_inner()).health.push(HealthSample {
                 t,

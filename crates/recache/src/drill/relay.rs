@@ -28,7 +28,9 @@ impl Relay {
         let (c, list, to) = (cut.clone(), conns.clone(), target.to_string());
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if c.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;

@@ -85,10 +85,13 @@ impl Report {
         let _ = writeln!(m, "## Summary\n\n{}\n", self.summary);
         let _ = writeln!(
             m,
-            "- Drill: `{}`, started {} UTC, {} gateway\n- Settings: `{}`\n",
+            "- Drill: `{}`, started {} (UTC), {} gateway\n- Settings: `{}`\n",
             self.id, self.started_at, self.mode, self.settings
         );
-        let _ = writeln!(m, "## Results\n\n| Measure | Target | Actual | Result |\n|---|---|---|---|");
+        let _ = writeln!(
+            m,
+            "## Results\n\n| Measure | Target | Actual | Result |\n|---|---|---|---|"
+        );
         for r in &self.results {
             let _ = writeln!(m, "| {} | {} | {} | {} |", r.measure, r.target, r.actual, r.result());
         }
@@ -173,7 +176,10 @@ impl Report {
                 y0 + panel_h
             );
             if !values.is_empty() {
-                let pts: Vec<String> = values.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
+                let pts: Vec<String> = values
+                    .iter()
+                    .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+                    .collect();
                 let _ = write!(
                     s,
                     r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
@@ -193,7 +199,12 @@ impl Report {
                         y0 + panel_h
                     );
                     if i == 0 {
-                        let _ = write!(s, r#"<text x="{:.1}" y="{}" fill="{c}">{name}</text>"#, x(t) + 3.0, y0 + 14.0);
+                        let _ = write!(
+                            s,
+                            r#"<text x="{:.1}" y="{}" fill="{c}">{name}</text>"#,
+                            x(t) + 3.0,
+                            y0 + 14.0
+                        );
                     }
                 }
             }
@@ -202,7 +213,11 @@ impl Report {
         let step = (end / 10.0).ceil().max(1.0);
         let mut t = 0.0;
         while t <= end {
-            let _ = write!(s, r#"<text x="{:.1}" y="{axis_y}" text-anchor="middle">{t:.0}s</text>"#, x(t));
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{axis_y}" text-anchor="middle">{t:.0}s</text>"#,
+                x(t)
+            );
             t += step;
         }
         s.push_str("</svg>\n");

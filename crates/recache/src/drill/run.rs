@@ -414,7 +414,11 @@ async fn drive(
     };
     let steady_rps = steady.len() as f64 / steady_len;
     let steady_spend_rate = steady.iter().map(|s| s.cost_usd).sum::<f64>() / steady_len;
-    let lost_fraction = if scenario == Scenario::ArtifactsLoss { o.fraction } else { 0.0 };
+    let lost_fraction = if scenario == Scenario::ArtifactsLoss {
+        o.fraction
+    } else {
+        0.0
+    };
     let predicted_share = scenario.predicted_miss_share(steady_miss_share, lost_fraction);
     let predicted_rate = steady_rps * predicted_share * mean_miss_cost;
     clock.log(format!(
@@ -427,6 +431,16 @@ async fn drive(
         pct(predicted_share),
         predicted_rate
     ));
+
+    // A drill measures a working cache: without hits in the steady state there is nothing to lose.
+    if aborted.is_none() && steady_hit < config.drill.repeat_share / 2.0 {
+        aborted = Some(format!(
+            "the steady-state hit rate is {} where about {} was expected: the gateway does not serve repeats \
+             from its cache (a store down or misconfigured?), so no fault was injected",
+            pct(steady_hit),
+            pct(config.drill.repeat_share)
+        ));
+    }
 
     // The fault.
     let mut faults = Faults::default();
@@ -612,11 +626,19 @@ async fn drive(
     let (rpo_seconds, rpo_note) = match &backup {
         Some((set, at)) => (
             ((fault_ms - at) as f64 / 1000.0).max(0.0),
-            format!("time from backup {set} to the fault; {} of {probed} seeded entries not served after the restore", lost_idx.len()),
+            format!(
+                "time from backup {set} to the fault; {} of {probed} seeded entries not served after the restore",
+                lost_idx.len()
+            ),
         ),
         None => (
-            oldest_lost.map(|at| ((fault_ms - at) as f64 / 1000.0).max(0.0)).unwrap_or(0.0),
-            format!("{} of {probed} seeded entries not served after recovery", lost_idx.len()),
+            oldest_lost
+                .map(|at| ((fault_ms - at) as f64 / 1000.0).max(0.0))
+                .unwrap_or(0.0),
+            format!(
+                "{} of {probed} seeded entries not served after recovery",
+                lost_idx.len()
+            ),
         ),
     };
     clock.log(format!("probe: {rpo_note}"));
@@ -684,7 +706,11 @@ async fn audit_managed(r: &Arc<crate::recovery::Recovery>) -> (u64, u64, Value) 
         match r.audit(&opts, None, ctx.as_ref()).await {
             Ok(rep) => {
                 let bad = entry_problems(&serde_json::to_value(&rep.counts).unwrap_or_default());
-                last = (bad, rep.entries_scanned, serde_json::to_value(&rep.counts).unwrap_or_default());
+                last = (
+                    bad,
+                    rep.entries_scanned,
+                    serde_json::to_value(&rep.counts).unwrap_or_default(),
+                );
                 if bad == 0 {
                     break;
                 }
@@ -723,7 +749,11 @@ async fn audit_remote(o: &Options) -> Option<(u64, u64, Value)> {
     .ok()?
     .ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let report = if v.get("counts").is_some() { v } else { v.get("report")?.clone() };
+    let report = if v.get("counts").is_some() {
+        v
+    } else {
+        v.get("report")?.clone()
+    };
     Some((
         entry_problems(&report["counts"]),
         report["entries_scanned"].as_u64().unwrap_or(0),
@@ -761,14 +791,15 @@ fn build(
     let after = in_range(xs, m.recovered.unwrap_or(m.t_repair), m.t_end + 1.0);
     let before = in_range(xs, m.t_load + 1.0, m.t_fault);
     let window_len = (outage_end - m.t_fault).max(0.5);
-    let spend_during: f64 = during.iter().map(|s| s.cost_usd).sum();
+    let spend_during: f64 = during.iter().map(|s| s.cost_usd).sum::<f64>() + 0.0;
     let predicted = m.predicted_rate * window_len;
     let extra = spend_during - m.steady_spend_rate * window_len;
     let fill: f64 = xs
         .iter()
         .filter(|s| s.t >= m.t_fault && s.seeded.is_some() && s.outcome == Outcome::Miss)
         .map(|s| s.cost_usd)
-        .sum();
+        .sum::<f64>()
+        + 0.0; // (an empty sum is -0.0)
     let backends: Vec<&str> = scenario
         .faulted()
         .iter()
@@ -793,7 +824,9 @@ fn build(
     });
     rows.push(Row {
         measure: "Time to fully healthy".into(),
-        definition: "time from the fault until the gateway is ready, every breaker closed and no recovery job queued or running".into(),
+        definition:
+            "time from the fault until the gateway is ready, every breaker closed and no recovery job queued or running"
+                .into(),
         target: "—".into(),
         actual: healthy_after.map(fmt_s).unwrap_or_else(|| "not reached".into()),
         value: healthy_after,
@@ -804,7 +837,8 @@ fn build(
         definition: if scenario == Scenario::FullRestore {
             "time between the backup restored and the fault (what was cached after it is lost)".into()
         } else {
-            "age, at the fault, of the oldest entry cached before it and not served after recovery (0: nothing lost)".into()
+            "age, at the fault, of the oldest entry cached before it and not served after recovery (0: nothing lost)"
+                .into()
         },
         target: format!("≤ {}", fmt_s(targets.rpo_seconds)),
         actual: format!("{} ({})", fmt_s(m.rpo_seconds), m.rpo_note),
@@ -860,7 +894,10 @@ fn build(
     }
     rows.push(Row {
         measure: "Fault to breaker open".into(),
-        definition: format!("time from the fault until a breaker of {} left closed", backends.join(", ")),
+        definition: format!(
+            "time from the fault until a breaker of {} left closed",
+            backends.join(", ")
+        ),
         target: "—".into(),
         actual: opened
             .map(|t| fmt_s(t - m.t_fault))
@@ -872,15 +909,23 @@ fn build(
         measure: "Repair to breaker closed".into(),
         definition: "time from the repair until every breaker that opened was closed again".into(),
         target: "—".into(),
-        actual: closed.map(|t| fmt_s((t - m.t_repair).max(0.0))).unwrap_or_else(|| "—".into()),
+        actual: closed
+            .map(|t| fmt_s((t - m.t_repair).max(0.0)))
+            .unwrap_or_else(|| "—".into()),
         value: closed.map(|t| (t - m.t_repair).max(0.0)),
         pass: None,
     });
     rows.push(Row {
         measure: "Hit rate before / during / after".into(),
-        definition: "share of requests served from the cache in the steady state, during the fault, after recovery".into(),
+        definition: "share of requests served from the cache in the steady state, during the fault, after recovery"
+            .into(),
         target: "—".into(),
-        actual: format!("{} / {} / {}", pct(hit_rate(before)), pct(hit_rate(during)), pct(hit_rate(after))),
+        actual: format!(
+            "{} / {} / {}",
+            pct(hit_rate(before)),
+            pct(hit_rate(during)),
+            pct(hit_rate(after))
+        ),
         value: Some(hit_rate(after)),
         pass: None,
     });
@@ -900,9 +945,20 @@ fn build(
         definition: format!(
             "USD paid to the provider from the fault to {} ({}), next to the prediction made before the fault \
              from the steady state ({} of requests to the provider at the mean miss price)",
-            if scenario.kind() == Kind::Outage { "the repair" } else { "recovery" },
+            if scenario.kind() == Kind::Outage {
+                "the repair"
+            } else {
+                "recovery"
+            },
             fmt_s(window_len),
-            pct(scenario.predicted_miss_share(m.steady_miss_share, if scenario == Scenario::ArtifactsLoss { o.fraction } else { 0.0 }))
+            pct(scenario.predicted_miss_share(
+                m.steady_miss_share,
+                if scenario == Scenario::ArtifactsLoss {
+                    o.fraction
+                } else {
+                    0.0
+                }
+            ))
         ),
         target: format!("predicted {predicted:.6} USD"),
         actual: format!("{spend_during:.6} USD (extra over the steady state: {extra:.6} USD)"),
@@ -934,7 +990,9 @@ fn build(
     }
     let mut seen = std::collections::BTreeMap::new();
     for e in &errors {
-        *seen.entry(e.detail.clone().unwrap_or_else(|| e.status.to_string())).or_insert(0u64) += 1;
+        *seen
+            .entry(e.detail.clone().unwrap_or_else(|| e.status.to_string()))
+            .or_insert(0u64) += 1;
     }
     for (d, n) in seen.iter().take(5) {
         issues.push(format!("{n} request(s) failed with: {d}"));
@@ -970,10 +1028,19 @@ fn build(
     }
     let mut actions: Vec<String> = failed
         .iter()
-        .map(|r| format!("Find and fix why {} missed its target; run this drill again.", r.measure))
+        .map(|r| {
+            format!(
+                "Find and fix why {} missed its target; run this drill again.",
+                r.measure
+            )
+        })
         .collect();
     let next = crate::backup::format_time(started_ms + scenario.cadence_days() as i64 * 86_400_000);
-    actions.push(format!("Next {} drill due by {} (runbook calendar).", scenario.name(), &next[..10]));
+    actions.push(format!(
+        "Next {} drill due by {} (runbook calendar).",
+        scenario.name(),
+        &next[..10]
+    ));
     let summary = format!(
         "{} drill against a {mode} gateway. The fault ({}) started at t = {:.1} s{}. The hit rate ({} in the steady state) \
          was {} during the fault and came back to 95 % of it {}. {} client-visible errors. RPO {}. Verdict: {}.",

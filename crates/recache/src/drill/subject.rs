@@ -40,7 +40,11 @@ pub struct Managed {
 
 impl Managed {
     pub fn state(&self) -> &Arc<crate::gateway::AppState> {
-        &self.gateway.as_ref().expect("gateway runs until the subject is closed").state
+        &self
+            .gateway
+            .as_ref()
+            .expect("gateway runs until the subject is closed")
+            .state
     }
 }
 
@@ -107,7 +111,11 @@ impl Subject {
         // One relay per provider address (usually one); the first is `provider`.
         let mut provider_relays = BTreeMap::new();
         for (i, target) in provider_targets.keys().enumerate() {
-            let name = if i == 0 { "provider".to_string() } else { format!("provider-{i}") };
+            let name = if i == 0 {
+                "provider".to_string()
+            } else {
+                format!("provider-{i}")
+            };
             let r = Relay::start(&name, target).await?;
             provider_relays.insert(target.clone(), r.addr);
             relays.insert(name, r);
@@ -296,11 +304,7 @@ impl Subject {
             .send()
             .await
         {
-            Ok(r) => r
-                .json::<Value>()
-                .await
-                .ok()
-                .is_some_and(|v| v["status"] == "ready"),
+            Ok(r) => r.json::<Value>().await.ok().is_some_and(|v| v["status"] == "ready"),
             Err(_) => false,
         }
     }

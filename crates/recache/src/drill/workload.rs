@@ -83,8 +83,8 @@ impl Workload {
             Some(text) => {
                 let mut out = Vec::new();
                 for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    let v: Value = serde_json::from_str(line)
-                        .map_err(|e| format!("workload line {}: not JSON: {e}", i + 1))?;
+                    let v: Value =
+                        serde_json::from_str(line).map_err(|e| format!("workload line {}: not JSON: {e}", i + 1))?;
                     if v.get("messages").and_then(Value::as_array).is_none() {
                         return Err(format!("workload line {}: a chat request needs 'messages'", i + 1));
                     }
@@ -141,13 +141,23 @@ impl Workload {
 
     fn cost(&self, request: &Value, answer: &Value) -> f64 {
         let model = request["model"].as_str().unwrap_or(&self.model);
-        let u = |k: &str| answer.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
+        let u = |k: &str| {
+            answer
+                .pointer(&format!("/usage/{k}"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
         crate::gateway::cost_usd(&self.prices, model, u("prompt_tokens"), u("completion_tokens"))
     }
 }
 
 /// Sends one request and classifies the answer.
-pub async fn send(subject: &Subject, w: &Workload, body: &Value, only_if_cached: bool) -> (Outcome, u16, f64, Option<String>) {
+pub async fn send(
+    subject: &Subject,
+    w: &Workload,
+    body: &Value,
+    only_if_cached: bool,
+) -> (Outcome, u16, f64, Option<String>) {
     let mut req = subject
         .http
         .post(format!("{}/v1/chat/completions", subject.base))
@@ -171,7 +181,11 @@ pub async fn send(subject: &Subject, w: &Workload, body: &Value, only_if_cached:
     let v: Value = r.json().await.unwrap_or(Value::Null);
     if status >= 400 {
         let kind = v.pointer("/error/type").and_then(Value::as_str).unwrap_or("");
-        let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("").to_string();
+        let msg = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let outcome = if kind == "upstream_error" || (cache == "MISS" && status >= 500) {
             Outcome::ProviderError
         } else {
@@ -186,7 +200,11 @@ pub async fn send(subject: &Subject, w: &Workload, body: &Value, only_if_cached:
         "BYPASS" => Outcome::Bypass,
         _ => Outcome::Miss,
     };
-    let cost = if outcome == Outcome::Miss { w.cost(body, &v) } else { 0.0 };
+    let cost = if outcome == Outcome::Miss {
+        w.cost(body, &v)
+    } else {
+        0.0
+    };
     (outcome, status, cost, None)
 }
 
@@ -242,7 +260,9 @@ pub async fn load(
         if *stop.borrow() {
             break;
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (body, seeded) = w.request(i);
         i += 1;
         let (subject, w, samples) = (subject.clone(), w.clone(), samples.clone());
@@ -301,9 +321,16 @@ mod tests {
         for window in picks.chunks(10) {
             assert_eq!(window.iter().filter(|p| p.is_none()).count(), 2, "evenly spaced");
         }
-        assert!(picks.iter().flatten().all(|k| *k < 80), "held-out prompts are never asked");
+        assert!(
+            picks.iter().flatten().all(|k| *k < 80),
+            "held-out prompts are never asked"
+        );
         let distinct: std::collections::HashSet<_> = picks.iter().flatten().collect();
-        assert!(distinct.len() > 60, "the walk covers the traffic set: {}", distinct.len());
+        assert!(
+            distinct.len() > 60,
+            "the walk covers the traffic set: {}",
+            distinct.len()
+        );
         let (a, _) = w.request(4);
         let (b, _) = w.request(9);
         assert_ne!(a, b, "new requests differ from each other");

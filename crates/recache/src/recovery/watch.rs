@@ -82,8 +82,41 @@ pub async fn check_index(r: &Recovery) -> Option<i64> {
 }
 
 /// Runs the watch until `shutdown` turns true.
+/// After an index outage: entries stored meanwhile reached metadata but not
+/// the index (their index write failed), so the index lacks them, or still
+/// points to the answer they replaced. Their pointers are rewritten from
+/// metadata (no provider call). Returns the pointers written.
+pub async fn reindex_since(r: &Recovery, from_ms: i64) -> Option<u64> {
+    let roles = &r.cache.roles;
+    let entries = match roles.metadata.live_entries(from_ms, now_ms()).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "after the index outage: cannot read the entries stored meanwhile");
+            return None;
+        }
+    };
+    let n = entries.len();
+    match roles.index.put_many(entries, false).await {
+        Ok(written) => {
+            if n > 0 {
+                tracing::info!(
+                    entries = n,
+                    written,
+                    "index back: pointers of the entries stored during the outage rewritten from metadata"
+                );
+            }
+            Some(written)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "after the index outage: could not rewrite the pointers");
+            None
+        }
+    }
+}
+
 pub async fn run(r: Arc<Recovery>, every: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut open_since: [Option<i64>; 2] = [None, None];
+    let mut index_down_since: Option<i64> = None;
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -94,6 +127,22 @@ pub async fn run(r: Arc<Recovery>, every: Duration, mut shutdown: watch::Receive
             break;
         }
         check_index(&r).await;
+        if let Some(b) = r.cache.roles.breaker("index") {
+            match (b.state(), index_down_since) {
+                (BreakerState::Open | BreakerState::HalfOpen | BreakerState::ForcedOpen, None) => {
+                    index_down_since = Some(now_ms());
+                }
+                // From one interval (and a second) before the outage was seen: a write may have failed just before.
+                (BreakerState::Closed, Some(since))
+                    if reindex_since(&r, since - every.as_millis() as i64 - 1000)
+                        .await
+                        .is_some() =>
+                {
+                    index_down_since = None;
+                }
+                _ => {}
+            }
+        }
         if !r.config.warmer.refresh_stale_on_recovery {
             continue;
         }

@@ -312,7 +312,11 @@ impl Index for RedisIndex {
                     .await
                     .map_err(map_err)?;
                 if !keys.is_empty() {
-                    let removed: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await.map_err(map_err)?;
+                    let removed: u64 = redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async(&mut c)
+                        .await
+                        .map_err(map_err)?;
                     n += removed;
                 }
                 if next == 0 {
