@@ -44,7 +44,72 @@ on_both_backends!(
     health_metrics_and_admin_auth,
     client_hanging_up_mid_stream_still_stores_the_answer,
     stale_if_error_serves_expired_entries_when_the_provider_fails,
+    only_if_cached_never_calls_the_provider,
 );
+
+/// `Cache-Control: only-if-cached`: a cached answer is served; anything else
+/// is a 504 `not_cached` with no provider call (the drills' probe).
+async fn only_if_cached_never_calls_the_provider(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), "").await;
+    let only = [("cache-control", "only-if-cached")];
+    let first = env
+        .post("/v1/chat/completions", Some(KEY_A), &chat_body("cached?", false), &only)
+        .await;
+    first.assert_error(504);
+    assert_eq!(first.json()["error"]["code"], "not_cached");
+    assert_eq!(first.json()["error"]["type"], "cache_error");
+    assert_eq!(env.stub.calls(), 0, "no provider call");
+    assert_eq!(env.chat(KEY_A, "cached?").await.cache(), "MISS");
+    let again = env
+        .post("/v1/chat/completions", Some(KEY_A), &chat_body("cached?", false), &only)
+        .await;
+    assert_eq!((again.status, again.cache()), (200, "HIT"));
+    // Another tenant's only-if-cached never sees it.
+    let other = env
+        .post("/v1/chat/completions", Some(KEY_B), &chat_body("cached?", false), &only)
+        .await;
+    other.assert_error(504);
+    assert_eq!(env.stub.calls(), 1);
+}
+
+/// A breaker forced open with `?seconds=N` closes by itself at the deadline
+/// (a crashed drill heals itself); `reset` closes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_breaker_closes_at_its_deadline() {
+    let env = Env::new().await;
+    let (code, v) = env.admin_post("/admin/breakers/index/open?seconds=1", &json!({})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["breaker"]["state"], "forced_open");
+    assert_eq!(env.chat(KEY_A, "during").await.status, 200, "served by the provider");
+    let state = |v: serde_json::Value| {
+        v["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == "index")
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state(env.admin_json("/admin/breakers").await), "forced_open");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        state(env.admin_json("/admin/breakers").await),
+        "closed",
+        "closed at the deadline"
+    );
+    assert_eq!(
+        env.admin_post("/admin/breakers/index/open?seconds=0", &json!({}))
+            .await
+            .0,
+        400
+    );
+    // Without a deadline it stays open until reset.
+    assert_eq!(env.admin_post("/admin/breakers/index/open", &json!({})).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(state(env.admin_json("/admin/breakers").await), "forced_open");
+    assert_eq!(env.admin_post("/admin/breakers/index/reset", &json!({})).await.0, 200);
+    assert_eq!(state(env.admin_json("/admin/breakers").await), "closed");
+}
 
 async fn miss_then_hit_with_headers_and_savings(b: Backends) {
     let env = Env::on(b, StubConfig::default(), "").await;
