@@ -30,30 +30,24 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// When one of `backends` was first seen not closed at or after `from`.
-    pub fn first_open(&self, backends: &[&str], from: f64) -> Option<f64> {
+    /// The first breaker sample at or after `from` that `pred` accepts.
+    fn first(&self, from: f64, pred: impl Fn(&BTreeMap<String, String>) -> bool) -> Option<f64> {
         self.breakers
             .iter()
-            .filter(|s| s.t >= from)
-            .find(|s| {
-                backends
-                    .iter()
-                    .any(|b| s.states.get(*b).is_some_and(|st| st != "closed" && st != "disabled"))
-            })
+            .find(|s| s.t >= from && pred(&s.states))
             .map(|s| s.t)
+    }
+
+    /// When one of `backends` was first seen not closed at or after `from`.
+    pub fn first_open(&self, backends: &[&str], from: f64) -> Option<f64> {
+        self.first(from, |st| {
+            backends.iter().any(|b| st.get(*b).is_some_and(|s| !passes(s)))
+        })
     }
 
     /// When all of `backends` were first seen closed (or disabled) at or after `from`.
     pub fn first_closed(&self, backends: &[&str], from: f64) -> Option<f64> {
-        self.breakers
-            .iter()
-            .filter(|s| s.t >= from)
-            .find(|s| {
-                backends
-                    .iter()
-                    .all(|b| s.states.get(*b).is_none_or(|st| st == "closed" || st == "disabled"))
-            })
-            .map(|s| s.t)
+        self.first(from, |st| backends.iter().all(|b| st.get(*b).is_none_or(|s| passes(s))))
     }
 
     /// When the gateway was first fully healthy at or after `from`: ready,
@@ -83,6 +77,11 @@ impl Observed {
     }
 }
 
+/// A breaker state that lets calls through.
+fn passes(state: &str) -> bool {
+    state == "closed" || state == "disabled"
+}
+
 /// Samples until `stop` turns true.
 pub async fn run(subject: Arc<Subject>, clock: Instant, out: Arc<Mutex<Observed>>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -98,7 +97,7 @@ pub async fn run(subject: Arc<Subject>, clock: Instant, out: Arc<Mutex<Observed>
         }
         let t = clock.elapsed().as_secs_f64();
         let states = subject.breakers().await.unwrap_or_default();
-        let closed = !states.is_empty() && states.values().all(|s| s == "closed" || s == "disabled");
+        let closed = !states.is_empty() && states.values().all(|s| passes(s));
         if !states.is_empty() {
             out.lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -57,92 +57,56 @@ impl Subject {
         let d = dir.path();
         let mut c = config.clone();
         c.server.listen = "127.0.0.1:0".into();
-        let mut relays = BTreeMap::new();
-        let relay = |name: &str, url: &str| -> Option<(String, String)> {
-            let (h, p) = host_port(url)?;
-            Some((name.to_string(), format!("{h}:{p}")))
-        };
-        let mut wanted: Vec<(String, String, String)> = Vec::new(); // (backend, target, url)
-        if c.index.engine == "redis" {
-            let url = c.index.url.clone().unwrap_or_default();
-            if let Some((n, t)) = relay("index", &url) {
-                wanted.push((n, t, url));
-            }
-        } else {
+        // Embedded stores: a throw-away folder.
+        if c.index.engine != "redis" {
             c.index.path = d.join("index");
         }
-        if c.artifacts.engine == "s3" {
-            if let Some(url) = c.artifacts.endpoint.clone() {
-                if let Some((n, t)) = relay("artifacts", &url) {
-                    wanted.push((n, t, url));
-                }
-            }
-        } else {
+        if c.artifacts.engine != "s3" {
             c.artifacts.path = d.join("artifacts");
         }
-        if c.metadata.engine == "postgres" {
-            let url = c.metadata.url.clone().unwrap_or_default();
-            if let Some((n, t)) = relay("metadata", &url) {
-                wanted.push((n, t, url));
-            }
-        } else {
+        if c.metadata.engine != "postgres" {
             c.metadata.path = d.join("metadata.db");
         }
         c.metadata.spool_path = d.join("spool.jsonl");
-        match c.vectors.engine.as_str() {
-            "qdrant" => {
-                let url = c.vectors.url.clone().unwrap_or_default();
-                if let Some((n, t)) = relay("vectors", &url) {
-                    wanted.push((n, t, url));
-                }
-            }
-            "embedded" => c.vectors.path = d.join("vectors"),
-            _ => {}
+        if c.vectors.engine == "embedded" {
+            c.vectors.path = d.join("vectors");
         }
-        let mut provider_targets = BTreeMap::new();
-        for u in &c.upstreams {
-            if let Some((_, t)) = relay("provider", &u.base_url) {
-                provider_targets.insert(t, u.base_url.clone());
-            }
-        }
-        for (backend, target, _) in &wanted {
-            relays.insert(backend.clone(), Relay::start(backend, target).await?);
-        }
-        // One relay per provider address (usually one); the first is `provider`.
-        let mut provider_relays = BTreeMap::new();
-        for (i, target) in provider_targets.keys().enumerate() {
+        // Networked engines and the provider: behind a relay each.
+        let networked = [
+            c.index.engine == "redis",
+            c.artifacts.engine == "s3",
+            c.metadata.engine == "postgres",
+            c.vectors.engine == "qdrant",
+        ];
+        let mut urls: Vec<(String, &mut Option<String>)> = vec![
+            ("index".into(), &mut c.index.url),
+            ("artifacts".into(), &mut c.artifacts.endpoint),
+            ("metadata".into(), &mut c.metadata.url),
+            ("vectors".into(), &mut c.vectors.url),
+        ];
+        let mut provider = Vec::new();
+        for (i, u) in c.upstreams.iter_mut().enumerate() {
             let name = if i == 0 {
                 "provider".to_string()
             } else {
                 format!("provider-{i}")
             };
-            let r = Relay::start(&name, target).await?;
-            provider_relays.insert(target.clone(), r.addr);
-            relays.insert(name, r);
+            provider.push((name, u));
         }
-        let rewrite = |url: &str, backend: &str| -> String {
-            relays
-                .get(backend)
-                .and_then(|r| through(url, r.addr))
-                .unwrap_or_else(|| url.to_string())
-        };
-        if let Some(u) = c.index.url.clone().filter(|_| c.index.engine == "redis") {
-            c.index.url = Some(rewrite(&u, "index"));
+        let mut relays = BTreeMap::new();
+        for ((backend, url), on) in urls.iter_mut().zip(networked) {
+            if let Some(r) = relay_for(backend, url.as_deref().filter(|_| on)).await? {
+                **url =
+                    through(url.as_deref().unwrap_or_default(), r.addr).map(|u| u.trim_end_matches('/').to_string());
+                relays.insert(backend.clone(), r);
+            }
         }
-        if let Some(u) = c.artifacts.endpoint.clone().filter(|_| c.artifacts.engine == "s3") {
-            c.artifacts.endpoint = Some(rewrite(&u, "artifacts").trim_end_matches('/').to_string());
-        }
-        if let Some(u) = c.metadata.url.clone().filter(|_| c.metadata.engine == "postgres") {
-            c.metadata.url = Some(rewrite(&u, "metadata"));
-        }
-        if let Some(u) = c.vectors.url.clone().filter(|_| c.vectors.engine == "qdrant") {
-            c.vectors.url = Some(rewrite(&u, "vectors").trim_end_matches('/').to_string());
-        }
-        for u in &mut c.upstreams {
-            if let Some(addr) = host_port(&u.base_url).and_then(|(h, p)| provider_relays.get(&format!("{h}:{p}"))) {
-                if let Some(url) = through(&u.base_url, *addr) {
+        for (name, u) in provider {
+            if let Some(r) = relay_for(&name, Some(&u.base_url)).await? {
+                if let Some(url) = through(&u.base_url, r.addr) {
                     u.base_url = url.trim_end_matches('/').to_string();
                 }
+                relays.insert(name, r);
             }
         }
         // The drill's tenant, with a key nobody else has.
@@ -319,6 +283,14 @@ impl Subject {
                 gw.shutdown().await;
             }
         }
+    }
+}
+
+/// A relay in front of the host and port of `url` (none for a URL without them).
+async fn relay_for(name: &str, url: Option<&str>) -> std::io::Result<Option<Relay>> {
+    match url.and_then(host_port) {
+        Some((h, p)) => Ok(Some(Relay::start(name, &format!("{h}:{p}")).await?)),
+        None => Ok(None),
     }
 }
 
