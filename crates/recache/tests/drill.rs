@@ -499,3 +499,95 @@ async fn the_chart_renders_in_chromium() {
     assert!(blue > 100, "the hit-rate line is drawn ({blue} blue pixels)");
     assert!(red > 50, "the fault is marked ({red} red pixels)");
 }
+
+/// A running gateway (`--url`): outages through the admin API (forced breaker
+/// with a deadline), traffic with a client key from the environment, integrity
+/// by `recache audit` on the config's stores, the drill recorded in its metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_gateway_is_drilled_through_its_admin_api() {
+    let env = common::Env::on_with(
+        Backends::Embedded,
+        StubConfig::default(),
+        "",
+        &[("RECACHE_DRILL_KEY", common::KEY_A)],
+    )
+    .await;
+    let out = env.path("report");
+    let base = env.base.clone();
+    let (code, stdout, stderr) = {
+        let config = env.config_file();
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+                .args([
+                    "drill",
+                    "run",
+                    "--url",
+                    &base,
+                    "--scenario",
+                    "index-down",
+                    "--rps",
+                    "20",
+                    "--duration",
+                    "8s",
+                ])
+                .args([
+                    "--steady",
+                    "3s",
+                    "--fault-seconds",
+                    "2",
+                    "--entries",
+                    "30",
+                    "--format",
+                    "json",
+                    "--out",
+                ])
+                .arg(&out)
+                .arg("--config")
+                .arg(&config)
+                .env("RECACHE_ADMIN_TOKEN", "admin-secret")
+                .env("RECACHE_DRILL_KEY", common::KEY_A)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    assert_eq!(v["mode"], "remote");
+    assert!(
+        v["settings"]["fault"][0].as_str().unwrap().contains("breaker"),
+        "{}",
+        v["settings"]
+    );
+    check("index-down (--url)", code, &v, &out);
+    assert!(v["measures"]["hit_rate_during"].as_f64().unwrap() < 0.1);
+    // The gateway's breaker is closed again, and its metadata holds the drill.
+    let breakers = env.admin_json("/admin/breakers").await.to_string();
+    assert!(!breakers.contains("forced_open"), "{breakers}");
+    let (code, l) = env.cli_json(&["drill", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(l["drills"][0]["scenario"], "index-down");
+    assert_eq!(l["drills"][0]["mode"], "remote");
+    // Without a client key the drill refuses.
+    let (code, _, err) = cli(
+        &env.config_file(),
+        &[
+            "drill",
+            "run",
+            "--url",
+            &env.base,
+            "--scenario",
+            "index-down",
+            "--key-env",
+            "NO_SUCH_VAR",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+}
