@@ -4,7 +4,6 @@
 
 use futures_util::StreamExt;
 
-use crate::key::CacheKey;
 use crate::roles::{ArtifactId, Roles};
 
 /// Every pointer and the generation marker, as a Redis restarting empty would lose them.
@@ -35,23 +34,10 @@ pub async fn delete_artifacts(roles: &Roles, fraction: f64) -> anyhow::Result<(u
     Ok((deleted as u64, total))
 }
 
-/// Every entry row (the audit log and the job queue stay, so recovery jobs can run).
+/// Every entry row, in one statement (the audit log and the job queue stay,
+/// so recovery jobs can run).
 pub async fn wipe_metadata(roles: &Roles) -> anyhow::Result<u64> {
-    let mut keys: Vec<CacheKey> = Vec::new();
-    let mut after = None;
-    loop {
-        let page = roles.metadata.entries_page(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key);
-        keys.extend(page.iter().map(|e| e.key));
-    }
-    let deleted = futures_util::stream::iter(keys)
-        .map(|k| async move { roles.metadata.delete_entry(k).await.unwrap_or(false) })
-        .buffer_unordered(16)
-        .filter(|d| std::future::ready(*d))
-        .count()
-        .await;
-    Ok(deleted as u64)
+    Ok(roles.metadata.purge_expired(i64::MAX).await?.len() as u64)
 }
 
 /// Every vector of the entries metadata knows (call before wiping metadata).

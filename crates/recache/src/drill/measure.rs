@@ -46,11 +46,18 @@ pub fn in_range(sorted: &[Sample], from: f64, to: f64) -> &[Sample] {
 /// Requests that count against the promise of zero errors: any failure,
 /// except the provider's own while the provider is the fault.
 pub fn counted_error(s: &Sample, provider_faulted: bool) -> bool {
+    // (`provider_faulted`: see `in_window`.)
     match s.outcome {
         Outcome::Error => true,
         Outcome::ProviderError => !provider_faulted,
         _ => false,
     }
+}
+
+/// The request was in flight at some point of `[from, to]` (it was sent
+/// before `to` and answered after `from`): a fault in that window could reach it.
+pub fn in_window(s: &Sample, window: Option<(f64, f64)>) -> bool {
+    window.is_some_and(|(from, to)| s.t <= to && s.t + s.latency_ms / 1000.0 >= from)
 }
 
 pub fn hit_rate(samples: &[Sample]) -> f64 {
@@ -155,6 +162,13 @@ mod tests {
         assert_eq!(b.len(), 20);
         assert_eq!((b[6].misses, b[6].hits), (10, 0));
         assert!((b[6].spend_usd - 0.01).abs() < 1e-9);
+        // A request sent just before the fault and cut by it is in the fault's window.
+        let mut cut = s(4.9, Outcome::ProviderError);
+        cut.latency_ms = 200.0;
+        assert!(in_window(&cut, Some((5.0, 9.0))));
+        assert!(!in_window(&s(4.9, Outcome::ProviderError), Some((5.0, 9.0))));
+        assert!(!in_window(&s(9.5, Outcome::ProviderError), Some((5.0, 9.0))));
+        assert!(!in_window(&cut, None));
         assert!(counted_error(&s(1.0, Outcome::Error), true));
         assert!(!counted_error(&s(1.0, Outcome::ProviderError), true));
         assert!(counted_error(&s(1.0, Outcome::ProviderError), false));

@@ -167,7 +167,7 @@ fn breach(config: &Config, samples: &[Sample], now: f64, provider_window: Option
     if recent.len() < 10 {
         return None;
     }
-    let faulted = |s: &Sample| provider_window.is_some_and(|(a, b)| s.t >= a && s.t <= b);
+    let faulted = |s: &Sample| measure::in_window(s, provider_window);
     let errors = recent.iter().filter(|s| counted_error(s, faulted(s))).count();
     let share = errors as f64 / recent.len() as f64;
     if share > config.drill.max_error_rate {
@@ -523,12 +523,18 @@ async fn drive(
                 let roles = subject.roles().expect("restores run managed");
                 let recovery = subject.recovery().expect("managed").clone();
                 fault_methods.push("every store wiped, then the newest verified backup restored".into());
+                // All four stores are lost at one instant: the index breaker is held open
+                // while they are wiped, so no answer is stored half-way (into a store
+                // already wiped and one not yet).
+                subject.force_open("index", 600).await?;
                 let v = loss::wipe_vectors(roles).await?;
                 let m = loss::wipe_metadata(roles).await?;
                 let i = loss::wipe_index(roles).await?;
                 let (a, _) = loss::delete_artifacts(roles, 1.0).await?;
+                subject.reset("index").await?;
                 clock.log(format!(
-                    "FAULT every store wiped: {i} index keys, {a} artifacts, {m} entry rows, {v} vectors"
+                    "FAULT every store wiped: {i} index keys, {a} artifacts, {m} entry rows, {v} vectors \
+                     (the index breaker held open meanwhile)"
                 ));
                 let targets = crate::backup::Targets::open(subject.config.clone(), env)
                     .map_err(|e| DrillError::Failed(anyhow::anyhow!("backup target: {e}")))?;
@@ -536,18 +542,35 @@ async fn drive(
                     .await
                     .map_err(|e| DrillError::Failed(anyhow::anyhow!("{e}")))?;
                 clock.log(format!("REPAIR restoring backup {set} (the newest verified set)"));
-                let ctx = crate::recovery::local::LocalCtx::new("restore", false);
                 // Traffic went on meanwhile, so the stores are not empty: restore into them.
-                let r = crate::backup::run::run_restore(
-                    &recovery,
-                    &targets,
-                    crate::backup::Which::Primary,
-                    &set,
-                    true,
-                    ctx.as_ref(),
-                )
-                .await
-                .map_err(|e| DrillError::Failed(anyhow::anyhow!("the restore failed: {e}")))?;
+                // The wipe may have tripped a breaker (timeouts under load): a restore
+                // waits for the stores' breakers to close, and is tried again (it is idempotent).
+                let mut attempt = 0;
+                let r = loop {
+                    attempt += 1;
+                    wait_closed(subject, &["index", "artifacts", "metadata"], Duration::from_secs(90)).await;
+                    let ctx = crate::recovery::local::LocalCtx::new("restore", false);
+                    match crate::backup::run::run_restore(
+                        &recovery,
+                        &targets,
+                        crate::backup::Which::Primary,
+                        &set,
+                        true,
+                        ctx.as_ref(),
+                    )
+                    .await
+                    {
+                        Ok(r) => break r,
+                        Err(e) if attempt < 3 => {
+                            clock.log(format!("REPAIR restore attempt {attempt} failed ({e}); trying again"));
+                        }
+                        Err(e) => {
+                            return Err(DrillError::Failed(anyhow::anyhow!(
+                                "the restore failed {attempt} times: {e}"
+                            )))
+                        }
+                    }
+                };
                 if r["ok"] != json!(true) {
                     issues.push(format!("The restore reported problems: {}", r["problems"]));
                 }
@@ -687,6 +710,21 @@ async fn drive(
     })
 }
 
+/// Waits (at most `limit`) until the breakers of `backends` are closed.
+async fn wait_closed(subject: &Subject, backends: &[&str], limit: Duration) {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        let states = subject.breakers().await.unwrap_or_default();
+        if backends
+            .iter()
+            .all(|b| states.get(*b).is_none_or(|s| s == "closed" || s == "disabled"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// (entries with a problem, entries scanned, counts). Traffic has stopped; a
 /// finding may still be a write in flight, so a dirty audit is run again (3 times at most).
 async fn audit_managed(r: &Arc<crate::recovery::Recovery>) -> (u64, u64, Value) {
@@ -775,7 +813,7 @@ fn build(
     let scenario = o.scenario;
     let xs = &m.samples;
     let provider_window = (scenario == Scenario::ProviderDown).then_some((m.t_fault, m.t_repair + 2.0));
-    let faulted = |s: &Sample| provider_window.is_some_and(|(a, b)| s.t >= a && s.t <= b);
+    let faulted = |s: &Sample| measure::in_window(s, provider_window);
     let all = in_range(xs, m.t_load, m.t_end + 1.0);
     let errors: Vec<&Sample> = all.iter().filter(|s| counted_error(s, faulted(s))).collect();
     let provider_errors = all
@@ -846,6 +884,14 @@ fn build(
         pass: Some(m.rpo_seconds <= targets.rpo_seconds),
     });
     rows.push(match &m.integrity {
+        Some((_, _, counts)) if counts.get("error").is_some() => Row {
+            measure: "Data integrity".into(),
+            definition: "share of entries that audit finds intact after recovery".into(),
+            target: "100 %".into(),
+            actual: format!("audit failed: {}", counts["error"].as_str().unwrap_or_default()),
+            value: None,
+            pass: Some(false),
+        },
         Some((bad, scanned, _)) => {
             let share = if *scanned == 0 {
                 1.0
@@ -856,7 +902,12 @@ fn build(
                 measure: "Data integrity".into(),
                 definition: "share of entries that audit finds intact after recovery (artifact present and matching, pointer right)".into(),
                 target: "100 %".into(),
-                actual: format!("{:.2} % ({bad} problems in {scanned} entries)", share * 100.0),
+                actual: if *bad == 0 {
+                    format!("100 % (0 problems in {scanned} entries)")
+                } else {
+                    // (Never rounded up to 100 % while a problem is left.)
+                    format!("{:.3} % ({bad} problems in {scanned} entries)", (share * 100.0).min(99.999))
+                },
                 value: Some(share),
                 pass: Some(*bad == 0),
             }
@@ -1109,5 +1160,99 @@ fn build(
             end: m.t_end,
         },
         buckets: measure::buckets(xs, m.t_end + 1.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = "[[upstreams]]\nname = \"s\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        Config::from_toml_str(text, &HashMap::new()).unwrap().0
+    }
+
+    fn sample(t: f64, outcome: Outcome, latency_ms: f64) -> Sample {
+        Sample {
+            t,
+            latency_ms,
+            outcome,
+            cost_usd: 0.0,
+            seeded: None,
+            status: 200,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn the_safety_limits_trip_on_errors_and_latency_but_not_on_the_faulted_provider() {
+        let config = config();
+        let ok: Vec<Sample> = (0..50).map(|i| sample(i as f64 / 10.0, Outcome::Hit, 1.0)).collect();
+        assert_eq!(breach(&config, &ok, 5.0, None), None);
+        let mut bad = ok.clone();
+        for s in bad.iter_mut().skip(40) {
+            s.outcome = Outcome::Error;
+        }
+        assert!(breach(&config, &bad, 5.0, None).unwrap().contains("max_error_rate"));
+        let mut provider = ok.clone();
+        for s in provider.iter_mut().skip(40) {
+            s.outcome = Outcome::ProviderError;
+        }
+        assert!(
+            breach(&config, &provider, 5.0, None).is_some(),
+            "the provider is not the fault"
+        );
+        assert_eq!(
+            breach(&config, &provider, 5.0, Some((3.0, 6.0))),
+            None,
+            "the provider is the fault"
+        );
+        let slow: Vec<Sample> = (0..50)
+            .map(|i| sample(i as f64 / 10.0, Outcome::Hit, 20_000.0))
+            .collect();
+        assert!(breach(&config, &slow, 5.0, None).unwrap().contains("max_p99_ms"));
+        assert_eq!(breach(&config, &slow[..5], 5.0, None), None, "too few samples to judge");
+    }
+
+    #[test]
+    fn destructive_scenarios_are_refused_without_allow_destructive() {
+        let mut config = config();
+        let o = |s| Options {
+            scenario: s,
+            url: None,
+            out: None,
+            rps: 20.0,
+            duration: Duration::from_secs(10),
+            steady: Duration::from_secs(3),
+            fault_seconds: 3,
+            entries: 10,
+            fraction: 0.1,
+            workload: None,
+            probe_max: 10,
+            model: "m".into(),
+            key: None,
+            config_path: None,
+            progress: false,
+        };
+        assert!(preflight(&config, &o(Scenario::IndexDown)).is_ok());
+        let e = preflight(&config, &o(Scenario::IndexLoss)).unwrap_err().to_string();
+        assert!(e.contains("[drill.engines.index] allow_destructive"), "{e}");
+        config.drill.engines.insert(
+            "index".into(),
+            super::super::config::EngineControl {
+                allow_destructive: true,
+                ..Default::default()
+            },
+        );
+        assert!(preflight(&config, &o(Scenario::IndexLoss)).is_ok());
+        let e = preflight(&config, &o(Scenario::FullRestore)).unwrap_err().to_string();
+        assert!(e.contains("artifacts"), "the restore destroys every store: {e}");
+        let mut remote = o(Scenario::IndexLoss);
+        remote.url = Some("http://gw".into());
+        remote.key = Some("k".into());
+        assert!(preflight(&config, &remote)
+            .unwrap_err()
+            .to_string()
+            .contains("--managed"));
     }
 }

@@ -335,5 +335,18 @@ mod tests {
         let (b, _) = w.request(9);
         assert_ne!(a, b, "new requests differ from each other");
         assert!(Workload::new(1, Some("{\"model\":\"m\"}"), "m", "t", 0.8, 0.2, BTreeMap::new()).is_err());
+        // A request file: its lines are the seeded set; new requests vary the last message.
+        let file = "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"q1\"}]}\n\n\
+                    {\"model\":\"m\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"q2\"}]}\n";
+        let w = Workload::new(999, Some(file), "ignored", "run7", 0.8, 0.5, BTreeMap::new()).unwrap();
+        assert_eq!((w.seeded.len(), w.traffic), (2, 1));
+        let (new, seeded) = w.request(4);
+        assert_eq!(seeded, None);
+        assert_eq!(new["messages"][0]["content"], "s", "earlier turns kept");
+        assert!(new["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("q1 (drill run7"));
+        assert_eq!(w.request(0), (w.seeded[0].clone(), Some(0)));
     }
 }

@@ -18,9 +18,15 @@ const NAME: &str = "artifacts";
 
 pub struct ObjectStoreArtifacts {
     store: Arc<dyn ObjectStore>,
+    /// For listings (audits, repairs, backups, drills): a whole bucket is many
+    /// pages, each of which may take longer than a request-path call may.
+    bulk: Arc<dyn ObjectStore>,
     prefix: String,
     engine: &'static str,
 }
+
+/// A listing page's limits: generous, since no client waits on a listing.
+const BULK_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) fn map_err(e: object_store::Error) -> BackendError {
     match e {
@@ -53,28 +59,48 @@ impl ObjectStoreArtifacts {
     ) -> Result<Self> {
         use object_store::aws::AmazonS3Builder;
         use object_store::{BackoffConfig, ClientOptions, RetryConfig};
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(region.unwrap_or("us-east-1"))
-            .with_virtual_hosted_style_request(false)
-            .with_retry(RetryConfig {
+        // One client per use, each with its limits; the endpoint goes last, since
+        // allow_http lives in the client options that `with_client_options` replaces.
+        let client = |retry: RetryConfig, options: ClientOptions| {
+            let b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_region(region.unwrap_or("us-east-1"))
+                .with_virtual_hosted_style_request(false)
+                .with_retry(retry)
+                .with_client_options(options);
+            match endpoint {
+                Some(e) => b.with_endpoint(e).with_allow_http(e.starts_with("http://")),
+                None => b,
+            }
+            .build()
+            .map_err(map_err)
+        };
+        let store = client(
+            RetryConfig {
                 max_retries: 1,
                 retry_timeout: timeout * 2,
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(20),
                     ..Default::default()
                 },
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(timeout.max(Duration::from_millis(100)))
-                    .with_connect_timeout(timeout.clamp(Duration::from_millis(100), Duration::from_secs(2))),
-            );
-        if let Some(e) = endpoint {
-            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
-        }
-        let store = b.build().map_err(map_err)?;
-        Ok(Self::new(Arc::new(store), prefix, "s3"))
+            },
+            ClientOptions::new()
+                .with_timeout(timeout.max(Duration::from_millis(100)))
+                .with_connect_timeout(timeout.clamp(Duration::from_millis(100), Duration::from_secs(2))),
+        )?;
+        let bulk = client(
+            RetryConfig {
+                max_retries: 3,
+                retry_timeout: BULK_TIMEOUT * 3,
+                backoff: BackoffConfig::default(),
+            },
+            ClientOptions::new()
+                .with_timeout(BULK_TIMEOUT)
+                .with_connect_timeout(Duration::from_secs(5)),
+        )?;
+        let mut s = Self::new(Arc::new(store), prefix, "s3");
+        s.bulk = Arc::new(bulk);
+        Ok(s)
     }
 
     /// Any object store.
@@ -83,7 +109,12 @@ impl ObjectStoreArtifacts {
         if !prefix.is_empty() {
             prefix.push('/');
         }
-        Self { store, prefix, engine }
+        Self {
+            bulk: store.clone(),
+            store,
+            prefix,
+            engine,
+        }
     }
 
     fn path(&self, id: ArtifactId) -> ObjPath {
@@ -131,7 +162,7 @@ impl Artifacts for ObjectStoreArtifacts {
         Box::pin(async move {
             let prefix = ObjPath::from(format!("{}sha256", self.prefix));
             let mut out = Vec::new();
-            let mut listing = self.store.list(Some(&prefix));
+            let mut listing = self.bulk.list(Some(&prefix));
             while let Some(m) = listing.try_next().await.map_err(map_err)? {
                 if let Some(id) = m.location.filename().and_then(ArtifactId::from_hex) {
                     out.push(ArtifactInfo {
