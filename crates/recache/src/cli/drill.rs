@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// At most this many seeded entries are probed after recovery (RPO).
     #[arg(long, default_value_t = 2000)]
     pub probe_max: usize,
+    /// The integrity audit after recovery reads at most this many entries (a random run of them).
+    #[arg(long, default_value_t = 20_000)]
+    pub audit_sample: u64,
     /// The model of the generated prompts.
     #[arg(long, default_value = "gpt-4o-mini")]
     pub model: String,
@@ -142,6 +145,7 @@ async fn run_one(a: RunArgs) -> Result<i32, Exit> {
         fraction: a.fraction,
         workload,
         probe_max: a.probe_max,
+        audit_sample: a.audit_sample,
         model: a.model.clone(),
         key: env.get(&a.key_env).cloned().filter(|k| !k.is_empty()),
         config_path: Some(a.config.config.clone()),

@@ -224,8 +224,11 @@ impl Recovery {
             Vec::new()
         });
         r.artifacts_listed = listing.len() as u64;
-        let full = opts.sample.is_none();
         let total = roles.metadata.count_entries().await.unwrap_or(0);
+        // A sample as large as the store is the whole store (a wrapped walk would see entries twice).
+        let sample = opts.sample.filter(|n| *n < total);
+        r.sampled = sample.is_some();
+        let full = sample.is_none();
         // Entry keys in key order (pages come sorted): to tell dangling pointers later.
         let mut entry_keys: Vec<CacheKey> = Vec::new();
         if want_index && full {
@@ -233,25 +236,33 @@ impl Recovery {
         }
         // Only the vectors check: no entry needs looking at.
         let limit = if want_art || want_index || want_meta {
-            opts.sample.unwrap_or(u64::MAX)
+            sample.unwrap_or(u64::MAX)
         } else {
             0
         };
-        // A quick look starts somewhere random in key order.
-        let mut pages = EntryPages::new(self, opts.sample.map(|_| CacheKey(rand_key())));
+        // A quick look starts somewhere random in key order, and wraps around once.
+        let start = sample.map(|_| CacheKey(rand_key()));
+        let mut pages = EntryPages::new(self, start);
         let now = now_ms();
         let retain = self.retain_ms();
         let mut wrapped = false;
         while r.entries_scanned < limit {
             let n = (limit - r.entries_scanned).min(self.page_size() as u64) as u32;
-            let Some(page) = pages.next(Some(n)).await? else {
-                if opts.sample.is_some() && !wrapped && pages.after.is_some() {
+            let Some(mut page) = pages.next(Some(n)).await? else {
+                if sample.is_some() && !wrapped && pages.after.is_some() {
                     wrapped = true;
                     pages.after = None;
                     continue;
                 }
                 break;
             };
+            if let (true, Some(start)) = (wrapped, start) {
+                // Back where the walk began: every entry has been seen once.
+                page.retain(|e| e.key <= start);
+                if page.is_empty() {
+                    break;
+                }
+            }
             let pointers = if want_index {
                 index.get_many(page.iter().map(|e| e.key).collect()).await?
             } else {
