@@ -8,11 +8,13 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{anyhow, Context};
 
+use super::config::EngineControl;
+use super::relay::Relay;
 use super::subject::Subject;
 
 enum Action {
-    Relay(String),
-    Breaker(String),
+    Relay,
+    Breaker,
     Paused { pid: u32, watchdog: Option<Child> },
     Stopped { start: String },
 }
@@ -30,25 +32,74 @@ pub struct Faults {
     list: Vec<Injected>,
 }
 
-/// How an outage of `backend` will be made, for the report.
-pub fn method(subject: &Subject, backend: &str) -> Option<String> {
-    let ctl = subject.config.drill.engine(backend);
-    if ctl.pid.is_some() || ctl.pid_file.is_some() || ctl.stop.is_some() {
-        return Some(format!("{} the engine's process", ctl.method));
-    }
-    if let Some(r) = subject.relay(backend) {
-        return Some(format!("cut the connection to {} (a relay on {})", r.target, r.addr));
-    }
-    if backend == "provider" {
-        if subject.provider_relays().is_empty() {
-            return None;
-        }
-        return Some("cut the connection to the provider (relay)".into());
-    }
-    Some("force the breaker open through the admin API".into())
+/// How an outage of `backend` is made: decided in one place, for the report
+/// (before the fault) and for the fault itself.
+enum Plan<'a> {
+    /// Pause the process (SIGSTOP), or stop it with `stop` and start it with `start`.
+    Process {
+        pid: u32,
+        ctl: EngineControl,
+    },
+    Commands {
+        stop: String,
+        start: String,
+    },
+    /// Cut the relays in front of the engine (every upstream's, for the provider).
+    Relays(Vec<&'a Relay>),
+    Breaker,
 }
 
-fn read_pid(ctl: &super::config::EngineControl) -> anyhow::Result<Option<u32>> {
+/// The relays in front of `backend` (a managed drill's).
+fn relays_of<'a>(subject: &'a Subject, backend: &str) -> Vec<&'a Relay> {
+    if backend == "provider" {
+        subject.provider_relays()
+    } else {
+        subject.relay(backend).into_iter().collect()
+    }
+}
+
+fn plan<'a>(subject: &'a Subject, backend: &str) -> anyhow::Result<Plan<'a>> {
+    let ctl = subject.config.drill.engine(backend);
+    if let Some(pid) = read_pid(&ctl)? {
+        return Ok(Plan::Process { pid, ctl });
+    }
+    if let (Some(stop), Some(start)) = (&ctl.stop, &ctl.start) {
+        return Ok(Plan::Commands {
+            stop: stop.clone(),
+            start: start.clone(),
+        });
+    }
+    let relays = relays_of(subject, backend);
+    if !relays.is_empty() {
+        return Ok(Plan::Relays(relays));
+    }
+    if backend == "provider" {
+        return Err(anyhow!(
+            "provider-down needs --managed, or [drill.engines.provider] with a pid or stop/start commands"
+        ));
+    }
+    Ok(Plan::Breaker)
+}
+
+/// How an outage of `backend` will be made, for the report; an error when it cannot be made here.
+pub fn method(subject: &Subject, backend: &str) -> anyhow::Result<String> {
+    Ok(match plan(subject, backend)? {
+        Plan::Process { pid, ctl } if ctl.method == "kill" => format!("stop process {pid} and start it again"),
+        Plan::Process { pid, .. } => format!("pause process {pid} (SIGSTOP, then SIGCONT)"),
+        Plan::Commands { stop, .. } => format!("run '{stop}', then the start command"),
+        Plan::Relays(relays) => format!(
+            "cut the connection to {}",
+            relays
+                .iter()
+                .map(|r| format!("{} (a relay on {})", r.target, r.addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Plan::Breaker => "force the breaker open through the admin API".into(),
+    })
+}
+
+fn read_pid(ctl: &EngineControl) -> anyhow::Result<Option<u32>> {
     if let Some(p) = ctl.pid {
         return Ok(Some(p));
     }
@@ -85,18 +136,14 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
 impl Faults {
     /// Makes `backend` unreachable for at most `deadline_s` seconds. Returns what was done.
     pub async fn outage(&mut self, subject: &Subject, backend: &str, deadline_s: u64) -> anyhow::Result<String> {
-        let ctl = subject.config.drill.engine(backend);
-        let action;
-        let what;
-        if let Some(pid) = read_pid(&ctl)? {
-            if ctl.method == "kill" {
+        let (action, what) = match plan(subject, backend)? {
+            Plan::Process { pid, ctl } if ctl.method == "kill" => {
                 let stop = ctl.stop.clone().unwrap_or_else(|| format!("kill {pid}"));
                 shell(&stop)?;
-                what = format!("{backend}: stopped ('{stop}')");
-                action = Action::Stopped {
-                    start: ctl.start.clone().unwrap_or_default(),
-                };
-            } else {
+                let start = ctl.start.clone().unwrap_or_default();
+                (Action::Stopped { start }, format!("{backend}: stopped ('{stop}')"))
+            }
+            Plan::Process { pid, .. } => {
                 signal(pid, "STOP")?;
                 // Resumes the engine even if this process dies before it can.
                 let watchdog = {
@@ -111,46 +158,36 @@ impl Faults {
                         .spawn()
                         .ok()
                 };
-                what = format!(
+                let what = format!(
                     "{backend}: process {pid} paused (SIGSTOP; a watchdog resumes it after {} s at the latest)",
                     deadline_s + 5
                 );
-                action = Action::Paused { pid, watchdog };
+                (Action::Paused { pid, watchdog }, what)
             }
-        } else if let (Some(stop), Some(start)) = (&ctl.stop, &ctl.start) {
-            shell(stop)?;
-            what = format!("{backend}: stopped ('{stop}')");
-            action = Action::Stopped { start: start.clone() };
-        } else if backend == "provider" {
-            let relays = subject.provider_relays();
-            if relays.is_empty() {
-                return Err(anyhow!(
-                    "provider-down needs --managed, or [drill.engines.provider] with a pid or stop/start commands"
-                ));
+            Plan::Commands { stop, start } => {
+                shell(&stop)?;
+                (Action::Stopped { start }, format!("{backend}: stopped ('{stop}')"))
             }
-            for r in &relays {
-                r.cut();
+            Plan::Relays(relays) => {
+                for r in &relays {
+                    r.cut();
+                }
+                let targets: Vec<&str> = relays.iter().map(|r| r.target.as_str()).collect();
+                let what = format!(
+                    "{backend}: connections to {} cut (open ones reset, new ones refused)",
+                    targets.join(", ")
+                );
+                (Action::Relay, what)
             }
-            what = format!(
-                "provider: connections cut ({})",
-                relays.iter().map(|r| r.target.as_str()).collect::<Vec<_>>().join(", ")
-            );
-            action = Action::Relay("provider".into());
-        } else if let Some(r) = subject.relay(backend) {
-            r.cut();
-            what = format!(
-                "{backend}: connections to {} cut (open ones reset, new ones refused)",
-                r.target
-            );
-            action = Action::Relay(backend.into());
-        } else {
-            subject.force_open(backend, deadline_s + 5).await?;
-            what = format!(
-                "{backend}: breaker forced open (it closes by itself after {} s at the latest)",
-                deadline_s + 5
-            );
-            action = Action::Breaker(backend.into());
-        }
+            Plan::Breaker => {
+                subject.force_open(backend, deadline_s + 5).await?;
+                let what = format!(
+                    "{backend}: breaker forced open (it closes by itself after {} s at the latest)",
+                    deadline_s + 5
+                );
+                (Action::Breaker, what)
+            }
+        };
         self.list.push(Injected {
             backend: backend.into(),
             action,
@@ -166,18 +203,12 @@ impl Faults {
             f.undone = true;
             let b = f.backend.clone();
             match &mut f.action {
-                Action::Breaker(name) => match subject.reset(name).await {
+                Action::Breaker => match subject.reset(&b).await {
                     Ok(()) => out.push(format!("{b}: breaker reset")),
                     Err(e) => out.push(format!("{b}: breaker reset failed ({e}); it closes at its deadline")),
                 },
-                Action::Relay(name) if name == "provider" => {
-                    for r in subject.provider_relays() {
-                        r.heal();
-                    }
-                    out.push(format!("{b}: connections restored"));
-                }
-                Action::Relay(name) => {
-                    if let Some(r) = subject.relay(name) {
+                Action::Relay => {
+                    for r in relays_of(subject, &b) {
                         r.heal();
                     }
                     out.push(format!("{b}: connections restored"));

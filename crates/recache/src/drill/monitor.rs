@@ -47,7 +47,7 @@ impl Observed {
 
     /// When all of `backends` were first seen closed (or disabled) at or after `from`.
     pub fn first_closed(&self, backends: &[&str], from: f64) -> Option<f64> {
-        self.first(from, |st| backends.iter().all(|b| st.get(*b).is_none_or(|s| passes(s))))
+        self.first(from, |st| all_pass(st, backends))
     }
 
     /// When the gateway was first fully healthy at or after `from`: ready,
@@ -80,6 +80,11 @@ impl Observed {
 /// A breaker state that lets calls through.
 fn passes(state: &str) -> bool {
     state == "closed" || state == "disabled"
+}
+
+/// Every breaker of `backends` lets calls through (a backend without a breaker does).
+pub fn all_pass(states: &BTreeMap<String, String>, backends: &[&str]) -> bool {
+    backends.iter().all(|b| states.get(*b).is_none_or(|s| passes(s)))
 }
 
 /// Samples until `stop` turns true.

@@ -276,9 +276,10 @@ struct Measured {
     t_repair: f64,
     t_end: f64,
     steady_hit: f64,
-    steady_miss_share: f64,
     steady_rps: f64,
     steady_spend_rate: f64,
+    /// The share of requests predicted to go to the provider during the fault.
+    predicted_share: f64,
     predicted_rate: f64,
     recovered: Option<f64>,
     healthy: Option<f64>,
@@ -453,16 +454,10 @@ async fn drive(
         match scenario.kind() {
             Kind::Outage => {
                 for b in scenario.faulted() {
-                    match fault::method(subject, b) {
-                        Some(m) => fault_methods.push(format!("{b}: {m}")),
-                        None => {
-                            return Err(DrillError::Refused(format!(
-                                "{}: cannot make {b} unreachable here (provider-down needs --managed, or \
-                                 [drill.engines.provider] with a pid or stop/start commands)",
-                                scenario.name()
-                            )))
-                        }
-                    }
+                    let m = fault::method(subject, b).map_err(|e| {
+                        DrillError::Refused(format!("{}: cannot make {b} unreachable here: {e}", scenario.name()))
+                    })?;
+                    fault_methods.push(format!("{b}: {m}"));
                     let what = faults.outage(subject, b, o.fault_seconds).await?;
                     clock.log(format!("FAULT {what}"));
                 }
@@ -694,9 +689,9 @@ async fn drive(
         t_repair,
         t_end,
         steady_hit,
-        steady_miss_share,
         steady_rps,
         steady_spend_rate,
+        predicted_share,
         predicted_rate,
         recovered,
         healthy,
@@ -716,11 +711,7 @@ async fn drive(
 async fn wait_closed(subject: &Subject, backends: &[&str], limit: Duration) {
     let until = Instant::now() + limit;
     while Instant::now() < until {
-        let states = subject.breakers().await.unwrap_or_default();
-        if backends
-            .iter()
-            .all(|b| states.get(*b).is_none_or(|s| s == "closed" || s == "disabled"))
-        {
+        if monitor::all_pass(&subject.breakers().await.unwrap_or_default(), backends) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -790,12 +781,8 @@ async fn audit_remote(o: &Options, sample: u64) -> Option<(u64, u64, Value)> {
     .await
     .ok()?
     .ok()?;
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let report = if v.get("counts").is_some() {
-        v
-    } else {
-        v.get("report")?.clone()
-    };
+    // (`audit --format json` prints the report itself.)
+    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
     Some((
         entry_problems(&report["counts"]),
         report["entries_scanned"].as_u64().unwrap_or(0),
@@ -1013,14 +1000,7 @@ fn build(
                 "recovery"
             },
             fmt_s(window_len),
-            pct(scenario.predicted_miss_share(
-                m.steady_miss_share,
-                if scenario == Scenario::ArtifactsLoss {
-                    o.fraction
-                } else {
-                    0.0
-                }
-            ))
+            pct(m.predicted_share)
         ),
         target: format!("predicted {predicted:.6} USD"),
         actual: format!("{spend_during:.6} USD (extra over the steady state: {extra:.6} USD)"),
