@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::BreakerConfig;
+use crate::config::{BreakerConfig, BreakerSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,9 +65,25 @@ pub struct Breaker {
     threshold: u32,
     open_for: Duration,
     close_after: u32,
+    enabled: bool,
     inner: Mutex<Inner>,
     transitions: AtomicU64,
     rejections: AtomicU64,
+    /// The last few state changes, oldest first (dashboard, doctor, admin API).
+    recent: Mutex<std::collections::VecDeque<Transition>>,
+}
+
+/// How many state changes a breaker remembers.
+const RECENT_TRANSITIONS: usize = 10;
+
+/// One remembered state change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub from: BreakerState,
+    pub to: BreakerState,
+    pub why: String,
 }
 
 /// What a caller holds while its call is in flight.
@@ -91,15 +107,31 @@ pub struct BreakerStatus {
     /// Seconds until an open breaker admits its probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_in_seconds: Option<f64>,
+    /// The settings in force (`[breaker]` with `[breaker.<backend>]` over it).
+    pub settings: BreakerSettings,
+    /// The last state changes, newest last.
+    pub recent_transitions: Vec<Transition>,
 }
 
 impl Breaker {
+    /// A breaker for `backend` with its settings from `[breaker]` and
+    /// `[breaker.<backend>]`; disabled there, it starts disabled.
     pub fn new(backend: &'static str, cfg: &BreakerConfig) -> Arc<Self> {
+        let b = Self::with_settings(backend, cfg.for_backend(backend));
+        if !b.enabled {
+            b.disable();
+        }
+        b
+    }
+
+    fn with_settings(backend: &'static str, cfg: BreakerSettings) -> Arc<Self> {
         Arc::new(Self {
             backend,
             threshold: cfg.failure_threshold.max(1),
             open_for: Duration::from_secs(cfg.open_seconds),
             close_after: cfg.close_after_successes.max(1),
+            enabled: cfg.enabled,
+            recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_TRANSITIONS)),
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 generation: 0,
@@ -128,6 +160,18 @@ impl Breaker {
             inner.open_until = Instant::now() + self.open_for;
         }
         self.transitions.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_TRANSITIONS {
+                recent.pop_front();
+            }
+            recent.push_back(Transition {
+                at_ms: crate::roles::now_ms(),
+                from,
+                to,
+                why: why.to_string(),
+            });
+        }
         match to {
             BreakerState::Open | BreakerState::ForcedOpen => tracing::warn!(
                 backend = self.backend,
@@ -229,6 +273,24 @@ impl Breaker {
             rejections: self.rejections.load(Ordering::Relaxed),
             retry_in_seconds: (inner.state == BreakerState::Open)
                 .then(|| inner.open_until.saturating_duration_since(Instant::now()).as_secs_f64()),
+            settings: self.settings(),
+            recent_transitions: self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The settings this breaker runs with.
+    pub fn settings(&self) -> BreakerSettings {
+        BreakerSettings {
+            enabled: self.enabled,
+            failure_threshold: self.threshold,
+            open_seconds: self.open_for.as_secs(),
+            close_after_successes: self.close_after,
         }
     }
 
@@ -313,6 +375,7 @@ mod tests {
                 failure_threshold: 5,
                 open_seconds: 30,
                 close_after_successes: 3,
+                ..Default::default()
             },
         )
     }

@@ -48,6 +48,8 @@ pub struct Cache {
     /// How long expired entries are kept for `stale-if-error`.
     pub retain_stale: Duration,
     hits: Mutex<HashMap<CacheKey, (u64, i64)>>,
+    /// Requests and money per hour, tenant, namespace and model (cost reports).
+    pub usage: crate::usage::Usage,
 }
 
 /// A unique audit event id: time, process and a per-process sequence.
@@ -66,6 +68,7 @@ impl Cache {
             spool,
             retain_stale,
             hits: Mutex::new(HashMap::new()),
+            usage: crate::usage::Usage::default(),
         }
     }
 
@@ -197,6 +200,9 @@ impl Cache {
 
     /// Writes hit counters to metadata. Counters are kept if the write fails.
     pub async fn flush_hits(&self) {
+        if let Err(e) = self.usage.flush(self.roles.metadata.as_ref()).await {
+            self.failed(&e, "metadata", "usage counter flush");
+        }
         let batch: Vec<HitUpdate> = {
             let mut hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
             hits.drain()

@@ -254,6 +254,64 @@ pub struct BreakerConfig {
     pub failure_threshold: u32,
     pub open_seconds: u64,
     pub close_after_successes: u32,
+    /// `[breaker.index]`, `[breaker.artifacts]`, `[breaker.vectors]`, `[breaker.metadata]`,
+    /// `[breaker.embedder]`: settings for one backend, over the ones above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<BreakerOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<BreakerOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<BreakerOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BreakerOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<BreakerOverride>,
+}
+
+/// One backend's breaker settings; what is left out comes from `[breaker]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerOverride {
+    pub enabled: Option<bool>,
+    pub failure_threshold: Option<u32>,
+    pub open_seconds: Option<u64>,
+    pub close_after_successes: Option<u32>,
+}
+
+/// The backends that have a breaker of their own.
+pub const BREAKER_BACKENDS: [&str; 5] = ["index", "artifacts", "vectors", "metadata", "embedder"];
+
+/// A breaker's settings once `[breaker.<backend>]` is applied.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct BreakerSettings {
+    pub enabled: bool,
+    pub failure_threshold: u32,
+    pub open_seconds: u64,
+    pub close_after_successes: u32,
+}
+
+impl BreakerConfig {
+    fn override_for(&self, backend: &str) -> Option<&BreakerOverride> {
+        match backend {
+            "index" => self.index.as_ref(),
+            "artifacts" => self.artifacts.as_ref(),
+            "vectors" => self.vectors.as_ref(),
+            "metadata" => self.metadata.as_ref(),
+            "embedder" => self.embedder.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The settings in force for `backend`.
+    pub fn for_backend(&self, backend: &str) -> BreakerSettings {
+        let o = self.override_for(backend).cloned().unwrap_or_default();
+        BreakerSettings {
+            enabled: o.enabled.unwrap_or(self.enabled),
+            failure_threshold: o.failure_threshold.unwrap_or(self.failure_threshold),
+            open_seconds: o.open_seconds.unwrap_or(self.open_seconds),
+            close_after_successes: o.close_after_successes.unwrap_or(self.close_after_successes),
+        }
+    }
 }
 
 impl Default for BreakerConfig {
@@ -263,6 +321,11 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             open_seconds: 30,
             close_after_successes: 3,
+            index: None,
+            artifacts: None,
+            vectors: None,
+            metadata: None,
+            embedder: None,
         }
     }
 }
@@ -790,6 +853,14 @@ impl Config {
         if self.breaker.failure_threshold == 0 || self.breaker.close_after_successes == 0 {
             return err("breaker.failure_threshold and breaker.close_after_successes must be above 0");
         }
+        for b in BREAKER_BACKENDS {
+            let o = self.breaker.for_backend(b);
+            if o.failure_threshold == 0 || o.close_after_successes == 0 {
+                return err(format!(
+                    "breaker.{b}.failure_threshold and breaker.{b}.close_after_successes must be above 0"
+                ));
+            }
+        }
         let w = &self.warmer;
         if w.concurrency == 0 || w.heartbeat_ms == 0 || w.poll_ms == 0 || w.max_attempts == 0 || w.page_size == 0 {
             return err("warmer.concurrency, heartbeat_ms, poll_ms, max_attempts and page_size must be above 0");
@@ -1022,6 +1093,28 @@ keys = ["sk-a"]
     fn env_override_into_array_of_tables() {
         let (c, _) = Config::from_toml_str(BASE, &env(&[("RECACHE_UPSTREAMS__0__TIMEOUT_MS", "1234")])).unwrap();
         assert_eq!(c.upstreams[0].timeout_ms, 1234);
+    }
+
+    #[test]
+    fn per_backend_breaker_settings_override_the_shared_ones() {
+        let text =
+            format!("{BASE}\n[breaker]\nopen_seconds = 20\n[breaker.artifacts]\nopen_seconds = 5\nenabled = false\n");
+        let (c, _) = Config::from_toml_str(&text, &env(&[("RECACHE_BREAKER__INDEX__FAILURE_THRESHOLD", "9")])).unwrap();
+        let a = c.breaker.for_backend("artifacts");
+        assert_eq!((a.open_seconds, a.enabled, a.failure_threshold), (5, false, 5));
+        let i = c.breaker.for_backend("index");
+        assert_eq!((i.open_seconds, i.enabled, i.failure_threshold), (20, true, 9));
+        let b = crate::breaker::Breaker::new("artifacts", &c.breaker);
+        assert_eq!(b.state(), crate::breaker::BreakerState::Disabled);
+        assert_eq!(b.status().settings.open_seconds, 5);
+        let e = Config::from_toml_str(
+            &format!("{BASE}\n[breaker.metadata]\nfailure_threshold = 0\n"),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("breaker.metadata"), "{e}");
+        let e = Config::from_toml_str(&format!("{BASE}\n[breaker.nope]\nopen_seconds = 1\n"), &env(&[])).unwrap_err();
+        assert!(e.0.contains("nope"), "{e}");
     }
 
     #[test]

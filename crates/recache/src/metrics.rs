@@ -55,6 +55,35 @@ impl FloatCounter {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        for _ in 0..90 {
+            h.observe(0.0008); // in (0.0005, 0.001]
+        }
+        for _ in 0..10 {
+            h.observe(0.2); // in (0.1, 0.25]
+        }
+        let m = Metrics::default();
+        m.observe_request(200, "HIT", 0.0008);
+        let b = Buckets {
+            le: std::array::from_fn(|i| h.buckets[i].load(Ordering::Relaxed)),
+            count: 100,
+        };
+        let p50 = b.quantile(0.5).unwrap();
+        assert!(p50 > 0.0005 && p50 <= 0.001, "{p50}");
+        let p99 = b.quantile(0.99).unwrap();
+        assert!(p99 > 0.1 && p99 <= 0.25, "{p99}");
+        assert_eq!(Buckets::default().quantile(0.5), None);
+        assert_eq!(m.by_cache()["HIT"].count, 1);
+        assert_eq!(b.since(&b).count, 0);
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub hits: AtomicU64,
@@ -104,6 +133,21 @@ impl Metrics {
         }
         let mut map = self.latency.write().unwrap_or_else(|e| e.into_inner());
         map.entry((status, cache)).or_default().observe(secs);
+    }
+
+    /// Requests so far by cache status (all HTTP statuses summed), with their
+    /// latency buckets: what the dashboard's history samples.
+    pub fn by_cache(&self) -> BTreeMap<&'static str, Buckets> {
+        let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: BTreeMap<&'static str, Buckets> = BTreeMap::new();
+        for ((_, cache), h) in map.iter() {
+            let b = out.entry(cache).or_default();
+            for (i, c) in h.buckets.iter().enumerate() {
+                b.le[i] += c.load(Ordering::Relaxed);
+            }
+            b.count += h.count.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// The Prometheus text format. `extra` gauges (name, help, value) are appended.
@@ -222,6 +266,57 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         out
+    }
+}
+
+/// Cumulative bucket counts of a histogram (Prometheus `le` buckets) and its count.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Buckets {
+    pub le: [u64; 17],
+    pub count: u64,
+}
+
+impl Buckets {
+    /// What was added between `earlier` and `self`.
+    pub fn since(&self, earlier: &Buckets) -> Buckets {
+        let mut out = *self;
+        for (o, e) in out.le.iter_mut().zip(earlier.le.iter()) {
+            *o = o.saturating_sub(*e);
+        }
+        out.count = self.count.saturating_sub(earlier.count);
+        out
+    }
+
+    pub fn add(&mut self, other: &Buckets) {
+        for (o, e) in self.le.iter_mut().zip(other.le.iter()) {
+            *o += *e;
+        }
+        self.count += other.count;
+    }
+
+    /// The `q` quantile in seconds, interpolated within its bucket as
+    /// Prometheus' `histogram_quantile` does; `None` without observations.
+    /// Above the last bucket it answers that bucket's bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut prev_bound = 0.0;
+        let mut prev_count = 0u64;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let c = self.le[i];
+            if c as f64 >= rank {
+                let in_bucket = (c - prev_count) as f64;
+                if in_bucket <= 0.0 {
+                    return Some(*bound);
+                }
+                return Some(prev_bound + (bound - prev_bound) * (rank - prev_count as f64) / in_bucket);
+            }
+            prev_bound = *bound;
+            prev_count = c;
+        }
+        Some(*BUCKETS.last().unwrap_or(&0.0))
     }
 }
 

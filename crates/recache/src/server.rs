@@ -154,13 +154,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
             }
         }
     };
-    let breaker = |name: &'static str| {
-        let b = Breaker::new(name, &config.breaker);
-        if !config.breaker.enabled {
-            b.disable();
-        }
-        b
-    };
+    let breaker = |name: &'static str| Breaker::new(name, &config.breaker);
     let (bi, ba, bv, bm) = (
         breaker("index"),
         breaker("artifacts"),
@@ -347,6 +341,7 @@ impl Gateway {
             coalescer: Arc::new(Coalescer::default()),
             started: Instant::now(),
             recovery,
+            dashboard: Arc::new(crate::dashboard::Dashboard::default()),
         });
         // The first loss check runs before the first request, so the generation marker is
         // in place before any traffic and a fresh start is never mistaken for a loss.
@@ -524,5 +519,7 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             }
         })
     };
-    vec![hits, sweep, spool]
+    let mut out = vec![hits, sweep, spool];
+    out.extend(crate::dashboard::spawn(state));
+    out
 }

@@ -11,10 +11,12 @@ pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod bench_semantic;
+pub mod doctor;
 pub mod drill;
 pub mod health;
 pub mod ops;
 pub mod repair;
+pub mod report;
 pub mod semantic;
 pub mod serve;
 pub mod warmer;
@@ -56,6 +58,11 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// DR drills: inject a failure under load, measure RTO/RPO/integrity/cost, write the report.
     Drill(drill::DrillArgs),
+    /// Check the engines against the operations guides' advice and recache's own health
+    /// (ok | warn | fail, one fix per finding); exit 1 on any fail.
+    Doctor(doctor::DoctorArgs),
+    /// Reports from metadata: `report cost` (requests, hits, tokens, USD saved and spent per group).
+    Report(report::ReportArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,5 +121,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Vectors(a) => semantic::run_vectors(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Drill(a) => drill::run(a).await,
+        Command::Doctor(a) => doctor::run(a).await,
+        Command::Report(a) => report::run(a).await,
     }
 }

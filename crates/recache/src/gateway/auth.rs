@@ -2,6 +2,7 @@
 //! the client chooses. Keys are held only as SHA-256 digests.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,33 @@ pub struct Tenant {
     pub name: String,
     pub default_ttl: Duration,
     pub stale_if_error: u64,
+    /// Requests of this tenant since start (dashboard's top tenants).
+    pub usage: TenantUsage,
+}
+
+/// Per-tenant request counters, kept in memory by this process.
+#[derive(Default)]
+pub struct TenantUsage {
+    pub requests: AtomicU64,
+    /// Answered from the cache (exact or semantic).
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl TenantUsage {
+    /// Counts one request by its cache status (`HIT`, `MISS`, `ERROR`, ...).
+    pub fn record(&self, cache_status: &str) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let c = match cache_status {
+            "HIT" | "SEMANTIC_HIT" => &self.hits,
+            // A stale answer was a miss the provider failed (as in `cache_misses_total`).
+            "MISS" | "STALE" => &self.misses,
+            "ERROR" => &self.errors,
+            _ => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Tenants {
@@ -29,6 +57,7 @@ impl Tenants {
                 name: t.name.clone(),
                 default_ttl: Duration::from_secs(t.default_ttl_seconds.unwrap_or(cfg.cache.default_ttl_seconds)),
                 stale_if_error: t.stale_if_error_seconds.unwrap_or(0).min(cfg.cache.max_stale_seconds),
+                usage: TenantUsage::default(),
             });
             for k in &t.keys {
                 // Validated already; skip anything odd rather than panic.
@@ -40,6 +69,18 @@ impl Tenants {
             }
         }
         Self { by_hash }
+    }
+
+    /// Every tenant once, by name.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let mut out: Vec<Arc<Tenant>> = Vec::new();
+        for t in self.by_hash.values() {
+            if !out.iter().any(|o| Arc::ptr_eq(o, t)) {
+                out.push(t.clone());
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {

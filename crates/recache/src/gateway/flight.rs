@@ -207,6 +207,13 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
         let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
         let cost = spec.state.price(&t.model, pt, ct);
         m.usd_spent.add(cost);
+        spec.state.cache.usage.record(
+            crate::roles::now_ms(),
+            &t.tenant,
+            &t.namespace,
+            &t.model,
+            crate::usage::Delta::miss(pt, ct, cost),
+        );
         let stored = spec
             .state
             .cache

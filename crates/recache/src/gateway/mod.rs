@@ -76,6 +76,8 @@ pub struct AppState {
     pub recovery: Arc<crate::recovery::Recovery>,
     /// Semantic matching, when some tenant has it on.
     pub semantic: Option<Arc<crate::semantic::Semantic>>,
+    /// The dashboard's history ring and backup/drill status.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl AppState {
@@ -141,6 +143,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/semantic", get(ops::admin_semantic))
         .route("/admin/jobs", get(ops::admin_jobs).post(ops::admin_enqueue))
         .route("/admin/breakers/{backend}/{action}", post(ops::admin_breaker_action))
+        .merge(crate::dashboard::routes())
         .fallback(not_found)
         .with_state(state)
 }

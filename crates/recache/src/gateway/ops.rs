@@ -86,12 +86,63 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         let _ = writeln!(body, "# HELP metadata_spool_dropped_total Spool records dropped at metadata.spool_max_mb (entries are restored by reconcile-metadata).\n# TYPE metadata_spool_dropped_total counter");
         let _ = writeln!(body, "metadata_spool_dropped_total{{record=\"entry\"}} {entries}");
         let _ = writeln!(body, "metadata_spool_dropped_total{{record=\"audit\"}} {audit}");
+        let _ = writeln!(body, "# HELP metadata_spool_bytes Metadata writes waiting in the spool (metadata was unreachable).\n# TYPE metadata_spool_bytes gauge\nmetadata_spool_bytes {}", spool.size_bytes());
     }
+    render_ops_status(&s, &mut body);
     render_warmer(&s, &mut body).await;
     if let Some(sem) = &s.semantic {
         sem.render_metrics(&mut body);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Backup and drill gauges (for the alert rules), from the status the gateway
+/// reads every minute; left out until it has been read once.
+fn render_ops_status(s: &AppState, body: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        body,
+        "# HELP recache_build_info The running release.\n# TYPE recache_build_info gauge\nrecache_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let ops = s.dashboard.ops.get();
+    let mut gauge = |name: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    };
+    let secs = |ms: Option<i64>| ms.map(|m| m as f64 / 1000.0);
+    if let Some(b) = &ops.backup {
+        gauge(
+            "recache_backup_last_timestamp_seconds",
+            "Start time of the newest complete backup set (Unix seconds).",
+            secs(b.newest_at_ms),
+        );
+        gauge(
+            "recache_backup_last_verified_timestamp_seconds",
+            "Start time of the newest backup set that passed verification (Unix seconds).",
+            secs(b.newest_verified_at_ms),
+        );
+        gauge(
+            "recache_backup_rpo_seconds",
+            "The RPO target (backup.rpo).",
+            b.rpo_seconds.map(|r| r as f64),
+        );
+    }
+    if let Some(d) = &ops.drill {
+        if d.error.is_none() {
+            gauge(
+                "recache_drill_last_pass_timestamp_seconds",
+                "Time of the last DR drill that passed (Unix seconds); 0 when none has.",
+                Some(secs(d.last_pass_at_ms).unwrap_or(0.0)),
+            );
+            gauge(
+                "recache_drill_overdue_scenarios",
+                "DR drill scenarios past their cadence (quarterly; full restore twice a year).",
+                Some(d.overdue.len() as f64),
+            );
+        }
+    }
 }
 
 /// Job gauges by kind and state, attempt outcomes, progress of running jobs.
@@ -226,7 +277,7 @@ fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

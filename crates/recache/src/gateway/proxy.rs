@@ -172,10 +172,14 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Entry point for `POST /v1/{chat/completions,completions,embeddings}`.
 pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
-    let (resp, status) = match serve(&state, endpoint, &headers, body).await {
+    let mut tenant = None;
+    let (resp, status) = match serve(&state, endpoint, &headers, body, &mut tenant).await {
         Ok(r) => r,
         Err(e) => (e.to_response(), "ERROR"),
     };
+    if let Some(t) = tenant {
+        t.usage.record(status);
+    }
     let secs = start.elapsed().as_secs_f64();
     state
         .cache
@@ -198,8 +202,10 @@ async fn serve(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
+    who: &mut Option<Arc<super::auth::Tenant>>,
 ) -> Result<(Response, &'static str), ApiError> {
     let tenant = state.tenants.authenticate(headers)?;
+    *who = Some(tenant.clone());
     let raw = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed = parse_body(endpoint, &raw)?;
     let d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
@@ -227,6 +233,17 @@ async fn serve(
                     .tokens_saved
                     .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
                 metrics.usd_saved.add(hit.meta.cost_usd);
+                state.cache.usage.record(
+                    crate::roles::now_ms(),
+                    &tenant.name,
+                    &d.namespace,
+                    &parsed.model,
+                    crate::usage::Delta::hit(
+                        hit.meta.prompt_tokens + hit.meta.completion_tokens,
+                        hit.meta.cost_usd,
+                        false,
+                    ),
+                );
                 let resp = render_answer(
                     endpoint,
                     &parsed,

@@ -85,6 +85,17 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
         m.tokens_saved
             .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
         m.usd_saved.add(hit.meta.cost_usd);
+        state.cache.usage.record(
+            crate::roles::now_ms(),
+            &req.tenant.name,
+            &req.directives.namespace,
+            &req.parsed.model,
+            crate::usage::Delta::hit(
+                hit.meta.prompt_tokens + hit.meta.completion_tokens,
+                hit.meta.cost_usd,
+                true,
+            ),
+        );
         if sem.sample_verification(p) {
             let fresh = match state.coalescer.join(req.key) {
                 Joined::Follower(rx) => rx,

@@ -100,6 +100,13 @@ impl Recovery {
         let cost = crate::gateway::cost_usd(&self.config.prices, p.model, pt, ct);
         metrics.usd_spent.add(cost);
         metrics.warmer_usd_spent.add(cost);
+        self.cache.usage.record(
+            crate::roles::now_ms(),
+            p.tenant,
+            p.namespace,
+            p.model,
+            crate::usage::Delta::miss(pt, ct, cost),
+        );
         if let Err(e) = self.queue.record_spend(job_id, cost).await {
             tracing::warn!(error = %e, "warmer: could not record spend in the ledger");
         }

@@ -458,6 +458,40 @@ pub async fn metadata_recovery_queries(meta: &dyn Metadata) {
     assert!(hours.iter().all(|(h, _)| h % 3_600_000 == 0));
 }
 
+/// Usage rows of the same hour and group add up; other groups and hours stay apart.
+pub async fn metadata_usage_adds_up(meta: &dyn Metadata) {
+    let hour = 1_000 * 3_600_000;
+    let row = |tenant: &str, hour_ms: i64, hits: u64, misses: u64, spent: f64| super::UsageRow {
+        hour_ms,
+        tenant: tenant.into(),
+        namespace: "ns".into(),
+        model: "m".into(),
+        hits,
+        misses,
+        prompt_tokens: misses * 10,
+        tokens_saved: hits * 7,
+        usd_saved: hits as f64 * 0.5,
+        usd_spent: spent,
+        ..Default::default()
+    };
+    meta.record_usage(vec![row("a", hour, 1, 2, 0.25), row("b", hour, 0, 1, 0.125)])
+        .await
+        .unwrap();
+    meta.record_usage(vec![row("a", hour, 3, 1, 0.5), row("a", hour + 3_600_000, 1, 0, 0.0)])
+        .await
+        .unwrap();
+    let rows = meta.usage_since(hour).await.unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let a = rows.iter().find(|r| r.tenant == "a" && r.hour_ms == hour).unwrap();
+    assert_eq!((a.hits, a.misses, a.prompt_tokens, a.tokens_saved), (4, 3, 30, 28));
+    assert!(
+        (a.usd_spent - 0.75).abs() < 1e-9 && (a.usd_saved - 2.0).abs() < 1e-9,
+        "{a:?}"
+    );
+    assert_eq!(meta.usage_since(hour + 3_600_000).await.unwrap().len(), 1);
+    assert!(meta.usage_since(hour + 7_200_000).await.unwrap().is_empty());
+}
+
 pub async fn metadata_audit_is_idempotent(meta: &dyn Metadata) {
     let id = format!("conformance-{}", test_key("audit").hex());
     let ev = |suffix: &str| AuditEvent {

@@ -218,6 +218,12 @@ impl Metadata for GuardedMetadata {
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>> {
         Box::pin(self.guard.call_bulk(self.inner.hourly_counts(since_ms)))
     }
+    fn record_usage(&self, rows: Vec<super::UsageRow>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.record_usage(rows)))
+    }
+    fn usage_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<super::UsageRow>>> {
+        Box::pin(self.guard.call_bulk(self.inner.usage_since(since_ms)))
+    }
     /// Refused while the breaker is open; otherwise unbounded in time (a
     /// snapshot of a large store takes as long as it takes; its pages are
     /// handed over as they are read).

@@ -18,10 +18,11 @@ use super::{
 };
 use crate::key::CacheKey;
 
-const MIGRATIONS: &[(i64, &str)] = &[
+pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_jobs.sql")),
     (3, include_str!("../../migrations/postgres/0003_recovery.sql")),
+    (4, include_str!("../../migrations/postgres/0004_usage.sql")),
 ];
 
 /// The statements of a migration file (no statement in them contains `;`).

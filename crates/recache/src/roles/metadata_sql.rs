@@ -36,6 +36,17 @@ pub const INSERT_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace,
      cost_usd = excluded.cost_usd, created_at_ms = excluded.created_at_ms, expires_at_ms = excluded.expires_at_ms, \
      last_hit_at_ms = NULL, hit_count = 0, request_json = excluded.request_json, artifact_missing = 0";
 
+/// Adds one row of usage counters to its hour (both engines speak this upsert).
+pub const USAGE_UPSERT_SQL: &str = "INSERT INTO usage_hourly (hour_ms, tenant, namespace, model, hits, semantic_hits, \
+     misses, prompt_tokens, completion_tokens, tokens_saved, usd_saved, usd_spent) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (hour_ms, tenant, namespace, model) DO UPDATE SET hits = usage_hourly.hits + excluded.hits, \
+     semantic_hits = usage_hourly.semantic_hits + excluded.semantic_hits, misses = usage_hourly.misses + excluded.misses, \
+     prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
+     completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens, \
+     tokens_saved = usage_hourly.tokens_saved + excluded.tokens_saved, \
+     usd_saved = usage_hourly.usd_saved + excluded.usd_saved, usd_spent = usage_hourly.usd_spent + excluded.usd_spent";
+
 /// Like [`INSERT_SQL`], but an existing row wins (reconciliation).
 pub fn insert_if_absent_sql() -> String {
     let head = INSERT_SQL.split(" ON CONFLICT").next().unwrap_or(INSERT_SQL);
@@ -153,6 +164,70 @@ macro_rules! recovery_queries {
                 rows.iter().map(row_to_entry).collect()
             }
 
+            async fn q_record_usage(&self, rows: Vec<super::UsageRow>) -> Result<()> {
+                self.ready().await?;
+                let sql = Self::sql(super::metadata_sql::USAGE_UPSERT_SQL);
+                let mut rows = rows;
+                // Key order: concurrent flushes from replicas take row locks in the same order.
+                rows.sort_by(|a, b| {
+                    (a.hour_ms, &a.tenant, &a.namespace, &a.model).cmp(&(b.hour_ms, &b.tenant, &b.namespace, &b.model))
+                });
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                for r in &rows {
+                    sqlx::query(&sql)
+                        .bind(r.hour_ms)
+                        .bind(&r.tenant)
+                        .bind(&r.namespace)
+                        .bind(&r.model)
+                        .bind(r.hits as i64)
+                        .bind(r.semantic_hits as i64)
+                        .bind(r.misses as i64)
+                        .bind(r.prompt_tokens as i64)
+                        .bind(r.completion_tokens as i64)
+                        .bind(r.tokens_saved as i64)
+                        .bind(r.usd_saved)
+                        .bind(r.usd_spent)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn q_usage_since(&self, since_ms: i64) -> Result<Vec<super::UsageRow>> {
+                use sqlx::Row as _;
+                self.ready().await?;
+                let sql = Self::sql(
+                    "SELECT hour_ms, tenant, namespace, model, hits, semantic_hits, misses, prompt_tokens, \
+                     completion_tokens, tokens_saved, usd_saved, usd_spent FROM usage_hourly \
+                     WHERE hour_ms >= $1 ORDER BY hour_ms, tenant, namespace, model",
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(since_ms)
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64).map_err(map_err);
+                        Ok(super::UsageRow {
+                            hour_ms: r.try_get("hour_ms").map_err(map_err)?,
+                            tenant: r.try_get("tenant").map_err(map_err)?,
+                            namespace: r.try_get("namespace").map_err(map_err)?,
+                            model: r.try_get("model").map_err(map_err)?,
+                            hits: n("hits")?,
+                            semantic_hits: n("semantic_hits")?,
+                            misses: n("misses")?,
+                            prompt_tokens: n("prompt_tokens")?,
+                            completion_tokens: n("completion_tokens")?,
+                            tokens_saved: n("tokens_saved")?,
+                            usd_saved: r.try_get("usd_saved").map_err(map_err)?,
+                            usd_spent: r.try_get("usd_spent").map_err(map_err)?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn q_hourly(&self, since_ms: i64) -> Result<Vec<(i64, u64)>> {
                 use sqlx::Row as _;
                 self.ready().await?;
@@ -197,6 +272,12 @@ macro_rules! recovery_methods {
         }
         fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>> {
             Box::pin(self.q_hourly(since_ms))
+        }
+        fn record_usage(&self, rows: Vec<super::UsageRow>) -> BoxFuture<'_, Result<()>> {
+            Box::pin(self.q_record_usage(rows))
+        }
+        fn usage_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<super::UsageRow>>> {
+            Box::pin(self.q_usage_since(since_ms))
         }
     };
 }

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_jobs.sql")),
     (3, include_str!("../../migrations/sqlite/0003_recovery.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_usage.sql")),
 ];
 
 /// SQLite allows one writer at a time, and a transaction that reads before

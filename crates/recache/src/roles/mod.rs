@@ -262,6 +262,27 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
+/// Requests and money of one hour, tenant, namespace and model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct UsageRow {
+    /// Start of the hour (Unix ms).
+    pub hour_ms: i64,
+    pub tenant: String,
+    pub namespace: String,
+    pub model: String,
+    pub hits: u64,
+    pub semantic_hits: u64,
+    /// Provider calls whose answers were stored.
+    pub misses: u64,
+    /// Tokens paid for (misses).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Tokens not paid for (hits).
+    pub tokens_saved: u64,
+    pub usd_saved: f64,
+    pub usd_spent: f64,
+}
+
 /// Hits on one key since the last flush.
 #[derive(Clone, Copy, Debug)]
 pub struct HitUpdate {
@@ -304,6 +325,11 @@ pub trait Metadata: Send + Sync {
     fn expired_entries(&self, from_ms: i64, to_ms: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>>;
     /// Entries created per hour since `since_ms`: (hour start ms, count), in order.
     fn hourly_counts(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<(i64, u64)>>>;
+    /// Adds usage counters to their hours (cost reports); rows with the same
+    /// hour, tenant, namespace and model add up.
+    fn record_usage(&self, rows: Vec<UsageRow>) -> BoxFuture<'_, Result<()>>;
+    /// Usage rows of the hours starting at or after `since_ms`.
+    fn usage_since(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<UsageRow>>>;
     /// Streams one consistent snapshot (a single read transaction) of every
     /// entry (with its stored request), audit event and job to `out`, in
     /// pages (in no particular order): entries first, then audit events,

@@ -156,6 +156,21 @@ impl QdrantVectors {
         Ok(Some((dim, result.points_count.unwrap_or(0))))
     }
 
+    /// recache's collections with their replication factor and shard count (doctor).
+    pub async fn replication(&self) -> Result<Vec<(String, u32, u32)>> {
+        let mut out = Vec::new();
+        for name in self.ours().await? {
+            let info = self.client.collection_info(&name).await.map_err(err)?;
+            let params = info.result.unwrap_or_default().config.and_then(|c| c.params);
+            out.push((
+                name,
+                params.as_ref().and_then(|p| p.replication_factor).unwrap_or(1),
+                params.as_ref().map(|p| p.shard_number).unwrap_or(1),
+            ));
+        }
+        Ok(out)
+    }
+
     fn remember(&self, collection: &str) {
         self.known
             .lock()

@@ -887,6 +887,11 @@ impl Semantic {
     }
 
     /// Everything `recache semantic report` shows.
+    /// The embedder's breaker (dashboard, doctor).
+    pub fn embedder_breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
     pub async fn report(&self) -> Report {
         let scopes = self.budget.snapshot();
         let mut tenants: BTreeMap<(String, String), TenantReport> = BTreeMap::new();

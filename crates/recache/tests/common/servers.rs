@@ -103,6 +103,12 @@ impl Server {
     }
 
     pub fn redis() -> Option<Server> {
+        Self::redis_with(&[])
+    }
+
+    /// A Redis with extra settings after the defaults (later ones win), e.g.
+    /// `["--appendonly", "yes", "--maxmemory-policy", "noeviction"]`.
+    pub fn redis_with(extra: &[&str]) -> Option<Server> {
         let redis = bin("RECACHE_TEST_REDIS_BIN")?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -119,6 +125,8 @@ impl Server {
             "--dir".into(),
             dir.path().display().to_string(),
         ];
+        let mut cmd = cmd;
+        cmd.extend(extra.iter().map(|a| a.to_string()));
         let mut s = Server {
             name: "redis",
             port,

@@ -1,0 +1,199 @@
+//! The operator dashboard: `GET /dashboard`, one page embedded in the binary
+//! (no CDN, no network), over `GET /dashboard/data` (JSON). Both need the
+//! admin token: as a bearer header, or through the login form, which sets an
+//! HttpOnly session cookie derived from the token (rotating the token ends
+//! every session).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::gateway::AppState;
+
+pub mod data;
+pub mod history;
+
+const PAGE: &str = include_str!("page.html");
+const LOGIN: &str = include_str!("login.html");
+/// The session cookie's name.
+pub const COOKIE: &str = "recache_session";
+/// How long a login lasts in the browser.
+const SESSION_SECONDS: u64 = 12 * 3600;
+
+/// What the dashboard keeps: the history ring and the last backup/drill status.
+#[derive(Default)]
+pub struct Dashboard {
+    pub history: history::History,
+    pub ops: crate::status::OpsStatusCache,
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/dashboard", get(page))
+        .route("/dashboard/", get(page))
+        .route("/dashboard/data", get(data_json))
+        .route("/dashboard/login", post(login))
+        .route("/dashboard/logout", post(logout))
+}
+
+/// The session value for a token: a digest, so the cookie never holds the token itself.
+fn session_value(token: &str) -> String {
+    hex::encode(Sha256::digest(format!("recache-dashboard-session\0{token}").as_bytes()))
+}
+
+/// The admin token as a bearer header, or a session cookie made from it.
+fn authorized(s: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.admin_token else {
+        return false;
+    };
+    let eq = |a: &str, b: &str| crate::gateway::ops::constant_time_eq(a.as_bytes(), b.as_bytes());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|b| eq(b, token)) {
+        return true;
+    }
+    let want = session_value(token);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .any(|(k, v)| k == COOKIE && eq(v, &want))
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::HeaderName::from_static("x-frame-options"), "DENY"),
+            (
+                header::HeaderName::from_static("content-security-policy"),
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn login_page(status: StatusCode, message: &str) -> Response {
+    let note = if message.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"err\" id=\"login-error\">{message}</p>")
+    };
+    html(status, LOGIN.replace("<!--MESSAGE-->", &note))
+}
+
+/// `GET /dashboard`: the page, or the login form (401) without a session.
+async fn page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if s.admin_token.is_none() {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            "The dashboard needs an admin token: set the variable named by server.admin_token_env.",
+        );
+    }
+    if !authorized(&s, &headers) {
+        return login_page(StatusCode::UNAUTHORIZED, "");
+    }
+    html(StatusCode::OK, PAGE.to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// `POST /dashboard/login` (form field `token`): sets the session cookie.
+async fn login(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(token) = &s.admin_token else {
+        return login_page(StatusCode::UNAUTHORIZED, "No admin token is configured.");
+    };
+    let given = form.map(|f| f.0.token).unwrap_or_default();
+    if !crate::gateway::ops::constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        tracing::warn!("dashboard login refused (wrong token)");
+        return login_page(StatusCode::UNAUTHORIZED, "Wrong token.");
+    }
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let cookie = format!(
+        "{COOKIE}={}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}{}",
+        session_value(token),
+        if secure { "; Secure" } else { "" }
+    );
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// `POST /dashboard/logout`: clears the cookie.
+async fn logout() -> Response {
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("recache_session=; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    resp
+}
+
+/// `GET /dashboard/data`: everything the page shows, as JSON.
+async fn data_json(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return ApiError::AdminUnauthorized.into_response();
+    }
+    let mut resp = Json(data::build(&s).await).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Samples the counters every [`history::STEP`] and refreshes the backup and
+/// drill status every minute.
+pub fn spawn(state: &Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
+    let sampler = {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(history::STEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                s.dashboard.history.push(history::Sample::take(&s));
+            }
+        })
+    };
+    let ops = {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                s.dashboard
+                    .ops
+                    .refresh(&s.config, s.cache.roles.metadata.as_ref())
+                    .await;
+            }
+        })
+    };
+    vec![sampler, ops]
+}
