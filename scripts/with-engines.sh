@@ -25,6 +25,8 @@ PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || tru
 [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] || need_apt+=(postgresql)
 # Headless Chromium renders the drill reports' charts in the tests.
 command -v chromium >/dev/null || need_apt+=(chromium)
+# promtool checks the alert rules in deploy/ and the gateway's /metrics page in the tests.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]} from Debian packages"
   export DEBIAN_FRONTEND=noninteractive
