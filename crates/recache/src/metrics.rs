@@ -13,8 +13,11 @@ const BUCKETS: &[f64] = &[
 /// The storage backends errors are counted for.
 pub const BACKENDS: [&str; 4] = ["index", "artifacts", "vectors", "metadata"];
 
+/// A latency histogram: one atomic add for the bucket an observation falls
+/// in (plus count and sum); the cumulative `le` counts are summed when read.
 #[derive(Default)]
 pub struct Histogram {
+    /// Observations in `(BUCKETS[i-1], BUCKETS[i]]` (not cumulative).
     buckets: [AtomicU64; 17],
     count: AtomicU64,
     sum_micros: AtomicU64,
@@ -22,13 +25,24 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, secs: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        let i = BUCKETS.partition_point(|b| *b < secs);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// The cumulative `le` counts and the count, read now.
+    pub fn cumulative(&self) -> Buckets {
+        let mut out = Buckets::default();
+        let mut acc = 0;
+        for (o, b) in out.le.iter_mut().zip(self.buckets.iter()) {
+            acc += b.load(Ordering::Relaxed);
+            *o = acc;
+        }
+        out.count = self.count.load(Ordering::Relaxed);
+        out
     }
 }
 
@@ -70,10 +84,13 @@ mod tests {
         }
         let m = Metrics::default();
         m.observe_request(200, "HIT", 0.0008);
-        let b = Buckets {
-            le: std::array::from_fn(|i| h.buckets[i].load(Ordering::Relaxed)),
-            count: 100,
-        };
+        let b = h.cumulative();
+        assert_eq!(b.count, 100);
+        assert_eq!((b.le[0], b.le[1], b.le[7], b.le[8], b.le[16]), (0, 90, 90, 100, 100));
+        h.observe(1000.0); // above the last bucket: only +Inf (the count)
+        assert_eq!((h.cumulative().le[16], h.cumulative().count), (100, 101));
+        h.observe(0.001); // on a bound: that bucket (le is "less or equal")
+        assert_eq!(h.cumulative().le[1], 91);
         let p50 = b.quantile(0.5).unwrap();
         assert!(p50 > 0.0005 && p50 <= 0.001, "{p50}");
         let p99 = b.quantile(0.99).unwrap();
@@ -141,11 +158,7 @@ impl Metrics {
         let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
         let mut out: BTreeMap<&'static str, Buckets> = BTreeMap::new();
         for ((_, cache), h) in map.iter() {
-            let b = out.entry(cache).or_default();
-            for (i, c) in h.buckets.iter().enumerate() {
-                b.le[i] += c.load(Ordering::Relaxed);
-            }
-            b.count += h.count.load(Ordering::Relaxed);
+            out.entry(cache).or_default().add(&h.cumulative());
         }
         out
     }
@@ -324,10 +337,12 @@ impl Buckets {
 pub fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sep = if labels.is_empty() { "" } else { "," };
+    let c = h.cumulative();
     for (i, b) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", l(&h.buckets[i]));
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", c.le[i]);
     }
-    let count = l(&h.count);
+    // Read after the buckets: +Inf is never below the last bucket.
+    let count = l(&h.count).max(c.le[BUCKETS.len() - 1]);
     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
     let braces = if labels.is_empty() {
         String::new()

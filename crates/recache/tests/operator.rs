@@ -649,3 +649,29 @@ async fn the_cost_report_adds_up_per_tenant_and_model() {
     let (code, _, err) = env.cli(&["report", "cost", "--since", "soon"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_qdrant_collections_and_replication() {
+    let Some(url) = engines::qdrant_url() else { return };
+    let prefix = format!("{}-", engines::unique("doc").to_lowercase());
+    let overrides = [
+        ("RECACHE_VECTORS__ENGINE", "qdrant"),
+        ("RECACHE_VECTORS__URL", url.as_str()),
+        ("RECACHE_VECTORS__COLLECTION_PREFIX", prefix.as_str()),
+    ];
+    let env = Env::on_with(Backends::Embedded, StubConfig::default(), "", &overrides).await;
+    let (_, r) = doctor(&env, &overrides);
+    assert_eq!(finding(&r, "qdrant.reachable")["status"], "ok", "{r:#}");
+    assert_eq!(finding(&r, "qdrant.collections")["status"], "warn", "none yet: {r:#}");
+    // A collection whose name says 384 dimensions but holds 8: the wrong dimension is a failure.
+    let name = format!("{prefix}local_all-minilm-l6-v2_384_l2_256");
+    let (code, out, err) = env.cli(&["vectors", "init", "--collection", &name, "--dimension", "8"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, r) = doctor(&env, &overrides);
+    assert_eq!(code, 1, "{r:#}");
+    let c = finding(&r, "qdrant.collections");
+    assert_eq!(c["status"], "fail", "{r:#}");
+    assert!(c["detail"].as_str().unwrap().contains("dimension 8"), "{c}");
+    // One node: replication factor 1 is a warning.
+    assert_eq!(finding(&r, "qdrant.replication")["status"], "warn", "{r:#}");
+}

@@ -11,6 +11,17 @@ use crate::roles::Vectors;
 const REPLICAS: &str = "Qdrant prevention: replication factor of 2 or more";
 const REACH: &str = "Qdrant recovery: check cluster health and the collection first";
 
+/// The dimension an embedder fingerprint puts in a collection's name
+/// (`kind:model:dimension:...`, with `:` written `_`): its first all-digit part.
+pub fn named_dimension(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?
+        .split('_')
+        .skip(2)
+        .find(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
 pub async fn check(config: &Config) -> Vec<Finding> {
     let url = config.vectors.url.clone().unwrap_or_default();
     let q = match QdrantVectors::new(&url, Duration::from_secs(10), &config.vectors.collection_prefix) {
@@ -50,6 +61,19 @@ pub async fn check(config: &Config) -> Vec<Finding> {
             "qdrant.collections",
             format!("no collection with prefix '{}' yet", config.vectors.collection_prefix),
             "recache vectors init --collection NAME --dimension N (or let the gateway create it on first use)",
+            REACH,
+        )
+    } else if let Some((bad, want)) = collections.iter().find_map(|c| {
+        let want = named_dimension(&c.name, &config.vectors.collection_prefix)?;
+        (want != c.dimension).then_some((c, want))
+    }) {
+        Finding::fail(
+            "qdrant.collections",
+            format!(
+                "collection {} holds vectors of dimension {}, its embedder's fingerprint says {want}",
+                bad.name, bad.dimension
+            ),
+            "delete it and let recache recreate it (rebuild-vectors refills it from metadata)",
             REACH,
         )
     } else if let Some(bad) = collections.iter().find(|c| c.dimension == 0) {
@@ -97,4 +121,17 @@ pub async fn check(config: &Config) -> Vec<Finding> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dimension_from_the_collection_name() {
+        let local = crate::semantic::embedder::collection_for("recache-", "local:all-MiniLM-L6-v2:384:l2:256");
+        assert_eq!(super::named_dimension(&local, "recache-"), Some(384));
+        let provider =
+            crate::semantic::embedder::collection_for("recache-", "provider:stub:text-embedding-3-small:1536:l2");
+        assert_eq!(super::named_dimension(&provider, "recache-"), Some(1536));
+        assert_eq!(super::named_dimension("other", "recache-"), None);
+    }
 }
