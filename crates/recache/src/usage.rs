@@ -17,10 +17,16 @@ const HOUR_MS: i64 = 3_600_000;
 /// Groups held in memory at most (while metadata is down).
 pub const MAX_SLOTS: usize = 100_000;
 
+/// Shards of the map, so concurrent hits rarely wait on one another.
+const SHARDS: usize = 16;
+
+type Shard = Mutex<HashMap<u64, Vec<UsageRow>>>;
+
 #[derive(Default)]
 pub struct Usage {
-    /// By a hash of (hour, tenant, namespace, model); collisions share a bucket.
-    slots: Mutex<HashMap<u64, Vec<UsageRow>>>,
+    /// By a hash of (hour, tenant, namespace, model), sharded by that hash;
+    /// collisions share a bucket.
+    slots: [Shard; SHARDS],
     len: AtomicU64,
     dropped: AtomicU64,
 }
@@ -91,8 +97,11 @@ impl Usage {
         let hour = at_ms - at_ms.rem_euclid(HOUR_MS);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (hour, tenant, namespace, model).hash(&mut h);
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = slots.entry(h.finish()).or_default();
+        let hash = h.finish();
+        let mut slots = self.slots[hash as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let bucket = slots.entry(hash).or_default();
         if let Some(row) = bucket
             .iter_mut()
             .find(|r| r.hour_ms == hour && r.tenant == tenant && r.namespace == namespace && r.model == model)
@@ -118,9 +127,14 @@ impl Usage {
 
     /// Everything counted since the last flush.
     pub fn take(&self) -> Vec<UsageRow> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        self.len.store(0, Ordering::Relaxed);
-        slots.drain().flat_map(|(_, v)| v).collect()
+        let mut out = Vec::new();
+        for shard in &self.slots {
+            let mut slots = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let rows: Vec<UsageRow> = slots.drain().flat_map(|(_, v)| v).collect();
+            self.len.fetch_sub(rows.len() as u64, Ordering::Relaxed);
+            out.extend(rows);
+        }
+        out
     }
 
     /// Groups dropped because [`MAX_SLOTS`] were held.

@@ -184,6 +184,9 @@ pub fn spawn(state: &Arc<AppState>) -> Vec<tokio::task::JoinHandle<()>> {
     let ops = {
         let s = state.clone();
         tokio::spawn(async move {
+            // Off the start-up path: the first read waits a few seconds (listing a
+            // backup target and the audit log is bulk work).
+            tokio::time::sleep(Duration::from_secs(3)).await;
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
