@@ -388,6 +388,11 @@ impl Gateway {
             let _ = tx.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.server).await;
+        // Answers already sent may still be being stored: let those flights finish.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.state.coalescer.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Workers release their jobs (no attempt used) so another process takes them at once.
         let _ = self.stop_recovery.send(true);
         for t in &mut self.recovery {

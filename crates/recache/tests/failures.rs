@@ -540,3 +540,63 @@ async fn redis_out_of_memory_fails_writes_gracefully_and_keeps_reads() {
         "a full Redis is not a dead Redis"
     );
 }
+
+/// Answer first, store after: with PostgreSQL hung, a miss is answered as soon as the
+/// provider's answer is complete while its store waits on metadata; an identical request
+/// sent meanwhile joins the flight and is answered from it (a HIT, coalesced), and the
+/// provider is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_is_answered_before_its_store_and_a_repeat_meanwhile_costs_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (Some(redis), Some(s3), Some(pg)) = (Server::redis(), Server::s3(), Server::postgres()) else {
+        eprintln!("skipping: no engine harness (scripts/with-engines.sh)");
+        return;
+    };
+    let b = Backends::Real {
+        redis: redis.url(),
+        prefix: "first".into(),
+        s3_endpoint: s3.url(),
+        bucket: "bucket".into(),
+        postgres: pg.url(),
+    };
+    // A long metadata timeout: the store of the answer below waits on the hung server for 5 s.
+    let env = Env::on_with(
+        b,
+        StubConfig::default(),
+        "",
+        &[("RECACHE_METADATA__TIMEOUT_MS", "5000")],
+    )
+    .await;
+    assert_eq!(env.chat(KEY_A, "warm-up").await.cache(), "MISS");
+    let calls = env.stub.calls();
+    pg.pause();
+    let first = env.chat(KEY_A, "answered first").await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"));
+    // The answer is back while its flight is still storing (waiting on metadata).
+    assert_eq!(
+        env.metric("cache_flights_in_progress").await,
+        1.0,
+        "the store is still running"
+    );
+    let repeat = env.chat(KEY_A, "answered first").await;
+    assert_eq!(
+        (repeat.status, repeat.cache()),
+        (200, "HIT"),
+        "answered from the completed flight"
+    );
+    assert_eq!(repeat.header("x-recache-coalesced"), "true");
+    assert_eq!(repeat.content(), first.content());
+    assert_eq!(env.stub.calls(), calls + 1, "one provider call for both");
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while env.metric("cache_flights_in_progress").await > 0.0 {
+        assert!(Instant::now() < deadline, "the store finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let later = env.chat(KEY_A, "answered first").await;
+    assert_eq!(later.cache(), "HIT", "stored");
+    assert_eq!(later.header("x-recache-coalesced"), "", "from the cache now");
+    assert_eq!(env.stub.calls(), calls + 1);
+    assert_eq!(env.metric("cache_hits_total").await, 2.0);
+    drop((redis, s3));
+}

@@ -2,6 +2,13 @@
 //! that hangs up does not waste the tokens already paid for: the answer is
 //! still read to the end and stored. Identical concurrent misses join one
 //! flight and share its outcome.
+//!
+//! Answer first, store after: the outcome is published as soon as the
+//! provider's answer is complete, and the store runs after it. The flight
+//! stays registered until the store has finished, so an identical request
+//! arriving meanwhile joins it and is answered at once from the completed
+//! answer (as a `HIT`, `x-recache-coalesced: true`), never by a second
+//! provider call.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -21,8 +28,14 @@ use crate::upstream::Upstream;
 
 /// How a flight ended, as every client that waited on it sees it.
 pub enum Outcome {
-    /// A complete 2xx answer, as JSON (stream answers are assembled).
-    Complete { body: Bytes, content_type: String },
+    /// A complete 2xx answer, as JSON (stream answers are assembled), with
+    /// its tokens and cost (what a request served from it saves).
+    Complete {
+        body: Bytes,
+        content_type: String,
+        tokens: u64,
+        cost_usd: f64,
+    },
     /// The provider answered non-2xx: passed through, never cached.
     Upstream {
         status: u16,
@@ -129,14 +142,39 @@ pub struct StoreTemplate {
     pub vector: Option<Arc<crate::semantic::Prepared>>,
 }
 
-/// Runs a flight to the end and publishes its outcome.
+/// Runs a flight to the end: publishes its outcome as soon as the answer is
+/// complete, then stores it, then leaves the table (so requests arriving
+/// during the store join it instead of calling the provider again).
 pub async fn run(spec: FlightSpec, tx: watch::Sender<Option<Shared>>, live: Option<Live>, guard: Option<FlightGuard>) {
-    let outcome = fetch(&spec, live).await;
-    drop(guard);
+    let (outcome, pending) = fetch(&spec, live).await.unwrap_or_else(|o| (o, None));
     let _ = tx.send(Some(Arc::new(outcome)));
+    if let Some(p) = pending {
+        p.store(&spec).await;
+    }
+    drop(guard);
 }
 
-async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
+/// A complete answer still to be stored.
+struct PendingStore {
+    input: StoreInput,
+}
+
+impl PendingStore {
+    async fn store(self, spec: &FlightSpec) {
+        let key = self.input.key;
+        let stored = spec.state.cache.store(self.input).await;
+        if let (Ok(expires), Some(t), Some(sem)) = (stored, &spec.store, &spec.state.semantic) {
+            if let Some(p) = &t.vector {
+                sem.remember(p, key, expires).await;
+            }
+        }
+    }
+}
+
+/// Calls the provider and reads the answer to the end: the outcome, and the
+/// store still to run when it is a complete answer to keep (`Err`: an outcome
+/// with nothing to store).
+async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Result<(Outcome, Option<PendingStore>), Outcome> {
     let m = &spec.state.cache.metrics;
     m.upstream_requests.fetch_add(1, Ordering::Relaxed);
     let up = &spec.upstream;
@@ -145,7 +183,7 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
         Err(e) => {
             m.upstream_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(upstream = %up.name, error = %e, "provider call failed");
-            return Outcome::Failed(e);
+            return Err(Outcome::Failed(e));
         }
     };
     let status = resp.status();
@@ -160,11 +198,11 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
             Ok(Ok(b)) => b,
             _ => Bytes::new(),
         };
-        return Outcome::Upstream {
+        return Err(Outcome::Upstream {
             status: status.as_u16(),
             content_type,
             body,
-        };
+        });
     }
     let is_sse = content_type
         .as_deref()
@@ -175,16 +213,16 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
                 let body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
                 (v, body)
             }
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return Err(Outcome::Failed(e)),
         }
     } else {
         let body = match tokio::time::timeout(up.timeout, resp.bytes()).await {
-            Err(_) => return Outcome::Failed(up.timed_out()),
+            Err(_) => return Err(Outcome::Failed(up.timed_out())),
             Ok(Err(e)) => {
-                return Outcome::Failed(ApiError::UpstreamUnreachable {
+                return Err(Outcome::Failed(ApiError::UpstreamUnreachable {
                     upstream: up.name.clone(),
                     detail: e.to_string(),
-                })
+                }))
             }
             Ok(Ok(b)) => b,
         };
@@ -193,19 +231,21 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
             Ok(v) if v.is_object() => (v, body),
             // A 2xx that is not a JSON object: pass it through, do not cache it.
             _ => {
-                return Outcome::Upstream {
+                return Err(Outcome::Upstream {
                     status: status.as_u16(),
                     content_type,
                     body,
-                }
+                })
             }
         }
     };
+    let usage = json.get("usage");
+    let tok = |k: &str| usage.and_then(|u| u.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
+    let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
+    let mut cost = 0.0;
+    let mut pending = None;
     if let Some(t) = &spec.store {
-        let usage = json.get("usage");
-        let tok = |k: &str| usage.and_then(|u| u.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
-        let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
-        let cost = spec.state.price(&t.model, pt, ct);
+        cost = spec.state.price(&t.model, pt, ct);
         m.usd_spent.add(cost);
         spec.state.cache.usage.record(
             crate::roles::now_ms(),
@@ -214,10 +254,8 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
             &t.model,
             crate::usage::Delta::miss(pt, ct, cost),
         );
-        let stored = spec
-            .state
-            .cache
-            .store(StoreInput {
+        pending = Some(PendingStore {
+            input: StoreInput {
                 key: t.key,
                 tenant: t.tenant.clone(),
                 namespace: t.namespace.clone(),
@@ -230,16 +268,18 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Outcome {
                 prompt_tokens: pt,
                 completion_tokens: ct,
                 cost_usd: cost,
-            })
-            .await;
-        if let (Ok(expires), Some(p), Some(sem)) = (stored, &t.vector, &spec.state.semantic) {
-            sem.remember(p, t.key, expires).await;
-        }
+            },
+        });
     }
-    Outcome::Complete {
-        body,
-        content_type: "application/json".into(),
-    }
+    Ok((
+        Outcome::Complete {
+            body,
+            content_type: "application/json".into(),
+            tokens: pt + ct,
+            cost_usd: cost,
+        },
+        pending,
+    ))
 }
 
 /// Tees a provider's SSE stream to the leading client (if still there) and

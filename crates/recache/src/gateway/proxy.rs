@@ -284,10 +284,9 @@ async fn serve(
     } else {
         CacheStatus::Miss
     };
-    match status {
-        CacheStatus::Bypass => metrics.bypasses.fetch_add(1, Ordering::Relaxed),
-        _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
-    };
+    if status == CacheStatus::Bypass {
+        metrics.bypasses.fetch_add(1, Ordering::Relaxed);
+    }
     let spec = req.flight(prepared.clone());
     // Shadow mode: the recorded candidate is judged against this request's provider answer.
     let judge_shadow = |fresh: watch::Receiver<Option<flight::Shared>>| {
@@ -300,6 +299,28 @@ async fn serve(
     let (tx, guard) = if status == CacheStatus::Miss {
         match state.coalescer.join(key) {
             Joined::Follower(rx) => {
+                // The flight's answer is complete and being stored: answered from it, a hit.
+                let done = rx.borrow().clone();
+                if let Some(outcome) = done {
+                    if let Outcome::Complete { tokens, cost_usd, .. } = outcome.as_ref() {
+                        metrics.hits.fetch_add(1, Ordering::Relaxed);
+                        metrics.tokens_saved.fetch_add(*tokens, Ordering::Relaxed);
+                        metrics.usd_saved.add(*cost_usd);
+                        state.cache.usage.record(
+                            crate::roles::now_ms(),
+                            &tenant.name,
+                            &d.namespace,
+                            &parsed.model,
+                            crate::usage::Delta::hit(*tokens, *cost_usd, false),
+                        );
+                        judge_shadow(rx.clone());
+                        let mut resp = render_outcome(endpoint, &parsed, &outcome, CacheStatus::Hit, key)?;
+                        resp.headers_mut()
+                            .insert("x-recache-coalesced", HeaderValue::from_static("true"));
+                        return Ok((resp, CacheStatus::Hit.as_str()));
+                    }
+                }
+                metrics.misses.fetch_add(1, Ordering::Relaxed);
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
                 judge_shadow(rx.clone());
                 let outcome = flight::wait(rx).await;
@@ -311,7 +332,10 @@ async fn serve(
                     .insert("x-recache-coalesced", HeaderValue::from_static("true"));
                 return Ok((resp, status.as_str()));
             }
-            Joined::Leader(tx, guard) => (tx, Some(guard)),
+            Joined::Leader(tx, guard) => {
+                metrics.misses.fetch_add(1, Ordering::Relaxed);
+                (tx, Some(guard))
+            }
         }
     } else {
         (watch::channel(None).0, None)
@@ -390,7 +414,7 @@ fn render_outcome(
     key: CacheKey,
 ) -> Result<Response, ApiError> {
     match outcome {
-        Outcome::Complete { body, content_type } => {
+        Outcome::Complete { body, content_type, .. } => {
             Ok(render_answer(endpoint, parsed, body, content_type, status, key, 0))
         }
         Outcome::Upstream {
