@@ -543,7 +543,7 @@ async fn redis_out_of_memory_fails_writes_gracefully_and_keeps_reads() {
 
 /// Answer first, store after: with PostgreSQL hung, a miss is answered as soon as the
 /// provider's answer is complete while its store waits on metadata; an identical request
-/// sent meanwhile joins the flight and is answered from it (a HIT, coalesced), and the
+/// sent meanwhile joins the flight and is answered from it (a coalesced MISS), and the
 /// provider is called once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_is_answered_before_its_store_and_a_repeat_meanwhile_costs_nothing() {
@@ -570,7 +570,19 @@ async fn a_miss_is_answered_before_its_store_and_a_repeat_meanwhile_costs_nothin
     assert_eq!(env.chat(KEY_A, "warm-up").await.cache(), "MISS");
     let calls = env.stub.calls();
     pg.pause();
-    let first = env.chat(KEY_A, "answered first").await;
+    // Plain requests (the helpers wait for stores to finish).
+    let ask = || async {
+        let r = env
+            .http
+            .post(format!("{}/v1/chat/completions", env.base))
+            .bearer_auth(KEY_A)
+            .json(&common::chat_body("answered first", false))
+            .send()
+            .await
+            .unwrap();
+        common::Resp::from(r).await
+    };
+    let first = ask().await;
     assert_eq!((first.status, first.cache()), (200, "MISS"));
     // The answer is back while its flight is still storing (waiting on metadata).
     assert_eq!(
@@ -578,10 +590,10 @@ async fn a_miss_is_answered_before_its_store_and_a_repeat_meanwhile_costs_nothin
         1.0,
         "the store is still running"
     );
-    let repeat = env.chat(KEY_A, "answered first").await;
+    let repeat = ask().await;
     assert_eq!(
         (repeat.status, repeat.cache()),
-        (200, "HIT"),
+        (200, "MISS"),
         "answered from the completed flight"
     );
     assert_eq!(repeat.header("x-recache-coalesced"), "true");
@@ -593,10 +605,11 @@ async fn a_miss_is_answered_before_its_store_and_a_repeat_meanwhile_costs_nothin
         assert!(Instant::now() < deadline, "the store finished");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let later = env.chat(KEY_A, "answered first").await;
+    let later = ask().await;
     assert_eq!(later.cache(), "HIT", "stored");
     assert_eq!(later.header("x-recache-coalesced"), "", "from the cache now");
+    assert_eq!(later.content(), first.content());
     assert_eq!(env.stub.calls(), calls + 1);
-    assert_eq!(env.metric("cache_hits_total").await, 2.0);
+    assert_eq!(env.metric("cache_coalesced_total").await, 1.0);
     drop((redis, s3));
 }

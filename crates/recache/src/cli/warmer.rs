@@ -307,6 +307,18 @@ async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
         r.progress.clone(),
         rx,
     ));
+    // The usage counters of refetches (cost reports) reach metadata as in `serve`.
+    let flusher = {
+        let cache = r.cache.clone();
+        let every = Duration::from_millis(r.config.cache.hit_flush_interval_ms.max(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                cache.flush_hits().await;
+            }
+        })
+    };
     let idle = async {
         if !a.exit_when_idle {
             return std::future::pending::<()>().await;
@@ -329,6 +341,8 @@ async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
     }
     let _ = tx.send(true);
     let _ = worker.await;
+    flusher.abort();
+    r.cache.flush_hits().await;
     let _ = r.cache.roles.index.flush().await;
     Ok(0)
 }

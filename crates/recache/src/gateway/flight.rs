@@ -3,12 +3,14 @@
 //! still read to the end and stored. Identical concurrent misses join one
 //! flight and share its outcome.
 //!
-//! Answer first, store after: the outcome is published as soon as the
-//! provider's answer is complete, and the store runs after it. The flight
-//! stays registered until the store has finished, so an identical request
-//! arriving meanwhile joins it and is answered at once from the completed
-//! answer (as a `HIT`, `x-recache-coalesced: true`), never by a second
-//! provider call.
+//! Answer first, store after: the outcome of a shared flight is published as
+//! soon as the provider's answer is complete, and the store runs after it.
+//! The flight stays registered until the store has finished, so an identical
+//! request arriving meanwhile joins it and is answered at once from the
+//! completed answer (`MISS` with `x-recache-coalesced: true`, like every
+//! request that shares a provider call), never by a second provider call.
+//! A flight of its own (`no-cache`, `no-store`) stores first, so a refresh is
+//! in the cache by the time its client has the answer.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,14 +30,8 @@ use crate::upstream::Upstream;
 
 /// How a flight ended, as every client that waited on it sees it.
 pub enum Outcome {
-    /// A complete 2xx answer, as JSON (stream answers are assembled), with
-    /// its tokens and cost (what a request served from it saves).
-    Complete {
-        body: Bytes,
-        content_type: String,
-        tokens: u64,
-        cost_usd: f64,
-    },
+    /// A complete 2xx answer, as JSON (stream answers are assembled).
+    Complete { body: Bytes, content_type: String },
     /// The provider answered non-2xx: passed through, never cached.
     Upstream {
         status: u16,
@@ -142,11 +138,19 @@ pub struct StoreTemplate {
     pub vector: Option<Arc<crate::semantic::Prepared>>,
 }
 
-/// Runs a flight to the end: publishes its outcome as soon as the answer is
-/// complete, then stores it, then leaves the table (so requests arriving
-/// during the store join it instead of calling the provider again).
+/// Runs a flight to the end. A shared flight (with a `guard`) publishes its
+/// outcome as soon as the answer is complete, then stores it, then leaves the
+/// table (requests arriving during the store join it instead of calling the
+/// provider again). A flight of its own stores first, then answers.
 pub async fn run(spec: FlightSpec, tx: watch::Sender<Option<Shared>>, live: Option<Live>, guard: Option<FlightGuard>) {
     let (outcome, pending) = fetch(&spec, live).await.unwrap_or_else(|o| (o, None));
+    if guard.is_none() {
+        if let Some(p) = pending {
+            p.store(&spec).await;
+        }
+        let _ = tx.send(Some(Arc::new(outcome)));
+        return;
+    }
     let _ = tx.send(Some(Arc::new(outcome)));
     if let Some(p) = pending {
         p.store(&spec).await;
@@ -242,10 +246,9 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Result<(Outcome, Option
     let usage = json.get("usage");
     let tok = |k: &str| usage.and_then(|u| u.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
     let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
-    let mut cost = 0.0;
     let mut pending = None;
     if let Some(t) = &spec.store {
-        cost = spec.state.price(&t.model, pt, ct);
+        let cost = spec.state.price(&t.model, pt, ct);
         m.usd_spent.add(cost);
         spec.state.cache.usage.record(
             crate::roles::now_ms(),
@@ -275,8 +278,6 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Result<(Outcome, Option
         Outcome::Complete {
             body,
             content_type: "application/json".into(),
-            tokens: pt + ct,
-            cost_usd: cost,
         },
         pending,
     ))

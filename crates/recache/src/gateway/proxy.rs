@@ -299,27 +299,6 @@ async fn serve(
     let (tx, guard) = if status == CacheStatus::Miss {
         match state.coalescer.join(key) {
             Joined::Follower(rx) => {
-                // The flight's answer is complete and being stored: answered from it, a hit.
-                let done = rx.borrow().clone();
-                if let Some(outcome) = done {
-                    if let Outcome::Complete { tokens, cost_usd, .. } = outcome.as_ref() {
-                        metrics.hits.fetch_add(1, Ordering::Relaxed);
-                        metrics.tokens_saved.fetch_add(*tokens, Ordering::Relaxed);
-                        metrics.usd_saved.add(*cost_usd);
-                        state.cache.usage.record(
-                            crate::roles::now_ms(),
-                            &tenant.name,
-                            &d.namespace,
-                            &parsed.model,
-                            crate::usage::Delta::hit(*tokens, *cost_usd, false),
-                        );
-                        judge_shadow(rx.clone());
-                        let mut resp = render_outcome(endpoint, &parsed, &outcome, CacheStatus::Hit, key)?;
-                        resp.headers_mut()
-                            .insert("x-recache-coalesced", HeaderValue::from_static("true"));
-                        return Ok((resp, CacheStatus::Hit.as_str()));
-                    }
-                }
                 metrics.misses.fetch_add(1, Ordering::Relaxed);
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
                 judge_shadow(rx.clone());
@@ -414,7 +393,7 @@ fn render_outcome(
     key: CacheKey,
 ) -> Result<Response, ApiError> {
     match outcome {
-        Outcome::Complete { body, content_type, .. } => {
+        Outcome::Complete { body, content_type } => {
             Ok(render_answer(endpoint, parsed, body, content_type, status, key, 0))
         }
         Outcome::Upstream {

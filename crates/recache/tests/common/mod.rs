@@ -360,7 +360,20 @@ impl Env {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        Resp::from(req.send().await.expect("gateway answers")).await
+        let resp = Resp::from(req.send().await.expect("gateway answers")).await;
+        self.settle().await;
+        resp
+    }
+
+    /// Waits (up to 10 s) until no provider call is in flight. Misses are answered
+    /// before they are stored: tests that look at the stores, or at the next request's
+    /// status, after a miss wait for its store this way.
+    pub async fn settle(&self) {
+        let Some(gw) = &self.gw else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while gw.state.coalescer.in_flight() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     pub async fn chat(&self, key: &str, content: &str) -> Resp {
