@@ -590,6 +590,7 @@ async fn a_miss_is_answered_before_its_store_and_a_repeat_meanwhile_costs_nothin
         1.0,
         "the store is still running"
     );
+    assert_eq!(env.metric("cache_stores_in_progress").await, 1.0);
     let repeat = ask().await;
     assert_eq!(
         (repeat.status, repeat.cache()),

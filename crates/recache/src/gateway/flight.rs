@@ -47,7 +47,13 @@ pub type Shared = Arc<Outcome>;
 #[derive(Default)]
 pub struct Coalescer {
     inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Shared>>>>,
+    /// Answers sent whose store is still running.
+    storing: std::sync::atomic::AtomicUsize,
 }
+
+/// Answers sent before their store, at most: past this, a flight stores
+/// first, so a store backlog slows misses down instead of growing memory.
+pub const MAX_STORING: usize = 1024;
 
 pub enum Joined {
     Leader(watch::Sender<Option<Shared>>, FlightGuard),
@@ -89,6 +95,11 @@ impl Coalescer {
 
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Answers sent whose store is still running.
+    pub fn storing(&self) -> usize {
+        self.storing.load(Ordering::Relaxed)
     }
 }
 
@@ -144,17 +155,22 @@ pub struct StoreTemplate {
 /// provider again). A flight of its own stores first, then answers.
 pub async fn run(spec: FlightSpec, tx: watch::Sender<Option<Shared>>, live: Option<Live>, guard: Option<FlightGuard>) {
     let (outcome, pending) = fetch(&spec, live).await.unwrap_or_else(|o| (o, None));
-    if guard.is_none() {
-        if let Some(p) = pending {
-            p.store(&spec).await;
+    let coalescer = &spec.state.coalescer;
+    let Some(p) = pending else {
+        let _ = tx.send(Some(Arc::new(outcome)));
+        return;
+    };
+    if guard.is_none() || coalescer.storing.fetch_add(1, Ordering::Relaxed) >= MAX_STORING {
+        if guard.is_some() {
+            coalescer.storing.fetch_sub(1, Ordering::Relaxed);
         }
+        p.store(&spec).await;
         let _ = tx.send(Some(Arc::new(outcome)));
         return;
     }
     let _ = tx.send(Some(Arc::new(outcome)));
-    if let Some(p) = pending {
-        p.store(&spec).await;
-    }
+    p.store(&spec).await;
+    coalescer.storing.fetch_sub(1, Ordering::Relaxed);
     drop(guard);
 }
 

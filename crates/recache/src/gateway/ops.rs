@@ -43,8 +43,13 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         ("cache_index_entries", "Entries in the index.", entries),
         (
             "cache_flights_in_progress",
-            "Provider calls in flight.",
+            "Provider calls in flight (with the stores of answers already sent).",
             s.coalescer.in_flight() as f64,
+        ),
+        (
+            "cache_stores_in_progress",
+            "Answers sent to clients whose store is still running (answer first, store after).",
+            s.coalescer.storing() as f64,
         ),
         (
             "process_uptime_seconds",
