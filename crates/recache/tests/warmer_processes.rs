@@ -50,17 +50,44 @@ async fn setup(b: Backends) -> Env {
     env
 }
 
-fn worker(env: &Env, name: &str) -> Child {
+/// A worker process, killed (and resumed first, if paused) when the test ends,
+/// passing or failing: a leaked worker would load the tests after it.
+struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.id().to_string()]).status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(env: &Env, name: &str) -> Worker {
     let log = std::fs::File::create(env.path(&format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_recache"))
-        .args(["warmer", "run", "--concurrency", "1", "--config"])
-        .arg(env.config_file())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("worker starts")
+    Worker(
+        Command::new(env!("CARGO_BIN_EXE_recache"))
+            .args(["warmer", "run", "--concurrency", "1", "--config"])
+            .arg(env.config_file())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("worker starts"),
+    )
 }
 
 async fn warm_job(env: &Env) -> Value {

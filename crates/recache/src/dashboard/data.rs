@@ -86,8 +86,26 @@ pub async fn build(s: &AppState) -> Value {
     })
 }
 
-/// Every backend: engine, up/down, check latency, breaker state, settings and last transitions.
+/// How long one round of health checks serves the pages polling the data.
+const BACKENDS_TTL: Duration = Duration::from_secs(2);
+
+/// Every backend (reused for [`BACKENDS_TTL`]): engine, up/down, check latency,
+/// breaker state, settings and last transitions.
 async fn backends(s: &AppState) -> Value {
+    let fresh = |c: &Option<(std::time::Instant, Value)>| {
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < BACKENDS_TTL)
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(v) = fresh(&s.dashboard.backends.lock().unwrap_or_else(|e| e.into_inner())) {
+        return v;
+    }
+    let v = check_backends(s).await;
+    *s.dashboard.backends.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), v.clone()));
+    v
+}
+
+async fn check_backends(s: &AppState) -> Value {
     let mut out: Vec<Value> = s
         .cache
         .roles

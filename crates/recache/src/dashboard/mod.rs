@@ -32,6 +32,8 @@ const SESSION_SECONDS: u64 = 12 * 3600;
 pub struct Dashboard {
     pub history: history::History,
     pub ops: crate::status::OpsStatusCache,
+    /// The backends' health, reused for 2 s: many open pages cost one check.
+    pub backends: std::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
