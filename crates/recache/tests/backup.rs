@@ -249,10 +249,15 @@ impl Bk {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while self.pool_files(&self.primary).len() < n {
             assert!(std::time::Instant::now() < deadline, "the backup never started copying");
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the backup finished before the fault"
-            );
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = e.read_to_string(&mut err);
+                }
+                let copied = self.pool_files(&self.primary).len();
+                panic!("the backup finished before the fault ({status}; {copied} artifacts in the pool): {err}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
