@@ -31,23 +31,13 @@ pub struct Usage {
     dropped: AtomicU64,
 }
 
-/// What one request adds.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Delta {
-    pub hits: u64,
-    pub semantic_hits: u64,
-    pub misses: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub tokens_saved: u64,
-    pub usd_saved: f64,
-    pub usd_spent: f64,
-}
+/// What one request adds: a [`UsageRow`] of which only the counters are read.
+pub type Delta = UsageRow;
 
-impl Delta {
+impl UsageRow {
     /// An exact (or semantic) hit on an entry that cost `cost` for `tokens`.
-    pub fn hit(tokens: u64, cost: f64, semantic: bool) -> Delta {
-        Delta {
+    pub fn hit(tokens: u64, cost: f64, semantic: bool) -> UsageRow {
+        UsageRow {
             hits: u64::from(!semantic),
             semantic_hits: u64::from(semantic),
             tokens_saved: tokens,
@@ -56,8 +46,8 @@ impl Delta {
         }
     }
     /// A provider call whose answer was stored.
-    pub fn miss(prompt_tokens: u64, completion_tokens: u64, cost: f64) -> Delta {
-        Delta {
+    pub fn miss(prompt_tokens: u64, completion_tokens: u64, cost: f64) -> UsageRow {
+        UsageRow {
             misses: 1,
             prompt_tokens,
             completion_tokens,
@@ -65,29 +55,17 @@ impl Delta {
             ..Default::default()
         }
     }
-}
 
-fn add(row: &mut UsageRow, d: &Delta) {
-    row.hits += d.hits;
-    row.semantic_hits += d.semantic_hits;
-    row.misses += d.misses;
-    row.prompt_tokens += d.prompt_tokens;
-    row.completion_tokens += d.completion_tokens;
-    row.tokens_saved += d.tokens_saved;
-    row.usd_saved += d.usd_saved;
-    row.usd_spent += d.usd_spent;
-}
-
-fn as_delta(r: &UsageRow) -> Delta {
-    Delta {
-        hits: r.hits,
-        semantic_hits: r.semantic_hits,
-        misses: r.misses,
-        prompt_tokens: r.prompt_tokens,
-        completion_tokens: r.completion_tokens,
-        tokens_saved: r.tokens_saved,
-        usd_saved: r.usd_saved,
-        usd_spent: r.usd_spent,
+    /// Adds another row's counters to this one's.
+    fn add_counts(&mut self, d: &UsageRow) {
+        self.hits += d.hits;
+        self.semantic_hits += d.semantic_hits;
+        self.misses += d.misses;
+        self.prompt_tokens += d.prompt_tokens;
+        self.completion_tokens += d.completion_tokens;
+        self.tokens_saved += d.tokens_saved;
+        self.usd_saved += d.usd_saved;
+        self.usd_spent += d.usd_spent;
     }
 }
 
@@ -106,22 +84,20 @@ impl Usage {
             .iter_mut()
             .find(|r| r.hour_ms == hour && r.tenant == tenant && r.namespace == namespace && r.model == model)
         {
-            add(row, &d);
+            row.add_counts(&d);
             return;
         }
         if self.len.load(Ordering::Relaxed) as usize >= MAX_SLOTS {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut row = UsageRow {
+        bucket.push(UsageRow {
             hour_ms: hour,
             tenant: tenant.to_string(),
             namespace: namespace.to_string(),
             model: model.to_string(),
-            ..Default::default()
-        };
-        add(&mut row, &d);
-        bucket.push(row);
+            ..d
+        });
         self.len.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -153,7 +129,7 @@ impl Usage {
             Ok(()) => Ok(n),
             Err(e) => {
                 for r in &rows {
-                    self.record(r.hour_ms, &r.tenant, &r.namespace, &r.model, as_delta(r));
+                    self.record(r.hour_ms, &r.tenant, &r.namespace, &r.model, r.clone());
                 }
                 Err(e)
             }

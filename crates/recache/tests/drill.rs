@@ -386,19 +386,7 @@ async fn a_loss_without_allow_destructive_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_renders_in_chromium() {
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {c}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(chromium) = chromium else {
-        assert!(
-            std::env::var("RECACHE_TEST_ENGINES").is_err(),
-            "chromium is missing although the harness installs it"
-        );
-        eprintln!("skipping: no chromium (scripts/with-engines.sh installs it)");
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find_map(common::tool) else {
         return;
     };
     let rig = rig("", false).await;
@@ -407,17 +395,8 @@ async fn the_chart_renders_in_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let shot = rig.dir.path().join("chart.png");
     let out = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=900,700",
-        ])
+        .args(common::CHROMIUM_FLAGS)
+        .arg("--window-size=900,700")
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", dir.join("chart.svg").display()))

@@ -14,24 +14,6 @@ use recache_stub_provider::StubConfig;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-fn tool(name: &str) -> Option<String> {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    if found.is_none() {
-        assert!(
-            std::env::var("RECACHE_TEST_ENGINES").is_err(),
-            "{name} is missing although scripts/with-engines.sh installs it"
-        );
-        eprintln!("skipping: no {name} (scripts/with-engines.sh installs it)");
-    }
-    found
-}
-
 /// The engines of the harness when it runs, else the embedded ones.
 async fn backends() -> Backends {
     match Backends::real().await {
@@ -57,15 +39,8 @@ impl Browser {
         use std::io::BufRead;
         let profile = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new(chromium)
+            .args(common::CHROMIUM_FLAGS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
                 "--window-size=1280,1400",
                 "--remote-debugging-port=0",
                 "--remote-debugging-address=127.0.0.1",
@@ -179,7 +154,7 @@ fn sum_of(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_agrees_with_the_metrics_in_a_real_browser() {
-    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find_map(tool) else {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find_map(common::tool) else {
         return;
     };
     let env = Env::on(backends().await, StubConfig::default(), "").await;
@@ -380,7 +355,9 @@ async fn without_the_token_the_dashboard_and_its_data_answer_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_alert_rules_and_the_live_metrics() {
-    let Some(promtool) = tool("promtool") else { return };
+    let Some(promtool) = common::tool("promtool") else {
+        return;
+    };
     let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/prometheus/recache-rules.yml");
     let out = std::process::Command::new(&promtool)
         .args(["check", "rules", rules])

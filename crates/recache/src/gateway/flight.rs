@@ -97,6 +97,16 @@ impl Coalescer {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// Takes one of the [`MAX_STORING`] places of an answer sent before its
+    /// store; `false` when none is free (the caller stores first).
+    fn reserve_store(&self) -> bool {
+        if self.storing.fetch_add(1, Ordering::Relaxed) < MAX_STORING {
+            return true;
+        }
+        self.storing.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
     /// Answers sent whose store is still running.
     pub fn storing(&self) -> usize {
         self.storing.load(Ordering::Relaxed)
@@ -160,10 +170,7 @@ pub async fn run(spec: FlightSpec, tx: watch::Sender<Option<Shared>>, live: Opti
         let _ = tx.send(Some(Arc::new(outcome)));
         return;
     };
-    if guard.is_none() || coalescer.storing.fetch_add(1, Ordering::Relaxed) >= MAX_STORING {
-        if guard.is_some() {
-            coalescer.storing.fetch_sub(1, Ordering::Relaxed);
-        }
+    if guard.is_none() || !coalescer.reserve_store() {
         p.store(&spec).await;
         let _ = tx.send(Some(Arc::new(outcome)));
         return;

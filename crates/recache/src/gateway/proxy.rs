@@ -284,9 +284,10 @@ async fn serve(
     } else {
         CacheStatus::Miss
     };
-    if status == CacheStatus::Bypass {
-        metrics.bypasses.fetch_add(1, Ordering::Relaxed);
-    }
+    match status {
+        CacheStatus::Bypass => metrics.bypasses.fetch_add(1, Ordering::Relaxed),
+        _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
+    };
     let spec = req.flight(prepared.clone());
     // Shadow mode: the recorded candidate is judged against this request's provider answer.
     let judge_shadow = |fresh: watch::Receiver<Option<flight::Shared>>| {
@@ -299,7 +300,6 @@ async fn serve(
     let (tx, guard) = if status == CacheStatus::Miss {
         match state.coalescer.join(key) {
             Joined::Follower(rx) => {
-                metrics.misses.fetch_add(1, Ordering::Relaxed);
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
                 judge_shadow(rx.clone());
                 let outcome = flight::wait(rx).await;
@@ -311,10 +311,7 @@ async fn serve(
                     .insert("x-recache-coalesced", HeaderValue::from_static("true"));
                 return Ok((resp, status.as_str()));
             }
-            Joined::Leader(tx, guard) => {
-                metrics.misses.fetch_add(1, Ordering::Relaxed);
-                (tx, Some(guard))
-            }
+            Joined::Leader(tx, guard) => (tx, Some(guard)),
         }
     } else {
         (watch::channel(None).0, None)

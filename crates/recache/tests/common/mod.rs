@@ -544,3 +544,35 @@ pub fn png_pixels(png: &[u8]) -> (u32, u32, usize, Vec<u8>) {
     }
     (w, h, channels, out)
 }
+
+/// A command on the PATH, or `None` (the test is skipped) when it is missing
+/// outside the engine harness, which installs it; missing under the harness fails.
+pub fn tool(name: &str) -> Option<String> {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if found.is_none() {
+        assert!(
+            std::env::var("RECACHE_TEST_ENGINES").is_err(),
+            "{name} is missing although scripts/with-engines.sh installs it"
+        );
+        eprintln!("skipping: no {name} (scripts/with-engines.sh installs it)");
+    }
+    found
+}
+
+/// Headless Chromium, quiet and offline (add a fresh `--user-data-dir`).
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+];
