@@ -203,7 +203,14 @@ async fn zombie(b: Backends) {
     .await;
     let finished = warm_job(&env).await;
     signal(&a, "-CONT");
-    tokio::time::sleep(Duration::from_millis(4 * HEARTBEAT_MS + 500)).await;
+    // A notices at its next heartbeat or checkpoint, once its connections
+    // (stalled while it was stopped) answer again.
+    let noticed = |log: &str| log.contains("lease lost") || log.contains("taken over");
+    until(Duration::from_secs(20), "A to notice it lost the job", async || {
+        noticed(&std::fs::read_to_string(env.path("a.log")).unwrap_or_default())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(4 * HEARTBEAT_MS)).await;
     let after = warm_job(&env).await;
     assert_eq!(after["state"], "succeeded");
     assert!(owned_by(&after, &b), "the zombie did not take the job back: {after}");
@@ -217,10 +224,7 @@ async fn zombie(b: Backends) {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    assert!(
-        log.contains("lease lost") || log.contains("taken over"),
-        "A noticed: {log}"
-    );
+    assert!(noticed(&log), "A noticed: {log}");
     for mut c in [a, b] {
         let _ = c.kill();
         let _ = c.wait();

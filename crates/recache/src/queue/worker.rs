@@ -320,10 +320,7 @@ async fn attempt(
                 tick.tick().await;
                 match queue.heartbeat(id, &token, lease).await {
                     Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(job = id, "warmer: lease lost to another worker; stopping this attempt");
-                        break;
-                    }
+                    Ok(false) => break,
                     Err(e) => tracing::debug!(job = id, error = %e, "warmer: heartbeat failed"),
                 }
             }
@@ -367,6 +364,10 @@ async fn attempt(
         Some(Err(JobError::Fatal(error))) => (Some(Finish::Dead(error)), "dead"),
     };
     let elapsed = started.elapsed();
+    if outcome == "lease_lost" {
+        // Seen by a heartbeat or a checkpoint, whichever came first.
+        tracing::warn!(job = job.id, kind = %job.kind, "warmer: lease lost to another worker; stopping this attempt");
+    }
     if let Some(f) = finish {
         let detail = match &f {
             Finish::Failed { error, .. } | Finish::Dead(error) => error.clone(),
