@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::artifact::{self, ArtifactMeta};
+use crate::batch::{Batching, Writers};
 use crate::error::BackendError;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub struct Cache {
     hits: Mutex<HashMap<CacheKey, (u64, i64)>>,
     /// Requests and money per hour, tenant, namespace and model (cost reports).
     pub usage: crate::usage::Usage,
+    /// The store path's batched writes.
+    writers: Writers,
 }
 
 /// A unique audit event id: time, process and a per-process sequence.
@@ -61,8 +64,17 @@ pub fn event_id() -> String {
 }
 
 impl Cache {
-    pub fn new(roles: Roles, metrics: Arc<Metrics>, spool: Option<Arc<Spool>>, retain_stale: Duration) -> Self {
+    /// Starts the write batchers: call within a Tokio runtime.
+    pub fn new(
+        roles: Roles,
+        metrics: Arc<Metrics>,
+        spool: Option<Arc<Spool>>,
+        retain_stale: Duration,
+        batching: Batching,
+    ) -> Self {
+        let writers = Writers::spawn(roles.metadata.clone(), roles.index.clone(), batching);
         Self {
+            writers,
             roles,
             metrics,
             spool,
@@ -318,7 +330,7 @@ impl Cache {
             request: Some(s.canonical_request.clone()),
             artifact_missing: false,
         };
-        let replaced = match self.roles.metadata.upsert_entry(record.clone()).await {
+        let replaced = match self.writers.register(record.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 self.failed(&e, "metadata", "entry registration");
@@ -338,9 +350,8 @@ impl Cache {
                 None
             }
         };
-        self.roles
-            .index
-            .put(s.key, record.index_entry())
+        self.writers
+            .index(s.key, record.index_entry())
             .await
             .inspect_err(|e| self.failed(e, "index", "index write"))?;
         if let Some(old) = replaced {
@@ -363,7 +374,7 @@ impl Cache {
 
     /// Appends one audit event; while metadata is down it goes to the spool.
     pub async fn audit(&self, event: AuditEvent) {
-        let Err(e) = self.roles.metadata.append_audit(vec![event.clone()]).await else {
+        let Err(e) = self.writers.audit(event.clone()).await else {
             return;
         };
         self.failed(&e, "metadata", "audit append");

@@ -109,6 +109,12 @@ pub struct CacheConfig {
     /// How long expired entries are kept so `stale-if-error` can serve them
     /// while the provider fails (0 drops them at expiry).
     pub max_stale_seconds: u64,
+    /// Store-path writes (entry registrations, audit events, index pointers)
+    /// committed together at most: one transaction or pipeline per batch.
+    pub write_batch_max: usize,
+    /// How long a batch waits for more writes after its first (0: it takes
+    /// only what is already queued).
+    pub write_batch_window_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -119,6 +125,8 @@ impl Default for CacheConfig {
             sweep_interval_seconds: 60,
             hit_flush_interval_ms: 1000,
             max_stale_seconds: 86_400,
+            write_batch_max: 256,
+            write_batch_window_ms: 1,
         }
     }
 }

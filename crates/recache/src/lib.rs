@@ -4,6 +4,7 @@
 
 pub mod artifact;
 pub mod backup;
+pub mod batch;
 pub mod breaker;
 pub mod cache;
 pub mod cli;

@@ -51,6 +51,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
@@ -124,6 +125,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;

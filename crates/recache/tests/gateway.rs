@@ -43,6 +43,7 @@ on_both_backends!(
     corrupt_artifact_is_a_miss_never_served,
     health_metrics_and_admin_auth,
     client_hanging_up_mid_stream_still_stores_the_answer,
+    concurrent_streaming_misses_share_one_live_stream,
     stale_if_error_serves_expired_entries_when_the_provider_fails,
     only_if_cached_never_calls_the_provider,
 );
@@ -815,6 +816,111 @@ async fn client_hanging_up_mid_stream_still_stores_the_answer(b: Backends) {
         "the paid-for answer was read to the end and stored"
     );
     assert_eq!(env.stub.calls(), 1);
+}
+
+/// Identical streaming misses share one provider stream, played live: a
+/// client that joins mid-stream gets what was already sent at once, then the
+/// live tail, so its first token comes long before the stream ends (judged
+/// against the stub's pacing: frames still to come, not a wall-clock bound).
+async fn concurrent_streaming_misses_share_one_live_stream(b: Backends) {
+    use futures_util::StreamExt;
+    use std::time::Instant;
+    const PACE_MS: u64 = 100;
+    let answer = "one two three four five six seven eight nine ten eleven twelve";
+    let env = std::sync::Arc::new(
+        Env::on(
+            b,
+            StubConfig {
+                chunk_delay_ms: PACE_MS,
+                fixed_answer: Some(answer.into()),
+                ..Default::default()
+            },
+            "",
+        )
+        .await,
+    );
+    let frames = |b: &[u8]| String::from_utf8_lossy(b).matches("data:").count();
+    let send = |stream: bool| {
+        let env = env.clone();
+        async move {
+            env.http
+                .post(format!("{}/v1/chat/completions", env.base))
+                .bearer_auth(KEY_A)
+                .json(&chat_body("live fan-out", stream))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let t0 = Instant::now();
+    let leader = send(true).await;
+    assert_eq!(leader.headers()["x-recache-status"], "MISS");
+    assert!(leader.headers().get("x-recache-coalesced").is_none());
+    let mut leader_body = leader.bytes_stream();
+    // (arrival time, frames received so far) for every chunk the leader reads.
+    let mut arrivals: Vec<(std::time::Duration, usize)> = Vec::new();
+    let mut got = Vec::new();
+    while frames(&got) < 3 {
+        got.extend_from_slice(&leader_body.next().await.expect("the stream goes on").unwrap());
+        arrivals.push((t0.elapsed(), frames(&got)));
+    }
+    // Four streaming clients and one JSON client join mid-stream.
+    let followers: Vec<_> = (0..4)
+        .map(|_| {
+            let req = send(true);
+            tokio::spawn(async move {
+                let r = req.await;
+                let headers = r.headers().clone();
+                let (mut first, mut body) = (None, Vec::new());
+                let mut s = r.bytes_stream();
+                while let Some(c) = s.next().await {
+                    first.get_or_insert(t0.elapsed());
+                    body.extend_from_slice(&c.unwrap());
+                }
+                (headers, first.expect("a first byte"), body)
+            })
+        })
+        .collect();
+    let json_client = tokio::spawn(send(false));
+    while let Some(c) = leader_body.next().await {
+        got.extend_from_slice(&c.unwrap());
+        arrivals.push((t0.elapsed(), frames(&got)));
+    }
+    let total = frames(&got);
+    assert_eq!(
+        total,
+        15,
+        "role, 12 words, stop, [DONE]: {}",
+        String::from_utf8_lossy(&got)
+    );
+    for f in followers {
+        let (headers, first, body) = f.await.unwrap();
+        assert_eq!(headers["x-recache-status"], "MISS");
+        assert_eq!(headers["x-recache-coalesced"], "true");
+        assert_eq!(headers["content-type"], "text/event-stream");
+        assert_eq!(body, got, "the same stream, byte for byte, from its first frame");
+        // Frames the leader had when this client's first byte arrived.
+        let leader_had = arrivals
+            .iter()
+            .filter(|(t, _)| *t <= first)
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            total - leader_had >= 5,
+            "a joiner's first token came while the stream was live ({leader_had} of {total} frames sent, {PACE_MS} ms apart)"
+        );
+    }
+    let json = json_client.await.unwrap();
+    assert_eq!(json.headers()["x-recache-coalesced"], "true");
+    let v: serde_json::Value = json.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], answer,
+        "a JSON client gets the assembled answer"
+    );
+    assert_eq!(env.stub.calls(), 1, "one provider stream for six clients");
+    env.settle().await;
+    assert_eq!(env.chat(KEY_A, "live fan-out").await.cache(), "HIT");
 }
 
 async fn stale_if_error_serves_expired_entries_when_the_provider_fails(b: Backends) {

@@ -122,6 +122,24 @@ pub async fn spawn(addr: SocketAddr, state: Arc<StubState>) -> std::io::Result<S
     Ok(local)
 }
 
+/// The benchmarks' floor: a bare axum server that answers every POST to
+/// `/v1/chat/completions` with the same fixed completion, reading the body
+/// but doing nothing else (no parsing, no lookup). What a gateway hit is
+/// compared with: the cost of HTTP alone on this machine.
+pub async fn spawn_floor(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    static ANSWER: &str = r#"{"id":"chatcmpl-floor","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_floor","choices":[{"index":0,"message":{"role":"assistant","content":"recache floor: a fixed answer with no lookup behind it"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":11,"total_tokens":23}}"#;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(|_body: Bytes| async { ([(header::CONTENT_TYPE, "application/json")], ANSWER) }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(local)
+}
+
 fn error(status: u16, message: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({"error": {"message": message, "type": "stub_error", "param": null, "code": "stub_injected"}});

@@ -1,19 +1,21 @@
 //! `recache-stub`: runs the FAKE OpenAI-compatible provider on its own.
 use std::net::SocketAddr;
 
-use recache_stub_provider::{spawn, StubConfig, StubState};
+use recache_stub_provider::{spawn, spawn_floor, StubConfig, StubState};
 
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let mut listen = "127.0.0.1:9911".to_string();
     let mut cfg = StubConfig::default();
+    let mut floor = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or(listen),
+            "--floor" => floor = true,
             "--latency-ms" => cfg.latency_ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             "--help" | "-h" => {
-                println!("recache-stub: a FAKE OpenAI-compatible provider for tests and benchmarks\n\nUsage: recache-stub [--listen ADDR] [--latency-ms N]\n\nRuntime control: GET/POST /__stub/config, GET /__stub/stats");
+                println!("recache-stub: a FAKE OpenAI-compatible provider for tests and benchmarks\n\nUsage: recache-stub [--listen ADDR] [--latency-ms N] [--floor]\n\n--floor: the benchmarks' floor instead: a bare server returning one fixed completion (no parsing, no counting)\n\nRuntime control: GET/POST /__stub/config, GET /__stub/stats");
                 return;
             }
             other => {
@@ -29,7 +31,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    match spawn(addr, StubState::new(cfg)).await {
+    let started = if floor {
+        spawn_floor(addr).await
+    } else {
+        spawn(addr, StubState::new(cfg)).await
+    };
+    match started {
+        Ok(local) if floor => println!("recache-stub --floor (fixed answer) listening on http://{local}/v1"),
         Ok(local) => println!("recache-stub (FAKE provider) listening on http://{local}/v1"),
         Err(e) => {
             eprintln!("recache-stub: cannot listen on {addr}: {e}");

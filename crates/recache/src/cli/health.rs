@@ -63,13 +63,23 @@ pub async fn run(args: HealthArgs) -> i32 {
         return from_gateway(url, &args).await;
     }
     let env = env_map();
-    let config = match load_config(&args.config, &env) {
+    let mut config = match load_config(&args.config, &env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("recache: {e}");
             return EXIT_CONFIG;
         }
     };
+    // The engines' clients get this command's time limit, not the request
+    // path's (a 250 ms S3 PUT on a busy machine is not a down S3).
+    for ms in [
+        &mut config.index.timeout_ms,
+        &mut config.artifacts.timeout_ms,
+        &mut config.metadata.timeout_ms,
+        &mut config.vectors.timeout_ms,
+    ] {
+        *ms = (*ms).max(args.timeout_ms);
+    }
     let t = Duration::from_millis(args.timeout_ms);
     let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
     let mut report = Vec::new();

@@ -11,6 +11,10 @@
 //! request that shares a provider call), never by a second provider call.
 //! A flight of its own (`no-cache`, `no-store`) stores first, so a refresh is
 //! in the cache by the time its client has the answer.
+//!
+//! A streaming flight records the provider's stream on a [`Tape`]: every
+//! streaming client of the flight plays it live, from its first byte, so a
+//! client that joins mid-stream gets its first token at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
+use super::tape::Tape;
 use super::{AppState, Endpoint};
 use crate::cache::StoreInput;
 use crate::error::ApiError;
@@ -44,9 +49,12 @@ pub enum Outcome {
 
 pub type Shared = Arc<Outcome>;
 
+/// A flight in the table: its outcome to come, and its tape when it streams.
+type Flight = (watch::Receiver<Option<Shared>>, Option<Arc<Tape>>);
+
 #[derive(Default)]
 pub struct Coalescer {
-    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Shared>>>>,
+    inflight: Mutex<HashMap<CacheKey, Flight>>,
     /// Answers sent whose store is still running.
     storing: std::sync::atomic::AtomicUsize,
 }
@@ -57,7 +65,8 @@ pub const MAX_STORING: usize = 1024;
 
 pub enum Joined {
     Leader(watch::Sender<Option<Shared>>, FlightGuard),
-    Follower(watch::Receiver<Option<Shared>>),
+    /// The flight's outcome, and its tape when it streams.
+    Follower(watch::Receiver<Option<Shared>>, Option<Arc<Tape>>),
 }
 
 /// Removes the flight from the table when the flight task ends, however it ends.
@@ -77,13 +86,14 @@ impl Drop for FlightGuard {
 }
 
 impl Coalescer {
-    pub fn join(self: &Arc<Self>, key: CacheKey) -> Joined {
+    /// Joins the flight of `key`, or starts one (with `tape` when it streams).
+    pub fn join(self: &Arc<Self>, key: CacheKey, tape: Option<Arc<Tape>>) -> Joined {
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = map.get(&key) {
-            return Joined::Follower(rx.clone());
+        if let Some((rx, tape)) = map.get(&key) {
+            return Joined::Follower(rx.clone(), tape.clone());
         }
         let (tx, rx) = watch::channel(None);
-        map.insert(key, rx);
+        map.insert(key, (rx, tape));
         Joined::Leader(
             tx,
             FlightGuard {
@@ -127,15 +137,16 @@ fn lost() -> Shared {
     )))
 }
 
-/// The response head of a live stream, sent to the leading client as soon as the provider answers.
-pub struct Head {
-    pub content_type: String,
-}
+/// Ends a flight's tape however the flight ends (a panic included), so no
+/// player waits forever; a complete stream was ended before.
+struct TapeEnd(Option<Arc<Tape>>);
 
-/// A live tee to the client that started a streaming flight.
-pub struct Live {
-    pub head: oneshot::Sender<Head>,
-    pub chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
+impl Drop for TapeEnd {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.end(false);
+        }
+    }
 }
 
 /// What a flight needs to call the provider and store the answer.
@@ -163,8 +174,17 @@ pub struct StoreTemplate {
 /// outcome as soon as the answer is complete, then stores it, then leaves the
 /// table (requests arriving during the store join it instead of calling the
 /// provider again). A flight of its own stores first, then answers.
-pub async fn run(spec: FlightSpec, tx: watch::Sender<Option<Shared>>, live: Option<Live>, guard: Option<FlightGuard>) {
-    let (outcome, pending) = fetch(&spec, live).await.unwrap_or_else(|o| (o, None));
+pub async fn run(
+    spec: FlightSpec,
+    tx: watch::Sender<Option<Shared>>,
+    tape: Option<Arc<Tape>>,
+    guard: Option<FlightGuard>,
+) {
+    let end = TapeEnd(tape);
+    let (outcome, pending) = fetch(&spec, end.0.as_deref()).await.unwrap_or_else(|o| (o, None));
+    if let Some(t) = &end.0 {
+        t.end(matches!(outcome, Outcome::Complete { .. }));
+    }
     let coalescer = &spec.state.coalescer;
     let Some(p) = pending else {
         let _ = tx.send(Some(Arc::new(outcome)));
@@ -201,7 +221,7 @@ impl PendingStore {
 /// Calls the provider and reads the answer to the end: the outcome, and the
 /// store still to run when it is a complete answer to keep (`Err`: an outcome
 /// with nothing to store).
-async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Result<(Outcome, Option<PendingStore>), Outcome> {
+async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Option<PendingStore>), Outcome> {
     let m = &spec.state.cache.metrics;
     m.upstream_requests.fetch_add(1, Ordering::Relaxed);
     let up = &spec.upstream;
@@ -235,7 +255,7 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Result<(Outcome, Option
         .as_deref()
         .is_some_and(|c| c.starts_with("text/event-stream"));
     let (json, body) = if is_sse {
-        match read_stream(spec, resp, live).await {
+        match read_stream(spec, resp, tape).await {
             Ok(v) => {
                 let body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
                 (v, body)
@@ -306,20 +326,14 @@ async fn fetch(spec: &FlightSpec, live: Option<Live>) -> Result<(Outcome, Option
     ))
 }
 
-/// Tees a provider's SSE stream to the leading client (if still there) and
-/// assembles the full answer. Errors when the stream breaks or is incomplete.
-async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, live: Option<Live>) -> Result<Value, ApiError> {
+/// Records a provider's SSE stream on the flight's tape (its clients play
+/// it live) and assembles the full answer. Errors when the stream breaks or
+/// is incomplete. The stream is read to the end even when every client has
+/// hung up, so the paid-for answer is stored.
+async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, tape: Option<&Tape>) -> Result<Value, ApiError> {
     let up = &spec.upstream;
-    let mut chunks_tx = None;
-    if let Some(l) = live {
-        if l.head
-            .send(Head {
-                content_type: "text/event-stream".into(),
-            })
-            .is_ok()
-        {
-            chunks_tx = Some(l.chunks);
-        }
+    if let Some(t) = tape {
+        t.start("text/event-stream");
     }
     let mut parser = SseParser::default();
     let mut asm = Assembler::new(spec.endpoint);
@@ -340,11 +354,8 @@ async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, live: Option<Li
         for ev in parser.feed(&chunk) {
             asm.push(&ev);
         }
-        if let Some(tx) = &chunks_tx {
-            if tx.send(Ok(chunk)).await.is_err() {
-                // The client hung up; keep reading so the paid-for answer is stored.
-                chunks_tx = None;
-            }
+        if let Some(t) = tape {
+            t.push(chunk);
         }
     }
     asm.finish().ok_or_else(|| ApiError::UpstreamUnreachable {

@@ -22,6 +22,7 @@ pub mod flight;
 pub mod ops;
 pub mod proxy;
 pub mod semantic;
+pub mod tape;
 
 /// The OpenAI-compatible endpoints recache caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,11 +8,11 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 
 use super::auth::Tenant;
-use super::flight::{self, FlightSpec, Joined, Live, Outcome, StoreTemplate};
+use super::flight::{self, FlightSpec, Joined, Outcome, StoreTemplate};
+use super::tape::Tape;
 use super::{directives, AppState, Endpoint};
 use crate::error::ApiError;
 use crate::key::{cache_key, canonical_request, CacheKey};
@@ -297,11 +297,22 @@ async fn serve(
     };
 
     // Only plain misses coalesce: a no-cache refresh or a no-store call is the client's own.
+    // A streaming request records the provider's stream for every client of its flight.
+    let tape = parsed.stream.then(|| Arc::new(Tape::new(parsed.include_usage)));
     let (tx, guard) = if status == CacheStatus::Miss {
-        match state.coalescer.join(key) {
-            Joined::Follower(rx) => {
+        match state.coalescer.join(key, tape.clone()) {
+            Joined::Follower(rx, flight_tape) => {
                 metrics.coalesced.fetch_add(1, Ordering::Relaxed);
                 judge_shadow(rx.clone());
+                // A streaming client of a streaming flight plays its stream live (same transport options only).
+                if let Some(t) = flight_tape.filter(|t| parsed.stream && t.include_usage == parsed.include_usage) {
+                    if let Some(content_type) = t.clone().wait_start().await {
+                        let mut resp = live_response(t, &content_type, status, key);
+                        resp.headers_mut()
+                            .insert("x-recache-coalesced", HeaderValue::from_static("true"));
+                        return Ok((resp, status.as_str()));
+                    }
+                }
                 let outcome = flight::wait(rx).await;
                 if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
                     return Ok((r, "STALE"));
@@ -318,27 +329,11 @@ async fn serve(
     };
     let rx = tx.subscribe();
     judge_shadow(tx.subscribe());
-    if parsed.stream {
-        let (head_tx, head_rx) = oneshot::channel();
-        let (chunk_tx, chunk_rx) = mpsc::channel(64);
-        tokio::spawn(flight::run(
-            spec,
-            tx,
-            Some(Live {
-                head: head_tx,
-                chunks: chunk_tx,
-            }),
-            guard,
-        ));
-        if let Ok(head) = head_rx.await {
-            let mut resp = Response::new(Body::from_stream(ReceiverStream::new(chunk_rx)));
-            set_header(&mut resp, header::CONTENT_TYPE.as_str(), &head.content_type);
-            set_header(&mut resp, header::CACHE_CONTROL.as_str(), "no-cache");
-            cache_headers(&mut resp, status, key, 0);
-            return Ok((resp, status.as_str()));
+    tokio::spawn(flight::run(spec, tx, tape.clone(), guard));
+    if let Some(t) = tape {
+        if let Some(content_type) = t.wait_start().await {
+            return Ok((live_response(t, &content_type, status, key), status.as_str()));
         }
-    } else {
-        tokio::spawn(flight::run(spec, tx, None, guard));
     }
     let outcome = flight::wait(rx).await;
     if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
@@ -348,6 +343,15 @@ async fn serve(
         render_outcome(endpoint, &parsed, &outcome, status, key)?,
         status.as_str(),
     ))
+}
+
+/// A live stream: the flight's tape, played from its first byte.
+fn live_response(tape: Arc<Tape>, content_type: &str, status: CacheStatus, key: CacheKey) -> Response {
+    let mut resp = Response::new(Body::from_stream(tape.play()));
+    set_header(&mut resp, header::CONTENT_TYPE.as_str(), content_type);
+    set_header(&mut resp, header::CACHE_CONTROL.as_str(), "no-cache");
+    cache_headers(&mut resp, status, key, 0);
+    resp
 }
 
 /// `stale-if-error`: when the provider failed (5xx, timeout, unreachable)

@@ -97,8 +97,8 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
             ),
         );
         if sem.sample_verification(p) {
-            let fresh = match state.coalescer.join(req.key) {
-                Joined::Follower(rx) => rx,
+            let fresh = match state.coalescer.join(req.key, None) {
+                Joined::Follower(rx, _) => rx,
                 Joined::Leader(tx, guard) => {
                     let rx = tx.subscribe();
                     tokio::spawn(flight::run(req.flight(Some(p.clone())), tx, None, Some(guard)));

@@ -492,6 +492,52 @@ pub async fn metadata_usage_adds_up(meta: &dyn Metadata) {
     assert!(meta.usage_since(hour + 7_200_000).await.unwrap().is_empty());
 }
 
+/// The store path's group commit: entries and audit events in one call,
+/// each entry reporting the artifact it replaced, in order.
+pub async fn metadata_write_batch(meta: &dyn Metadata) {
+    let old = record("batch-old", 31, 60_000);
+    meta.upsert_entry(old.clone()).await.unwrap();
+    let replacing = record("batch-old", 32, 60_000);
+    let fresh: Vec<EntryRecord> = (0..40).map(|i| record(&format!("batch-new-{i}"), 33, 60_000)).collect();
+    let id = format!("conformance-{}", test_key("batch-audit").hex());
+    let ev = |n: usize| AuditEvent {
+        id: format!("{id}-{n}"),
+        at_ms: now_ms(),
+        tenant: Some("conformance".into()),
+        actor: "test".into(),
+        action: "entry.store".into(),
+        cache_key: None,
+        detail: json!({"n": n}),
+    };
+    let mut entries = vec![replacing.clone()];
+    entries.extend(fresh.iter().cloned());
+    let replaced = meta.write_batch(entries, vec![ev(1), ev(2), ev(2)]).await.unwrap();
+    assert_eq!(replaced.len(), 41, "one answer per entry");
+    assert_eq!(replaced[0], Some(ArtifactId([31; 32])), "the replaced artifact");
+    assert!(replaced[1..].iter().all(Option::is_none), "new entries replace nothing");
+    assert_eq!(
+        meta.get_entry(old.key).await.unwrap().unwrap().artifact,
+        ArtifactId([32; 32])
+    );
+    for e in &fresh {
+        assert_eq!(
+            meta.get_entry(e.key).await.unwrap().as_ref(),
+            Some(e),
+            "every entry of the batch"
+        );
+    }
+    let recent = meta.recent_audit(1000).await.unwrap();
+    assert_eq!(
+        recent.iter().filter(|e| e.id.starts_with(&id)).count(),
+        2,
+        "audit events of the batch, a repeated id once"
+    );
+    assert_eq!(meta.write_batch(Vec::new(), Vec::new()).await.unwrap(), Vec::new());
+    for e in fresh.iter().chain([&old]) {
+        meta.delete_entry(e.key).await.unwrap();
+    }
+}
+
 pub async fn metadata_audit_is_idempotent(meta: &dyn Metadata) {
     let id = format!("conformance-{}", test_key("audit").hex());
     let ev = |suffix: &str| AuditEvent {

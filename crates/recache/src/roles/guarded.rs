@@ -113,7 +113,12 @@ impl Index for GuardedIndex {
         self.inner.replay_from_ms()
     }
     fn put_many(&self, entries: Vec<(CacheKey, IndexEntry)>, if_absent: bool) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(self.guard.call_bulk(self.inner.put_many(entries, if_absent)))
+        // The store path's batches keep its time limit; rebuild pages get longer.
+        if entries.len() <= crate::batch::MAX_BATCH && !if_absent {
+            Box::pin(self.guard.call(self.inner.put_many(entries, if_absent)))
+        } else {
+            Box::pin(self.guard.call_bulk(self.inner.put_many(entries, if_absent)))
+        }
     }
     fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
         Box::pin(self.guard.call_bulk(self.inner.get_many(keys)))
@@ -170,6 +175,18 @@ impl Metadata for GuardedMetadata {
     }
     fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
         Box::pin(self.guard.call(self.inner.upsert_entry(entry)))
+    }
+    fn write_batch(
+        &self,
+        entries: Vec<EntryRecord>,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>> {
+        // The store path's batches (at most `batch::MAX_BATCH` writes) keep its time limit.
+        if entries.len() + audit.len() <= crate::batch::MAX_BATCH {
+            Box::pin(self.guard.call(self.inner.write_batch(entries, audit)))
+        } else {
+            Box::pin(self.guard.call_bulk(self.inner.write_batch(entries, audit)))
+        }
     }
     fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>> {
         Box::pin(self.guard.call(self.inner.get_entry(key)))

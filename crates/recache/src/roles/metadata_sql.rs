@@ -253,6 +253,62 @@ macro_rules! recovery_queries {
 pub(crate) use recovery_queries;
 
 /// The trait methods that forward to [`recovery_queries`].
+/// The store path's writes, written once for both SQL engines: entries
+/// upserted (each reporting the artifact it replaced) and audit events
+/// appended, all in one transaction. `$select_old` reads an entry's current
+/// artifact, locking its row where the engine can. The engine file provides
+/// `insert_query(&EntryRecord)`.
+macro_rules! write_batch_query {
+    ($ty:ty, $select_old:expr) => {
+        impl $ty {
+            async fn q_write_batch(
+                &self,
+                entries: Vec<EntryRecord>,
+                audit: Vec<AuditEvent>,
+            ) -> Result<Vec<Option<ArtifactId>>> {
+                static AUDIT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    <$ty>::sql(
+                        "INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                });
+                static OLD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| <$ty>::sql($select_old));
+                self.ready().await?;
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let mut replaced = Vec::with_capacity(entries.len());
+                for entry in &entries {
+                    let old: Option<String> = sqlx::query_scalar(OLD_SQL.as_str())
+                        .bind(entry.key.hex())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    insert_query(entry).execute(&mut *tx).await.map_err(map_err)?;
+                    replaced.push(
+                        old.and_then(|h| ArtifactId::from_hex(&h))
+                            .filter(|old| *old != entry.artifact),
+                    );
+                }
+                for e in &audit {
+                    sqlx::query(AUDIT_SQL.as_str())
+                        .bind(&e.id)
+                        .bind(e.at_ms)
+                        .bind(&e.tenant)
+                        .bind(&e.actor)
+                        .bind(&e.action)
+                        .bind(&e.cache_key)
+                        .bind(e.detail.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(replaced)
+            }
+        }
+    };
+}
+pub(crate) use write_batch_query;
+
 macro_rules! recovery_methods {
     () => {
         fn entries_page(&self, after: Option<CacheKey>, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {

@@ -15,7 +15,7 @@ use crate::key::CacheKey;
 
 use super::metadata_sql::{
     bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer,
-    snapshot_queries, sqlite_sql, INSERT_SQL, NAME,
+    snapshot_queries, sqlite_sql, write_batch_query, INSERT_SQL, NAME,
 };
 
 /// Schema migrations, applied in order, each once.
@@ -121,6 +121,10 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
+write_batch_query!(
+    SqliteMetadata,
+    "SELECT artifact_sha256 FROM entries WHERE cache_key = $1"
+);
 snapshot_queries!(
     SqliteMetadata,
     "",
@@ -146,19 +150,15 @@ impl Metadata for SqliteMetadata {
     }
 
     fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
-        Box::pin(async move {
-            let mut tx = self.writer.begin().await.map_err(map_err)?;
-            let old: Option<String> = sqlx::query_scalar("SELECT artifact_sha256 FROM entries WHERE cache_key = ?")
-                .bind(entry.key.hex())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            insert_query(&entry).execute(&mut *tx).await.map_err(map_err)?;
-            tx.commit().await.map_err(map_err)?;
-            Ok(old
-                .and_then(|h| ArtifactId::from_hex(&h))
-                .filter(|old| *old != entry.artifact))
-        })
+        Box::pin(async move { Ok(self.q_write_batch(vec![entry], Vec::new()).await?.pop().flatten()) })
+    }
+
+    fn write_batch(
+        &self,
+        entries: Vec<EntryRecord>,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>> {
+        Box::pin(self.q_write_batch(entries, audit))
     }
 
     fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>> {
@@ -234,26 +234,7 @@ impl Metadata for SqliteMetadata {
     }
 
     fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut tx = self.writer.begin().await.map_err(map_err)?;
-            for e in &events {
-                sqlx::query(
-                    "INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                )
-                .bind(&e.id)
-                .bind(e.at_ms)
-                .bind(&e.tenant)
-                .bind(&e.actor)
-                .bind(&e.action)
-                .bind(&e.cache_key)
-                .bind(e.detail.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            }
-            tx.commit().await.map_err(map_err)
-        })
+        Box::pin(async move { self.q_write_batch(Vec::new(), events).await.map(|_| ()) })
     }
 
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>> {

@@ -296,6 +296,14 @@ pub trait Metadata: Send + Sync {
     fn engine(&self) -> &'static str;
     /// Registers (or replaces) an entry; returns the artifact it replaced, if any.
     fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>>;
+    /// Registers (or replaces) entries and appends audit events, all in one
+    /// transaction: the store path's group commit (see `crate::batch`).
+    /// Returns, per entry, the artifact it replaced. All or nothing.
+    fn write_batch(
+        &self,
+        entries: Vec<EntryRecord>,
+        audit: Vec<AuditEvent>,
+    ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>>;
     fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>>;
     fn delete_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>>;
     fn record_hits(&self, hits: Vec<HitUpdate>) -> BoxFuture<'_, Result<()>>;

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The request path against its floors, in one run (issue #12's benchmark):
+#  - misses through the gateway next to the same load sent straight to the
+#    stub provider (zero latency): throughput ratio, added p50/p99;
+#  - hits through the gateway next to a bare axum server returning a fixed
+#    completion with no lookup (`recache-stub --floor`);
+# at 1 and 16 connections, on the embedded engines and, when the engine
+# harness can start them, on Redis + S3 + PostgreSQL.
+# Usage: bash scripts/bench-path.sh [SECONDS]   (default 5 per run; loopback only, ~3 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-5}
+cargo build --release -p recache -p recache-stub-provider >&2
+exec bash scripts/with-engines.sh bash -c '
+set -euo pipefail
+SECS='"$SECS"'
+B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
+W=$(mktemp -d)
+port() { python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])"; }
+STUB_PORT=$(port); FLOOR_PORT=$(port); GW_PORT=$(port)
+$S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
+$S --floor --listen 127.0.0.1:$FLOOR_PORT >/dev/null 2>&1 & FP=$!
+GP=
+trap '"'"'kill $SP $FP $GP 2>/dev/null; rm -rf $W'"'"' EXIT
+common() { cat <<TOML
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[[upstreams]]
+name = "stub"
+base_url = "http://127.0.0.1:$STUB_PORT/v1"
+[[tenants]]
+name = "bench"
+keys = ["sk-bench"]
+TOML
+}
+{ common; cat <<TOML
+[index]
+path = "$W/e/index"
+[artifacts]
+path = "$W/e/artifacts"
+[metadata]
+path = "$W/e/metadata.db"
+TOML
+} > $W/embedded.toml
+CONFIGS="embedded"
+if [ -n "${RECACHE_TEST_REDIS_URL:-}" ] && [ -n "${RECACHE_TEST_S3_ENDPOINT:-}" ] && [ -n "${RECACHE_TEST_POSTGRES_URL:-}" ]; then
+  psql -q "$RECACHE_TEST_POSTGRES_URL" -c "CREATE DATABASE benchpath" >/dev/null
+  { common; cat <<TOML
+[index]
+engine = "redis"
+url = "$RECACHE_TEST_REDIS_URL"
+key_prefix = "benchpath:"
+[artifacts]
+engine = "s3"
+bucket = "$RECACHE_TEST_S3_BUCKET"
+endpoint = "$RECACHE_TEST_S3_ENDPOINT"
+prefix = "benchpath"
+[metadata]
+engine = "postgres"
+url = "${RECACHE_TEST_POSTGRES_URL%/*}/benchpath"
+TOML
+  } > $W/engines.toml
+  CONFIGS="embedded engines"
+else
+  echo "(no engine harness: Redis + S3 + PostgreSQL skipped)" >&2
+fi
+run() { # name url mode connections
+  $B bench load --url "$2" --key sk-bench --mode "$3" --connections "$4" --duration "$SECS" --format json > "$W/$1.json"
+  python3 - "$W/$1.json" "$1" >&2 <<PY
+import json, sys
+r = json.load(open(sys.argv[1])); l = r["latency_ms"]
+print("  %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, errors %s" % (sys.argv[2], r["throughput_rps"], l["p50"], l["p99"], r["errors"]))
+PY
+}
+for c in 1 16; do
+  echo "== straight to the stub (misses) and to the floor (fixed answer), $c connection(s)" >&2
+  run stub-$c http://127.0.0.1:$STUB_PORT miss $c
+  run floor-$c http://127.0.0.1:$FLOOR_PORT hit $c
+done
+for cfg in $CONFIGS; do
+  RUST_LOG=warn $B serve --config $W/$cfg.toml >$W/serve-$cfg.log 2>&1 & GP=$!
+  until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do sleep 0.05; done
+  for c in 1 16; do
+    echo "== gateway on $cfg, $c connection(s)" >&2
+    run $cfg-miss-$c http://127.0.0.1:$GW_PORT miss $c
+    run $cfg-hit-$c http://127.0.0.1:$GW_PORT hit $c
+  done
+  echo "  rss after the runs: $(curl -s http://127.0.0.1:$GW_PORT/metrics | grep -E "^process_resident_memory_bytes" | cut -d" " -f2) bytes" >&2
+  kill $GP; wait $GP 2>/dev/null || true; GP=
+done
+python3 - "$W" $CONFIGS <<PY
+import json, sys
+w, configs = sys.argv[1], sys.argv[2:]
+def r(name): return json.load(open("%s/%s.json" % (w, name)))
+def rps(x): return x["throughput_rps"]
+def p50(x): return x["latency_ms"]["p50"]
+def p99(x): return x["latency_ms"]["p99"]
+print()
+print("| engines | load | conns | gateway req/s | reference req/s | ratio | gateway p50 / p99 ms | added p50 / p99 ms | target |")
+print("|---|---|---|---|---|---|---|---|---|")
+for cfg in configs:
+    for c in (1, 16):
+        g, s = r("%s-miss-%d" % (cfg, c)), r("stub-%d" % c)
+        target = {1: "added p50 < 0.3, p99 < 1 (embedded)", 16: "ratio >= 0.5 (embedded)"}[c]
+        print("| %s | miss vs stub | %d | %.0f | %.0f | %.2f | %.3f / %.3f | %+.3f / %+.3f | %s |" % (
+            cfg, c, rps(g), rps(s), rps(g) / rps(s), p50(g), p99(g), p50(g) - p50(s), p99(g) - p99(s), target))
+        g, f = r("%s-hit-%d" % (cfg, c)), r("floor-%d" % c)
+        target = {1: "p99 <= 3x floor", 16: "ratio >= 0.6"}[c]
+        print("| %s | hit vs floor | %d | %.0f | %.0f | %.2f | %.3f / %.3f | %+.3f / %+.3f (p99 %.1fx) | %s |" % (
+            cfg, c, rps(g), rps(f), rps(g) / rps(f), p50(g), p99(g), p50(g) - p50(f), p99(g) - p99(f), p99(g) / p99(f), target))
+PY
+'
