@@ -779,7 +779,17 @@ impl Config {
                     .url
                     .as_deref()
                     .ok_or_else(|| ConfigError("index.url is required for engine redis".into()))?;
-                check_url("index.url", url, &["redis", "rediss"])?;
+                if url.starts_with("redis+sentinel://") || url.starts_with("redis+cluster://") {
+                    // Host lists are not URLs: the topology parser checks them.
+                    crate::roles::redis_topology::Topology::parse(url)
+                        .map_err(|e| ConfigError(format!("index.url: '{}': {e}", redact(url))))?;
+                } else {
+                    check_url(
+                        "index.url",
+                        url,
+                        &["redis", "rediss", "redis+sentinel", "redis+cluster"],
+                    )?;
+                }
             }
             other => {
                 return err(format!(
@@ -975,7 +985,15 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         Ok(u) => u.to_string(),
-        Err(_) => "<unparseable URL>".into(),
+        // A host list (`redis+cluster://user:pass@h1,h2`): hide the userinfo.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => {
+                let hosts = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+                format!("{scheme}://***@{hosts}")
+            }
+            Some(_) => url.to_string(),
+            None => "<unparseable URL>".into(),
+        },
     }
 }
 

@@ -7,12 +7,20 @@
 //!
 //! The connection is made lazily and re-made by the connection manager, so a
 //! gateway starts (and serves from the provider) while Redis is down.
+//!
+//! One server, a Sentinel-managed master or a Cluster: see
+//! [`super::redis_topology`]. In a cluster every key hashes on its own (no
+//! hash tags), so pointers spread over every master; nothing needs two keys
+//! in one slot: batches become concurrent single-key commands, and scans walk
+//! each master in turn.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
+
+use super::redis_topology::{Conn, Topology};
 
 use super::{now_ms, ArtifactId, BackendError, BoxFuture, CheckInfo, Index, IndexEntry, Result};
 use crate::key::CacheKey;
@@ -21,8 +29,8 @@ const NAME: &str = "index";
 const VALUE_LEN: usize = 56;
 
 pub struct RedisIndex {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    topology: Topology,
+    conn: Mutex<Option<Conn>>,
     prefix: String,
     timeout: Duration,
     /// Keys live this long past their entry's expiry (for `stale-if-error`).
@@ -74,15 +82,15 @@ fn decode(v: &[u8]) -> Option<IndexEntry> {
 }
 
 impl RedisIndex {
-    /// Parses the URL (`redis://`, `rediss://`, with user, password and db);
-    /// does not connect.
+    /// Parses the URL (`redis://`, `rediss://`, `redis+sentinel://`,
+    /// `redis+cluster://`, with user, password and db); does not connect.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| BackendError::Protocol {
+        let topology = Topology::parse(url).map_err(|e| BackendError::Protocol {
             backend: NAME,
             detail: e.to_string(),
         })?;
         Ok(Self {
-            client,
+            topology,
             conn: Mutex::new(None),
             prefix: prefix.to_string(),
             timeout,
@@ -100,32 +108,80 @@ impl RedisIndex {
         format!("{}idx:{}", self.prefix, key.hex())
     }
 
-    async fn conn(&self) -> Result<ConnectionManager> {
+    /// The shared connection. With Sentinel, one that an error marked stale
+    /// (a demoted or lost master) is replaced by one to the master the
+    /// sentinels name now.
+    async fn conn(&self) -> Result<Conn> {
         let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
+        if let Some(c) = guard.as_ref().filter(|c| !c.is_stale()) {
             return Ok(c.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let c = ConnectionManager::new_with_config(self.client.clone(), config)
-            .await
-            .map_err(map_err)?;
+        if guard.take().is_some() {
+            tracing::info!(
+                topology = self.topology.kind(),
+                "redis: connecting again (the server was lost or is no longer the master)"
+            );
+        }
+        let c = self.topology.connect(self.timeout).await.map_err(map_err)?;
         *guard = Some(c.clone());
         Ok(c)
     }
 
-    /// `INFO` as key/value pairs.
-    async fn info(&self) -> Result<std::collections::HashMap<String, String>> {
-        let mut c = self.conn().await?;
-        let text: String = redis::cmd("INFO").query_async(&mut c).await.map_err(map_err)?;
+    /// `INFO` as key/value pairs, of one node (`None`: the server or the master).
+    async fn info(
+        &self,
+        c: &mut Conn,
+        node: Option<&(String, u16)>,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let v = match node {
+            Some((host, port)) => c.on_node(redis::cmd("INFO"), host, *port).await,
+            None => redis::cmd("INFO").query_async(c).await,
+        }
+        .map_err(map_err)?;
+        let text: String = redis::from_redis_value(v).map_err(|e| BackendError::Protocol {
+            backend: NAME,
+            detail: e.to_string(),
+        })?;
         Ok(text
             .lines()
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.to_string(), v.trim().to_string()))
             .collect())
+    }
+
+    /// One page of keys matching `pattern`. In a cluster the cursor names the
+    /// master (top 8 bits) and the cursor on it; masters are walked in turn.
+    async fn scan_keys(&self, c: &mut Conn, pattern: &str, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
+        let scan = |cur: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cur).arg("MATCH").arg(pattern).arg("COUNT").arg(count.max(1));
+            cmd
+        };
+        if !c.is_cluster() {
+            return scan(cursor).query_async(c).await.map_err(map_err);
+        }
+        const NODE_SHIFT: u32 = 56;
+        let masters = c.primaries().await.map_err(map_err)?;
+        let node = (cursor >> NODE_SHIFT) as usize;
+        let Some((host, port)) = masters.get(node) else {
+            return Ok((0, Vec::new()));
+        };
+        let v = c
+            .on_node(scan(cursor & ((1 << NODE_SHIFT) - 1)), host, *port)
+            .await
+            .map_err(map_err)?;
+        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(v).map_err(|e| BackendError::Protocol {
+            backend: NAME,
+            detail: e.to_string(),
+        })?;
+        let next = if next != 0 {
+            ((node as u64) << NODE_SHIFT) | next
+        } else if node + 1 < masters.len() {
+            ((node + 1) as u64) << NODE_SHIFT
+        } else {
+            0
+        };
+        Ok((next, keys))
     }
 }
 
@@ -240,6 +296,21 @@ impl Index for RedisIndex {
                 return Ok(0);
             }
             let mut c = self.conn().await?;
+            if c.is_cluster() {
+                // A pipeline is one slot in a cluster: send the commands on their own, together.
+                let replies: Vec<Option<String>> = futures_util::stream::iter(pipe.cmd_iter().cloned())
+                    .map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<Option<String>>(&mut c).await }
+                    })
+                    .buffer_unordered(64)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(map_err)?;
+                return Ok(replies.iter().filter(|r| r.is_some()).count() as u64);
+            }
             let replies: Vec<Option<String>> = pipe.query_async(&mut c).await.map_err(map_err)?;
             Ok(replies.iter().filter(|r| r.is_some()).count() as u64)
         })
@@ -265,15 +336,7 @@ impl Index for RedisIndex {
         Box::pin(async move {
             let mut c = self.conn().await?;
             let pattern = format!("{}idx:*", self.prefix);
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(limit.max(1))
-                .query_async(&mut c)
-                .await
-                .map_err(map_err)?;
+            let (next, keys) = self.scan_keys(&mut c, &pattern, cursor, limit).await?;
             if keys.is_empty() {
                 return Ok((Vec::new(), next));
             }
@@ -302,15 +365,7 @@ impl Index for RedisIndex {
             let pattern = format!("{}*", self.prefix);
             let (mut cursor, mut n) = (0u64, 0u64);
             loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(map_err)?;
+                let (next, keys) = self.scan_keys(&mut c, &pattern, cursor, 1000).await?;
                 if !keys.is_empty() {
                     let removed: u64 = redis::cmd("UNLINK")
                         .arg(&keys)
@@ -356,19 +411,46 @@ impl Index for RedisIndex {
                     detail: format!("PING answered {pong}"),
                 });
             }
-            let info = self.info().await?;
-            // CONFIG may be disabled on managed Redis; then the persistence check is skipped.
-            let save: Option<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("save")
-                .query_async::<Vec<String>>(&mut c)
-                .await
+            // Every master of a cluster is checked against the guides' advice; else the server.
+            let masters = c.primaries().await.map_err(map_err)?;
+            let nodes: Vec<Option<&(String, u16)>> = if masters.is_empty() {
+                vec![None]
+            } else {
+                masters.iter().map(Some).collect()
+            };
+            let (mut version, mut warnings) = (None, Vec::new());
+            for node in nodes {
+                let info = self.info(&mut c, node).await?;
+                // CONFIG may be disabled on managed Redis; then the persistence check is skipped.
+                let mut config = redis::cmd("CONFIG");
+                config.arg("GET").arg("save");
+                let save: Option<String> = match node {
+                    Some((host, port)) => c.on_node(config, host, *port).await,
+                    None => config.query_async(&mut c).await,
+                }
                 .ok()
+                .and_then(|v| redis::from_redis_value::<Vec<String>>(v).ok())
                 .and_then(|v| v.get(1).cloned());
+                version = version.or_else(|| info.get("redis_version").map(|v| format!("Redis {v}")));
+                for w in redis_warnings(&info, save.as_deref()) {
+                    let w = match node {
+                        Some((host, port)) => format!("{host}:{port}: {w}"),
+                        None => w,
+                    };
+                    if !warnings.contains(&w) {
+                        warnings.push(w);
+                    }
+                }
+            }
+            let version = match (self.topology.kind(), version) {
+                ("cluster", Some(v)) => Some(format!("{v} (cluster of {} masters)", masters.len())),
+                ("sentinel", Some(v)) => Some(format!("{v} (master named by Sentinel)")),
+                (_, v) => v,
+            };
             Ok(CheckInfo {
-                version: info.get("redis_version").map(|v| format!("Redis {v}")),
+                version,
                 entries: self.count().await.ok(),
-                warnings: redis_warnings(&info, save.as_deref()),
+                warnings,
             })
         })
     }

@@ -24,6 +24,7 @@ pub mod index_snapshot;
 pub mod metadata_postgres;
 pub mod metadata_sql;
 pub mod metadata_sqlite;
+pub mod redis_topology;
 pub mod vectors_disabled;
 pub mod vectors_embedded;
 pub mod vectors_ivf;

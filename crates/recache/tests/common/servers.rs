@@ -138,6 +138,47 @@ impl Server {
         Some(s)
     }
 
+    /// A Redis Sentinel watching the master on `master_port` as `mymaster`
+    /// (quorum 1, down after 1 s), on an ephemeral loopback port.
+    pub fn redis_sentinel(master_port: u16) -> Option<Server> {
+        let redis = bin("RECACHE_TEST_REDIS_BIN")?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let cmd = vec![redis, conf.display().to_string(), "--sentinel".into()];
+        let mut s = Server {
+            name: "redis",
+            port,
+            child: None,
+            dir,
+            cmd,
+        };
+        s.spawn();
+        Some(s)
+    }
+
+    /// A Redis started in cluster mode (no slots yet: see `tests/redis_ha.rs`).
+    pub fn redis_cluster_node() -> Option<Server> {
+        Self::redis_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ])
+    }
+
     pub fn s3() -> Option<Server> {
         let s3s = bin("RECACHE_TEST_S3S_BIN")?;
         let dir = tempfile::tempdir().unwrap();
