@@ -14,7 +14,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::key::CacheKey;
-use crate::roles::{ArtifactId, AuditEvent, BackendError, BoxFuture, EntryRecord, Index, IndexEntry, Metadata, Result};
+use bytes::Bytes;
+
+use crate::roles::{
+    ArtifactId, Artifacts, AuditEvent, BackendError, BoxFuture, EntryRecord, Index, IndexEntry, Metadata, Result,
+};
 
 /// The largest batch a writer queue commits in one call. Batches of this
 /// size or less get the request path's per-call timeout (see `roles::guarded`).
@@ -122,15 +126,24 @@ impl Batching {
 
 /// The store path's writers: entry registrations and audit events share
 /// metadata transactions; index pointers share pipelines where the index
-/// costs a round trip per call (the embedded index is written in place).
+/// costs a round trip per call (the embedded index is written in place);
+/// artifacts of the local store share one blocking task (an object store
+/// over the network takes them one request each, concurrently).
 pub struct Writers {
     meta: GroupCommit<MetaWrite, Option<ArtifactId>>,
     index: Option<GroupCommit<(CacheKey, IndexEntry), ()>>,
     direct_index: Arc<dyn Index>,
+    artifacts: Option<GroupCommit<(ArtifactId, Bytes), ()>>,
+    direct_artifacts: Arc<dyn Artifacts>,
 }
 
 impl Writers {
-    pub fn spawn(metadata: Arc<dyn Metadata>, index: Arc<dyn Index>, b: Batching) -> Self {
+    pub fn spawn(
+        metadata: Arc<dyn Metadata>,
+        index: Arc<dyn Index>,
+        artifacts: Arc<dyn Artifacts>,
+        b: Batching,
+    ) -> Self {
         let meta_commit: CommitFn<MetaWrite, Option<ArtifactId>> = Arc::new(move |writes: Vec<MetaWrite>| {
             let metadata = metadata.clone();
             Box::pin(async move {
@@ -169,10 +182,31 @@ impl Writers {
                 });
             GroupCommit::spawn("index", b.max, b.window, commit)
         });
+        let batched_artifacts = (artifacts.engine() == "embedded").then(|| {
+            let artifacts = artifacts.clone();
+            let commit: CommitFn<(ArtifactId, Bytes), ()> = Arc::new(move |items: Vec<(ArtifactId, Bytes)>| {
+                let artifacts = artifacts.clone();
+                Box::pin(async move {
+                    let n = items.len();
+                    artifacts.put_many(items).await?;
+                    Ok(vec![(); n])
+                })
+            });
+            GroupCommit::spawn("artifacts", b.max, b.window, commit)
+        });
         Self {
             meta,
             index: batched_index,
             direct_index: index,
+            artifacts: batched_artifacts,
+            direct_artifacts: artifacts,
+        }
+    }
+
+    pub async fn artifact(&self, id: ArtifactId, bytes: Bytes) -> Result<()> {
+        match &self.artifacts {
+            Some(q) => q.submit((id, bytes)).await,
+            None => self.direct_artifacts.put(id, bytes).await,
         }
     }
 

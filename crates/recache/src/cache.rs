@@ -72,7 +72,12 @@ impl Cache {
         retain_stale: Duration,
         batching: Batching,
     ) -> Self {
-        let writers = Writers::spawn(roles.metadata.clone(), roles.index.clone(), batching);
+        let writers = Writers::spawn(
+            roles.metadata.clone(),
+            roles.index.clone(),
+            roles.artifacts.clone(),
+            batching,
+        );
         Self {
             writers,
             roles,
@@ -306,9 +311,8 @@ impl Cache {
         expires: i64,
         size: u64,
     ) -> Result<(), BackendError> {
-        self.roles
-            .artifacts
-            .put(id, bytes)
+        self.writers
+            .artifact(id, bytes)
             .await
             .inspect_err(|e| self.failed(e, "artifacts", "artifact write"))?;
         let record = EntryRecord {

@@ -35,6 +35,7 @@ async fn local_artifacts_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Artifacts> = Arc::new(ObjectStoreArtifacts::local(dir.path(), "pfx").unwrap());
     c::artifacts_round_trip(store.as_ref()).await;
+    c::artifacts_put_many(store.as_ref()).await;
     c::artifacts_large_payload(store.as_ref()).await;
     c::artifacts_concurrent_writers(store.clone()).await;
     c::artifacts_health(store.as_ref()).await;
@@ -110,6 +111,7 @@ async fn s3_artifacts_conformance() {
         Arc::new(ObjectStoreArtifacts::s3(&bucket, Some(&endpoint), None, &prefix, Duration::from_secs(5)).unwrap());
     assert_eq!(store.engine(), "s3");
     c::artifacts_round_trip(store.as_ref()).await;
+    c::artifacts_put_many(store.as_ref()).await;
     c::artifacts_large_payload(store.as_ref()).await;
     c::artifacts_concurrent_writers(store.clone()).await;
     c::artifacts_health(store.as_ref()).await;

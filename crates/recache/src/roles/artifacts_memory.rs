@@ -75,6 +75,10 @@ impl Artifacts for MemoryTier {
         self.inner.put(id, bytes)
     }
 
+    fn put_many(&self, items: Vec<(ArtifactId, Bytes)>) -> BoxFuture<'_, Result<()>> {
+        self.inner.put_many(items)
+    }
+
     fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>> {
         if let Some(b) = self.cached(&id) {
             return Box::pin(async move { Ok(Some(b)) });

@@ -23,6 +23,9 @@ pub struct ObjectStoreArtifacts {
     bulk: Arc<dyn ObjectStore>,
     prefix: String,
     engine: &'static str,
+    /// The directory of a local store: batches are written there directly,
+    /// in one blocking task (one thread hand-off per batch, not per file).
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// A listing page's limits: generous, since no client waits on a listing.
@@ -43,7 +46,9 @@ impl ObjectStoreArtifacts {
     pub fn local(dir: &Path, prefix: &str) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| BackendError::unavailable(NAME, e))?;
         let fs = LocalFileSystem::new_with_prefix(dir).map_err(map_err)?;
-        Ok(Self::new(Arc::new(fs), prefix, "embedded"))
+        let mut s = Self::new(Arc::new(fs), prefix, "embedded");
+        s.local_root = Some(dir.canonicalize().map_err(|e| BackendError::unavailable(NAME, e))?);
+        Ok(s)
     }
 
     /// S3-compatible storage. Credentials come from the standard `AWS_*`
@@ -114,7 +119,42 @@ impl ObjectStoreArtifacts {
             store,
             prefix,
             engine,
+            local_root: None,
         }
+    }
+
+    /// Writes files as the local object store does (a staged file renamed
+    /// into place, so a reader never sees half of one; a staged name with `#`
+    /// is never listed), creating directories as needed.
+    fn write_local(root: &std::path::Path, items: &[(String, Bytes)]) -> std::io::Result<()> {
+        use std::io::Write;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        for (rel, bytes) in items {
+            let path = root.join(rel);
+            let staged = path.with_file_name(format!(
+                "{}#batch-{}-{}",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
+                std::process::id(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let mut file = match std::fs::File::create(&staged) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(dir) = staged.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::File::create(&staged)?
+                }
+                Err(e) => return Err(e),
+            };
+            let written = file.write_all(bytes);
+            drop(file);
+            if let Err(e) = written.and_then(|()| std::fs::rename(&staged, &path)) {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, id: ArtifactId) -> ObjPath {
@@ -126,6 +166,23 @@ impl ObjectStoreArtifacts {
 impl Artifacts for ObjectStoreArtifacts {
     fn engine(&self) -> &'static str {
         self.engine
+    }
+
+    fn put_many(&self, items: Vec<(ArtifactId, Bytes)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let Some(root) = self.local_root.clone() else {
+                futures_util::future::try_join_all(items.into_iter().map(|(id, b)| self.put(id, b))).await?;
+                return Ok(());
+            };
+            let files: Vec<(String, Bytes)> = items
+                .into_iter()
+                .map(|(id, b)| (self.path(id).to_string(), b))
+                .collect();
+            tokio::task::spawn_blocking(move || Self::write_local(&root, &files))
+                .await
+                .map_err(|e| BackendError::unavailable(NAME, e))?
+                .map_err(|e| BackendError::unavailable(NAME, e))
+        })
     }
 
     fn put(&self, id: ArtifactId, bytes: Bytes) -> BoxFuture<'_, Result<()>> {

@@ -223,6 +223,28 @@ pub async fn artifacts_round_trip(store: &dyn Artifacts) {
     );
 }
 
+/// The store path's batches: every artifact of a batch comes back, and the
+/// listing shows exactly them (no staged leftovers).
+pub async fn artifacts_put_many(store: &dyn Artifacts) {
+    let items: Vec<(ArtifactId, Bytes)> = (0..20)
+        .map(|i| {
+            let body = Bytes::from(format!("conformance batch {i} {}", now_ms()));
+            (ArtifactId::of(&body), body)
+        })
+        .collect();
+    let before = store.list().await.unwrap().len();
+    store.put_many(items.clone()).await.unwrap();
+    for (id, body) in &items {
+        assert_eq!(store.get(*id).await.unwrap().as_ref(), Some(body), "every artifact of the batch");
+    }
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), before + items.len(), "the batch, and nothing else, is listed");
+    store.put_many(Vec::new()).await.unwrap();
+    for (id, _) in &items {
+        store.delete(*id).await.unwrap();
+    }
+}
+
 pub async fn artifacts_large_payload(store: &dyn Artifacts) {
     let big: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let body = Bytes::from(big);
@@ -533,6 +555,15 @@ pub async fn metadata_write_batch(meta: &dyn Metadata) {
         "audit events of the batch, a repeated id once"
     );
     assert_eq!(meta.write_batch(Vec::new(), Vec::new()).await.unwrap(), Vec::new());
+    // A key named twice in one batch: written in order, the second replacing the first.
+    let twice = vec![record("batch-twice", 34, 60_000), record("batch-twice", 35, 60_000)];
+    let r = meta.write_batch(twice.clone(), Vec::new()).await.unwrap();
+    assert_eq!(r, vec![None, Some(ArtifactId([34; 32]))]);
+    assert_eq!(
+        meta.get_entry(twice[0].key).await.unwrap().unwrap().artifact,
+        ArtifactId([35; 32])
+    );
+    meta.delete_entry(twice[0].key).await.unwrap();
     for e in fresh.iter().chain([&old]) {
         meta.delete_entry(e.key).await.unwrap();
     }

@@ -150,6 +150,9 @@ impl Artifacts for GuardedArtifacts {
     fn put(&self, id: ArtifactId, bytes: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.guard.call(self.inner.put(id, bytes)))
     }
+    fn put_many(&self, items: Vec<(ArtifactId, Bytes)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.put_many(items)))
+    }
     fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>> {
         Box::pin(self.guard.call(self.inner.get(id)))
     }

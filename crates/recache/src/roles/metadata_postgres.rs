@@ -133,10 +133,7 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
-write_batch_query!(
-    PostgresMetadata,
-    "SELECT artifact_sha256 FROM entries WHERE cache_key = $1 FOR UPDATE"
-);
+write_batch_query!(PostgresMetadata, "FOR UPDATE");
 snapshot_queries!(
     PostgresMetadata,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",

@@ -253,53 +253,128 @@ macro_rules! recovery_queries {
 pub(crate) use recovery_queries;
 
 /// The trait methods that forward to [`recovery_queries`].
+/// `INSERT_SQL` for `rows` rows in one statement (`$n` placeholders, numbered on).
+pub fn insert_many_sql(rows: usize) -> String {
+    let (head, rest) = INSERT_SQL.split_once("VALUES (").unwrap_or((INSERT_SQL, ""));
+    let (_, tail) = rest.split_once(") ON CONFLICT").unwrap_or((rest, ""));
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * 80);
+    sql.push_str(head);
+    sql.push_str("VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=16 {
+            sql.push_str(&format!("${}, ", r * 16 + c));
+        }
+        sql.push_str("0)");
+    }
+    sql.push_str(" ON CONFLICT");
+    sql.push_str(tail);
+    sql
+}
+
+/// Audit events, `rows` of them in one statement.
+pub fn audit_many_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        let n = r * 7;
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7
+        ));
+    }
+    sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
+    sql
+}
+
+/// Rows per statement of a batched write (16 values per entry, 7 per event).
+pub const ROWS_PER_STATEMENT: usize = 64;
+
 /// The store path's writes, written once for both SQL engines: entries
 /// upserted (each reporting the artifact it replaced) and audit events
-/// appended, all in one transaction. `$select_old` reads an entry's current
-/// artifact, locking its row where the engine can. The engine file provides
-/// `insert_query(&EntryRecord)`.
+/// appended, all in one transaction, in a few statements: one lookup of the
+/// entries' current artifacts (`$lock` locks their rows where the engine
+/// can), then multi-row inserts. A batch that names a key twice is written
+/// row by row, in order. The engine file provides `insert_query(&EntryRecord)`.
 macro_rules! write_batch_query {
-    ($ty:ty, $select_old:expr) => {
+    ($ty:ty, $lock:expr) => {
         impl $ty {
             async fn q_write_batch(
                 &self,
                 entries: Vec<EntryRecord>,
                 audit: Vec<AuditEvent>,
             ) -> Result<Vec<Option<ArtifactId>>> {
-                static AUDIT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                    <$ty>::sql(
-                        "INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
-                    )
-                });
-                static OLD_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| <$ty>::sql($select_old));
+                use super::metadata_sql::{audit_many_sql, insert_many_sql, ROWS_PER_STATEMENT};
                 self.ready().await?;
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let keys: Vec<String> = entries.iter().map(|e| e.key.hex()).collect();
+                let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len();
+                let mut old: std::collections::HashMap<String, String> = std::collections::HashMap::new();
                 let mut replaced = Vec::with_capacity(entries.len());
-                for entry in &entries {
-                    let old: Option<String> = sqlx::query_scalar(OLD_SQL.as_str())
-                        .bind(entry.key.hex())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
-                    insert_query(entry).execute(&mut *tx).await.map_err(map_err)?;
-                    replaced.push(
-                        old.and_then(|h| ArtifactId::from_hex(&h))
-                            .filter(|old| *old != entry.artifact),
-                    );
+                for chunk in keys.chunks(ROWS_PER_STATEMENT * 4) {
+                    let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = Self::sql(&format!(
+                        "SELECT cache_key, artifact_sha256 FROM entries WHERE cache_key IN ({}) {}",
+                        marks.join(", "),
+                        $lock
+                    ));
+                    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+                    for k in chunk {
+                        q = q.bind(k);
+                    }
+                    old.extend(q.fetch_all(&mut *tx).await.map_err(map_err)?);
                 }
-                for e in &audit {
-                    sqlx::query(AUDIT_SQL.as_str())
-                        .bind(&e.id)
-                        .bind(e.at_ms)
-                        .bind(&e.tenant)
-                        .bind(&e.actor)
-                        .bind(&e.action)
-                        .bind(&e.cache_key)
-                        .bind(e.detail.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
+                if distinct {
+                    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+                        let sql = Self::sql(&insert_many_sql(chunk.len()));
+                        let mut q = sqlx::query(&sql);
+                        for e in chunk {
+                            q = super::metadata_sql::bind_entry!(q, e);
+                        }
+                        q.execute(&mut *tx).await.map_err(map_err)?;
+                    }
+                    for e in &entries {
+                        replaced.push(
+                            old.get(&e.key.hex())
+                                .and_then(|h| ArtifactId::from_hex(h))
+                                .filter(|o| *o != e.artifact),
+                        );
+                    }
+                } else {
+                    for e in &entries {
+                        let key = e.key.hex();
+                        insert_query(e).execute(&mut *tx).await.map_err(map_err)?;
+                        let before = old.insert(key, e.artifact.hex());
+                        replaced.push(
+                            before
+                                .and_then(|h| ArtifactId::from_hex(&h))
+                                .filter(|o| *o != e.artifact),
+                        );
+                    }
+                }
+                for chunk in audit.chunks(ROWS_PER_STATEMENT * 2) {
+                    let sql = Self::sql(&audit_many_sql(chunk.len()));
+                    let mut q = sqlx::query(&sql);
+                    for e in chunk {
+                        q = q
+                            .bind(&e.id)
+                            .bind(e.at_ms)
+                            .bind(&e.tenant)
+                            .bind(&e.actor)
+                            .bind(&e.action)
+                            .bind(&e.cache_key)
+                            .bind(e.detail.to_string());
+                    }
+                    q.execute(&mut *tx).await.map_err(map_err)?;
                 }
                 tx.commit().await.map_err(map_err)?;
                 Ok(replaced)

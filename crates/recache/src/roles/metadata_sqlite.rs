@@ -121,10 +121,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
-write_batch_query!(
-    SqliteMetadata,
-    "SELECT artifact_sha256 FROM entries WHERE cache_key = $1"
-);
+write_batch_query!(SqliteMetadata, "");
 snapshot_queries!(
     SqliteMetadata,
     "",

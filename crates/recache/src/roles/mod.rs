@@ -174,6 +174,16 @@ pub struct ArtifactInfo {
 pub trait Artifacts: Send + Sync {
     fn engine(&self) -> &'static str;
     fn put(&self, id: ArtifactId, bytes: Bytes) -> BoxFuture<'_, Result<()>>;
+    /// Writes many artifacts (the store path's batches). An error may leave
+    /// some written (orphans, which audits find). Engines override this to
+    /// batch; by default the writes run together.
+    fn put_many(&self, items: Vec<(ArtifactId, Bytes)>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            futures_util::future::try_join_all(items.into_iter().map(|(id, b)| self.put(id, b)))
+                .await
+                .map(|_| ())
+        })
+    }
     /// The stored bytes, unverified: callers check the hash.
     fn get(&self, id: ArtifactId) -> BoxFuture<'_, Result<Option<Bytes>>>;
     fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>>;
