@@ -128,6 +128,7 @@ export RECACHE_TEST_REDIS_PID=$REDIS_PID
 export RECACHE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export RECACHE_TEST_POSTGRES_PID=$(head -n1 "$PG_DATA/postmaster.pid")
 export RECACHE_TEST_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+export RECACHE_TEST_S3_DATA="$S3_ROOT"
 export RECACHE_TEST_S3_BUCKET=recache-test
 export RECACHE_TEST_S3_PID=$S3_PID
 export AWS_ACCESS_KEY_ID=recache-test

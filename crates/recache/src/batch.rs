@@ -108,18 +108,21 @@ pub enum MetaWrite {
     Audit(AuditEvent),
 }
 
-/// How writes are grouped: `[cache] write_batch_max` and `write_batch_window_ms`.
+/// How writes are grouped: `[cache] write_batch_max` and `write_batch_window_ms`;
+/// `[artifacts] write_concurrency` bounds the writes to a remote object store.
 #[derive(Clone, Copy, Debug)]
 pub struct Batching {
     pub max: usize,
     pub window: Duration,
+    pub artifact_writes: usize,
 }
 
 impl Batching {
-    pub fn from_config(c: &crate::config::CacheConfig) -> Self {
+    pub fn from_config(c: &crate::config::Config) -> Self {
         Self {
-            max: c.write_batch_max,
-            window: Duration::from_millis(c.write_batch_window_ms),
+            max: c.cache.write_batch_max,
+            window: Duration::from_millis(c.cache.write_batch_window_ms),
+            artifact_writes: c.artifacts.write_concurrency.max(1),
         }
     }
 }
@@ -135,6 +138,9 @@ pub struct Writers {
     direct_index: Arc<dyn Index>,
     artifacts: Option<GroupCommit<(ArtifactId, Bytes), ()>>,
     direct_artifacts: Arc<dyn Artifacts>,
+    /// Remote artifact writes in flight at once: a burst of misses must not
+    /// open a thousand PUTs that all time out together.
+    artifact_slots: tokio::sync::Semaphore,
 }
 
 impl Writers {
@@ -200,13 +206,17 @@ impl Writers {
             direct_index: index,
             artifacts: batched_artifacts,
             direct_artifacts: artifacts,
+            artifact_slots: tokio::sync::Semaphore::new(b.artifact_writes),
         }
     }
 
     pub async fn artifact(&self, id: ArtifactId, bytes: Bytes) -> Result<()> {
         match &self.artifacts {
             Some(q) => q.submit((id, bytes)).await,
-            None => self.direct_artifacts.put(id, bytes).await,
+            None => {
+                let _slot = self.artifact_slots.acquire().await;
+                self.direct_artifacts.put(id, bytes).await
+            }
         }
     }
 

@@ -169,6 +169,10 @@ pub struct ArtifactsConfig {
     pub memory_cache_mb: u64,
     /// Artifacts larger than this (KiB) are never held in memory.
     pub memory_cache_max_item_kb: u64,
+    /// Artifact writes of the store path in flight at once (an object store
+    /// over the network); the rest wait their turn, and `timeout_ms` counts
+    /// from the start of each write, not from the queue.
+    pub write_concurrency: usize,
 }
 
 impl Default for ArtifactsConfig {
@@ -183,6 +187,7 @@ impl Default for ArtifactsConfig {
             timeout_ms: 250,
             memory_cache_mb: 64,
             memory_cache_max_item_kb: 256,
+            write_concurrency: 32,
         }
     }
 }

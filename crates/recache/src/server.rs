@@ -323,7 +323,7 @@ impl Gateway {
             metrics,
             Some(Arc::new(spool)),
             Duration::from_secs(config.cache.max_stale_seconds),
-            crate::batch::Batching::from_config(&config.cache),
+            crate::batch::Batching::from_config(&config),
         ));
         let upstreams = Arc::new(Upstreams::from_config(&config, env)?);
         let config = Arc::new(config);

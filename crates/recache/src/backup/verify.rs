@@ -398,7 +398,7 @@ fn scratch_recovery(
         Arc::new(crate::metrics::Metrics::default()),
         None,
         Duration::from_secs(0),
-        crate::batch::Batching::from_config(&config.cache),
+        crate::batch::Batching::from_config(&config),
     ));
     let upstreams = crate::upstream::Upstreams::from_config(&config, &HashMap::new())
         .map_err(|e| BackupError::Config(e.to_string()))?;

@@ -62,7 +62,7 @@ pub async fn open(config: &ConfigArgs, access: IndexAccess, log_level: &str) -> 
         Arc::new(Metrics::default()),
         None,
         Duration::from_secs(config.cache.max_stale_seconds),
-        crate::batch::Batching::from_config(&config.cache),
+        crate::batch::Batching::from_config(&config),
     ));
     Ok(Arc::new(Recovery::new(cache, queue, Arc::new(config), upstreams)))
 }

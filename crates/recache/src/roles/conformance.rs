@@ -235,10 +235,18 @@ pub async fn artifacts_put_many(store: &dyn Artifacts) {
     let before = store.list().await.unwrap().len();
     store.put_many(items.clone()).await.unwrap();
     for (id, body) in &items {
-        assert_eq!(store.get(*id).await.unwrap().as_ref(), Some(body), "every artifact of the batch");
+        assert_eq!(
+            store.get(*id).await.unwrap().as_ref(),
+            Some(body),
+            "every artifact of the batch"
+        );
     }
     let listed = store.list().await.unwrap();
-    assert_eq!(listed.len(), before + items.len(), "the batch, and nothing else, is listed");
+    assert_eq!(
+        listed.len(),
+        before + items.len(),
+        "the batch, and nothing else, is listed"
+    );
     store.put_many(Vec::new()).await.unwrap();
     for (id, _) in &items {
         store.delete(*id).await.unwrap();
