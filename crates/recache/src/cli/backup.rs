@@ -112,7 +112,9 @@ fn berr(e: BackupError) -> Exit {
 
 fn targets(c: &Common) -> Result<(Targets, HashMap<String, String>), Exit> {
     let env = env_map();
-    let config = load_config(&c.config, &env).map_err(|e| Exit::config(e.to_string()))?;
+    let mut config = load_config(&c.config, &env).map_err(|e| Exit::config(e.to_string()))?;
+    // Bulk copies on what may be a busy machine: not the request path's 250 ms per call.
+    super::raise_timeouts(&mut config, 10_000);
     init_logging(LogFormat::Text, "warn");
     let t = Targets::open(Arc::new(config), &env).map_err(berr)?;
     Ok((t, env))

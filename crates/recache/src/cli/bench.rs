@@ -328,10 +328,9 @@ async fn seed(a: SeedArgs) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    // Seeding is bulk work: the request path's per-call limit (250 ms by default) would
-    // fail it on a busy store.
+    // Seeding is bulk work: the request path's per-call limits would fail it on a busy store.
     let mut config = config;
-    config.artifacts.timeout_ms = config.artifacts.timeout_ms.max(10_000);
+    super::raise_timeouts(&mut config, 10_000);
     let config = config;
     let run = async {
         let (meta, _) = open_metadata(&config).await.map_err(|e| format!("{e:#}"))?;

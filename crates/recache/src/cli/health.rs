@@ -72,14 +72,7 @@ pub async fn run(args: HealthArgs) -> i32 {
     };
     // The engines' clients get this command's time limit, not the request
     // path's (a 250 ms S3 PUT on a busy machine is not a down S3).
-    for ms in [
-        &mut config.index.timeout_ms,
-        &mut config.artifacts.timeout_ms,
-        &mut config.metadata.timeout_ms,
-        &mut config.vectors.timeout_ms,
-    ] {
-        *ms = (*ms).max(args.timeout_ms);
-    }
+    super::raise_timeouts(&mut config, args.timeout_ms);
     let t = Duration::from_millis(args.timeout_ms);
     let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
     let mut report = Vec::new();

@@ -85,6 +85,20 @@ pub fn env_map() -> HashMap<String, String> {
 }
 
 /// Loads and validates the config, printing warnings; exits 2 on a problem.
+/// Operator and bulk commands (health checks, backups, seeding) call the
+/// engines many times on what may be a busy machine: each call gets at least
+/// `ms`, not the request path's per-call limit (250 ms for artifacts by default).
+pub fn raise_timeouts(config: &mut Config, ms: u64) {
+    for t in [
+        &mut config.index.timeout_ms,
+        &mut config.artifacts.timeout_ms,
+        &mut config.metadata.timeout_ms,
+        &mut config.vectors.timeout_ms,
+    ] {
+        *t = (*t).max(ms);
+    }
+}
+
 pub fn load_config(args: &ConfigArgs, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     let (config, warnings) = Config::load(&args.config, env)?;
     for w in warnings {

@@ -11,7 +11,7 @@ use tokio::sync::OnceCell;
 
 use super::metadata_sql::{
     bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer,
-    snapshot_queries, write_batch_query, INSERT_SQL, NAME,
+    snapshot_queries, write_batch_query, write_methods, INSERT_SQL, NAME,
 };
 use super::{
     ArtifactId, AuditEvent, BackendError, BoxFuture, CheckInfo, EntryRecord, HitUpdate, IndexEntry, Metadata, Result,
@@ -158,17 +158,7 @@ impl Metadata for PostgresMetadata {
         "postgres"
     }
 
-    fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
-        Box::pin(async move { Ok(self.q_write_batch(vec![entry], Vec::new()).await?.pop().flatten()) })
-    }
-
-    fn write_batch(
-        &self,
-        entries: Vec<EntryRecord>,
-        audit: Vec<AuditEvent>,
-    ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>> {
-        Box::pin(self.q_write_batch(entries, audit))
-    }
+    write_methods!();
 
     fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>> {
         Box::pin(async move {
@@ -248,10 +238,6 @@ impl Metadata for PostgresMetadata {
                     .map_err(map_err)?;
             Ok(rows.iter().filter_map(|h| ArtifactId::from_hex(h)).collect())
         })
-    }
-
-    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.q_write_batch(Vec::new(), events).await.map(|_| ()) })
     }
 
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>> {

@@ -384,6 +384,28 @@ macro_rules! write_batch_query {
 }
 pub(crate) use write_batch_query;
 
+/// The [`super::Metadata`] methods over `q_write_batch`, for both SQL engines.
+macro_rules! write_methods {
+    () => {
+        fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
+            Box::pin(async move { Ok(self.q_write_batch(vec![entry], Vec::new()).await?.pop().flatten()) })
+        }
+
+        fn write_batch(
+            &self,
+            entries: Vec<EntryRecord>,
+            audit: Vec<AuditEvent>,
+        ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>> {
+            Box::pin(self.q_write_batch(entries, audit))
+        }
+
+        fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
+            Box::pin(async move { self.q_write_batch(Vec::new(), events).await.map(|_| ()) })
+        }
+    };
+}
+pub(crate) use write_methods;
+
 macro_rules! recovery_methods {
     () => {
         fn entries_page(&self, after: Option<CacheKey>, limit: u32) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {

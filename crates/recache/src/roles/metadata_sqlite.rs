@@ -15,7 +15,7 @@ use crate::key::CacheKey;
 
 use super::metadata_sql::{
     bind_entry, map_err, recovery_methods, recovery_queries, row_to_audit, row_to_entry, row_to_pointer,
-    snapshot_queries, sqlite_sql, write_batch_query, INSERT_SQL, NAME,
+    snapshot_queries, sqlite_sql, write_batch_query, write_methods, INSERT_SQL, NAME,
 };
 
 /// Schema migrations, applied in order, each once.
@@ -146,17 +146,7 @@ impl Metadata for SqliteMetadata {
         "embedded"
     }
 
-    fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
-        Box::pin(async move { Ok(self.q_write_batch(vec![entry], Vec::new()).await?.pop().flatten()) })
-    }
-
-    fn write_batch(
-        &self,
-        entries: Vec<EntryRecord>,
-        audit: Vec<AuditEvent>,
-    ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>> {
-        Box::pin(self.q_write_batch(entries, audit))
-    }
+    write_methods!();
 
     fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>> {
         Box::pin(async move {
@@ -228,10 +218,6 @@ impl Metadata for SqliteMetadata {
                     .map_err(map_err)?;
             Ok(rows.iter().filter_map(|h| ArtifactId::from_hex(h)).collect())
         })
-    }
-
-    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.q_write_batch(Vec::new(), events).await.map(|_| ()) })
     }
 
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>> {

@@ -38,6 +38,19 @@ fn is_root() -> bool {
 }
 
 impl Server {
+    /// Starts `cmd` (its files in `dir`) and waits until `port` accepts connections.
+    fn launch(name: &'static str, port: u16, dir: tempfile::TempDir, cmd: Vec<String>) -> Server {
+        let mut s = Server {
+            name,
+            port,
+            child: None,
+            dir,
+            cmd,
+        };
+        s.spawn();
+        s
+    }
+
     fn spawn(&mut self) {
         let log = self.dir.path().join(format!("{}.log", self.name));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).ok();
@@ -127,15 +140,7 @@ impl Server {
         ];
         let mut cmd = cmd;
         cmd.extend(extra.iter().map(|a| a.to_string()));
-        let mut s = Server {
-            name: "redis",
-            port,
-            child: None,
-            dir,
-            cmd,
-        };
-        s.spawn();
-        Some(s)
+        Some(Server::launch("redis", port, dir, cmd))
     }
 
     /// A Redis Sentinel watching the master on `master_port` as `mymaster`
@@ -156,15 +161,7 @@ impl Server {
         )
         .unwrap();
         let cmd = vec![redis, conf.display().to_string(), "--sentinel".into()];
-        let mut s = Server {
-            name: "redis",
-            port,
-            child: None,
-            dir,
-            cmd,
-        };
-        s.spawn();
-        Some(s)
+        Some(Server::launch("redis", port, dir, cmd))
     }
 
     /// A Redis started in cluster mode (no slots yet: see `tests/redis_ha.rs`).
@@ -196,15 +193,7 @@ impl Server {
             "recache-test-secret".into(),
             dir.path().display().to_string(),
         ];
-        let mut s = Server {
-            name: "s3",
-            port,
-            child: None,
-            dir,
-            cmd,
-        };
-        s.spawn();
-        Some(s)
+        Some(Server::launch("s3", port, dir, cmd))
     }
 
     pub fn postgres() -> Option<Server> {
@@ -250,15 +239,7 @@ impl Server {
             "-c".into(),
             "fsync=off".into(),
         ]);
-        let mut s = Server {
-            name: "postgres",
-            port,
-            child: None,
-            dir,
-            cmd,
-        };
-        s.spawn();
-        Some(s)
+        Some(Server::launch("postgres", port, dir, cmd))
     }
 
     /// Qdrant (the harness's binary) on two ephemeral ports; `port` is gRPC.
@@ -276,15 +257,12 @@ impl Server {
              QDRANT__STORAGE__SNAPSHOTS_PATH='{d}/snapshots' QDRANT__TELEMETRY_DISABLED=true \
              QDRANT__SERVICE__ENABLE_STATIC_CONTENT=false '{bin}' --disable-telemetry"
         );
-        let mut s = Server {
-            name: "qdrant",
-            port: grpc,
-            child: None,
+        Some(Server::launch(
+            "qdrant",
+            grpc,
             dir,
-            cmd: vec!["sh".into(), "-c".into(), script],
-        };
-        s.spawn();
-        Some(s)
+            vec!["sh".into(), "-c".into(), script],
+        ))
     }
 
     /// Where the server keeps its data (s3s-fs: one folder per bucket).
