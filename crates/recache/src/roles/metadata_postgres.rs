@@ -133,7 +133,7 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
-write_batch_query!(PostgresMetadata, "FOR UPDATE");
+write_batch_query!(PostgresMetadata, "FOR UPDATE", true);
 snapshot_queries!(
     PostgresMetadata,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",

@@ -253,8 +253,20 @@ macro_rules! recovery_queries {
 pub(crate) use recovery_queries;
 
 /// The trait methods that forward to [`recovery_queries`].
-/// `INSERT_SQL` for `rows` rows in one statement (`$n` placeholders, numbered on).
-pub fn insert_many_sql(rows: usize) -> String {
+/// The `n`th placeholder of a batch statement: `$n` for PostgreSQL, a bare
+/// `?` for SQLite (in order). Numbered `?NNN` would cost SQLite a scan of the
+/// statement's parameter names for every value bound: quadratic in a
+/// statement of a thousand values.
+pub fn mark(n: usize, numbered: bool) -> String {
+    if numbered {
+        format!("${n}")
+    } else {
+        "?".to_string()
+    }
+}
+
+/// `INSERT_SQL` for `rows` rows in one statement.
+pub fn insert_many_sql(rows: usize, numbered: bool) -> String {
     let (head, rest) = INSERT_SQL.split_once("VALUES (").unwrap_or((INSERT_SQL, ""));
     let (_, tail) = rest.split_once(") ON CONFLICT").unwrap_or((rest, ""));
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * 80);
@@ -263,7 +275,8 @@ pub fn insert_many_sql(rows: usize) -> String {
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
         for c in 1..=16 {
-            sql.push_str(&format!("${}, ", r * 16 + c));
+            sql.push_str(&mark(r * 16 + c, numbered));
+            sql.push_str(", ");
         }
         sql.push_str("0)");
     }
@@ -273,24 +286,17 @@ pub fn insert_many_sql(rows: usize) -> String {
 }
 
 /// Audit events, `rows` of them in one statement.
-pub fn audit_many_sql(rows: usize) -> String {
+pub fn audit_many_sql(rows: usize, numbered: bool) -> String {
     let mut sql =
         String::from("INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) VALUES ");
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
         }
-        let n = r * 7;
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7
-        ));
+        let marks: Vec<String> = (1..=7).map(|c| mark(r * 7 + c, numbered)).collect();
+        sql.push('(');
+        sql.push_str(&marks.join(", "));
+        sql.push(')');
     }
     sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
     sql
@@ -306,7 +312,7 @@ pub const ROWS_PER_STATEMENT: usize = 64;
 /// can), then multi-row inserts. A batch that names a key twice is written
 /// row by row, in order. The engine file provides `insert_query(&EntryRecord)`.
 macro_rules! write_batch_query {
-    ($ty:ty, $lock:expr) => {
+    ($ty:ty, $lock:expr, $numbered:expr) => {
         impl $ty {
             async fn q_write_batch(
                 &self,
@@ -314,6 +320,7 @@ macro_rules! write_batch_query {
                 audit: Vec<AuditEvent>,
             ) -> Result<Vec<Option<ArtifactId>>> {
                 use super::metadata_sql::{audit_many_sql, insert_many_sql, ROWS_PER_STATEMENT};
+                let numbered: bool = $numbered;
                 self.ready().await?;
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
                 let keys: Vec<String> = entries.iter().map(|e| e.key.hex()).collect();
@@ -321,12 +328,14 @@ macro_rules! write_batch_query {
                 let mut old: std::collections::HashMap<String, String> = std::collections::HashMap::new();
                 let mut replaced = Vec::with_capacity(entries.len());
                 for chunk in keys.chunks(ROWS_PER_STATEMENT * 4) {
-                    let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                    let sql = Self::sql(&format!(
+                    let marks: Vec<String> = (1..=chunk.len())
+                        .map(|i| super::metadata_sql::mark(i, numbered))
+                        .collect();
+                    let sql = format!(
                         "SELECT cache_key, artifact_sha256 FROM entries WHERE cache_key IN ({}) {}",
                         marks.join(", "),
                         $lock
-                    ));
+                    );
                     let mut q = sqlx::query_as::<_, (String, String)>(&sql);
                     for k in chunk {
                         q = q.bind(k);
@@ -335,7 +344,7 @@ macro_rules! write_batch_query {
                 }
                 if distinct {
                     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-                        let sql = Self::sql(&insert_many_sql(chunk.len()));
+                        let sql = insert_many_sql(chunk.len(), numbered);
                         let mut q = sqlx::query(&sql);
                         for e in chunk {
                             q = super::metadata_sql::bind_entry!(q, e);
@@ -362,7 +371,7 @@ macro_rules! write_batch_query {
                     }
                 }
                 for chunk in audit.chunks(ROWS_PER_STATEMENT * 2) {
-                    let sql = Self::sql(&audit_many_sql(chunk.len()));
+                    let sql = audit_many_sql(chunk.len(), numbered);
                     let mut q = sqlx::query(&sql);
                     for e in chunk {
                         q = q

@@ -121,7 +121,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
-write_batch_query!(SqliteMetadata, "");
+write_batch_query!(SqliteMetadata, "", false);
 snapshot_queries!(
     SqliteMetadata,
     "",
