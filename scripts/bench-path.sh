@@ -72,6 +72,13 @@ r = json.load(open(sys.argv[1])); l = r["latency_ms"]
 print("  %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, errors %s" % (sys.argv[2], r["throughput_rps"], l["p50"], l["p99"], r["errors"]))
 PY
 }
+# Answers still waiting for their store would compete with the next run.
+settle() {
+  for _ in $(seq 1 600); do
+    curl -s http://127.0.0.1:$GW_PORT/metrics | grep -q "^cache_stores_in_progress 0$" && return
+    sleep 0.1
+  done
+}
 for c in 1 16; do
   echo "== straight to the stub (misses) and to the floor (fixed answer), $c connection(s)" >&2
   run stub-$c http://127.0.0.1:$STUB_PORT miss $c
@@ -83,6 +90,7 @@ for cfg in $CONFIGS; do
   for c in 1 16; do
     echo "== gateway on $cfg, $c connection(s)" >&2
     run $cfg-miss-$c http://127.0.0.1:$GW_PORT miss $c
+    settle
     run $cfg-hit-$c http://127.0.0.1:$GW_PORT hit $c
   done
   echo "  rss after the runs: $(curl -s http://127.0.0.1:$GW_PORT/metrics | grep -E "^process_resident_memory_bytes" | cut -d" " -f2) bytes" >&2
