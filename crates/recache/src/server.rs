@@ -412,6 +412,9 @@ impl Gateway {
         if let Err(e) = self.state.cache.roles.index.flush().await {
             tracing::error!(error = %e, "index flush at shutdown failed");
         }
+        if let Err(e) = self.state.cache.roles.vectors.flush().await {
+            tracing::error!(error = %e, "vector store flush at shutdown failed");
+        }
     }
 }
 

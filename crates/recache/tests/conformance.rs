@@ -312,6 +312,54 @@ async fn embedded_vectors_with_ivf() {
     assert_eq!(hits[0].key, key(n + 1));
     assert!((hits[0].score - 1.0).abs() < 0.01);
     assert_eq!(v.count(Some(col)).await.unwrap() as usize, n - n.div_ceil(3) + 1);
+
+    // A flush saves the index; a reopened store searches through it at once
+    // (no training due, nothing waiting for a list) and finds the same points.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.ivf_status().1 != 0 {
+        assert!(std::time::Instant::now() < deadline, "the new point gets its list");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let indexed = store.ivf_status().0;
+    v.flush().await.unwrap();
+    assert!(
+        dir.path().join(format!("{col}.ivf")).exists(),
+        "the index is saved beside the log"
+    );
+    drop(v);
+    drop(store);
+    let store = Arc::new(EmbeddedVectors::open_with(dir.path(), params).unwrap());
+    assert_eq!(
+        store.ivf_status(),
+        (indexed, 0),
+        "indexed at open, nothing to train or assign"
+    );
+    let v: Arc<dyn Vectors> = store.clone();
+    let hits = v.search(col, "big", kept[1].clone(), 1).await.unwrap();
+    assert_eq!(hits[0].key, key(1), "found through the restored index");
+    assert_eq!(v.count(Some(col)).await.unwrap() as usize, n - n.div_ceil(3) + 1);
+    // A log that changed after the save makes the saved index stale: it is not used.
+    v.upsert(
+        col,
+        vec![VectorPoint {
+            key: key(n + 2),
+            scope: "big".into(),
+            tenant: "t".into(),
+            text: "after the save".into(),
+            expires_at_ms: recache::roles::now_ms() + 600_000,
+            vector: kept[2].clone(),
+        }],
+    )
+    .await
+    .unwrap();
+    drop(v);
+    drop(store);
+    let log_len = std::fs::metadata(dir.path().join(format!("{col}.vlog"))).unwrap().len();
+    assert!(
+        recache::roles::vectors_ivf_file::load(&dir.path().join(format!("{col}.ivf")), log_len, dim).is_none(),
+        "a saved index older than the log is not used (the maintainer trains again)"
+    );
+    assert!(indexed >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

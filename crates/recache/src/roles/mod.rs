@@ -28,6 +28,7 @@ pub mod redis_topology;
 pub mod vectors_disabled;
 pub mod vectors_embedded;
 pub mod vectors_ivf;
+pub mod vectors_ivf_file;
 pub mod vectors_qdrant;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

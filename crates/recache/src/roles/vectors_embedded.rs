@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::vectors_ivf::{self, Ivf};
+use super::vectors_ivf_file;
 use super::{BackendError, BoxFuture, CheckInfo, CollectionInfo, Result, VectorMatch, VectorPoint, Vectors};
 use crate::key::CacheKey;
 use crate::roles::{normalised, now_ms};
@@ -581,6 +582,26 @@ impl EmbeddedVectors {
                     }
                 }
             }
+            // The IVF indexes saved at the last flush, if the log has not changed since.
+            let dim = c.dim;
+            if let Some(saved) = vectors_ivf_file::load(&vectors_ivf_file::path_for(&path), valid, dim) {
+                let mut restored = 0usize;
+                for sv in saved {
+                    let Some(scope) = c.scopes.get_mut(sv.scope.as_str()) else {
+                        continue;
+                    };
+                    let rows = scope.meta.len();
+                    let mut ivf = Ivf::new(dim, sv.centroids, rows, sv.trained_rows as usize);
+                    for (row, m) in scope.meta.iter().enumerate() {
+                        if let Some(&list) = sv.lists.get(&m.key) {
+                            ivf.assign(row as u32, list);
+                        }
+                    }
+                    scope.ivf = Some(ivf);
+                    restored += 1;
+                }
+                tracing::info!(collection = %name, scopes = restored, "vector IVF indexes restored from the last flush");
+            }
             let live = c.at.len() as u64;
             if total > 1024 && total > 2 * live {
                 Self::compact(&path, &mut c)?;
@@ -931,14 +952,46 @@ impl Vectors for EmbeddedVectors {
         })
     }
 
+    /// Syncs every log, and saves each collection's IVF indexes beside it
+    /// (see `vectors_ivf_file.rs`) so a restart does not train them again.
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let cols = read(&self.collections);
-            for c in cols.values() {
-                c.log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .sync_data()
+            let mut to_save = Vec::new();
+            {
+                let cols = read(&self.collections);
+                for (name, c) in cols.iter() {
+                    let log = c.log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.sync_data().map_err(io)?;
+                    let log_len = log.metadata().map_err(io)?.len();
+                    let scopes: Vec<vectors_ivf_file::SavedIvf> = c
+                        .scopes
+                        .iter()
+                        .filter_map(|(scope, s)| {
+                            let ivf = s.ivf.as_ref()?;
+                            let lists = s
+                                .meta
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(row, m)| Some((m.key, ivf.list_of_row(row as u32)?)))
+                                .collect();
+                            Some(vectors_ivf_file::SavedIvf {
+                                scope: scope.to_string(),
+                                trained_rows: ivf.trained_rows as u64,
+                                centroids: ivf.centroids.clone(),
+                                lists,
+                            })
+                        })
+                        .collect();
+                    if !scopes.is_empty() {
+                        to_save.push((self.path(name), log_len, c.dim, scopes));
+                    }
+                }
+            }
+            for (log, log_len, dim, scopes) in to_save {
+                let path = vectors_ivf_file::path_for(&log);
+                tokio::task::spawn_blocking(move || vectors_ivf_file::save(&path, log_len, dim, &scopes))
+                    .await
+                    .map_err(io)?
                     .map_err(io)?;
             }
             Ok(())

@@ -54,6 +54,14 @@ impl Ivf {
         self.list_of.len()
     }
 
+    /// The list of `row`, or `None` while it waits for one.
+    pub fn list_of_row(&self, row: u32) -> Option<u32> {
+        self.list_of
+            .get(row as usize)
+            .copied()
+            .filter(|&l| l != self.unassigned_list())
+    }
+
     /// The nearest centroid of a vector (f32, or i8 codes via `dot`).
     pub fn nearest(&self, score: impl Fn(&[f32]) -> f32) -> u32 {
         let mut best = (f32::MIN, 0u32);
