@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    quiet_on_closed_stdout();
     let cli = recache::cli::Cli::parse();
     // The local embedding model (candle) asks for its thread count on every matrix
     // product; with this set it reads a variable instead of probing cgroups each time
@@ -19,4 +20,23 @@ fn main() {
     let code = rt.block_on(recache::cli::run(cli));
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     std::process::exit(code);
+}
+
+/// `recache … | head` closes stdout early: the next line printed would panic
+/// with a backtrace. Exit quietly instead, as Unix tools do on SIGPIPE (status
+/// 141); every other panic is reported as before.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

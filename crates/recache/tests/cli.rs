@@ -376,3 +376,27 @@ async fn warmer_audit_and_repair_on_embedded_stores() {
     assert_eq!(code, 0);
     assert_eq!(stub.calls(), 2, "a second run of the same file buys nothing");
 }
+
+/// `recache … | head`: a reader that goes away early ends the command quietly
+/// (exit 141, as on SIGPIPE), not with a panic and a backtrace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_a_command_quietly() {
+    use recache_stub_provider::{spawn, StubConfig, StubState};
+    let stub = spawn("127.0.0.1:0".parse().unwrap(), StubState::new(StubConfig::default()))
+        .await
+        .unwrap();
+    let mut child = recache()
+        .args(["bench", "load", "--url", &format!("http://{stub}"), "--key", "k"])
+        .args(["--mode", "miss", "--connections", "1", "--duration", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
