@@ -134,6 +134,26 @@ fn spawn_demo(cwd: Option<&std::path::Path>, data: &std::path::Path) -> Child {
 }
 
 /// Asks the demo gateway one question; returns `x-recache-status`.
+/// Waits until the demo's answers are stored: answers are sent before their
+/// store, and a repeat during the store would join that flight (a coalesced
+/// MISS) instead of hitting the cache.
+async fn settle(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let m = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines().any(|l| l == "cache_flights_in_progress 0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the demo's stores did not finish");
+}
+
 async fn demo_chat(url: &str, question: &str) -> String {
     let body = serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]});
     let r = reqwest::Client::new()
@@ -178,6 +198,7 @@ async fn demo_turns_semantic_matching_on_when_the_model_is_there() {
     let mut statuses = Vec::new();
     for q in ["How do I reset my password?", "How can I reset my password?"] {
         statuses.push(demo_chat(&url, q).await);
+        settle(&url).await;
     }
     assert_eq!(statuses, ["MISS", "SEMANTIC_HIT"]);
 }
@@ -190,6 +211,7 @@ async fn demo_serves_miss_then_hit_and_health_reports() {
     let mut statuses = Vec::new();
     for _ in 0..2 {
         statuses.push(demo_chat(&url, "hello").await);
+        settle(&url).await;
     }
     assert_eq!(statuses, ["MISS", "HIT"]);
 
