@@ -102,6 +102,21 @@ async fn run<T, R>(mut rx: mpsc::UnboundedReceiver<Item<T, R>>, max: usize, wind
     }
 }
 
+/// A queue whose batches succeed or fail as a whole: each writer learns only
+/// whether its batch was committed.
+fn whole_batches<T: Send + 'static>(
+    name: &'static str,
+    b: Batching,
+    commit: impl Fn(Vec<T>) -> BoxFuture<'static, Result<()>> + Send + Sync + 'static,
+) -> GroupCommit<T, ()> {
+    let commit: CommitFn<T, ()> = Arc::new(move |items: Vec<T>| {
+        let n = items.len();
+        let done = commit(items);
+        Box::pin(async move { done.await.map(|()| vec![(); n]) })
+    });
+    GroupCommit::spawn(name, b.max, b.window, commit)
+}
+
 /// A metadata write of the store path.
 pub enum MetaWrite {
     Entry(EntryRecord),
@@ -177,28 +192,17 @@ impl Writers {
         let meta = GroupCommit::spawn("metadata", b.max, b.window, meta_commit);
         let batched_index = (index.engine() != "embedded").then(|| {
             let index = index.clone();
-            let commit: CommitFn<(CacheKey, IndexEntry), ()> =
-                Arc::new(move |pointers: Vec<(CacheKey, IndexEntry)>| {
-                    let index = index.clone();
-                    Box::pin(async move {
-                        let n = pointers.len();
-                        index.put_many(pointers, false).await?;
-                        Ok(vec![(); n])
-                    })
-                });
-            GroupCommit::spawn("index", b.max, b.window, commit)
+            whole_batches("index", b, move |pointers| {
+                let index = index.clone();
+                Box::pin(async move { index.put_many(pointers, false).await.map(|_| ()) })
+            })
         });
         let batched_artifacts = (artifacts.engine() == "embedded").then(|| {
             let artifacts = artifacts.clone();
-            let commit: CommitFn<(ArtifactId, Bytes), ()> = Arc::new(move |items: Vec<(ArtifactId, Bytes)>| {
+            whole_batches("artifacts", b, move |items| {
                 let artifacts = artifacts.clone();
-                Box::pin(async move {
-                    let n = items.len();
-                    artifacts.put_many(items).await?;
-                    Ok(vec![(); n])
-                })
-            });
-            GroupCommit::spawn("artifacts", b.max, b.window, commit)
+                Box::pin(async move { artifacts.put_many(items).await })
+            })
         });
         Self {
             meta,

@@ -108,18 +108,27 @@ impl Coalescer {
     }
 
     /// Takes one of the [`MAX_STORING`] places of an answer sent before its
-    /// store; `false` when none is free (the caller stores first).
-    fn reserve_store(&self) -> bool {
-        if self.storing.fetch_add(1, Ordering::Relaxed) < MAX_STORING {
-            return true;
-        }
-        self.storing.fetch_sub(1, Ordering::Relaxed);
-        false
+    /// store, given back when the slot drops (however the store ends); `None`
+    /// when none is free (the caller stores first).
+    fn reserve_store(&self) -> Option<StoreSlot<'_>> {
+        // Counted first, then given back by the slot's drop: at once when over
+        // the bound, or when the store ends.
+        let slot = StoreSlot(self);
+        (self.storing.fetch_add(1, Ordering::Relaxed) < MAX_STORING).then_some(slot)
     }
 
     /// Answers sent whose store is still running.
     pub fn storing(&self) -> usize {
         self.storing.load(Ordering::Relaxed)
+    }
+}
+
+/// A place among the answers waiting for their store (see [`Coalescer::reserve_store`]).
+struct StoreSlot<'a>(&'a Coalescer);
+
+impl Drop for StoreSlot<'_> {
+    fn drop(&mut self) {
+        self.0.storing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -190,14 +199,13 @@ pub async fn run(
         let _ = tx.send(Some(Arc::new(outcome)));
         return;
     };
-    if guard.is_none() || !coalescer.reserve_store() {
+    let Some(_slot) = guard.as_ref().and_then(|_| coalescer.reserve_store()) else {
         p.store(&spec).await;
         let _ = tx.send(Some(Arc::new(outcome)));
         return;
-    }
+    };
     let _ = tx.send(Some(Arc::new(outcome)));
     p.store(&spec).await;
-    coalescer.storing.fetch_sub(1, Ordering::Relaxed);
     drop(guard);
 }
 

@@ -59,6 +59,14 @@ fn map_err(e: redis::RedisError) -> BackendError {
     }
 }
 
+/// A reply of a command routed by hand (one node of a cluster), typed.
+fn parse<T: redis::FromRedisValue>(v: redis::Value) -> Result<T> {
+    redis::from_redis_value(v).map_err(|e| BackendError::Protocol {
+        backend: NAME,
+        detail: e.to_string(),
+    })
+}
+
 fn encode(e: &IndexEntry) -> Vec<u8> {
     let mut v = Vec::with_capacity(VALUE_LEN);
     v.extend_from_slice(&e.artifact.0);
@@ -138,10 +146,7 @@ impl RedisIndex {
             None => redis::cmd("INFO").query_async(c).await,
         }
         .map_err(map_err)?;
-        let text: String = redis::from_redis_value(v).map_err(|e| BackendError::Protocol {
-            backend: NAME,
-            detail: e.to_string(),
-        })?;
+        let text: String = parse(v)?;
         Ok(text
             .lines()
             .filter_map(|l| l.split_once(':'))
@@ -170,10 +175,7 @@ impl RedisIndex {
             .on_node(scan(cursor & ((1 << NODE_SHIFT) - 1)), host, *port)
             .await
             .map_err(map_err)?;
-        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(v).map_err(|e| BackendError::Protocol {
-            backend: NAME,
-            detail: e.to_string(),
-        })?;
+        let (next, keys): (u64, Vec<String>) = parse(v)?;
         let next = if next != 0 {
             ((node as u64) << NODE_SHIFT) | next
         } else if node + 1 < masters.len() {
@@ -429,7 +431,7 @@ impl Index for RedisIndex {
                     None => config.query_async(&mut c).await,
                 }
                 .ok()
-                .and_then(|v| redis::from_redis_value::<Vec<String>>(v).ok())
+                .and_then(|v| parse::<Vec<String>>(v).ok())
                 .and_then(|v| v.get(1).cloned());
                 version = version.or_else(|| info.get("redis_version").map(|v| format!("Redis {v}")));
                 for w in redis_warnings(&info, save.as_deref()) {

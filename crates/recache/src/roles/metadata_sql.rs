@@ -326,7 +326,6 @@ macro_rules! write_batch_query {
                 let keys: Vec<String> = entries.iter().map(|e| e.key.hex()).collect();
                 let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len();
                 let mut old: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-                let mut replaced = Vec::with_capacity(entries.len());
                 for chunk in keys.chunks(ROWS_PER_STATEMENT * 4) {
                     let marks: Vec<String> = (1..=chunk.len())
                         .map(|i| super::metadata_sql::mark(i, numbered))
@@ -351,23 +350,9 @@ macro_rules! write_batch_query {
                         }
                         q.execute(&mut *tx).await.map_err(map_err)?;
                     }
-                    for e in &entries {
-                        replaced.push(
-                            old.get(&e.key.hex())
-                                .and_then(|h| ArtifactId::from_hex(h))
-                                .filter(|o| *o != e.artifact),
-                        );
-                    }
                 } else {
                     for e in &entries {
-                        let key = e.key.hex();
                         insert_query(e).execute(&mut *tx).await.map_err(map_err)?;
-                        let before = old.insert(key, e.artifact.hex());
-                        replaced.push(
-                            before
-                                .and_then(|h| ArtifactId::from_hex(&h))
-                                .filter(|o| *o != e.artifact),
-                        );
                     }
                 }
                 for chunk in audit.chunks(ROWS_PER_STATEMENT * 2) {
@@ -386,7 +371,17 @@ macro_rules! write_batch_query {
                     q.execute(&mut *tx).await.map_err(map_err)?;
                 }
                 tx.commit().await.map_err(map_err)?;
-                Ok(replaced)
+                // What each entry replaced, in order: a key named twice replaces
+                // its own earlier row the second time.
+                Ok(entries
+                    .iter()
+                    .zip(keys)
+                    .map(|(e, k)| {
+                        old.insert(k, e.artifact.hex())
+                            .and_then(|h| ArtifactId::from_hex(&h))
+                            .filter(|o| *o != e.artifact)
+                    })
+                    .collect())
             }
         }
     };
