@@ -64,8 +64,8 @@ TOML
 else
   echo "(no engine harness: Redis + S3 + PostgreSQL skipped)" >&2
 fi
-run() { # name url mode connections
-  $B bench load --url "$2" --key sk-bench --mode "$3" --connections "$4" --duration "$SECS" --format json > "$W/$1.json"
+run() { # name url mode connections [extra bench load arguments]
+  $B bench load --url "$2" --key sk-bench --mode "$3" --connections "$4" --duration "$SECS" --format json "${@:5}" > "$W/$1.json"
   python3 - "$W/$1.json" "$1" >&2 <<PY
 import json, sys
 r = json.load(open(sys.argv[1])); l = r["latency_ms"]
@@ -91,6 +91,9 @@ for cfg in $CONFIGS; do
     echo "== gateway on $cfg, $c connection(s)" >&2
     run $cfg-miss-$c http://127.0.0.1:$GW_PORT miss $c
     settle
+    # The same misses with nothing stored: the gateway as a plain proxy, the
+    # ceiling a stored miss can approach on this machine.
+    run $cfg-pass-$c http://127.0.0.1:$GW_PORT miss $c --header "cache-control: no-store"
     run $cfg-hit-$c http://127.0.0.1:$GW_PORT hit $c
   done
   echo "  rss after the runs: $(curl -s http://127.0.0.1:$GW_PORT/metrics | grep -E "^process_resident_memory_bytes" | cut -d" " -f2) bytes" >&2
@@ -112,6 +115,9 @@ for cfg in configs:
         target = {1: "added p50 < 0.3, p99 < 1 (embedded)", 16: "ratio >= 0.5 (embedded)"}[c]
         print("| %s | miss vs stub | %d | %.0f | %.0f | %.2f | %.3f / %.3f | %+.3f / %+.3f | %s |" % (
             cfg, c, rps(g), rps(s), rps(g) / rps(s), p50(g), p99(g), p50(g) - p50(s), p99(g) - p99(s), target))
+        g = r("%s-pass-%d" % (cfg, c))
+        print("| %s | miss, not stored (no-store) vs stub | %d | %.0f | %.0f | %.2f | %.3f / %.3f | %+.3f / %+.3f | ceiling |" % (
+            cfg, c, rps(g), rps(s), rps(g) / rps(s), p50(g), p99(g), p50(g) - p50(s), p99(g) - p99(s)))
         g, f = r("%s-hit-%d" % (cfg, c)), r("floor-%d" % c)
         target = {1: "p99 <= 3x floor", 16: "ratio >= 0.6"}[c]
         print("| %s | hit vs floor | %d | %.0f | %.0f | %.2f | %.3f / %.3f | %+.3f / %+.3f (p99 %.1fx) | %s |" % (

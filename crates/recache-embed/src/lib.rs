@@ -1,10 +1,12 @@
 //! Local sentence embeddings, fully offline.
 //!
 //! Loads a sentence-transformers model folder (BERT family: `config.json`,
-//! `tokenizer.json`, `model.safetensors`) and runs it on the CPU with
-//! `candle`. Pooling is the mean over the real tokens only: padding is masked
-//! out, so a text embeds the same alone or in a padded batch. Vectors are
-//! L2-normalised, so the dot product is the cosine similarity.
+//! `tokenizer.json`, `model.safetensors`) and runs it on the CPU. The default
+//! (f32) network is [`encoder::Encoder`], plain Rust over the checkpoint's
+//! weights, one text at a time with no padding; `int8` weights and the
+//! reference network run on `candle`. Pooling is the mean over the real tokens
+//! only: padding is masked out, so a text embeds the same alone or in a padded
+//! batch. Vectors are L2-normalised, so the dot product is the cosine similarity.
 //!
 //! Nothing is ever downloaded: the folder is read from disk and that is all.
 
@@ -31,22 +33,28 @@ impl From<candle_core::Error> for EmbedError {
     }
 }
 
+mod encoder;
+#[doc(hidden)]
+pub mod kernel;
 mod qbert;
 mod qlinear;
 
-/// The network: f32 weights, or int8 (Q8_0) weights in every linear layer.
-enum Bert {
-    F32(BertModel),
-    Q8(qbert::BertModel),
+/// Which network runs the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// f32 weights in [`encoder::Encoder`] (the default).
+    F32,
+    /// int8 (Q8_0) weights in every linear layer, on candle.
+    Int8,
+    /// f32 weights in candle-transformers' `BertModel`: the reference the
+    /// default is checked against, and slower.
+    Reference,
 }
 
-impl Bert {
-    fn forward(&self, ids: &Tensor, types: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        match self {
-            Bert::F32(m) => m.forward(ids, types, mask),
-            Bert::Q8(m) => m.forward(ids, types, mask),
-        }
-    }
+enum Bert {
+    Plain(encoder::Encoder),
+    Candle(BertModel),
+    Q8(qbert::BertModel),
 }
 
 /// A loaded local embedding model.
@@ -69,6 +77,12 @@ impl LocalModel {
     /// quantised to Q8_0 at load (a quarter of the memory traffic per pass; the
     /// model's name, and so the fingerprint, gets `-q8`).
     pub fn load_with(dir: &Path, max_tokens: usize, int8: bool) -> Result<Self, EmbedError> {
+        Self::load_weights(dir, max_tokens, if int8 { Weights::Int8 } else { Weights::F32 })
+    }
+
+    /// Loads the model folder to run on the network `weights` names.
+    pub fn load_weights(dir: &Path, max_tokens: usize, weights: Weights) -> Result<Self, EmbedError> {
+        let int8 = weights == Weights::Int8;
         let err = |detail: String| EmbedError::Model {
             path: dir.to_path_buf(),
             detail,
@@ -95,15 +109,19 @@ impl LocalModel {
                 ..Default::default()
             }))
             .map_err(|e| err(format!("tokenizer.json: {e}")))?;
-        let weights = dir.join("model.safetensors");
-        if !weights.exists() {
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.exists() {
             return Err(err("model.safetensors is missing".into()));
         }
         let device = Device::Cpu;
         // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
             .map_err(|e| err(format!("model.safetensors: {e}")))?;
-        let model = if int8 {
+        let model = if weights == Weights::F32 {
+            let econfig: encoder::Config =
+                serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
+            Bert::Plain(encoder::Encoder::load(&weights_path, &econfig).map_err(err)?)
+        } else if int8 {
             let qconfig: qbert::Config =
                 serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
             Bert::Q8(
@@ -112,7 +130,7 @@ impl LocalModel {
                     .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
             )
         } else {
-            Bert::F32(
+            Bert::Candle(
                 BertModel::load(vb.clone(), &config)
                     .or_else(|_| BertModel::load(vb.pp("bert"), &config))
                     .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
@@ -153,6 +171,28 @@ impl LocalModel {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let model = match &self.model {
+            Bert::Plain(encoder) => {
+                return texts
+                    .iter()
+                    .map(|text| {
+                        let enc = self
+                            .tokenizer
+                            .encode(*text, true)
+                            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+                        let ids: Vec<u32> = enc
+                            .get_ids()
+                            .iter()
+                            .zip(enc.get_attention_mask())
+                            .filter(|(_, m)| **m == 1)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        encoder.embed(&ids).map_err(EmbedError::Inference)
+                    })
+                    .collect();
+            }
+            other => other,
+        };
         let enc = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -168,7 +208,11 @@ impl LocalModel {
         let ids = Tensor::stack(&ids, 0)?;
         let mask = Tensor::stack(&masks, 0)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (batch, tokens, dim)
+        let hidden = match model {
+            Bert::Candle(m) => m.forward(&ids, &types, Some(&mask))?,
+            Bert::Q8(m) => m.forward(&ids, &types, Some(&mask))?,
+            Bert::Plain(_) => unreachable!("handled above"),
+        }; // (batch, tokens, dim)
                                                                      // Mean over real tokens only.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, tokens, 1)
         let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (batch, dim)

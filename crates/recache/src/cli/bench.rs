@@ -78,8 +78,22 @@ pub struct LoadArgs {
     pub max_requests: u64,
     #[arg(long, default_value = "gpt-4o-mini")]
     pub model: String,
+    /// An extra request header, `NAME: VALUE` (repeatable); for example
+    /// `--header 'cache-control: no-store'` measures the gateway as a plain proxy.
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}' is not NAME: VALUE"))?;
+    let name = name.trim();
+    reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+    reqwest::header::HeaderValue::from_str(value.trim()).map_err(|e| format!("{name}: {e}"))?;
+    Ok((name.to_string(), value.trim().to_string()))
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +215,7 @@ async fn load(a: LoadArgs) -> i32 {
         let mode = a.mode;
         let model = a.model.clone();
         let max = a.max_requests;
+        let headers = a.headers.clone();
         tasks.push(tokio::spawn(async move {
             let _ = bodies;
             let mut lat = Vec::with_capacity(100_000);
@@ -218,7 +233,11 @@ async fn load(a: LoadArgs) -> i32 {
                     Mode::Miss => json!({"model": model, "messages": [{"role": "user", "content": format!("recache benchmark miss {} {n}", now_ms())}]}).to_string(),
                 };
                 let t = Instant::now();
-                let res = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body).send().await;
+                let mut req = client.post(&url).bearer_auth(&key).header("content-type", "application/json");
+                for (name, value) in &headers {
+                    req = req.header(name, value);
+                }
+                let res = req.body(body).send().await;
                 let ok = match res {
                     Ok(r) => {
                         let good = r.status().is_success();

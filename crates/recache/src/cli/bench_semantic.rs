@@ -56,8 +56,9 @@ pub struct EmbedBenchArgs {
     /// The model folder (safetensors + tokenizer.json).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     pub model: std::path::PathBuf,
-    /// `f32`, or `int8` (Q8_0 linear layers).
-    #[arg(long, default_value = "f32")]
+    /// `f32` (the default network), `int8` (Q8_0 linear layers), or `reference`
+    /// (f32 on candle-transformers' BERT, the network the default is checked against).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "int8", "reference"])]
     pub weights: String,
     /// Embeddings timed per prompt length.
     #[arg(long, default_value_t = 200)]
@@ -281,7 +282,12 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 pub async fn embed(a: EmbedBenchArgs) -> i32 {
-    let model = match recache_embed::LocalModel::load_with(&a.model, 256, a.weights == "int8") {
+    let weights = match a.weights.as_str() {
+        "int8" => recache_embed::Weights::Int8,
+        "reference" => recache_embed::Weights::Reference,
+        _ => recache_embed::Weights::F32,
+    };
+    let model = match recache_embed::LocalModel::load_weights(&a.model, 256, weights) {
         Ok(m) => m,
         Err(e) => {
             eprintln!(
@@ -317,6 +323,7 @@ pub async fn embed(a: EmbedBenchArgs) -> i32 {
         out.insert(label.into(), json!({"tokens": tokens, "p50_ms": p50, "p99_ms": p99}));
     }
     out.insert("model".into(), json!(model.name()));
+    out.insert("weights".into(), json!(a.weights));
     out.insert(
         "threads".into(),
         json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
