@@ -6,14 +6,24 @@ use recache_embed::{cosine, LocalModel, Weights};
 
 fn main() {
     if std::env::var("PROBE").is_ok() {
-        for (m, k, n, mats) in [(9, 384, 1536, 1), (9, 384, 1536, 18), (9, 384, 1152, 6), (9, 384, 384, 6), (9, 1536, 384, 6)] {
+        for (m, k, n, mats) in [
+            (9, 384, 1536, 1),
+            (9, 384, 1536, 18),
+            (9, 384, 1152, 6),
+            (9, 384, 384, 6),
+            (9, 1536, 384, 6),
+        ] {
             let us = recache_embed::kernel::probe(m, k, n, mats, 400);
-            println!("m={m} k={k} n={n} over {mats} matrices: {us:.1} us, {:.1} GMAC/s", (m * k * n) as f64 / us / 1e3);
+            println!(
+                "m={m} k={k} n={n} over {mats} matrices: {us:.1} us, {:.1} GMAC/s",
+                (m * k * n) as f64 / us / 1e3
+            );
         }
         return;
     }
     let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("MODEL_DIR"));
-    let short = "How do I reset my password?";
+    let short = std::env::var("TEXT").unwrap_or_else(|_| "How do I reset my password?".into());
+    let short = short.as_str();
     let long = "Please summarise the following incident report. ".repeat(22);
     let reference = LocalModel::load_weights(&dir, 256, Weights::Reference).unwrap();
     let only = std::env::var("ONLY").unwrap_or_default();
@@ -23,7 +33,10 @@ fn main() {
         }
         let model = LocalModel::load_weights(&dir, 256, w).unwrap();
         for (label, text) in [("short", short.to_string()), ("long", long.clone())] {
-            let agree = cosine(&model.embed(&[&text]).unwrap()[0], &reference.embed(&[&text]).unwrap()[0]);
+            let agree = cosine(
+                &model.embed(&[&text]).unwrap()[0],
+                &reference.embed(&[&text]).unwrap()[0],
+            );
             if std::env::var("SHORT").is_ok() && label != "short" {
                 continue;
             }
@@ -32,6 +45,9 @@ fn main() {
             let mut times = Vec::new();
             for i in 0..runs {
                 let t = format!("{text} {i}");
+                if let Some(us) = std::env::var("GAP_US").ok().and_then(|v| v.parse().ok()) {
+                    std::thread::sleep(std::time::Duration::from_micros(us));
+                }
                 let s = Instant::now();
                 model.embed(&[&t]).unwrap();
                 times.push(s.elapsed().as_secs_f64() * 1e3);

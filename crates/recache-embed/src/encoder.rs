@@ -112,7 +112,7 @@ impl Weights {
 impl Encoder {
     /// Reads the weights of `model.safetensors` (top-level or under `bert.`).
     pub fn load(weights: &std::path::Path, config: &Config) -> Result<Self> {
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
         }
         let gelu_exact = match config.hidden_act.as_str() {
@@ -129,13 +129,12 @@ impl Encoder {
         };
         let w = Weights { st, prefix };
         let (d, i) = (config.hidden_size, config.intermediate_size);
-        let word_len = w
-            .st
-            .get(&format!("{prefix}embeddings.word_embeddings.weight"))
-            .map_err(|e| e.to_string())?
-            .shape()
-            .iter()
-            .product::<usize>();
+        let word_len =
+            w.st.get(&format!("{prefix}embeddings.word_embeddings.weight"))
+                .map_err(|e| e.to_string())?
+                .shape()
+                .iter()
+                .product::<usize>();
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
@@ -158,14 +157,18 @@ impl Encoder {
         }
         let token_type = w.get("embeddings.token_type_embeddings.weight", d).or_else(|_| {
             // More than one token type: only type 0 is ever used.
-            let all = w
-                .st
-                .load(&format!("{prefix}embeddings.token_type_embeddings.weight"), &Device::Cpu)
+            let all =
+                w.st.load(
+                    &format!("{prefix}embeddings.token_type_embeddings.weight"),
+                    &Device::Cpu,
+                )
                 .and_then(|t| t.to_dtype(DType::F32))
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
                 .map_err(|e| e.to_string())?;
-            all.get(..d).map(<[f32]>::to_vec).ok_or_else(|| "token types too short".to_string())
+            all.get(..d)
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| "token types too short".to_string())
         })?;
         Ok(Self {
             hidden: d,
@@ -357,6 +360,11 @@ fn erf(x: f32) -> f32 {
     (1.0 - 1.0 / (p8 * p8)).copysign(x)
 }
 
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -371,9 +379,4 @@ mod tests {
         assert_eq!(super::erf(-40.0), -1.0);
         assert_eq!(super::erf(0.0), 0.0);
     }
-}
-
-fn gelu_tanh(x: f32) -> f32 {
-    const C: f32 = 0.797_884_6; // sqrt(2/pi)
-    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
 }

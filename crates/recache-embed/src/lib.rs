@@ -213,7 +213,7 @@ impl LocalModel {
             Bert::Q8(m) => m.forward(&ids, &types, Some(&mask))?,
             Bert::Plain(_) => unreachable!("handled above"),
         }; // (batch, tokens, dim)
-                                                                     // Mean over real tokens only.
+           // Mean over real tokens only.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, tokens, 1)
         let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (batch, dim)
         let counts = m.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (batch, 1)

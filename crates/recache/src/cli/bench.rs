@@ -87,9 +87,7 @@ pub struct LoadArgs {
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s
-        .split_once(':')
-        .ok_or_else(|| format!("'{s}' is not NAME: VALUE"))?;
+    let (name, value) = s.split_once(':').ok_or_else(|| format!("'{s}' is not NAME: VALUE"))?;
     let name = name.trim();
     reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
     reqwest::header::HeaderValue::from_str(value.trim()).map_err(|e| format!("{name}: {e}"))?;
