@@ -11,6 +11,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 
 use crate::kernel::HalfMatrix;
+use crate::kernel_i8::Int8Matrix;
 
 pub struct Encoder {
     hidden: usize,
@@ -31,8 +32,13 @@ struct Norm {
     bias: Vec<f32>,
 }
 
+enum Weight {
+    Half(HalfMatrix),
+    Int8(Int8Matrix),
+}
+
 struct Dense {
-    weight: HalfMatrix,
+    weight: Weight,
     bias: Vec<f32>,
     out: usize,
     inp: usize,
@@ -74,6 +80,19 @@ type Result<T> = std::result::Result<T, String>;
 struct Weights {
     st: MmapedSafetensors,
     prefix: &'static str,
+    int8: bool,
+}
+
+impl Weights {
+    /// int8 where asked for and the CPU runs it, half floats otherwise.
+    fn matrix(&self, values: &[f32], n: usize, k: usize) -> Weight {
+        if self.int8 {
+            if let Some(m) = Int8Matrix::new(values, n, k) {
+                return Weight::Int8(m);
+            }
+        }
+        Weight::Half(HalfMatrix::new(values, n, k))
+    }
 }
 
 impl Weights {
@@ -101,7 +120,7 @@ impl Weights {
 
     fn dense(&self, name: &str, out: usize, inp: usize) -> Result<Dense> {
         Ok(Dense {
-            weight: HalfMatrix::new(&self.get(&format!("{name}.weight"), out * inp)?, out, inp),
+            weight: self.matrix(&self.get(&format!("{name}.weight"), out * inp)?, out, inp),
             bias: self.get(&format!("{name}.bias"), out)?,
             out,
             inp,
@@ -110,8 +129,10 @@ impl Weights {
 }
 
 impl Encoder {
-    /// Reads the weights of `model.safetensors` (top-level or under `bert.`).
-    pub fn load(weights: &std::path::Path, config: &Config) -> Result<Self> {
+    /// Reads the weights of `model.safetensors` (top-level or under `bert.`). With
+    /// `int8`, the linear layers run in 8-bit integers where the CPU has AVX-512
+    /// VNNI ([`crate::kernel_i8`]); see [`Encoder::int8_available`].
+    pub fn load(weights: &std::path::Path, config: &Config, int8: bool) -> Result<Self> {
         if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
         }
@@ -127,7 +148,7 @@ impl Encoder {
         } else {
             "bert."
         };
-        let w = Weights { st, prefix };
+        let w = Weights { st, prefix, int8 };
         let (d, i) = (config.hidden_size, config.intermediate_size);
         let word_len =
             w.st.get(&format!("{prefix}embeddings.word_embeddings.weight"))
@@ -141,7 +162,7 @@ impl Encoder {
             let part = |name: &str| w.get(&format!("{p}.attention.self.{name}.weight"), d * d);
             let bias = |name: &str| w.get(&format!("{p}.attention.self.{name}.bias"), d);
             let qkv = Dense {
-                weight: HalfMatrix::new(&[part("query")?, part("key")?, part("value")?].concat(), 3 * d, d),
+                weight: w.matrix(&[part("query")?, part("key")?, part("value")?].concat(), 3 * d, d),
                 bias: [bias("query")?, bias("key")?, bias("value")?].concat(),
                 out: 3 * d,
                 inp: d,
@@ -302,7 +323,10 @@ fn attention_body(qkv: &[f32], m: usize, d: usize, heads: usize, ctx: &mut [f32]
 }
 
 fn dense(x: &[f32], m: usize, layer: &Dense, out: &mut [f32]) {
-    crate::kernel::linear(x, m, layer.inp, &layer.weight, layer.out, &layer.bias, out);
+    match &layer.weight {
+        Weight::Half(w) => crate::kernel::linear(x, m, layer.inp, w, layer.out, &layer.bias, out),
+        Weight::Int8(w) => crate::kernel_i8::linear(x, m, w, &layer.bias, out),
+    }
 }
 
 fn add(a: &mut [f32], b: &[f32]) {

@@ -36,6 +36,7 @@ impl From<candle_core::Error> for EmbedError {
 mod encoder;
 #[doc(hidden)]
 pub mod kernel;
+mod kernel_i8;
 mod qbert;
 mod qlinear;
 
@@ -44,7 +45,8 @@ mod qlinear;
 pub enum Weights {
     /// f32 weights in [`encoder::Encoder`] (the default).
     F32,
-    /// int8 (Q8_0) weights in every linear layer, on candle.
+    /// int8 weights and activations in every linear layer: on AVX-512 VNNI,
+    /// [`encoder::Encoder`] (name suffix `-i8`); elsewhere candle's Q8_0 (`-q8`).
     Int8,
     /// f32 weights in candle-transformers' `BertModel`: the reference the
     /// default is checked against, and slower.
@@ -117,10 +119,11 @@ impl LocalModel {
         // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
             .map_err(|e| err(format!("model.safetensors: {e}")))?;
-        let model = if weights == Weights::F32 {
+        let vnni = int8 && kernel_i8::available(dimension, dimension);
+        let model = if weights == Weights::F32 || vnni {
             let econfig: encoder::Config =
                 serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
-            Bert::Plain(encoder::Encoder::load(&weights_path, &econfig).map_err(err)?)
+            Bert::Plain(encoder::Encoder::load(&weights_path, &econfig, vnni).map_err(err)?)
         } else if int8 {
             let qconfig: qbert::Config =
                 serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
@@ -140,7 +143,9 @@ impl LocalModel {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "local".into());
-        if int8 {
+        if vnni {
+            name.push_str("-i8");
+        } else if int8 {
             name.push_str("-q8");
         }
         Ok(Self {
