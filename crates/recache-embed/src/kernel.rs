@@ -70,10 +70,18 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &HalfMatrix, n: usize, bias: &[f
     } else {
         rayon::current_num_threads().clamp(1, n.div_ceil(block))
     };
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let p = Product {
+        x,
+        m,
+        k,
+        w,
+        n,
+        bias,
+        out: out.as_mut_ptr(),
+    };
     if threads == 1 {
         // SAFETY: `out` holds m × n values and this call writes each once.
-        unsafe { isa.rows(x, m, k, w, n, bias, 0..n, out_ptr.0) };
+        unsafe { isa.rows(&p, 0..n) };
         return;
     }
     // Chunks of whole blocks of outputs, one per thread.
@@ -84,20 +92,34 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &HalfMatrix, n: usize, bias: &[f
             if rows.is_empty() {
                 continue;
             }
-            let out_ptr = &out_ptr;
+            let p = &p;
             s.spawn(move |_| {
                 // SAFETY: each chunk writes only its own columns `rows` of `out`,
                 // which outlives the scope; the chunks are disjoint.
-                unsafe { isa.rows(x, m, k, w, n, bias, rows, out_ptr.0) };
+                unsafe { isa.rows(p, rows) };
             });
         }
     });
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint parts of one output buffer to scoped threads.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+/// One product's operands, as every instruction set's loop takes them: `x` is
+/// `m × k`, `w` the weights in the layout of the matrix's instruction set, `out`
+/// `m × n`.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    w: &'a [u16],
+    n: usize,
+    bias: &'a [f32],
+    out: *mut f32,
+}
+
+// SAFETY: `out` is shared only to hand disjoint columns of one output buffer to
+// scoped threads.
+unsafe impl Send for Product<'_> {}
+unsafe impl Sync for Product<'_> {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -145,44 +167,32 @@ impl Isa {
         }
     }
 
-    /// Writes the columns `rows` of `out` (`m × n`).
+    /// Writes the columns `rows` of `p.out` (`m × n`).
     ///
     /// # Safety
-    /// `out` must point to `m × n` writable values; the CPU must support the
+    /// `p.out` must point to `m × n` writable values; the CPU must support the
     /// instruction set `detect` chose.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows(
-        self,
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[u16],
-        n: usize,
-        bias: &[f32],
-        rows: Range<usize>,
-        out: *mut f32,
-    ) {
+    unsafe fn rows(self, p: &Product<'_>, rows: Range<usize>) {
         match self {
-            Isa::Scalar => scalar_rows(x, m, k, w, n, bias, rows, out),
+            Isa::Scalar => scalar_rows(p, rows),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => x86::avx2_rows(x, m, k, w, n, bias, rows, out),
+            Isa::Avx2 => x86::avx2_rows(p, rows),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => x86::avx512_cols(x, m, k, w, n, bias, rows, out),
+            Isa::Avx512 => x86::avx512_cols(p, rows),
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn scalar_rows(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[u16],
-    n: usize,
-    bias: &[f32],
-    rows: Range<usize>,
-    out: *mut f32,
-) {
+unsafe fn scalar_rows(p: &Product<'_>, rows: Range<usize>) {
+    let Product {
+        x,
+        m,
+        k,
+        w,
+        n,
+        bias,
+        out,
+    } = *p;
     for o in rows {
         let wr: Vec<f32> = w[o * k..(o + 1) * k]
             .iter()
@@ -207,6 +217,7 @@ unsafe fn scalar_rows(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::Product;
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -336,18 +347,17 @@ mod x86 {
     }
 
     /// Writes the outputs `cols` (32-aligned blocks) of every token; `w` is in panels.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512_cols(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[u16],
-        n: usize,
-        bias: &[f32],
-        cols: Range<usize>,
-        out: *mut f32,
-    ) {
+    pub(super) unsafe fn avx512_cols(p: &Product<'_>, cols: Range<usize>) {
+        let Product {
+            x,
+            m,
+            k,
+            w,
+            n,
+            bias,
+            out,
+        } = *p;
         macro_rules! tokens {
             ($T:literal, $t:expr, $o:expr) => {
                 cols512::<$T>(
@@ -389,18 +399,17 @@ mod x86 {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn avx2_rows(
-        x: &[f32],
-        m: usize,
-        k: usize,
-        w: &[u16],
-        n: usize,
-        bias: &[f32],
-        rows: Range<usize>,
-        out: *mut f32,
-    ) {
+    pub(super) unsafe fn avx2_rows(p: &Product<'_>, rows: Range<usize>) {
+        let Product {
+            x,
+            m,
+            k,
+            w,
+            n,
+            bias,
+            out,
+        } = *p;
         let mut buf = vec![0f32; 4 * k];
         let mut o = rows.start;
         while o + 4 <= rows.end {
@@ -516,7 +525,16 @@ mod tests {
         let (x, w, b) = (data(m * k, 4), round_half(&data(n * k, 5)), data(n, 6));
         let mut out = vec![f32::NAN; m * n];
         let half = HalfMatrix::with_isa(&w, n, k, Isa::Scalar);
-        unsafe { Isa::Scalar.rows(&x, m, k, &half.bits, n, &b, 0..n, out.as_mut_ptr()) };
+        let p = Product {
+            x: &x,
+            m,
+            k,
+            w: &half.bits,
+            n,
+            bias: &b,
+            out: out.as_mut_ptr(),
+        };
+        unsafe { Isa::Scalar.rows(&p, 0..n) };
         let want = reference(&x, m, k, &w, n, &b);
         for (g, r) in out.iter().zip(&want) {
             assert!((g - r).abs() <= 1e-3 * (1.0 + r.abs()));
