@@ -84,6 +84,14 @@ impl Browser {
 
     /// One DevTools command (on the page's session once attached); its result.
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// One DevTools command; its result, or the error the browser answered with.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next += 1;
         let id = self.next;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -102,8 +110,10 @@ impl Browser {
             let Message::Text(t) = m else { continue };
             let v: Value = serde_json::from_str(t.as_str()).unwrap();
             if v["id"] == json!(id) {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(_) => Err(v),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -119,10 +129,19 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
-    /// Waits until `expr` is true in the page.
+    /// Waits until `expr` is true in the page. A page that is navigating (a form
+    /// just submitted) answers an evaluation with "Inspected target navigated or
+    /// closed": that is a "not yet", and the next try reaches the new page.
     async fn wait_for(&mut self, expr: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.eval(&format!("Boolean({expr})")).await != json!(true) {
+        loop {
+            let params = json!({"expression": format!("Boolean({expr})"), "returnByValue": true});
+            match self.try_call("Runtime.evaluate", params).await {
+                Ok(r) if r["result"]["value"] == json!(true) => return,
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("navigated") => {}
+                Err(e) => panic!("waiting for {what}: {e}"),
+            }
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
