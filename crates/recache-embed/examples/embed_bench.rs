@@ -45,6 +45,14 @@ fn main() {
             let mut times = Vec::new();
             for i in 0..runs {
                 let t = format!("{text} {i}");
+                if let Some(mb) = std::env::var("THRASH_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+                    // Touch this much other memory between passes, as a gateway does.
+                    let mut junk = vec![1u8; mb << 20];
+                    for i in (0..junk.len()).step_by(64) {
+                        junk[i] = junk[i].wrapping_add(i as u8);
+                    }
+                    std::hint::black_box(&junk);
+                }
                 if let Some(us) = std::env::var("GAP_US").ok().and_then(|v| v.parse().ok()) {
                     std::thread::sleep(std::time::Duration::from_micros(us));
                 }
