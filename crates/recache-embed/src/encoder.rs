@@ -77,13 +77,14 @@ fn default_act() -> String {
 
 type Result<T> = std::result::Result<T, String>;
 
-struct Weights {
+/// The checkpoint's tensors, read out as f32.
+struct Checkpoint {
     st: MmapedSafetensors,
     prefix: &'static str,
     int8: bool,
 }
 
-impl Weights {
+impl Checkpoint {
     /// int8 where asked for and the CPU runs it, half floats otherwise.
     fn matrix(&self, values: &[f32], n: usize, k: usize) -> Weight {
         if self.int8 {
@@ -93,20 +94,23 @@ impl Weights {
         }
         Weight::Half(HalfMatrix::new(values, n, k))
     }
-}
 
-impl Weights {
-    fn get(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+    /// Every value of the tensor `name`, flattened.
+    fn values(&self, name: &str) -> Result<Vec<f32>> {
         let full = format!("{}{name}", self.prefix);
-        let t = self
-            .st
+        self.st
             .load(&full, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| format!("{full}: {e}"))?;
+            .map_err(|e| format!("{full}: {e}"))
+    }
+
+    /// The tensor `name`, which must hold `len` values.
+    fn get(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.values(name)?;
         if t.len() != len {
-            return Err(format!("{full}: {} values, expected {len}", t.len()));
+            return Err(format!("{}{name}: {} values, expected {len}", self.prefix, t.len()));
         }
         Ok(t)
     }
@@ -131,7 +135,7 @@ impl Weights {
 impl Encoder {
     /// Reads the weights of `model.safetensors` (top-level or under `bert.`). With
     /// `int8`, the linear layers run in 8-bit integers where the CPU has AVX-512
-    /// VNNI ([`crate::kernel_i8`]); see [`Encoder::int8_available`].
+    /// VNNI ([`crate::kernel_i8::available`]), in half floats elsewhere.
     pub fn load(weights: &std::path::Path, config: &Config, int8: bool) -> Result<Self> {
         if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err("hidden_size is not a multiple of num_attention_heads".into());
@@ -148,14 +152,12 @@ impl Encoder {
         } else {
             "bert."
         };
-        let w = Weights { st, prefix, int8 };
+        let w = Checkpoint { st, prefix, int8 };
         let (d, i) = (config.hidden_size, config.intermediate_size);
-        let word_len =
-            w.st.get(&format!("{prefix}embeddings.word_embeddings.weight"))
-                .map_err(|e| e.to_string())?
-                .shape()
-                .iter()
-                .product::<usize>();
+        let word = w.values("embeddings.word_embeddings.weight")?;
+        if word.is_empty() || !word.len().is_multiple_of(d) {
+            return Err(format!("word embeddings: {} values, not rows of {d}", word.len()));
+        }
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
@@ -176,28 +178,19 @@ impl Encoder {
                 out_norm: w.norm(&format!("{p}.output.LayerNorm"), d)?,
             });
         }
-        let token_type = w.get("embeddings.token_type_embeddings.weight", d).or_else(|_| {
-            // More than one token type: only type 0 is ever used.
-            let all =
-                w.st.load(
-                    &format!("{prefix}embeddings.token_type_embeddings.weight"),
-                    &Device::Cpu,
-                )
-                .and_then(|t| t.to_dtype(DType::F32))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| e.to_string())?;
-            all.get(..d)
-                .map(<[f32]>::to_vec)
-                .ok_or_else(|| "token types too short".to_string())
-        })?;
+        // Only token type 0 is ever used: its row is the first.
+        let mut token_type = w.values("embeddings.token_type_embeddings.weight")?;
+        if token_type.len() < d {
+            return Err("token types too short".into());
+        }
+        token_type.truncate(d);
         Ok(Self {
             hidden: d,
             heads: config.num_attention_heads,
             intermediate: i,
             eps: config.layer_norm_eps as f32,
             gelu_exact,
-            word: w.get("embeddings.word_embeddings.weight", word_len)?,
+            word,
             position: w.get(
                 "embeddings.position_embeddings.weight",
                 config.max_position_embeddings * d,

@@ -2,10 +2,12 @@
 //! rows in `x` (the tokens of one text) and a large `W` (a linear layer).
 //!
 //! A general matrix product (candle's, through `gemm`) repacks `W` on every call:
-//! for a nine-token prompt that copy costs more than the arithmetic. Here each
-//! weight row is read once, in place, and multiplied against a block of tokens
-//! held in registers (4 rows × 4 tokens of AVX-512 accumulators, 4 × 2 with AVX2,
-//! plain loops elsewhere), while the next rows are prefetched.
+//! for a nine-token prompt that copy costs more than the arithmetic. Here `W` is
+//! laid out once, at load, for the instruction set found at run time, and read
+//! in place on every call while the next weights are prefetched. AVX-512: panels
+//! of 32 outputs, each input's weights multiplied by up to 12 tokens with the
+//! outputs in registers. AVX2: 4 rows × 2 tokens of dot products. Elsewhere,
+//! plain loops.
 //!
 //! A short prompt's pass is bound by reading the weights from memory (each is used
 //! for a handful of tokens only), so they are kept as IEEE half floats and widened

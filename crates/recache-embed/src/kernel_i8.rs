@@ -74,42 +74,20 @@ struct Quantized {
     scale: Vec<f32>,
 }
 
-fn quantize(x: &[f32], m: usize, k: usize) -> Quantized {
+/// `out[t][o] = bias[o] + Σ_i x[t][i] · w[o][i]`, `x` being `m × k` and `out` `m × n`.
+pub fn linear(x: &[f32], m: usize, w: &Int8Matrix, bias: &[f32], out: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    assert!(x.len() >= m * k && bias.len() >= n && out.len() >= m * n);
     let mut q = Quantized {
         bytes: vec![0u8; m * k],
         scale: vec![0f32; m * (k / 32)],
     };
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the feature; `x` holds `m × k` values (checked by the caller).
-        unsafe { x86::quantize(&x[..m * k], &mut q) };
-        return q;
-    }
-    for (b, (chunk, out)) in x[..m * k]
-        .chunks_exact(32)
-        .zip(q.bytes.chunks_exact_mut(32))
-        .enumerate()
-    {
-        let max = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = if max > 0.0 { max / 127.0 } else { 0.0 };
-        q.scale[b] = s;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        for (o, v) in out.iter_mut().zip(chunk) {
-            *o = (v * inv + 128.5).clamp(1.0, 255.0) as u8;
-        }
-    }
-    q
-}
-
-/// `out[t][o] = bias[o] + Σ_i x[t][i] · w[o][i]`, `x` being `m × k` and `out` `m × n`.
-pub fn linear(x: &[f32], m: usize, w: &Int8Matrix, bias: &[f32], out: &mut [f32]) {
-    let (n, k) = (w.n, w.k);
-    assert!(x.len() >= m * k && bias.len() >= n && out.len() >= m * n);
-    let q = quantize(x, m, k);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: an `Int8Matrix` exists only where `available` found the features;
-    // `out` holds `m × n` values.
+    // SAFETY: an `Int8Matrix` exists only where `available` found the features
+    // (so there is no other path to fall back to); `x` holds `m × k` values and
+    // `out` `m × n`.
     unsafe {
+        x86::quantize(&x[..m * k], &mut q);
         x86::run(&q, m, w, bias, out.as_mut_ptr())
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -3,10 +3,11 @@
 //! Loads a sentence-transformers model folder (BERT family: `config.json`,
 //! `tokenizer.json`, `model.safetensors`) and runs it on the CPU. The default
 //! (f32) network is [`encoder::Encoder`], plain Rust over the checkpoint's
-//! weights, one text at a time with no padding; `int8` weights and the
-//! reference network run on `candle`. Pooling is the mean over the real tokens
-//! only: padding is masked out, so a text embeds the same alone or in a padded
-//! batch. Vectors are L2-normalised, so the dot product is the cosine similarity.
+//! weights, one text at a time with no padding; so is `int8` on AVX-512 VNNI.
+//! The reference network, and `int8` elsewhere, run on `candle`, in padded
+//! batches. Pooling is the mean over the real tokens only: padding is masked
+//! out, so a text embeds the same alone or in a padded batch. Vectors are
+//! L2-normalised, so the dot product is the cosine similarity.
 //!
 //! Nothing is ever downloaded: the folder is read from disk and that is all.
 
@@ -75,9 +76,9 @@ impl LocalModel {
         Self::load_with(dir, max_tokens, false)
     }
 
-    /// Like [`LocalModel::load`]; with `int8`, every linear layer's weights are
-    /// quantised to Q8_0 at load (a quarter of the memory traffic per pass; the
-    /// model's name, and so the fingerprint, gets `-q8`).
+    /// Like [`LocalModel::load`]; with `int8`, every linear layer runs in 8-bit
+    /// integers ([`Weights::Int8`]; the model's name, and so the fingerprint, gets
+    /// `-i8` or `-q8`).
     pub fn load_with(dir: &Path, max_tokens: usize, int8: bool) -> Result<Self, EmbedError> {
         Self::load_weights(dir, max_tokens, if int8 { Weights::Int8 } else { Weights::F32 })
     }
@@ -116,15 +117,20 @@ impl LocalModel {
             return Err(err("model.safetensors is missing".into()));
         }
         let device = Device::Cpu;
-        // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
-            .map_err(|e| err(format!("model.safetensors: {e}")))?;
+        // candle's networks read the checkpoint through a VarBuilder; the plain
+        // encoder reads it itself.
+        let candle = || {
+            // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
+                .map_err(|e| err(format!("model.safetensors: {e}")))
+        };
         let vnni = int8 && kernel_i8::available(dimension, dimension);
         let model = if weights == Weights::F32 || vnni {
             let econfig: encoder::Config =
                 serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
             Bert::Plain(encoder::Encoder::load(&weights_path, &econfig, vnni).map_err(err)?)
         } else if int8 {
+            let vb = candle()?;
             let qconfig: qbert::Config =
                 serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
             Bert::Q8(
@@ -133,6 +139,7 @@ impl LocalModel {
                     .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
             )
         } else {
+            let vb = candle()?;
             Bert::Candle(
                 BertModel::load(vb.clone(), &config)
                     .or_else(|_| BertModel::load(vb.pp("bert"), &config))
@@ -176,28 +183,36 @@ impl LocalModel {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let model = match &self.model {
-            Bert::Plain(encoder) => {
-                return texts
-                    .iter()
-                    .map(|text| {
-                        let enc = self
-                            .tokenizer
-                            .encode(*text, true)
-                            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-                        let ids: Vec<u32> = enc
-                            .get_ids()
-                            .iter()
-                            .zip(enc.get_attention_mask())
-                            .filter(|(_, m)| **m == 1)
-                            .map(|(id, _)| *id)
-                            .collect();
-                        encoder.embed(&ids).map_err(EmbedError::Inference)
-                    })
-                    .collect();
-            }
-            other => other,
-        };
+        match &self.model {
+            Bert::Plain(encoder) => texts.iter().map(|text| self.embed_one(encoder, text)).collect(),
+            Bert::Candle(m) => self.embed_padded(texts, |ids, types, mask| m.forward(ids, types, Some(mask))),
+            Bert::Q8(m) => self.embed_padded(texts, |ids, types, mask| m.forward(ids, types, Some(mask))),
+        }
+    }
+
+    /// One text through the plain encoder: its real tokens, no padding.
+    fn embed_one(&self, encoder: &encoder::Encoder, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let ids: Vec<u32> = enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_attention_mask())
+            .filter(|(_, m)| **m == 1)
+            .map(|(id, _)| *id)
+            .collect();
+        encoder.embed(&ids).map_err(EmbedError::Inference)
+    }
+
+    /// A padded batch through one of candle's networks (`forward` takes the ids,
+    /// the token types and the mask, and gives `(batch, tokens, dim)`).
+    fn embed_padded(
+        &self,
+        texts: &[&str],
+        forward: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let enc = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -213,12 +228,8 @@ impl LocalModel {
         let ids = Tensor::stack(&ids, 0)?;
         let mask = Tensor::stack(&masks, 0)?;
         let types = ids.zeros_like()?;
-        let hidden = match model {
-            Bert::Candle(m) => m.forward(&ids, &types, Some(&mask))?,
-            Bert::Q8(m) => m.forward(&ids, &types, Some(&mask))?,
-            Bert::Plain(_) => unreachable!("handled above"),
-        }; // (batch, tokens, dim)
-           // Mean over real tokens only.
+        let hidden = forward(&ids, &types, &mask)?; // (batch, tokens, dim)
+                                                    // Mean over real tokens only.
         let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (batch, tokens, 1)
         let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (batch, dim)
         let counts = m.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (batch, 1)

@@ -248,6 +248,14 @@ async fn embedded_vectors_with_ivf() {
     let centres: Vec<Vec<f32>> = (0..200).map(|_| unit((0..dim).map(|_| rnd()).collect())).collect();
     let mut kept = Vec::new();
     let key = |i: usize| recache::key::CacheKey::from_hex(&format!("{i:064x}")).unwrap();
+    let point = |i: usize, text: String, vector: Vec<f32>| VectorPoint {
+        key: key(i),
+        scope: "big".into(),
+        tenant: "t".into(),
+        text,
+        expires_at_ms: recache::roles::now_ms() + 600_000,
+        vector,
+    };
     for chunk in 0..(n / 1000) {
         let mut batch = Vec::new();
         for j in 0..1000 {
@@ -255,14 +263,7 @@ async fn embedded_vectors_with_ivf() {
             let c = &centres[i % centres.len()];
             let p = unit(c.iter().map(|x| x + 0.08 * rnd()).collect());
             kept.push(p.clone());
-            batch.push(VectorPoint {
-                key: key(i),
-                scope: "big".into(),
-                tenant: "t".into(),
-                text: format!("q{i}"),
-                expires_at_ms: recache::roles::now_ms() + 600_000,
-                vector: p,
-            });
+            batch.push(point(i, format!("q{i}"), p));
         }
         v.upsert(col, batch).await.unwrap();
     }
@@ -295,19 +296,9 @@ async fn embedded_vectors_with_ivf() {
     let hits = v.search(col, "big", kept[0].clone(), 4).await.unwrap();
     assert!(hits.iter().all(|h| h.key != key(0)), "{hits:?}");
     let fresh = unit((0..dim).map(|_| rnd()).collect());
-    v.upsert(
-        col,
-        vec![VectorPoint {
-            key: key(n + 1),
-            scope: "big".into(),
-            tenant: "t".into(),
-            text: "new".into(),
-            expires_at_ms: recache::roles::now_ms() + 600_000,
-            vector: fresh.clone(),
-        }],
-    )
-    .await
-    .unwrap();
+    v.upsert(col, vec![point(n + 1, "new".into(), fresh.clone())])
+        .await
+        .unwrap();
     let hits = v.search(col, "big", fresh, 1).await.unwrap();
     assert_eq!(hits[0].key, key(n + 1));
     assert!((hits[0].score - 1.0).abs() < 0.01);
@@ -339,19 +330,9 @@ async fn embedded_vectors_with_ivf() {
     assert_eq!(hits[0].key, key(1), "found through the restored index");
     assert_eq!(v.count(Some(col)).await.unwrap() as usize, n - n.div_ceil(3) + 1);
     // A log that changed after the save makes the saved index stale: it is not used.
-    v.upsert(
-        col,
-        vec![VectorPoint {
-            key: key(n + 2),
-            scope: "big".into(),
-            tenant: "t".into(),
-            text: "after the save".into(),
-            expires_at_ms: recache::roles::now_ms() + 600_000,
-            vector: kept[2].clone(),
-        }],
-    )
-    .await
-    .unwrap();
+    v.upsert(col, vec![point(n + 2, "after the save".into(), kept[2].clone())])
+        .await
+        .unwrap();
     drop(v);
     drop(store);
     let log_len = std::fs::metadata(dir.path().join(format!("{col}.vlog"))).unwrap().len();

@@ -56,7 +56,8 @@ pub struct EmbedBenchArgs {
     /// The model folder (safetensors + tokenizer.json).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     pub model: std::path::PathBuf,
-    /// `f32` (the default network), `int8` (Q8_0 linear layers), or `reference`
+    /// `f32` (the default network), `int8` (8-bit linear layers: AVX-512 VNNI, or
+    /// candle's Q8_0 elsewhere), or `reference`
     /// (f32 on candle-transformers' BERT, the network the default is checked against).
     #[arg(long, default_value = "f32", value_parser = ["f32", "int8", "reference"])]
     pub weights: String,
