@@ -62,7 +62,8 @@ fn main() {
             }
             times.sort_by(|a, b| a.partial_cmp(b).unwrap());
             println!(
-                "{w:?} {label} ({} tokens): p50 {:.2} ms p99 {:.2} ms; cosine to reference {agree:.6}",
+                "{w:?} [{}] {label} ({} tokens): p50 {:.2} ms p99 {:.2} ms; cosine to reference {agree:.6}",
+                model.kernel(),
                 model.token_count(&text),
                 times[times.len() / 2],
                 times[times.len() * 99 / 100]

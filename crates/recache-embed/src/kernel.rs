@@ -132,6 +132,17 @@ enum Isa {
     Avx512,
 }
 
+/// Which kernel runs on this CPU, for a layer of typical shape (for benchmarks and logs).
+pub fn kernel_name() -> &'static str {
+    match Isa::detect(384, 384) {
+        Isa::Scalar => "f16 portable",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "f16 avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "f16 avx512",
+    }
+}
+
 impl Isa {
     fn detect(k: usize, n: usize) -> Self {
         #[cfg(target_arch = "x86_64")]

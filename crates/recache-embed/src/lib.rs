@@ -1,13 +1,12 @@
 //! Local sentence embeddings, fully offline.
 //!
 //! Loads a sentence-transformers model folder (BERT family: `config.json`,
-//! `tokenizer.json`, `model.safetensors`) and runs it on the CPU. The default
-//! (f32) network is [`encoder::Encoder`], plain Rust over the checkpoint's
-//! weights, one text at a time with no padding; so is `int8` on AVX-512 VNNI.
-//! The reference network, and `int8` elsewhere, run on `candle`, in padded
-//! batches. Pooling is the mean over the real tokens only: padding is masked
-//! out, so a text embeds the same alone or in a padded batch. Vectors are
-//! L2-normalised, so the dot product is the cosine similarity.
+//! `tokenizer.json`, `model.safetensors`) and runs it on the CPU. The f32 and
+//! int8 networks are [`encoder::Encoder`], plain Rust over the checkpoint's
+//! weights, one text at a time with no padding. The reference network runs on
+//! `candle`, in padded batches; its pooling is the mean over the real tokens
+//! only (padding is masked out), so a text embeds the same alone or in a padded
+//! batch. Vectors are L2-normalised, so the dot product is the cosine similarity.
 //!
 //! Nothing is ever downloaded: the folder is read from disk and that is all.
 
@@ -38,16 +37,15 @@ mod encoder;
 #[doc(hidden)]
 pub mod kernel;
 mod kernel_i8;
-mod qbert;
-mod qlinear;
 
 /// Which network runs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weights {
     /// f32 weights in [`encoder::Encoder`] (the default).
     F32,
-    /// int8 weights and activations in every linear layer: on AVX-512 VNNI,
-    /// [`encoder::Encoder`] (name suffix `-i8`); elsewhere candle's Q8_0 (`-q8`).
+    /// int8 weights and activations in every linear layer of
+    /// [`encoder::Encoder`] (name suffix `-i8`): the same vectors on every CPU,
+    /// four times the f32 products per instruction on AVX-512 VNNI.
     Int8,
     /// f32 weights in candle-transformers' `BertModel`: the reference the
     /// default is checked against, and slower.
@@ -57,7 +55,6 @@ pub enum Weights {
 enum Bert {
     Plain(encoder::Encoder),
     Candle(BertModel),
-    Q8(qbert::BertModel),
 }
 
 /// A loaded local embedding model.
@@ -68,6 +65,7 @@ pub struct LocalModel {
     dimension: usize,
     name: String,
     max_tokens: usize,
+    kernel: &'static str,
 }
 
 impl LocalModel {
@@ -78,7 +76,7 @@ impl LocalModel {
 
     /// Like [`LocalModel::load`]; with `int8`, every linear layer runs in 8-bit
     /// integers ([`Weights::Int8`]; the model's name, and so the fingerprint, gets
-    /// `-i8` or `-q8`).
+    /// `-i8`).
     pub fn load_with(dir: &Path, max_tokens: usize, int8: bool) -> Result<Self, EmbedError> {
         Self::load_weights(dir, max_tokens, if int8 { Weights::Int8 } else { Weights::F32 })
     }
@@ -117,44 +115,32 @@ impl LocalModel {
             return Err(err("model.safetensors is missing".into()));
         }
         let device = Device::Cpu;
-        // candle's networks read the checkpoint through a VarBuilder; the plain
-        // encoder reads it itself.
-        let candle = || {
+        let model = if weights == Weights::Reference {
             // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
-                .map_err(|e| err(format!("model.safetensors: {e}")))
-        };
-        let vnni = int8 && kernel_i8::available(dimension, dimension);
-        let model = if weights == Weights::F32 || vnni {
-            let econfig: encoder::Config =
-                serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
-            Bert::Plain(encoder::Encoder::load(&weights_path, &econfig, vnni).map_err(err)?)
-        } else if int8 {
-            let vb = candle()?;
-            let qconfig: qbert::Config =
-                serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
-            Bert::Q8(
-                qbert::BertModel::load(vb.clone(), &qconfig)
-                    .or_else(|_| qbert::BertModel::load(vb.pp("bert"), &qconfig))
-                    .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
-            )
-        } else {
-            let vb = candle()?;
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
+                .map_err(|e| err(format!("model.safetensors: {e}")))?;
             Bert::Candle(
                 BertModel::load(vb.clone(), &config)
                     .or_else(|_| BertModel::load(vb.pp("bert"), &config))
                     .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
             )
+        } else {
+            let econfig: encoder::Config =
+                serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
+            Bert::Plain(encoder::Encoder::load(&weights_path, &econfig, int8).map_err(err)?)
         };
         let mut name = dir
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "local".into());
-        if vnni {
+        if int8 {
             name.push_str("-i8");
-        } else if int8 {
-            name.push_str("-q8");
         }
+        let kernel = match weights {
+            Weights::Reference => "candle",
+            Weights::Int8 => kernel_i8::kernel_name(),
+            Weights::F32 => kernel::kernel_name(),
+        };
         Ok(Self {
             model,
             tokenizer,
@@ -162,11 +148,18 @@ impl LocalModel {
             dimension,
             name,
             max_tokens,
+            kernel,
         })
     }
 
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// The kernel that runs the linear layers on this CPU (for example
+    /// `int8 avx512-vnni`), for benchmarks and logs.
+    pub fn kernel(&self) -> &'static str {
+        self.kernel
     }
 
     /// The folder's name (for example `all-MiniLM-L6-v2`).
@@ -186,7 +179,6 @@ impl LocalModel {
         match &self.model {
             Bert::Plain(encoder) => texts.iter().map(|text| self.embed_one(encoder, text)).collect(),
             Bert::Candle(m) => self.embed_padded(texts, |ids, types, mask| m.forward(ids, types, Some(mask))),
-            Bert::Q8(m) => self.embed_padded(texts, |ids, types, mask| m.forward(ids, types, Some(mask))),
         }
     }
 
@@ -206,7 +198,7 @@ impl LocalModel {
         encoder.embed(&ids).map_err(EmbedError::Inference)
     }
 
-    /// A padded batch through one of candle's networks (`forward` takes the ids,
+    /// A padded batch through candle's network (`forward` takes the ids,
     /// the token types and the mask, and gives `(batch, tokens, dim)`).
     fn embed_padded(
         &self,

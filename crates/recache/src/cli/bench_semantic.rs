@@ -325,6 +325,13 @@ pub async fn embed(a: EmbedBenchArgs) -> i32 {
     }
     out.insert("model".into(), json!(model.name()));
     out.insert("weights".into(), json!(a.weights));
+    out.insert("kernel".into(), json!(model.kernel()));
+    text += &format!(
+        "model {} ({} weights, {} kernel)\n",
+        model.name(),
+        a.weights,
+        model.kernel()
+    );
     out.insert(
         "threads".into(),
         json!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
