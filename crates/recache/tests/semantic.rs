@@ -686,11 +686,11 @@ async fn killed_qdrant_keeps_exact_hits_flowing_with_zero_errors() {
     assert_eq!(back, "SEMANTIC_HIT", "semantic matching is back once Qdrant is");
 }
 
-/// The default network (plain Rust over the f32 weights) computes what
+/// The f32 network (plain Rust over half-float weights) computes what
 /// candle-transformers' BERT computes, on every text of the pair set and on a
 /// text long enough to be truncated.
 #[test]
-fn default_encoder_agrees_with_the_reference_network() {
+fn f32_encoder_agrees_with_the_reference_network() {
     let Some(model) = model_dir() else { return };
     let plain = recache_embed::LocalModel::load(&model, 256).unwrap();
     let reference = recache_embed::LocalModel::load_weights(&model, 256, recache_embed::Weights::Reference).unwrap();
@@ -720,16 +720,17 @@ fn default_encoder_agrees_with_the_reference_network() {
     }
 }
 
-/// `weights = "int8"` (8-bit products on AVX-512 VNNI, candle's Q8_0 elsewhere)
-/// stays within 0.995 cosine of the f32 model on every text of the pair set,
-/// carries its own fingerprint, answers a paraphrase from the cache, and serves
-/// no near-miss of the labelled set.
+/// The default `weights = "int8"` stays within 0.998 cosine of the f32 network
+/// on every text of the pair set and carries its own fingerprint; the gateway
+/// with `weights = "f32"` answers a paraphrase from the cache and serves no
+/// near-miss of the labelled set (the default is run through the pair set by
+/// `labelled_pairs_no_near_miss_is_ever_served`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn int8_embedder_agrees_with_f32() {
     let Some(model) = model_dir() else { return };
     let f32m = recache_embed::LocalModel::load(&model, 256).unwrap();
-    let q8 = recache_embed::LocalModel::load_with(&model, 256, true).unwrap();
-    assert_ne!(f32m.name(), q8.name(), "another fingerprint");
+    let i8m = recache_embed::LocalModel::load_with(&model, 256, true).unwrap();
+    assert_ne!(f32m.name(), i8m.name(), "another fingerprint");
     let mut worst = 1.0f32;
     for line in include_str!("data/semantic_pairs.jsonl")
         .lines()
@@ -737,14 +738,14 @@ async fn int8_embedder_agrees_with_f32() {
     {
         let pair: Value = serde_json::from_str(line).unwrap();
         for t in [pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap()] {
-            let (a, b) = (&f32m.embed(&[t]).unwrap()[0], &q8.embed(&[t]).unwrap()[0]);
+            let (a, b) = (&f32m.embed(&[t]).unwrap()[0], &i8m.embed(&[t]).unwrap()[0]);
             worst = worst.min(recache_embed::cosine(a, b));
         }
     }
-    assert!(worst >= 0.995, "int8 vs f32 cosine {worst}");
+    assert!(worst >= 0.998, "int8 vs f32 cosine {worst}");
     let extra = format!(
         "{}\n",
-        semantic_toml(&model, "").replace("kind = \"local\"", "kind = \"local\"\nweights = \"int8\"")
+        semantic_toml(&model, "").replace("kind = \"local\"", "kind = \"local\"\nweights = \"f32\"")
     );
     let env = env_raw(Backends::Embedded, VectorStore::Embedded, StubConfig::default(), &extra).await;
     assert_eq!(
@@ -760,12 +761,14 @@ async fn int8_embedder_agrees_with_f32() {
         "SEMANTIC_HIT"
     );
     let rep = report(&env).await;
+    let fingerprint = rep["report"]["embedders"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        rep["report"]["embedders"][0]["fingerprint"]
-            .as_str()
-            .unwrap()
-            .contains(if q8.name().ends_with("-i8") { "-i8" } else { "-q8" }),
+        fingerprint.contains(f32m.name()) && !fingerprint.contains("-i8"),
         "{rep}"
     );
-    assert_pair_set(&env, &format!(" ({})", q8.name())).await;
+    assert!(i8m.name().ends_with("-i8"), "{}", i8m.name());
+    assert_pair_set(&env, &format!(" ({})", f32m.name())).await;
 }

@@ -56,10 +56,10 @@ pub struct EmbedBenchArgs {
     /// The model folder (safetensors + tokenizer.json).
     #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
     pub model: std::path::PathBuf,
-    /// `f32` (the default network), `int8` (8-bit linear layers: AVX-512 VNNI, or
-    /// candle's Q8_0 elsewhere), or `reference`
-    /// (f32 on candle-transformers' BERT, the network the default is checked against).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "int8", "reference"])]
+    /// `int8` (the default: 8-bit linear layers, the same vectors on every CPU),
+    /// `f32` (half-float weights, the checkpoint's network to float rounding), or
+    /// `reference` (f32 on candle-transformers' BERT, the network both are checked against).
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32", "reference"])]
     pub weights: String,
     /// Embeddings timed per prompt length.
     #[arg(long, default_value_t = 200)]
@@ -284,9 +284,9 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 pub async fn embed(a: EmbedBenchArgs) -> i32 {
     let weights = match a.weights.as_str() {
-        "int8" => recache_embed::Weights::Int8,
+        "f32" => recache_embed::Weights::F32,
         "reference" => recache_embed::Weights::Reference,
-        _ => recache_embed::Weights::F32,
+        _ => recache_embed::Weights::Int8,
     };
     let model = match recache_embed::LocalModel::load_weights(&a.model, 256, weights) {
         Ok(m) => m,

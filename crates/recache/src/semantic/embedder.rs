@@ -15,7 +15,7 @@ use crate::roles::BoxFuture;
 use crate::upstream::{Upstream, Upstreams};
 
 pub trait Embedder: Send + Sync {
-    /// `kind:model:dimension:normalisation[:max tokens]`, e.g. `local:all-MiniLM-L6-v2:384:l2:256`
+    /// `kind:model:dimension:normalisation[:max tokens]`, e.g. `local:all-MiniLM-L6-v2-i8:384:l2:256`
     /// (anything that changes the vectors changes the fingerprint).
     fn fingerprint(&self) -> String;
     fn dimension(&self) -> usize;
@@ -48,6 +48,12 @@ impl LocalEmbedder {
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("a local embedder needs a path"))?;
         let model = recache_embed::LocalModel::load_with(path, cfg.max_tokens, cfg.weights == "int8")?;
+        tracing::info!(
+            model = model.name(),
+            weights = %cfg.weights,
+            kernel = model.kernel(),
+            "local embedding model loaded"
+        );
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Self {
             model: Arc::new(model),
