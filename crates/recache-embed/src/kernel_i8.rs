@@ -232,7 +232,7 @@ fn rows_body(q: &Quantized, m: usize, w: &Int8Matrix, rows: &[i8], bias: &[f32],
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Int8Matrix, Quantized};
+    use super::{Int8Matrix, Quantized, BLOCK};
     use std::arch::x86_64::*;
 
     /// A matrix and its VNNI layout's parts.
@@ -248,7 +248,7 @@ mod x86 {
     #[inline]
     unsafe fn tile<const T: usize>(q: &Quantized, t0: usize, w: Weights, o: usize, bias: &[f32], out: *mut f32) {
         let (n, k) = (w.matrix.n, w.matrix.k);
-        let blocks = k / 32;
+        let blocks = k / BLOCK;
         let panel = w.panels.as_ptr().add((o / 16) * (k * 16));
         let offsets = w.offsets.as_ptr().add((o / 16) * blocks * 16);
         let xq = q.bytes.as_ptr().add(t0 * k);
@@ -256,10 +256,10 @@ mod x86 {
         let mut accf = [_mm512_setzero_ps(); T];
         for b in 0..blocks {
             let mut acci = [_mm512_setzero_si512(); T];
-            for quad in 0..8 {
-                let wv = _mm512_loadu_si512(panel.add((b * 8 + quad) * 64) as *const __m512i);
+            for quad in 0..BLOCK / 4 {
+                let wv = _mm512_loadu_si512(panel.add((b * (BLOCK / 4) + quad) * 64) as *const __m512i);
                 for (t, a) in acci.iter_mut().enumerate() {
-                    let bytes = (xq.add(t * k + b * 32 + quad * 4) as *const i32).read_unaligned();
+                    let bytes = (xq.add(t * k + b * BLOCK + quad * 4) as *const i32).read_unaligned();
                     *a = _mm512_dpbusd_epi32(*a, _mm512_set1_epi32(bytes), wv);
                 }
             }
@@ -294,17 +294,17 @@ mod x86 {
     #[inline]
     unsafe fn tile_wide<const T: usize>(w: Wide, t0: usize, o: usize) {
         let (n, k) = (w.matrix.n, w.matrix.k);
-        let blocks = k / 32;
+        let blocks = k / BLOCK;
         let panel = w.panels.as_ptr().add((o / 8) * (k * 8));
         let xp = w.pairs.as_ptr().add(t0 * (k / 2));
         let xs = w.scales.as_ptr().add(t0 * blocks);
         let mut accf = [_mm256_setzero_ps(); T];
         for b in 0..blocks {
             let mut acci = [_mm256_setzero_si256(); T];
-            for p in 0..16 {
-                let wv = _mm256_loadu_si256(panel.add((b * 16 + p) * 16) as *const __m256i);
+            for p in 0..BLOCK / 2 {
+                let wv = _mm256_loadu_si256(panel.add((b * (BLOCK / 2) + p) * 16) as *const __m256i);
                 for (t, a) in acci.iter_mut().enumerate() {
-                    let x = _mm256_set1_epi32(*xp.add(t * (k / 2) + b * 16 + p));
+                    let x = _mm256_set1_epi32(*xp.add(t * (k / 2) + b * (BLOCK / 2) + p));
                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(wv, x));
                 }
             }
@@ -368,21 +368,24 @@ mod x86 {
         }
     }
 
-    /// Blocks of 32 values to bytes (int8 + 128) and one scale each: two vectors
-    /// in, a horizontal max, a multiply, a truncating conversion and two narrowing
-    /// stores per block.
+    /// Blocks of [`BLOCK`] values to bytes (int8 + 128) and one scale each: the
+    /// block's vectors in, a horizontal max, then per vector a multiply, a
+    /// truncating conversion and a narrowing store.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn quantize(x: &[f32], q: &mut Quantized) {
         let half = _mm512_set1_ps(128.5);
         let (lo, hi) = (_mm512_set1_ps(1.0), _mm512_set1_ps(255.0));
-        for (b, (chunk, out)) in x.chunks_exact(32).zip(q.bytes.chunks_exact_mut(32)).enumerate() {
-            let a = _mm512_loadu_ps(chunk.as_ptr());
-            let c = _mm512_loadu_ps(chunk.as_ptr().add(16));
-            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+        for (b, (chunk, out)) in x.chunks_exact(BLOCK).zip(q.bytes.chunks_exact_mut(BLOCK)).enumerate() {
+            let mut max = _mm512_setzero_ps();
+            for i in 0..BLOCK / 16 {
+                max = _mm512_max_ps(max, _mm512_abs_ps(_mm512_loadu_ps(chunk.as_ptr().add(i * 16))));
+            }
+            let max = _mm512_reduce_max_ps(max);
             let s = if max > 0.0 { max / 127.0 } else { 0.0 };
             q.scale[b] = s;
             let inv = _mm512_set1_ps(if s > 0.0 { 1.0 / s } else { 0.0 });
-            for (i, v) in [a, c].into_iter().enumerate() {
+            for i in 0..BLOCK / 16 {
+                let v = _mm512_loadu_ps(chunk.as_ptr().add(i * 16));
                 let f = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, inv, half), lo), hi);
                 let bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(f));
                 _mm_storeu_si128(out.as_mut_ptr().add(i * 16) as *mut __m128i, bytes);

@@ -39,13 +39,15 @@ pub mod kernel;
 mod kernel_i8;
 
 /// Which network runs the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
-    /// f32 weights in [`encoder::Encoder`] (the default).
+    /// Half-float weights in [`encoder::Encoder`]: the checkpoint's network to
+    /// float rounding (the model's own fingerprint).
     F32,
     /// int8 weights and activations in every linear layer of
     /// [`encoder::Encoder`] (name suffix `-i8`): the same vectors on every CPU,
-    /// four times the f32 products per instruction on AVX-512 VNNI.
+    /// four times the f32 products per instruction on AVX-512 VNNI. The default.
+    #[default]
     Int8,
     /// f32 weights in candle-transformers' `BertModel`: the reference the
     /// default is checked against, and slower.
@@ -55,6 +57,20 @@ pub enum Weights {
 enum Bert {
     Plain(encoder::Encoder),
     Candle(BertModel),
+}
+
+impl std::str::FromStr for Weights {
+    type Err = String;
+
+    /// `int8`, `f32` or `reference`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "int8" => Ok(Weights::Int8),
+            "f32" => Ok(Weights::F32),
+            "reference" => Ok(Weights::Reference),
+            other => Err(format!("weights '{other}' (expected int8, f32 or reference)")),
+        }
+    }
 }
 
 /// A loaded local embedding model.
@@ -69,16 +85,10 @@ pub struct LocalModel {
 }
 
 impl LocalModel {
-    /// Loads the model folder. `max_tokens` bounds the input (longer texts are truncated).
+    /// Loads the model folder to run on the default network ([`Weights::Int8`]).
+    /// `max_tokens` bounds the input (longer texts are truncated).
     pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
-        Self::load_with(dir, max_tokens, false)
-    }
-
-    /// Like [`LocalModel::load`]; with `int8`, every linear layer runs in 8-bit
-    /// integers ([`Weights::Int8`]; the model's name, and so the fingerprint, gets
-    /// `-i8`).
-    pub fn load_with(dir: &Path, max_tokens: usize, int8: bool) -> Result<Self, EmbedError> {
-        Self::load_weights(dir, max_tokens, if int8 { Weights::Int8 } else { Weights::F32 })
+        Self::load_weights(dir, max_tokens, Weights::default())
     }
 
     /// Loads the model folder to run on the network `weights` names.

@@ -692,7 +692,7 @@ async fn killed_qdrant_keeps_exact_hits_flowing_with_zero_errors() {
 #[test]
 fn f32_encoder_agrees_with_the_reference_network() {
     let Some(model) = model_dir() else { return };
-    let plain = recache_embed::LocalModel::load(&model, 256).unwrap();
+    let plain = recache_embed::LocalModel::load_weights(&model, 256, recache_embed::Weights::F32).unwrap();
     let reference = recache_embed::LocalModel::load_weights(&model, 256, recache_embed::Weights::Reference).unwrap();
     assert_eq!(plain.name(), reference.name(), "the same vectors, the same fingerprint");
     let long = "Explain how the cache answers a repeated question, step by step. ".repeat(40);
@@ -728,8 +728,8 @@ fn f32_encoder_agrees_with_the_reference_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn int8_embedder_agrees_with_f32() {
     let Some(model) = model_dir() else { return };
-    let f32m = recache_embed::LocalModel::load(&model, 256).unwrap();
-    let i8m = recache_embed::LocalModel::load_with(&model, 256, true).unwrap();
+    let f32m = recache_embed::LocalModel::load_weights(&model, 256, recache_embed::Weights::F32).unwrap();
+    let i8m = recache_embed::LocalModel::load(&model, 256).unwrap();
     assert_ne!(f32m.name(), i8m.name(), "another fingerprint");
     let mut worst = 1.0f32;
     for line in include_str!("data/semantic_pairs.jsonl")

@@ -283,11 +283,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 pub async fn embed(a: EmbedBenchArgs) -> i32 {
-    let weights = match a.weights.as_str() {
-        "f32" => recache_embed::Weights::F32,
-        "reference" => recache_embed::Weights::Reference,
-        _ => recache_embed::Weights::Int8,
-    };
+    let weights = a.weights.parse().unwrap_or_default();
     let model = match recache_embed::LocalModel::load_weights(&a.model, 256, weights) {
         Ok(m) => m,
         Err(e) => {

@@ -47,7 +47,8 @@ impl LocalEmbedder {
             .path
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("a local embedder needs a path"))?;
-        let model = recache_embed::LocalModel::load_with(path, cfg.max_tokens, cfg.weights == "int8")?;
+        let weights: recache_embed::Weights = cfg.weights.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let model = recache_embed::LocalModel::load_weights(path, cfg.max_tokens, weights)?;
         tracing::info!(
             model = model.name(),
             weights = %cfg.weights,
