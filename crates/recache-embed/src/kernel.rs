@@ -132,6 +132,19 @@ enum Isa {
     Avx512,
 }
 
+/// `(first token, tokens)` of each block when `m` tokens are cut into blocks of
+/// at most `most`, as even as they can be: 16 tokens in blocks of 12 are 8 + 8,
+/// not 12 + 4, since each block reads the weights again.
+pub(crate) fn token_blocks(m: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(most);
+    (0..blocks).scan(0, move |t, b| {
+        let size = (m - *t).div_ceil(blocks - b);
+        let first = *t;
+        *t += size;
+        Some((first, size))
+    })
+}
+
 /// Which kernel runs on this CPU, for a layer of typical shape (for benchmarks and logs).
 pub fn kernel_name() -> &'static str {
     match Isa::detect(384, 384) {
@@ -384,14 +397,8 @@ mod x86 {
                 )
             };
         }
-        let mut o = cols.start;
-        while o < cols.end {
-            // Blocks of at most 12 tokens, as even as they can be (16 tokens are
-            // 8 + 8, not 12 + 4: each block widens the panel again).
-            let blocks = m.div_ceil(12);
-            let mut t = 0;
-            for b in 0..blocks {
-                let size = (m - t).div_ceil(blocks - b);
+        for o in cols.step_by(32) {
+            for (t, size) in super::token_blocks(m, 12) {
                 match size {
                     1 => tokens!(1, t, o),
                     2 => tokens!(2, t, o),
@@ -406,9 +413,7 @@ mod x86 {
                     11 => tokens!(11, t, o),
                     _ => tokens!(12, t, o),
                 }
-                t += size;
             }
-            o += 32;
         }
     }
 
@@ -457,6 +462,25 @@ pub fn probe(m: usize, k: usize, n: usize, mats: usize, reps: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_blocks_are_even_and_cover_every_token() {
+        for most in [6, 12] {
+            for m in 1..=40 {
+                let blocks: Vec<(usize, usize)> = super::token_blocks(m, most).collect();
+                assert_eq!(blocks.len(), m.div_ceil(most));
+                let mut next = 0;
+                for &(first, size) in &blocks {
+                    assert_eq!(first, next, "{m} tokens in blocks of {most}");
+                    assert!((1..=most).contains(&size));
+                    next += size;
+                }
+                assert_eq!(next, m);
+                let sizes = blocks.iter().map(|b| b.1);
+                assert!(sizes.clone().max().unwrap() - sizes.min().unwrap() <= 1);
+            }
+        }
+    }
+
     use super::*;
 
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: &[f32]) -> Vec<f32> {

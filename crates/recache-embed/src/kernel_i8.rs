@@ -233,6 +233,7 @@ fn rows_body(q: &Quantized, m: usize, w: &Int8Matrix, rows: &[i8], bias: &[f32],
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Int8Matrix, Quantized, BLOCK};
+    use crate::kernel::token_blocks;
     use std::arch::x86_64::*;
 
     /// A matrix and its VNNI layout's parts.
@@ -348,12 +349,8 @@ mod x86 {
         };
         // Two registers per token (its block sum and its running total): six
         // tokens at a time fit the sixteen.
-        let blocks = m.div_ceil(6);
-        let mut o = 0;
-        while o < matrix.n {
-            let mut t = 0;
-            for b in 0..blocks {
-                let size = (m - t).div_ceil(blocks - b);
+        for o in (0..matrix.n).step_by(8) {
+            for (t, size) in token_blocks(m, 6) {
                 match size {
                     1 => tile_wide::<1>(w, t, o),
                     2 => tile_wide::<2>(w, t, o),
@@ -362,9 +359,7 @@ mod x86 {
                     5 => tile_wide::<5>(w, t, o),
                     _ => tile_wide::<6>(w, t, o),
                 }
-                t += size;
             }
-            o += 8;
         }
     }
 
@@ -408,12 +403,8 @@ mod x86 {
             panels,
             offsets,
         };
-        let blocks = m.div_ceil(12);
-        let mut o = 0;
-        while o < matrix.n {
-            let mut t = 0;
-            for b in 0..blocks {
-                let size = (m - t).div_ceil(blocks - b);
+        for o in (0..matrix.n).step_by(16) {
+            for (t, size) in token_blocks(m, 12) {
                 match size {
                     1 => tile::<1>(q, t, w, o, bias, out),
                     2 => tile::<2>(q, t, w, o, bias, out),
@@ -428,9 +419,7 @@ mod x86 {
                     11 => tile::<11>(q, t, w, o, bias, out),
                     _ => tile::<12>(q, t, w, o, bias, out),
                 }
-                t += size;
             }
-            o += 16;
         }
     }
 }
