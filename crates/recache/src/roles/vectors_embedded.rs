@@ -111,6 +111,9 @@ impl Collection {
             text: p.text,
             expires_at_ms: p.expires_at_ms,
         });
+        grow_huge(&mut scope.codes, self.dim);
+        grow_huge(&mut scope.scales, 1);
+        grow_huge(&mut scope.expires, 1);
         let scale = quantise_into(&p.vector, &mut scope.codes);
         scope.scales.push(scale);
         scope.expires.push(p.expires_at_ms);
@@ -461,6 +464,38 @@ fn assign_some(cols: &Shared) {
         let list = ivf.nearest(|c| dot_i8(c, codes));
         ivf.assign(r, list);
     }
+}
+
+/// Makes room for `extra` more values. Past 4 MB, a full vector moves to a new
+/// allocation twice its size whose 2 MB-aligned interior is backed by huge pages
+/// where the kernel allows it (`MADV_HUGEPAGE`, asked before the first touch):
+/// an IVF probe reads thousands of rows scattered over the scope, and on 4 KB
+/// pages nearly each is a TLB miss as well as a cache miss.
+fn grow_huge<T: Copy>(v: &mut Vec<T>, extra: usize) {
+    const FROM_BYTES: usize = 4 << 20;
+    if v.capacity() - v.len() >= extra {
+        return;
+    }
+    let size = std::mem::size_of::<T>();
+    let want = (v.len() + extra).max(v.capacity() * 2);
+    if want * size < FROM_BYTES {
+        v.reserve(extra);
+        return;
+    }
+    let mut grown: Vec<T> = Vec::with_capacity(want);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let base = grown.as_ptr() as usize;
+        let (start, end) = (base.next_multiple_of(HUGE), (base + want * size) / HUGE * HUGE);
+        if end > start {
+            // SAFETY: the range lies inside `grown`'s allocation, which nothing has
+            // touched yet; the advice changes no contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    grown.extend_from_slice(v);
+    *v = grown;
 }
 
 /// Appends the i8 codes of `v` to `out`; returns the scale (`v ≈ codes * scale`).
