@@ -235,8 +235,17 @@ impl Artifacts for ObjectStoreArtifacts {
 
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         Box::pin(async move {
-            // A write-read-delete round trip proves the store is read-write.
-            let probe = ObjPath::from(format!("{}health/probe", self.prefix));
+            // A write-read-delete round trip proves the store is read-write. Each
+            // check has its own key: replicas (and `doctor`) sharing a bucket check
+            // at the same time, and one's delete must not fail another's read.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let probe = ObjPath::from(format!(
+                "{}health/probe-{}-{}-{}",
+                self.prefix,
+                std::process::id(),
+                super::now_ms(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
             let body = Bytes::from(format!("recache health probe {}", super::now_ms()));
             self.store
                 .put(&probe, PutPayload::from_bytes(body.clone()))
