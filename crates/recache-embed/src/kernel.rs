@@ -462,11 +462,13 @@ pub fn probe(m: usize, k: usize, n: usize, mats: usize, reps: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn token_blocks_are_even_and_cover_every_token() {
         for most in [6, 12] {
             for m in 1..=40 {
-                let blocks: Vec<(usize, usize)> = super::token_blocks(m, most).collect();
+                let blocks: Vec<(usize, usize)> = token_blocks(m, most).collect();
                 assert_eq!(blocks.len(), m.div_ceil(most));
                 let mut next = 0;
                 for &(first, size) in &blocks {
@@ -480,8 +482,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
 
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, bias: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; m * n];

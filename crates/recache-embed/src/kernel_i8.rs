@@ -30,7 +30,7 @@ pub struct Int8Matrix {
 
 enum Layout {
     /// Panels of 16 outputs (`k / 4` vectors of 64 bytes each), and per panel and
-    /// block of 32 inputs 128 · Σ weights, one lane per output.
+    /// block of [`BLOCK`] inputs 128 · Σ weights, one lane per output.
     Vnni { panels: Vec<i8>, offsets: Vec<i32> },
     /// Panels of 8 outputs (`k / 2` vectors of 16 i16 each).
     Wide(Vec<i16>),
@@ -149,7 +149,7 @@ impl Int8Matrix {
 struct Quantized {
     /// `m × k` unsigned bytes (int8 + 128).
     bytes: Vec<u8>,
-    /// `m × k/32` scales.
+    /// `m × k / BLOCK` scales.
     scale: Vec<f32>,
 }
 
@@ -282,7 +282,7 @@ mod x86 {
     struct Wide<'a> {
         /// Each token's inputs as signed i16 pairs, one 32-bit word per pair.
         pairs: &'a [i32],
-        /// Per token and block of 32 inputs.
+        /// Per token and block of [`BLOCK`] inputs.
         scales: &'a [f32],
         matrix: &'a Int8Matrix,
         panels: &'a [i16],

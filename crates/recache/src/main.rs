@@ -4,7 +4,7 @@ fn main() {
     quiet_on_closed_stdout();
     let cli = recache::cli::Cli::parse();
     // The local embedding model asks rayon for its thread count on every matrix product
-    // (candle's networks, and the default encoder for long prompts); with this set it
+    // (candle's reference network, and the f32 encoder for long prompts); with this set it
     // reads a variable instead of probing cgroups each time (measured on candle: 8.9 ->
     // 6.7 ms per short embedding on 2 cores). Set before any thread starts.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {

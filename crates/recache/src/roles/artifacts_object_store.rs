@@ -239,14 +239,14 @@ impl Artifacts for ObjectStoreArtifacts {
             // check has its own key: replicas (and `doctor`) sharing a bucket check
             // at the same time, and one's delete must not fail another's read.
             static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = super::now_ms();
             let probe = ObjPath::from(format!(
-                "{}health/probe-{}-{}-{}",
+                "{}health/probe-{}-{now}-{}",
                 self.prefix,
                 std::process::id(),
-                super::now_ms(),
                 SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ));
-            let body = Bytes::from(format!("recache health probe {}", super::now_ms()));
+            let body = Bytes::from(format!("recache health probe {now}"));
             self.store
                 .put(&probe, PutPayload::from_bytes(body.clone()))
                 .await
