@@ -230,6 +230,7 @@ async fn embedded_vectors_with_ivf() {
     c::vectors_upsert_search_delete(v.as_ref()).await;
     c::vectors_scope_isolation_and_expiry(v.as_ref()).await;
     c::vectors_concurrent_writers(v.clone()).await;
+    assert!(store.consistent(), "small scopes indexed, grown and put in list order");
 
     // A big scope of clustered vectors.
     let (dim, n, col) = (64usize, 20_000usize, "ivf-big");
@@ -290,6 +291,10 @@ async fn embedded_vectors_with_ivf() {
         agree += (hits[0].key == key(exact)) as usize;
     }
     assert!(agree >= 285, "recall@1 {agree}/300");
+    assert!(
+        store.consistent(),
+        "rows, keys and lists agree after the rows were put in list order"
+    );
     // Deleted points never come back; new points are found at once.
     let gone: Vec<_> = (0..n).step_by(3).map(key).collect();
     v.delete(gone).await.unwrap();
@@ -303,6 +308,7 @@ async fn embedded_vectors_with_ivf() {
     assert_eq!(hits[0].key, key(n + 1));
     assert!((hits[0].score - 1.0).abs() < 0.01);
     assert_eq!(v.count(Some(col)).await.unwrap() as usize, n - n.div_ceil(3) + 1);
+    assert!(store.consistent(), "deletes moved rows and their lists");
 
     // A flush saves the index; a reopened store searches through it at once
     // (no training due, nothing waiting for a list) and finds the same points.
@@ -325,6 +331,7 @@ async fn embedded_vectors_with_ivf() {
         (indexed, 0),
         "indexed at open, nothing to train or assign"
     );
+    assert!(store.consistent(), "restored, then put in list order");
     let v: Arc<dyn Vectors> = store.clone();
     let hits = v.search(col, "big", kept[1].clone(), 1).await.unwrap();
     assert_eq!(hits[0].key, key(1), "found through the restored index");

@@ -20,6 +20,9 @@ pub struct Ivf {
     pos: Vec<u32>,
     /// Rows in the scope when the centroids were trained.
     pub trained_rows: usize,
+    /// Rows in the scope when its rows were last put in list order
+    /// ([`Ivf::rows_by_list`], [`Ivf::renumber`]); 0 before that.
+    pub ordered_rows: usize,
 }
 
 impl Ivf {
@@ -43,6 +46,7 @@ impl Ivf {
             list_of: vec![nlist as u32; rows],
             pos: (0..rows as u32).collect(),
             trained_rows,
+            ordered_rows: 0,
         }
     }
 
@@ -117,6 +121,34 @@ impl Ivf {
         }
         self.list_of.pop();
         self.pos.pop();
+    }
+
+    /// Every row in list order: the rows of list 0, of list 1, … then the
+    /// unassigned ones. A scope whose rows are stored in this order reads each
+    /// probed list as one run of memory instead of rows scattered over it.
+    pub fn rows_by_list(&self) -> Vec<u32> {
+        self.lists.iter().flatten().copied().collect()
+    }
+
+    /// Follows the scope's rows being put in `order` (new row `i` was row
+    /// `order[i]`, a permutation of all rows): every row keeps its list, and
+    /// when `order` is [`Ivf::rows_by_list`] each list becomes one run of
+    /// consecutive rows.
+    pub fn renumber(&mut self, order: &[u32]) {
+        debug_assert_eq!(order.len(), self.list_of.len());
+        let mut lists = vec![Vec::new(); self.lists.len()];
+        let mut list_of = Vec::with_capacity(order.len());
+        let mut pos = Vec::with_capacity(order.len());
+        for (new, &old) in order.iter().enumerate() {
+            let l = self.list_of[old as usize];
+            list_of.push(l);
+            pos.push(lists[l as usize].len() as u32);
+            lists[l as usize].push(new as u32);
+        }
+        self.lists = lists;
+        self.list_of = list_of;
+        self.pos = pos;
+        self.ordered_rows = order.len();
     }
 
     /// The rows a search scans: the `nprobe` lists whose centroids score best
@@ -265,6 +297,34 @@ mod tests {
         assert!(ivf.consistent());
         let all: Vec<u32> = ivf.probe(&[1.0, 0.0], 2).collect();
         assert_eq!(all.len(), ivf.rows());
+    }
+
+    #[test]
+    fn renumbering_in_list_order_makes_each_list_one_run() {
+        let mut ivf = Ivf::new(2, vec![1.0, 0.0, 0.0, 1.0], 7, 7);
+        for (row, list) in [(0, 1), (1, 0), (2, 1), (4, 0), (5, 1), (6, 0)] {
+            ivf.assign(row, list);
+        }
+        let before: Vec<Option<u32>> = (0..7).map(|r| ivf.list_of_row(r)).collect();
+        let order = ivf.rows_by_list();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..7).collect::<Vec<u32>>(), "a permutation of every row");
+        ivf.renumber(&order);
+        assert!(ivf.consistent());
+        assert_eq!(ivf.ordered_rows, 7);
+        for (new, &old) in order.iter().enumerate() {
+            assert_eq!(
+                ivf.list_of_row(new as u32),
+                before[old as usize],
+                "row {old} kept its list"
+            );
+        }
+        // Lists 0 and 1 are the runs 0..3 and 3..6; the unassigned row is last.
+        let first: Vec<u32> = ivf.probe(&[1.0, 0.0], 1).collect();
+        assert_eq!(first, vec![0, 1, 2, 6]);
+        let second: Vec<u32> = ivf.probe(&[0.0, 1.0], 1).collect();
+        assert_eq!(second, vec![3, 4, 5, 6]);
     }
 
     #[test]
