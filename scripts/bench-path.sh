@@ -4,6 +4,8 @@
 #    stub provider (zero latency): throughput ratio, added p50/p99;
 #  - hits through the gateway next to a bare axum server returning a fixed
 #    completion with no lookup (`recache-stub --floor`);
+#  - the same misses through a bare proxy to the stub (`recache-stub
+#    --proxy-floor`): what any proxy reaches on this machine;
 # at 1 and 16 connections, on the embedded engines and, when the engine
 # harness can start them, on Redis + S3 + PostgreSQL.
 # Usage: bash scripts/bench-path.sh [SECONDS]   (default 5 per run; loopback only, ~3 minutes)
@@ -17,11 +19,13 @@ SECS='"$SECS"'
 B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
 W=$(mktemp -d)
 port() { python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])"; }
-STUB_PORT=$(port); FLOOR_PORT=$(port); GW_PORT=$(port)
+STUB_PORT=$(port); FLOOR_PORT=$(port); PROXY_PORT=$(port); GW_PORT=$(port)
 $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
 $S --floor --listen 127.0.0.1:$FLOOR_PORT >/dev/null 2>&1 & FP=$!
+$S --proxy-floor http://127.0.0.1:$STUB_PORT/v1 --listen 127.0.0.1:$PROXY_PORT >/dev/null 2>&1 & PP=$!
 GP=
-trap '"'"'kill $SP $FP $GP 2>/dev/null; rm -rf $W'"'"' EXIT
+trap '"'"'kill $SP $FP $PP $GP 2>/dev/null; rm -rf $W'"'"' EXIT
+until curl -s -o /dev/null http://127.0.0.1:$PROXY_PORT/; do sleep 0.05; done
 common() { cat <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
@@ -80,9 +84,10 @@ settle() {
   done
 }
 for c in 1 16; do
-  echo "== straight to the stub (misses) and to the floor (fixed answer), $c connection(s)" >&2
+  echo "== straight to the stub (misses), to the floor (fixed answer) and through the bare proxy (misses), $c connection(s)" >&2
   run stub-$c http://127.0.0.1:$STUB_PORT miss $c
   run floor-$c http://127.0.0.1:$FLOOR_PORT hit $c
+  run proxy-$c http://127.0.0.1:$PROXY_PORT miss $c
 done
 for cfg in $CONFIGS; do
   RUST_LOG=warn $B serve --config $W/$cfg.toml >$W/serve-$cfg.log 2>&1 & GP=$!
@@ -112,6 +117,8 @@ print("|---|---|---|---|---|---|---|---|---|")
 def miss_row(cfg, load, c, g, s, target):
     print("| %s | %s | %d | %.0f | %.0f | %.2f | %.3f / %.3f | %+.3f / %+.3f | %s |" % (
         cfg, load, c, rps(g), rps(s), rps(g) / rps(s), p50(g), p99(g), p50(g) - p50(s), p99(g) - p99(s), target))
+for c in (1, 16):
+    miss_row("none", "bare proxy (proxy floor) vs stub", c, r("proxy-%d" % c), r("stub-%d" % c), "floor for misses")
 for cfg in configs:
     for c in (1, 16):
         s = r("stub-%d" % c)

@@ -140,6 +140,50 @@ pub async fn spawn_floor(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
+/// The misses' floor: a bare proxy that forwards each POST to
+/// `/v1/chat/completions` to `upstream` (a base URL ending in `/v1`) and
+/// returns its status and body, with the gateway's HTTP client settings and
+/// nothing else (no parsing, no key, no store). What a gateway miss is
+/// compared with: the cost of two HTTP exchanges alone on this machine.
+pub async fn spawn_proxy_floor(addr: SocketAddr, upstream: &str) -> std::io::Result<SocketAddr> {
+    let client = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let url = format!("{}/chat/completions", upstream.trim_end_matches('/'));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |body: Bytes| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let sent = client
+                    .post(&url)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) => {
+                        let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                        match r.bytes().await {
+                            Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
+                            Err(e) => error(502, &format!("proxy floor: {e}")),
+                        }
+                    }
+                    Err(e) => error(502, &format!("proxy floor: {e}")),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(local)
+}
+
 fn error(status: u16, message: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({"error": {"message": message, "type": "stub_error", "param": null, "code": "stub_injected"}});
