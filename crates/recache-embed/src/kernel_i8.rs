@@ -77,6 +77,16 @@ fn avx512() -> bool {
     false
 }
 
+/// The quantiser needs AVX-512F only (no VNNI): Skylake-X runs it too.
+fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -178,8 +188,8 @@ pub fn linear(x: &[f32], m: usize, w: &Int8Matrix, bias: &[f32], out: &mut [f32]
 
 fn quantize(x: &[f32], q: &mut Quantized) {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
-        // SAFETY: the CPU has the features the function is compiled for.
+    if avx512f() {
+        // SAFETY: the CPU has the feature the function is compiled for.
         unsafe { x86::quantize(x, q) };
         return;
     }
