@@ -167,7 +167,7 @@ pub async fn spawn_proxy_floor(addr: SocketAddr, upstream: &str) -> std::io::Res
                     .await;
                 match sent {
                     Ok(r) => {
-                        let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let status = r.status();
                         match r.bytes().await {
                             Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
                             Err(e) => error(502, &format!("proxy floor: {e}")),

@@ -190,7 +190,8 @@ impl Collection {
     /// Stores an indexed scope's rows in list order, so a search reads each
     /// probed list as one run of memory (at 1,000,000 rows, a list's rows
     /// scattered over the scope cost a cache and TLB miss each). Rows added
-    /// later go to the end until the next ordering. Returns the rows moved.
+    /// later go to the end until the next ordering. Returns the rows put in order
+    /// (0 when the scope has no index).
     fn order_rows(&mut self, name: &Arc<str>) -> usize {
         let dim = self.dim;
         let Some(s) = self.scopes.get_mut(name) else { return 0 };
