@@ -400,6 +400,10 @@ pub struct BackupConfig {
     pub parallel: usize,
     /// The RPO target (e.g. `5m`) that `backup list` checks the newest set's age against.
     pub rpo: Option<String>,
+    /// The env var holding the key manifests are signed with (HMAC-SHA256, at
+    /// least 32 bytes, kept outside the target). With it, `verify` and
+    /// `restore` refuse a set that is unsigned or signed otherwise.
+    pub signing_key_env: Option<String>,
 }
 
 impl Default for BackupConfig {
@@ -417,6 +421,7 @@ impl Default for BackupConfig {
             prune_grace: "24h".into(),
             parallel: 32,
             rpo: None,
+            signing_key_env: None,
         }
     }
 }
@@ -821,6 +826,11 @@ impl Config {
             }
         }
         self.validate_backup()?;
+        if let Some(var) = &self.backup.signing_key_env {
+            self.backup_signing_key(env)
+                .map_err(|e| ConfigError(format!("backup.signing_key_env: {e}")))?
+                .ok_or_else(|| ConfigError(format!("backup.signing_key_env: {var} is not set")))?;
+        }
         self.validate_drill()?;
         let prefix = &self.vectors.collection_prefix;
         if prefix.is_empty()
@@ -967,6 +977,21 @@ impl Config {
             }
         }
         Ok(warnings)
+    }
+
+    /// The backup signing key, when `backup.signing_key_env` names one (`Err`: too short).
+    pub fn backup_signing_key(&self, env: &HashMap<String, String>) -> Result<Option<Vec<u8>>, String> {
+        let Some(var) = &self.backup.signing_key_env else {
+            return Ok(None);
+        };
+        match env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) if v.len() < 32 => Err(format!(
+                "{var} holds {} bytes; a signing key needs at least 32 (e.g. `openssl rand -base64 32`)",
+                v.len()
+            )),
+            Some(v) => Ok(Some(v.as_bytes().to_vec())),
+        }
     }
 
     /// The admin token, if its env var is set.

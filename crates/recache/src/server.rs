@@ -327,7 +327,7 @@ impl Gateway {
         ));
         let upstreams = Arc::new(Upstreams::from_config(&config, env)?);
         let config = Arc::new(config);
-        let recovery = Arc::new(Recovery::new(cache.clone(), queue, config.clone(), upstreams.clone()));
+        let recovery = Arc::new(Recovery::new(cache.clone(), queue, config.clone(), upstreams.clone()).with_env(env));
         let semantic = crate::semantic::Semantic::open(&config, cache.clone(), &upstreams).await?;
         if let Some(sem) = &semantic {
             let _ = recovery.semantic.set(sem.clone());
@@ -429,7 +429,7 @@ fn spawn_recovery(state: &Arc<AppState>, stop: watch::Receiver<bool>) -> Vec<Joi
         stop.clone(),
     )));
     if let Some(every) = crate::backup::schedule::interval(&state.config) {
-        match crate::backup::Targets::open(state.config.clone(), &crate::cli::env_map()) {
+        match crate::backup::Targets::open(state.config.clone(), &state.recovery.env) {
             Ok(t) if w.enabled => out.push(tokio::spawn(crate::backup::schedule::run(
                 r.clone(),
                 t,

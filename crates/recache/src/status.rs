@@ -55,7 +55,10 @@ pub async fn backup(config: &Arc<Config>) -> Option<BackupStatus> {
             .map(|d| d.as_secs()),
         ..Default::default()
     };
-    let targets = match crate::backup::Targets::open(config.clone(), &crate::cli::env_map()) {
+    // Only ages are read here: no signature is checked, so no signing key is needed.
+    let mut unsigned = (**config).clone();
+    unsigned.backup.signing_key_env = None;
+    let targets = match crate::backup::Targets::open(Arc::new(unsigned), &crate::cli::env_map()) {
         Ok(t) => t,
         Err(e) => {
             out.error = Some(e.to_string());

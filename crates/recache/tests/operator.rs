@@ -517,6 +517,8 @@ async fn doctor_finds_what_is_configured_badly_and_passes_what_is_not() {
         "no verified backup: {r:#}"
     );
     assert_eq!(finding(&r, "recache.drill")["status"], "warn", "{r:#}");
+    // Issue 22, M5: no signing key for the backup sets is a warning.
+    assert_eq!(finding(&r, "recache.backup_signing")["status"], "warn", "{r:#}");
     for c in r["checks"].as_array().unwrap() {
         assert!(!c["advice"].as_str().unwrap().is_empty(), "{c}");
         if c["status"] != "ok" {

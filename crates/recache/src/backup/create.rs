@@ -480,7 +480,7 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
 /// The manifest and its copy (the copy second: a set with only the first is
 /// complete; one with neither is not).
 pub async fn write_manifest(target: &Target, m: &Manifest) -> BResult<()> {
-    let bytes = bytes::Bytes::from(m.encode());
+    let bytes = bytes::Bytes::from(m.encode_signed(target.signing_key.as_deref()));
     let dir = set_dir(&m.id);
     target
         .put(&format!("{dir}/{}", manifest::MANIFEST), bytes.clone())

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::manifest::{Manifest, Verification, MANIFEST, MANIFEST_COPY};
+use super::manifest::{Manifest, Signature, Verification, MANIFEST, MANIFEST_COPY};
 use super::target::Target;
 use super::{set_dir, BResult, BackupError};
 
@@ -13,17 +13,50 @@ use super::{set_dir, BResult, BackupError};
 pub struct Found {
     pub manifest: Manifest,
     pub damaged: Option<String>,
+    /// The manifest's signature, checked with the target's signing key.
+    pub signature: Signature,
 }
 
 /// Loads a set's manifest. `Ok(None)`: no manifest at all (unfinished or absent).
+///
+/// A set's folder name must be a set id ([`super::valid_set_id`]) and its
+/// manifest's `id` must be that name: anything else is `Invalid`, reported
+/// and never acted on (a planted manifest naming `../..` deletes nothing).
 pub async fn load(target: &Target, id: &str) -> BResult<Option<Found>> {
+    if !super::valid_set_id(id) {
+        return Err(BackupError::Invalid(format!(
+            "set folder {id:?} is not a set id (YYYYMMDDTHHMMSSmmmZ); left alone"
+        )));
+    }
+    let found = load_unchecked(target, id).await?;
+    if let Some(f) = &found {
+        if f.manifest.id != id {
+            return Err(BackupError::Invalid(format!(
+                "set {id}: its manifest names the set {:?}; refused",
+                f.manifest.id
+            )));
+        }
+        for p in f.manifest.files.iter().map(|f| f.path.as_str()) {
+            if !super::target::safe_rel(p) {
+                return Err(BackupError::Invalid(format!(
+                    "set {id}: its manifest lists the file {p:?}, outside the set's folder; refused"
+                )));
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn load_unchecked(target: &Target, id: &str) -> BResult<Option<Found>> {
     let dir = set_dir(id);
     let first = target.get(&format!("{dir}/{MANIFEST}")).await?;
+    let key = target.signing_key.as_deref();
     let first_err = match first.as_deref().map(Manifest::decode) {
         Some(Ok(m)) => {
             return Ok(Some(Found {
                 manifest: m,
                 damaged: None,
+                signature: Manifest::signature(first.as_deref().unwrap_or_default(), key),
             }))
         }
         Some(Err(e)) => Some(format!("{MANIFEST}: {e}")),
@@ -34,6 +67,7 @@ pub async fn load(target: &Target, id: &str) -> BResult<Option<Found>> {
             Ok(m) => Ok(Some(Found {
                 manifest: m,
                 damaged: Some(first_err.unwrap_or_else(|| format!("{MANIFEST} is missing"))),
+                signature: Manifest::signature(&b, key),
             })),
             Err(e) => match first_err {
                 Some(fe) => Err(BackupError::Invalid(format!(
@@ -58,22 +92,34 @@ pub async fn ids(target: &Target) -> BResult<Vec<String>> {
     Ok(ids)
 }
 
-/// Complete sets (valid manifest), oldest first, and the ids of unfinished ones.
-pub async fn complete(target: &Target) -> BResult<(Vec<Found>, Vec<String>)> {
-    let mut sets = Vec::new();
-    let mut unfinished = Vec::new();
+/// The sets of a target, sorted by what can be done with them.
+#[derive(Default)]
+pub struct Sets {
+    /// Valid manifest, oldest first.
+    pub complete: Vec<Found>,
+    /// No manifest yet (a backup running or interrupted).
+    pub unfinished: Vec<String>,
+    /// Folders that cannot be trusted (not a set id, both manifests damaged,
+    /// a manifest naming another set or a path outside it): folder and why.
+    /// Reported, never deleted or restored.
+    pub invalid: Vec<(String, String)>,
+}
+
+/// Every set folder of a target, sorted by [`Sets`].
+pub async fn complete(target: &Target) -> BResult<Sets> {
+    let mut out = Sets::default();
     for id in ids(target).await? {
         match load(target, &id).await {
-            Ok(Some(f)) => sets.push(f),
-            Ok(None) => unfinished.push(id),
+            Ok(Some(f)) => out.complete.push(f),
+            Ok(None) => out.unfinished.push(id),
             Err(BackupError::Invalid(e)) => {
                 tracing::warn!(set = %id, "{e}");
-                unfinished.push(id)
+                out.invalid.push((id, e))
             }
             Err(e) => return Err(e),
         }
     }
-    Ok((sets, unfinished))
+    Ok(out)
 }
 
 /// The newest complete set (`verified`: the newest one with a passing verification).
@@ -141,6 +187,8 @@ pub struct SetSummary {
     pub dr: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_damaged: Option<String>,
+    /// `valid`, `unsigned`, `wrong` or `not_checked` (no signing key configured).
+    pub signature: Signature,
 }
 
 pub async fn summarize(f: &Found, primary: &Target, dr: Option<&Target>) -> BResult<SetSummary> {
@@ -176,5 +224,6 @@ pub async fn summarize(f: &Found, primary: &Target, dr: Option<&Target>) -> BRes
         verified: last_verification(primary, &m.id).await?,
         dr: dr_state,
         manifest_damaged: f.damaged.clone(),
+        signature: f.signature,
     })
 }

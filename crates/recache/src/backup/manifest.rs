@@ -2,10 +2,50 @@
 //! Written last, twice (`manifest.json` and `manifest.copy.json`), each as
 //! `{"sha256": "<hex>", "manifest": {...}}` where the hash covers the exact
 //! bytes of the `manifest` value, so a damaged manifest is detected, never
-//! trusted. The format is documented in `docs/backup.md`.
+//! trusted. With a signing key (`[backup] signing_key_env`) the file also
+//! holds `"hmac_sha256"`, an HMAC-SHA256 of the same bytes under a key kept
+//! outside the target: the manifest names every file's hash, so a valid
+//! signature vouches for the whole set (pooled artifacts are named by their
+//! own hash). The format is documented in `docs/backup.md`.
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// What a manifest's signature says, checked against the configured key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signature {
+    /// Signed with the configured key.
+    Valid,
+    /// No signature, though a key is configured.
+    Unsigned,
+    /// Signed, but not with the configured key (or altered after signing).
+    Wrong,
+    /// No key configured: nothing to check with.
+    NotChecked,
+}
+
+impl Signature {
+    /// Why a set with this signature must not be trusted, if it must not.
+    pub fn problem(self, id: &str) -> Option<String> {
+        match self {
+            Signature::Valid | Signature::NotChecked => None,
+            Signature::Unsigned => Some(format!(
+                "set {id} is not signed, and backup.signing_key_env is set: it may have been planted in the target"
+            )),
+            Signature::Wrong => Some(format!(
+                "set {id}'s manifest signature does not match the signing key: it was altered, planted, or signed with another key"
+            )),
+        }
+    }
+}
 
 pub const FORMAT: &str = "recache-backup";
 pub const VERSION: u32 = 1;
@@ -135,9 +175,41 @@ impl Manifest {
 
     /// The manifest file: the body, and the hash of the body's exact bytes.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_signed(None)
+    }
+
+    /// [`Manifest::encode`], signed with `key` when there is one.
+    pub fn encode_signed(&self, key: Option<&[u8]>) -> Vec<u8> {
         let body = serde_json::to_string_pretty(self).unwrap_or_default();
         let hash = hex::encode(Sha256::digest(body.as_bytes()));
-        format!("{{\"sha256\": \"{hash}\",\n\"manifest\": {body}\n}}\n").into_bytes()
+        let sig = key.map_or(String::new(), |k| {
+            format!("\"hmac_sha256\": \"{}\",\n", hmac_hex(k, body.as_bytes()))
+        });
+        format!("{{\"sha256\": \"{hash}\",\n{sig}\"manifest\": {body}\n}}\n").into_bytes()
+    }
+
+    /// Whether a manifest file is signed with `key` (`None`: no key to check with).
+    pub fn signature(bytes: &[u8], key: Option<&[u8]>) -> Signature {
+        #[derive(Deserialize)]
+        struct Outer<'a> {
+            hmac_sha256: Option<String>,
+            #[serde(borrow)]
+            manifest: &'a serde_json::value::RawValue,
+        }
+        let Some(key) = key else { return Signature::NotChecked };
+        let Ok(outer) = serde_json::from_slice::<Outer>(bytes) else {
+            return Signature::Wrong;
+        };
+        let Some(claimed) = outer.hmac_sha256.and_then(|h| hex::decode(h).ok()) else {
+            return Signature::Unsigned;
+        };
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(outer.manifest.get().as_bytes());
+        // Constant time: the comparison says nothing of how much matched.
+        match mac.verify_slice(&claimed) {
+            Ok(()) => Signature::Valid,
+            Err(_) => Signature::Wrong,
+        }
     }
 
     /// Parses a manifest file, checking its own hash and its format version.
@@ -249,6 +321,32 @@ mod tests {
         assert!(Manifest::decode(text.as_bytes()).unwrap_err().contains("damaged"));
         // Truncated: refused.
         assert!(Manifest::decode(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn signatures_are_checked_against_the_key() {
+        let m = sample();
+        let key = b"a key kept outside the target, 32+ bytes";
+        let signed = m.encode_signed(Some(key));
+        assert_eq!(
+            Manifest::decode(&signed).unwrap(),
+            m,
+            "a signed manifest reads as before"
+        );
+        assert_eq!(Manifest::signature(&signed, Some(key)), Signature::Valid);
+        assert_eq!(Manifest::signature(&signed, Some(b"another key")), Signature::Wrong);
+        assert_eq!(Manifest::signature(&m.encode(), Some(key)), Signature::Unsigned);
+        assert_eq!(Manifest::signature(&m.encode(), None), Signature::NotChecked);
+        // Re-hashed after an edit (the plain SHA-256 is no defence): the HMAC no longer matches.
+        let text = String::from_utf8(signed).unwrap().replace("\"size\": 3", "\"size\": 4");
+        let body_start = text.find("\"manifest\": ").unwrap() + "\"manifest\": ".len();
+        let body = &text[body_start..text.rfind('}').unwrap()].trim_end();
+        let rehashed = text.replacen(&text[12..76], &hex::encode(Sha256::digest(body.as_bytes())), 1);
+        assert!(
+            Manifest::decode(rehashed.as_bytes()).is_ok(),
+            "the forger fixed the hash"
+        );
+        assert_eq!(Manifest::signature(rehashed.as_bytes(), Some(key)), Signature::Wrong);
     }
 
     #[test]

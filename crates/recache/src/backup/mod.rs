@@ -81,9 +81,24 @@ impl Targets {
         let spec = b.target.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
             BackupError::Config("no backup target: set [backup] target (a directory or s3://bucket/prefix)".into())
         })?;
-        let primary = Target::open(spec, &b.deployment, env).map_err(BackupError::Config)?;
+        let key: Option<Arc<[u8]>> = config
+            .backup_signing_key(env)
+            .map_err(BackupError::Config)?
+            .map(Into::into);
+        if let (Some(var), None) = (&b.signing_key_env, &key) {
+            return Err(BackupError::Config(format!("backup.signing_key_env: {var} is not set")));
+        }
+        let open = |spec: &str| {
+            Target::open(spec, &b.deployment, env)
+                .map(|mut t| {
+                    t.signing_key = key.clone();
+                    t
+                })
+                .map_err(BackupError::Config)
+        };
+        let primary = open(spec)?;
         let dr = match b.dr_target.as_deref().filter(|s| !s.trim().is_empty()) {
-            Some(spec) => Some(Target::open(spec, &b.deployment, env).map_err(BackupError::Config)?),
+            Some(spec) => Some(open(spec)?),
             None => None,
         };
         Ok(Targets { primary, dr, config })
@@ -119,6 +134,14 @@ pub async fn audit(metadata: &dyn crate::roles::Metadata, action: &str, detail: 
 /// A set's folder, relative to the deployment folder.
 pub fn set_dir(id: &str) -> String {
     format!("sets/{id}")
+}
+
+/// Whether `id` has the form [`format_id`] gives (`YYYYMMDDTHHMMSSmmmZ`).
+/// A set id is trusted only in this form: it names a folder, and a manifest's
+/// `id` that is anything else (`../..`, a slash) is refused, never acted on.
+pub fn valid_set_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 19 && b[8] == b'T' && b[18] == b'Z' && b[..8].iter().chain(&b[9..18]).all(u8::is_ascii_digit)
 }
 
 /// `YYYYMMDDTHHMMSSmmmZ` (UTC): set ids sort by time.
@@ -162,10 +185,36 @@ fn civil(ms: i64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
-/// SHA-256 of the configuration (secrets included in the hash, never shown).
+/// SHA-256 of the configuration with its secrets left out: client keys
+/// (plain or digests) and passwords inside URLs. The manifest sits in the
+/// target, readable by whoever can read backups; an unsalted hash of a text
+/// holding a password would let them test guesses of it.
 pub fn config_fingerprint(config: &Config) -> String {
-    let text = serde_json::to_string(config).unwrap_or_default();
+    let mut v = serde_json::to_value(config).unwrap_or_default();
+    strip_secrets(&mut v);
+    let text = serde_json::to_string(&v).unwrap_or_default();
     codec::sha256_hex(text.as_bytes())
+}
+
+fn strip_secrets(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            map.remove("keys");
+            map.values_mut().for_each(strip_secrets);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_secrets),
+        Value::String(s) if s.contains("://") && s.contains('@') => {
+            // Any userinfo, parseable or not (`redis+sentinel://u:p@h1,h2/...` is not a URL).
+            if let Some((scheme, rest)) = s.split_once("://") {
+                let (auth, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+                if let Some((_, host)) = auth.rsplit_once('@') {
+                    *s = format!("{scheme}://{host}/{tail}");
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -179,5 +228,40 @@ mod tests {
         assert_eq!(format_id(1_795_509_369_123), "20261124T083609123Z");
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00Z");
         assert!(format_id(1_000) < format_id(2_000));
+    }
+
+    #[test]
+    fn the_config_fingerprint_holds_no_secret() {
+        let text = "[[upstreams]]\nname = \"p\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[[tenants]]\nname = \"a\"\nkeys = [\"sk-a\"]\n";
+        let (mut a, _) = Config::from_toml_str(text, &HashMap::new()).unwrap();
+        a.tenants[0].keys = vec!["sk-plain-secret".into()];
+        a.metadata.url = Some("postgres://u:hunter2@db:5432/recache".into());
+        let mut b = a.clone();
+        b.tenants[0].keys = vec!["sk-another-secret".into()];
+        b.metadata.url = Some("postgres://u:swordfish@db:5432/recache".into());
+        // Changing only secrets does not change the fingerprint: no guess of them can be tested against it.
+        assert_eq!(config_fingerprint(&a), config_fingerprint(&b));
+        // Anything else does.
+        b.metadata.url = Some("postgres://u:swordfish@other:5432/recache".into());
+        assert_ne!(config_fingerprint(&a), config_fingerprint(&b));
+        let mut v = serde_json::json!({"u": "redis+sentinel://:pw@h1:1,h2:2/svc", "keys": ["k"]});
+        strip_secrets(&mut v);
+        assert_eq!(v, serde_json::json!({"u": "redis+sentinel://h1:1,h2:2/svc"}));
+    }
+
+    #[test]
+    fn only_formatted_ids_are_set_ids() {
+        assert!(valid_set_id(&format_id(1_795_509_369_123)));
+        for bad in [
+            "../../../victim",
+            "20261124T083609123Z/..",
+            "2026112XT083609123Z",
+            "20261124T083609123",
+            "",
+            "..",
+            "20261124t083609123Z",
+        ] {
+            assert!(!valid_set_id(bad), "{bad}");
+        }
     }
 }

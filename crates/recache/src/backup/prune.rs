@@ -12,6 +12,10 @@
 //!   at the same time (whose manifest does not exist yet) is never robbed.
 //! - Unfinished sets (no manifest) older than the grace period are removed.
 //!
+//! - A set folder whose name is not a set id, or whose manifest names another
+//!   set, a path outside the set or cannot be read, is reported (`refused`)
+//!   and left alone, and the pool is not collected that time.
+//!
 //! Only this deployment's folder is ever looked at.
 
 use std::collections::{BTreeMap, HashSet};
@@ -35,6 +39,9 @@ pub struct Decision {
 pub struct PruneReport {
     pub dry_run: bool,
     pub sets: Vec<Decision>,
+    /// Set folders that cannot be trusted (see [`list::Sets::invalid`]):
+    /// named here, never deleted; the pool is then not collected.
+    pub refused: Vec<Decision>,
     pub sets_deleted: u64,
     pub unfinished_deleted: u64,
     pub pool_artifacts: u64,
@@ -115,6 +122,15 @@ pub async fn delete_set(target: &Target, id: &str) -> BResult<()> {
     Ok(())
 }
 
+fn refuse(r: &mut PruneReport, id: &str, why: String) {
+    tracing::error!(set = %id, "backup prune: {why}");
+    r.refused.push(Decision {
+        set: id.to_string(),
+        keep: true,
+        why,
+    });
+}
+
 pub async fn prune(target: &Target, rules: &BackupConfig, grace_ms: i64, dry_run: bool) -> BResult<PruneReport> {
     prune_with(target, rules, grace_ms, dry_run, true).await
 }
@@ -135,7 +151,18 @@ pub async fn prune_with(
         ..Default::default()
     };
     let now = now_ms();
-    let (sets, unfinished) = list::complete(target).await?;
+    let list::Sets {
+        complete: sets,
+        unfinished,
+        invalid,
+    } = list::complete(target).await?;
+    // A set that cannot be read may refer to any pooled artifact: no collection.
+    let collect_pool = collect_pool && invalid.is_empty();
+    r.pool_collected = collect_pool;
+    r.refused = invalid
+        .into_iter()
+        .map(|(set, why)| Decision { set, keep: true, why })
+        .collect();
     let mut facts = Vec::new();
     for f in &sets {
         let m = &f.manifest;
@@ -153,8 +180,12 @@ pub async fn prune_with(
     }
     if !dry_run {
         for id in &doomed {
-            delete_set(target, id).await?;
-            r.sets_deleted += 1;
+            match delete_set(target, id).await {
+                Ok(()) => r.sets_deleted += 1,
+                // One set that cannot be deleted safely (a link out of the
+                // target) stops neither the others nor the report.
+                Err(e) => refuse(&mut r, id, e.to_string()),
+            }
         }
     }
     // Unfinished sets: removed once older than the grace period (their id is their start time).
@@ -168,7 +199,10 @@ pub async fn prune_with(
             .unwrap_or(0);
         if now - started > grace_ms {
             if !dry_run {
-                delete_set(target, id).await?;
+                if let Err(e) = delete_set(target, id).await {
+                    refuse(&mut r, id, e.to_string());
+                    continue;
+                }
             }
             r.unfinished_deleted += 1;
             r.sets.push(Decision {
@@ -184,8 +218,9 @@ pub async fn prune_with(
             });
         }
     }
-    // The pool.
-    if !collect_pool {
+    // The pool (not when a set could not be read or deleted: what it refers to is unknown).
+    if !collect_pool || !r.refused.is_empty() {
+        r.pool_collected = false;
         return Ok(r);
     }
     let pool = target.pool().await?;

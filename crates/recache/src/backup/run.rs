@@ -26,6 +26,7 @@ fn opts(targets: &Targets, level: Level) -> VerifyOptions {
         parallel: targets.config.backup.parallel,
         record: true,
         config: targets.config.clone(),
+        force: false,
     }
 }
 
@@ -120,8 +121,14 @@ pub async fn run_restore(
     let found = list::load(target, id)
         .await?
         .ok_or_else(|| BackupError::Invalid(format!("set {id} has no manifest (unfinished, or no such set)")))?;
-    let m = found.manifest;
     let mut warnings = Vec::new();
+    if let Some(p) = found.signature.problem(id) {
+        if !force {
+            return Err(BackupError::Refused(format!("{p}; use --force to restore it anyway")));
+        }
+        warnings.push(p);
+    }
+    let m = found.manifest;
     if let Some(d) = &found.damaged {
         warnings.push(format!("manifest: {d}; restoring from its second copy"));
     }
@@ -207,9 +214,8 @@ pub async fn run_restore(
 
 /// Runs a `backup` or `backup-restore` job (the gateway's workers).
 pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn JobCtx) -> BResult<Value> {
-    let env = crate::cli::env_map();
     let config = Arc::new((*recovery.config).clone());
-    let targets = Targets::open(config, &env)?;
+    let targets = Targets::open(config, &recovery.env)?;
     match kind {
         BACKUP => {
             let trigger = payload["trigger"].as_str().unwrap_or("manual").to_string();

@@ -53,6 +53,16 @@ pub struct Target {
     /// A local directory target: the deployment folder on disk (pool listings
     /// read it directly, one `statx` per file instead of object_store's three).
     local: Option<std::path::PathBuf>,
+    /// The key manifests are signed and checked with (`[backup] signing_key_env`).
+    pub signing_key: Option<Arc<[u8]>>,
+}
+
+/// Whether a relative path is made of plain names only (see [`Target::path`]).
+pub fn safe_rel(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.contains(['\\', '\0']))
 }
 
 fn parse_query(q: &str) -> HashMap<String, String> {
@@ -148,11 +158,57 @@ impl Target {
             root,
             label,
             local,
+            signing_key: None,
         })
     }
 
-    fn path(&self, rel: &str) -> ObjPath {
-        ObjPath::from(format!("{}/{}", self.root, rel.trim_start_matches('/')))
+    /// The object path of `rel`, refused unless every segment is a plain name:
+    /// no `..`, `.`, empty segment, backslash or NUL can lead out of the
+    /// deployment folder, whatever a manifest or listing says.
+    fn path(&self, rel: &str) -> TResult<ObjPath> {
+        let rel = rel.trim_start_matches('/');
+        if !safe_rel(rel) {
+            return Err(self.err(
+                format!("use {rel:?}"),
+                "the path leads out of the target's folder; refused",
+            ));
+        }
+        Ok(ObjPath::from(format!("{}/{}", self.root, rel)))
+    }
+
+    /// On a local target, refuses a destructive operation on `rel` when a
+    /// symbolic link on the way from the deployment folder would take it
+    /// elsewhere (`rel`'s existing ancestors must resolve to where their names
+    /// say). Object stores have no links.
+    fn check_local(&self, rel: &str) -> TResult<()> {
+        let Some(root) = &self.local else { return Ok(()) };
+        let canon_root = match std::fs::canonicalize(root) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.err(format!("resolve {}", root.display()), e)),
+        };
+        // The deepest ancestor of `rel` that exists (the path itself for a folder).
+        let mut probe = std::path::PathBuf::from(rel.trim_start_matches('/'));
+        loop {
+            match std::fs::canonicalize(root.join(&probe)) {
+                Ok(real) if real == canon_root.join(&probe) => return Ok(()),
+                Ok(real) => {
+                    return Err(self.err(
+                        format!("delete {rel}"),
+                        format!(
+                            "it resolves to {}, outside the target's folder; refused",
+                            real.display()
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !probe.pop() || probe.as_os_str().is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(self.err(format!("resolve {rel}"), e)),
+            }
+        }
     }
 
     fn err(&self, what: impl Into<String>, e: impl std::fmt::Display) -> TargetError {
@@ -165,14 +221,14 @@ impl Target {
 
     pub async fn put(&self, rel: &str, bytes: Bytes) -> TResult<()> {
         self.store
-            .put(&self.path(rel), PutPayload::from_bytes(bytes))
+            .put(&self.path(rel)?, PutPayload::from_bytes(bytes))
             .await
             .map(|_| ())
             .map_err(|e| self.err(format!("write {rel}"), e))
     }
 
     pub async fn get(&self, rel: &str) -> TResult<Option<Bytes>> {
-        match self.store.get(&self.path(rel)).await {
+        match self.store.get(&self.path(rel)?).await {
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(format!("read {rel}"), e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(format!("read {rel}"), e)),
@@ -181,7 +237,7 @@ impl Target {
 
     /// The size of an object, or `None` when it does not exist.
     pub async fn head(&self, rel: &str) -> TResult<Option<u64>> {
-        match self.store.head(&self.path(rel)).await {
+        match self.store.head(&self.path(rel)?).await {
             Ok(m) => Ok(Some(m.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(format!("look up {rel}"), e)),
@@ -189,7 +245,10 @@ impl Target {
     }
 
     pub async fn delete(&self, rel: &str) -> TResult<()> {
-        match self.store.delete(&self.path(rel)).await {
+        let path = self.path(rel)?;
+        // A file's folder: a link there would send the delete elsewhere.
+        self.check_local(rel.rsplit_once('/').map_or("", |(dir, _)| dir))?;
+        match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(format!("delete {rel}"), e)),
         }
@@ -198,7 +257,9 @@ impl Target {
     /// Removes what is left of a folder once its objects are deleted (a local
     /// directory keeps its empty directories; object stores have none).
     pub async fn remove_dir(&self, rel: &str) -> TResult<()> {
+        self.path(rel)?;
         let Some(root) = &self.local else { return Ok(()) };
+        self.check_local(rel)?;
         let dir = root.join(rel);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
@@ -209,7 +270,7 @@ impl Target {
 
     /// Every object under `rel_prefix` (recursively).
     pub async fn list(&self, rel_prefix: &str) -> TResult<Vec<Listed>> {
-        let prefix = self.path(rel_prefix);
+        let prefix = self.path(rel_prefix)?;
         let root_len = self.root.len() + 1;
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&prefix));
@@ -230,7 +291,7 @@ impl Target {
 
     /// The immediate sub-folders of `rel_prefix` (names only).
     pub async fn dirs(&self, rel_prefix: &str) -> TResult<Vec<String>> {
-        let prefix = self.path(rel_prefix);
+        let prefix = self.path(rel_prefix)?;
         let l = self
             .store
             .list_with_delimiter(Some(&prefix))

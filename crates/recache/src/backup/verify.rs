@@ -100,6 +100,8 @@ pub struct VerifyOptions {
     pub record: bool,
     /// Page sizes and the like for the scratch audit.
     pub config: Arc<crate::config::Config>,
+    /// Verify a set whose signature is missing or wrong (reported as a warning).
+    pub force: bool,
 }
 
 /// Verifies set `id` on one target. Problems are in the result (`ok` false);
@@ -137,6 +139,17 @@ pub async fn verify(
     };
     if let Some(d) = &found.damaged {
         v.problems.push(format!("manifest: {d} (the second copy is intact)"));
+    }
+    if let Some(p) = found.signature.problem(id) {
+        if !opts.force {
+            v.problems.push(format!("{p}; refused (--force to verify it anyway)"));
+            v.seconds = started.elapsed().as_secs_f64();
+            if opts.record {
+                list::record_verification(target, &v).await?;
+            }
+            return Ok(v);
+        }
+        tracing::warn!(set = %id, "{p}; verifying anyway (--force)");
     }
     let m = found.manifest;
     run(target, &m, opts, ctx, &mut v).await?;

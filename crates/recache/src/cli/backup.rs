@@ -68,6 +68,9 @@ pub enum BackupCommand {
         /// Read only the N-th of T slices of the artifacts (e.g. 3/7: a daily cron covers all in 7 days).
         #[arg(long)]
         subset: Option<String>,
+        /// Verify a set that is unsigned or signed with another key (backup.signing_key_env).
+        #[arg(long)]
+        force: bool,
     },
     /// Restore a set into the configured stores (refuses non-empty stores and failed sets without --force).
     Restore {
@@ -78,7 +81,7 @@ pub enum BackupCommand {
         /// Restore the newest set whose last verification did not fail.
         #[arg(long, conflicts_with = "id")]
         latest: bool,
-        /// Restore into stores that hold data, or a set that failed verification.
+        /// Restore into stores that hold data, a set that failed verification, or one whose signature is missing or wrong.
         #[arg(long)]
         force: bool,
     },
@@ -134,7 +137,8 @@ pub async fn run(a: BackupArgs) -> i32 {
             latest: _,
             level,
             subset,
-        } => verify_set(&common, id, level, subset).await,
+            force,
+        } => verify_set(&common, id, level, subset, force).await,
         BackupCommand::Restore {
             common,
             id,
@@ -266,7 +270,11 @@ async fn list_sets(c: &Common) -> Result<i32, Exit> {
         Which::Primary => t.dr.as_ref(),
         Which::Dr => None,
     };
-    let (sets, unfinished) = list::complete(target).await.map_err(berr)?;
+    let list::Sets {
+        complete: sets,
+        unfinished,
+        invalid,
+    } = list::complete(target).await.map_err(berr)?;
     let mut rows = Vec::new();
     for f in sets.iter().rev() {
         rows.push(list::summarize(f, target, other).await.map_err(berr)?);
@@ -284,6 +292,7 @@ async fn list_sets(c: &Common) -> Result<i32, Exit> {
         "deployment": b.deployment,
         "sets": rows,
         "unfinished": unfinished,
+        "invalid": invalid.iter().map(|(set, why)| json!({"set": set, "why": why})).collect::<Vec<_>>(),
         "newest_age_seconds": newest_age_s,
         // What the schedule gives: a loss loses at most one interval (plus the backup's own time).
         "schedule_seconds": schedule_s,
@@ -329,6 +338,9 @@ async fn list_sets(c: &Common) -> Result<i32, Exit> {
                 unfinished.join(", ")
             ));
         }
+        for (set, why) in &invalid {
+            out.push_str(&format!("  INVALID {set}: {why}\n"));
+        }
         if let Some(a) = v["newest_age_seconds"].as_f64() {
             out.push_str(&format!("  newest set: {:.0} s old", a));
             if let Some(s) = v["schedule_seconds"].as_f64() {
@@ -362,7 +374,13 @@ fn human(b: u64) -> String {
     }
 }
 
-async fn verify_set(c: &Common, id: Option<String>, level: Level, subset: Option<String>) -> Result<i32, Exit> {
+async fn verify_set(
+    c: &Common,
+    id: Option<String>,
+    level: Level,
+    subset: Option<String>,
+    force: bool,
+) -> Result<i32, Exit> {
     let subset = subset.as_deref().map(Subset::parse).transpose().map_err(Exit::config)?;
     let (t, _) = targets(c)?;
     let w = which(c);
@@ -375,6 +393,7 @@ async fn verify_set(c: &Common, id: Option<String>, level: Level, subset: Option
         parallel: t.config.backup.parallel,
         record: true,
         config: t.config.clone(),
+        force,
     };
     let res = verify(target, w, &id, &opts, ctx.as_ref()).await;
     ctx.finish();
@@ -462,6 +481,13 @@ async fn prune_sets(c: &Common, dry_run: bool, grace: Option<String>) -> Result<
                 d.why
             ));
         }
+        for d in &r.refused {
+            out.push_str(&format!("  REFUSED {:<21} {}\n", d.set, d.why));
+        }
+        if !r.pool_collected && !r.refused.is_empty() {
+            out.push_str("  pool: not collected (a set that cannot be read may refer to any pooled artifact)\n");
+            return out;
+        }
         out.push_str(&format!(
             "  pool: {} artifacts, {} referenced by the kept sets, {} {} ({}), {} unreferenced kept within the grace period\n",
             r.pool_artifacts,
@@ -473,5 +499,6 @@ async fn prune_sets(c: &Common, dry_run: bool, grace: Option<String>) -> Result<
         ));
         out
     });
-    Ok(0)
+    // A set that could not be trusted is a problem for the operator to look at.
+    Ok(if r.refused.is_empty() { 0 } else { 1 })
 }

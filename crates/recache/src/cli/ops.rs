@@ -64,7 +64,9 @@ pub async fn open(config: &ConfigArgs, access: IndexAccess, log_level: &str) -> 
         Duration::from_secs(config.cache.max_stale_seconds),
         crate::batch::Batching::from_config(&config),
     ));
-    Ok(Arc::new(Recovery::new(cache, queue, Arc::new(config), upstreams)))
+    Ok(Arc::new(
+        Recovery::new(cache, queue, Arc::new(config), upstreams).with_env(&env),
+    ))
 }
 
 /// The config and the job queue, without opening the other stores (queue-only commands).

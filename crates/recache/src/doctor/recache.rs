@@ -203,6 +203,25 @@ pub fn backup(b: Option<&BackupStatus>, now: i64) -> Finding {
     }
 }
 
+/// Whether backup sets are signed: without a key, whoever can write to the
+/// target can plant a set naming any tenant, and a restore would bring it in.
+pub fn backup_signing(config: &Config) -> Option<Finding> {
+    config.backup.target.as_ref()?;
+    Some(match &config.backup.signing_key_env {
+        None => Finding::warn(
+            "recache.backup_signing",
+            "backup sets are not signed: anyone who can write to the target can plant a set a restore trusts",
+            "set [backup] signing_key_env to a variable holding 32+ random bytes, kept outside the target",
+            BACKUP,
+        ),
+        Some(var) => Finding::ok(
+            "recache.backup_signing",
+            format!("backup manifests are signed with the key in {var}"),
+            BACKUP,
+        ),
+    })
+}
+
 pub fn drill(d: &DrillStatus, now: i64) -> Finding {
     if let Some(e) = &d.error {
         return Finding::warn(
@@ -262,6 +281,7 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
     let mut out = vec![spool(config), breakers(url).await, breaker_settings(config)];
     let now = now_ms();
     out.push(backup(crate::status::backup(config).await.as_ref(), now));
+    out.extend(backup_signing(config));
     match crate::server::open_metadata(config).await {
         Ok((meta, _)) => out.push(drill(&crate::status::drills(meta.as_ref()).await, now)),
         Err(e) => out.push(Finding::warn(

@@ -12,7 +12,7 @@
 //! | entries expired during an outage | automatic `refresh-stale`, most hit first | one call per entry |
 //! | vectors (store lost, or a new embedder) | automatic `rebuild-vectors` from the stored requests | none (local embedder) |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct Recovery {
     pub outcomes: Mutex<BTreeMap<(String, String), u64>>,
     /// Semantic matching (for `rebuild-vectors`), once it is opened.
     pub semantic: OnceLock<Arc<crate::semantic::Semantic>>,
+    /// The environment the process was started with (secrets named by the
+    /// config, such as the backup signing key, are read from it).
+    pub env: HashMap<String, String>,
 }
 
 impl Recovery {
@@ -62,7 +65,14 @@ impl Recovery {
             progress: Arc::new(Progress::default()),
             outcomes: Mutex::new(BTreeMap::new()),
             semantic: OnceLock::new(),
+            env: HashMap::new(),
         }
+    }
+
+    /// With the environment secrets are read from.
+    pub fn with_env(mut self, env: &HashMap<String, String>) -> Self {
+        self.env = env.clone();
+        self
     }
 
     pub fn page_size(&self) -> u32 {

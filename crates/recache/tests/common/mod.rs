@@ -189,7 +189,8 @@ impl Env {
     }
 
     pub async fn start(&mut self) {
-        let env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+        let mut env: HashMap<String, String> = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+        env.extend(self.overrides.iter().cloned());
         let gw = Gateway::start(self.config(), &env).await.expect("gateway starts");
         self.base = format!("http://{}", gw.addr);
         self.gw = Some(gw);
