@@ -58,6 +58,23 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Name of the env var holding the admin API bearer token.
     pub admin_token_env: String,
+    /// A client must send a request's headers within this (else the connection is closed).
+    pub header_timeout_ms: u64,
+    /// A client must send a request's whole body within this (else 408).
+    pub body_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout_ms: u64,
+    /// Requests served at once; past it, 503 with `Retry-After` (health and metrics are not counted).
+    pub max_concurrent_requests: usize,
+    /// The dashboard's session cookie is marked `Secure` (set it when clients reach recache over HTTPS).
+    pub secure_cookies: bool,
+    /// The env var holding a bearer token `/metrics` and the detailed `/health/ready?detail=1`
+    /// require; unset: the admin token protects them. `/health/live` and the bare
+    /// `/health/ready` stay open for orchestrators.
+    pub metrics_token_env: Option<String>,
+    /// A second listener for `/metrics` and `/health/*` only (e.g. `127.0.0.1:9090`), with no
+    /// token: reachable by whoever can reach that address. The main listener still serves them with a token.
+    pub ops_listen: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +83,13 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 8 * 1024 * 1024,
             admin_token_env: "RECACHE_ADMIN_TOKEN".into(),
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            idle_timeout_ms: 75_000,
+            max_concurrent_requests: 2048,
+            secure_cookies: false,
+            metrics_token_env: None,
+            ops_listen: None,
         }
     }
 }
@@ -783,6 +807,28 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return err("server.max_body_bytes must be above 0");
         }
+        let srv = &self.server;
+        if srv.header_timeout_ms == 0
+            || srv.body_timeout_ms == 0
+            || srv.idle_timeout_ms == 0
+            || srv.max_concurrent_requests == 0
+        {
+            return err(
+                "server.header_timeout_ms, body_timeout_ms, idle_timeout_ms and max_concurrent_requests must be above 0",
+            );
+        }
+        if let Some(ops) = &srv.ops_listen {
+            if ops.parse::<std::net::SocketAddr>().is_err() {
+                return err(format!(
+                    "server.ops_listen: '{ops}' is not an address like 127.0.0.1:9090"
+                ));
+            }
+        }
+        if let Some(var) = &srv.metrics_token_env {
+            if env.get(var).is_none_or(|v| v.is_empty()) {
+                return err(format!("server.metrics_token_env: {var} is not set"));
+            }
+        }
         match self.index.engine.as_str() {
             "embedded" => {}
             "redis" => {
@@ -991,6 +1037,14 @@ impl Config {
                 v.len()
             )),
             Some(v) => Ok(Some(v.as_bytes().to_vec())),
+        }
+    }
+
+    /// The token `/metrics` and detailed health need: `metrics_token_env`'s, else the admin token.
+    pub fn metrics_token(&self, env: &HashMap<String, String>) -> Option<String> {
+        match &self.server.metrics_token_env {
+            Some(var) => env.get(var).filter(|v| !v.is_empty()).cloned(),
+            None => self.admin_token(env),
         }
     }
 

@@ -19,13 +19,16 @@ pub enum ApiError {
     InvalidKey,
     #[error("admin token required")]
     AdminUnauthorized,
+    #[error("metrics token required (server.metrics_token_env, else the admin token)")]
+    MetricsUnauthorized,
     #[error("unknown route {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
     #[error("no upstream serves model '{0}'")]
     ModelNotRouted(String),
-    #[error("upstream '{upstream}' is unreachable: {detail}")]
+    /// The detail (an address, a TLS or DNS message) goes to the log, never to the client.
+    #[error("upstream '{upstream}' is unreachable")]
     UpstreamUnreachable { upstream: String, detail: String },
     #[error("upstream '{upstream}' did not answer within {timeout_ms} ms")]
     UpstreamTimeout { upstream: String, timeout_ms: u64 },
@@ -34,6 +37,12 @@ pub enum ApiError {
     /// `Cache-Control: only-if-cached` and no entry to serve.
     #[error("no cached answer for this request (Cache-Control: only-if-cached)")]
     NotCached,
+    /// `server.max_concurrent_requests` requests are being served.
+    #[error("the gateway is at its limit of concurrent requests; retry shortly")]
+    Overloaded,
+    /// The body did not arrive within `server.body_timeout_ms`.
+    #[error("the request body did not arrive within {after_ms} ms")]
+    BodyTimeout { after_ms: u64 },
 }
 
 impl ApiError {
@@ -41,13 +50,18 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::AdminUnauthorized
+            | ApiError::MetricsUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::ModelNotRouted(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -59,6 +73,7 @@ impl ApiError {
             ApiError::MissingKey => ("invalid_request_error", "missing_api_key"),
             ApiError::InvalidKey => ("invalid_request_error", "invalid_api_key"),
             ApiError::AdminUnauthorized => ("invalid_request_error", "invalid_admin_token"),
+            ApiError::MetricsUnauthorized => ("invalid_request_error", "invalid_metrics_token"),
             ApiError::NotFound { .. } => ("invalid_request_error", "unknown_url"),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             ApiError::ModelNotRouted(_) => ("invalid_request_error", "model_not_found"),
@@ -66,6 +81,8 @@ impl ApiError {
             ApiError::UpstreamTimeout { .. } => ("upstream_error", "upstream_timeout"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
             ApiError::NotCached => ("cache_error", "not_cached"),
+            ApiError::Overloaded => ("server_error", "overloaded"),
+            ApiError::BodyTimeout { .. } => ("invalid_request_error", "request_timeout"),
         }
     }
 }
@@ -86,10 +103,18 @@ impl ApiError {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if matches!(
             self,
-            ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::AdminUnauthorized | ApiError::MetricsUnauthorized
         ) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ApiError::Overloaded) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::BodyTimeout { .. }) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod drill;
 pub mod error;
 pub mod gateway;
+pub mod http;
 pub mod key;
 pub mod metrics;
 pub mod queue;

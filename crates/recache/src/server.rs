@@ -296,6 +296,8 @@ async fn replay_index(index: &dyn Index, metadata: &dyn Metadata) -> anyhow::Res
 /// A running gateway.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The ops listener's address (`server.ops_listen`), when there is one.
+    pub ops_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<()>,
@@ -336,6 +338,8 @@ impl Gateway {
             semantic,
             tenants: Tenants::from_config(&config),
             admin_token: config.admin_token(env),
+            metrics_token: config.metrics_token(env),
+            health: crate::gateway::ops::HealthRound::default(),
             config,
             cache,
             upstreams,
@@ -359,21 +363,41 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
         let app = gateway::app(state.clone());
-        let server = tokio::spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "HTTP server stopped with an error");
+        let limits = crate::http::Limits::from_config(&state.config.server);
+        // The ops listener (health and metrics only, no token), when configured.
+        let (ops_tx, ops_rx) = watch::channel(false);
+        let ops_addr = match &state.config.server.ops_listen {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (server.ops_listen)"))?;
+                let addr = l.local_addr()?;
+                let mut stop = ops_rx.clone();
+                tokio::spawn(crate::http::serve(
+                    l,
+                    gateway::ops_app(state.clone()),
+                    limits,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ));
+                Some(addr)
             }
+            None => None,
+        };
+        let server = tokio::spawn(async move {
+            crate::http::serve(listener, app, limits, async {
+                let _ = rx.await;
+            })
+            .await;
+            let _ = ops_tx.send(true);
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let background = spawn_background(&state);
         let recovery = spawn_recovery(&state, stop_rx);
         Ok(Gateway {
             addr,
+            ops_addr,
             state,
             shutdown: Some(tx),
             server,

@@ -31,6 +31,9 @@ impl Upstreams {
                 .connect_timeout(Duration::from_millis(u.connect_timeout_ms))
                 .pool_idle_timeout(Duration::from_secs(90))
                 .tcp_nodelay(true)
+                // A provider that redirects is misconfigured (or compromised): never
+                // follow it elsewhere with the API key.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(|e| ConfigError(format!("upstreams.{}: cannot build HTTP client: {e}", u.name)))?;
             list.push(Arc::new(Upstream {

@@ -96,7 +96,7 @@ async fn gateway_started_while_redis_is_down_answers_everything_from_the_provide
         "breaker open"
     );
     assert!(env.metric("cache_breaker_rejections_total{backend=\"index\"}").await >= 1.0);
-    let ready = env.get_json("/health/ready").await;
+    let ready = env.admin_json("/health/ready").await;
     assert_eq!(ready["status"], "degraded");
     let index = ready["roles"]
         .as_array()
@@ -112,6 +112,7 @@ async fn gateway_started_while_redis_is_down_answers_everything_from_the_provide
     // `recache health --url` shows the same, and exits 1.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
         .args(["health", "--backend", "redis", "--format", "json", "--url", &env.base])
+        .env("RECACHE_METRICS_TOKEN", "admin-secret")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

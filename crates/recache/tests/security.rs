@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::{Backends, Env, KEY_A};
 use recache::backup::Manifest;
@@ -210,4 +211,302 @@ async fn planted_backup_sets_are_refused() {
     assert_eq!(sig(&real), Some("valid".into()), "{l}");
     assert_eq!(sig(unsigned), Some("unsigned".into()), "{l}");
     assert_eq!(sig(wrong), Some("wrong".into()), "{l}");
+}
+
+/// A gateway on embedded stores with `[server]` settings (as env overrides).
+async fn server_env(stub: StubConfig, server: &[(&str, &str)]) -> Env {
+    Env::on_with(Backends::Embedded, stub, "", server).await
+}
+
+/// A raw TCP connection to the gateway: what a slow or hostile client does.
+async fn raw(env: &Env) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(env.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or `limit` passes): what it
+/// sent, and how long it took to close (`None`: still open at `limit`).
+async fn read_until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into(), None),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), Some(started.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// M4: a connection that sends part of its headers is closed within
+/// `server.header_timeout_ms`; a body that does not arrive within
+/// `body_timeout_ms` gets 408; an idle keep-alive connection is closed after
+/// `idle_timeout_ms`; past `max_concurrent_requests`, 503 with `Retry-After`
+/// at once, while health stays reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_excess_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let env = server_env(
+        StubConfig {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+        &[
+            ("RECACHE_SERVER__HEADER_TIMEOUT_MS", "400"),
+            ("RECACHE_SERVER__BODY_TIMEOUT_MS", "400"),
+            ("RECACHE_SERVER__IDLE_TIMEOUT_MS", "600"),
+            ("RECACHE_SERVER__MAX_CONCURRENT_REQUESTS", "1"),
+        ],
+    )
+    .await;
+    // Partial headers: closed after the header timeout (the review saw them open after 40 s).
+    let mut s = raw(&env).await;
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let closed = closed.expect("a connection with partial headers is closed");
+    assert!(
+        closed >= Duration::from_millis(300),
+        "not before the timeout: {closed:?}"
+    );
+    // A body that stops short: 408 in the OpenAI dialect.
+    let mut s = raw(&env).await;
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(closed.is_some(), "and the connection is closed");
+    // An idle keep-alive connection: closed after the idle timeout.
+    let mut s = raw(&env).await;
+    s.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let closed = closed.expect("an idle keep-alive connection is closed");
+    assert!(
+        closed >= Duration::from_millis(500),
+        "kept alive until the idle timeout: {closed:?}"
+    );
+
+    // One request at a time: the second gets 503 with Retry-After at once.
+    let slow = {
+        let http = env.http.clone();
+        let url = format!("{}/v1/chat/completions", env.base);
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(KEY_A)
+                .json(&common::chat_body("slow one", false))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = env
+        .http
+        .post(format!("{}/v1/chat/completions", env.base))
+        .bearer_auth(KEY_A)
+        .json(&common::chat_body("second one", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "refused at once, not queued"
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "overloaded", "{v}");
+    // Health is outside the limit.
+    assert_eq!(env.get_json("/health/live").await["status"], "ok");
+    assert_eq!(slow.await.unwrap(), 200);
+    // The place is given back when the answer ends.
+    assert_eq!(env.chat(KEY_A, "third one").await.status, 200);
+}
+
+/// M1: dashboard sessions are random, end at logout on the server (the old
+/// cookie gets 401), failed logins are throttled per address, and `Secure`
+/// comes from the config, not from a client header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_sessions_end_on_the_server() {
+    let env = server_env(StubConfig::default(), &[("RECACHE_SERVER__SECURE_COOKIES", "true")]).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |token: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/dashboard/login", env.base);
+        async move {
+            http.post(url)
+                .header("x-forwarded-proto", "http")
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let data = |cookie: String| {
+        let http = http.clone();
+        let url = format!("{}/dashboard/data", env.base);
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap().status() }
+    };
+    let cookie_of = |r: &reqwest::Response| {
+        let c = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        (c.split(';').next().unwrap().to_string(), c)
+    };
+    let r = login("admin-secret").await;
+    assert_eq!(r.status(), 303);
+    let (first, full) = cookie_of(&r);
+    assert!(full.contains("; Secure"), "Secure from server.secure_cookies: {full}");
+    let (second, _) = cookie_of(&login("admin-secret").await);
+    assert_ne!(first, second, "every login gets its own session");
+    assert_eq!(data(first.clone()).await, 200);
+    // Logout ends the session on the server: the old cookie, replayed, is refused.
+    let out = http
+        .post(format!("{}/dashboard/logout", env.base))
+        .header("cookie", first.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(data(first).await, 401, "a logged-out cookie is refused");
+    assert_eq!(data(second.clone()).await, 200, "other sessions go on");
+    // Failed logins: throttled after five, even with the right token, with Retry-After.
+    for _ in 0..5 {
+        assert_eq!(login("wrong").await.status(), 401);
+    }
+    let r = login("admin-secret").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("set-cookie").is_none());
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait > 0 && wait <= 300, "{wait}");
+}
+
+/// M3: `/health/ready` without a token shows only the status (no engines,
+/// paths or buckets) and probes the engines at most once per round whatever
+/// the request rate; `/metrics` needs the token; the ops listener serves both
+/// without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_show_nothing_without_a_token() {
+    let env = server_env(StubConfig::default(), &[("RECACHE_SERVER__OPS_LISTEN", "127.0.0.1:0")]).await;
+    let open = env.get_json("/health/ready").await;
+    assert_eq!(
+        open,
+        serde_json::json!({"status": "ready"}),
+        "no details without a token"
+    );
+    for _ in 0..200 {
+        let r = env.http.get(format!("{}/health/ready", env.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let probes = env.metric("cache_health_probes_total").await;
+    assert!(probes <= 2.0, "200 readiness calls, {probes} engine probes");
+    let detail = env.admin_json("/health/ready").await;
+    assert_eq!(detail["roles"].as_array().unwrap().len(), 4, "{detail}");
+    // /metrics: 401 without the token, in the OpenAI dialect.
+    let r = env.http.get(format!("{}/metrics", env.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_metrics_token"
+    );
+    assert!(env.metrics_text().await.contains("process_uptime_seconds"));
+    // The ops listener: health and metrics without a token, nothing else.
+    let ops = format!("http://{}", env.gw.as_ref().unwrap().ops_addr.unwrap());
+    let m = env.http.get(format!("{ops}/metrics")).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    assert!(m.text().await.unwrap().contains("cache_health_probes_total"));
+    let ready: Value = env
+        .http
+        .get(format!("{ops}/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ready["roles"].is_array(), "{ready}");
+    let chat = env
+        .http
+        .post(format!("{ops}/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .json(&common::chat_body("x", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 404, "the ops listener serves no traffic");
+}
+
+/// L2: a provider that cannot be reached gives the client a 502 that names
+/// the upstream and nothing of its address; a provider that redirects is not
+/// followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_failures_reveal_nothing_and_redirects_are_not_followed() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = Env::with(
+        StubConfig::default(),
+        &format!("[[upstreams]]\nname = \"gone\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodels = [\"gone-*\"]\n"),
+    )
+    .await;
+    let mut body = common::chat_body("where are you", false);
+    body["model"] = "gone-1".into();
+    let r = env.post("/v1/chat/completions", Some(KEY_A), &body, &[]).await;
+    assert_eq!(r.status, 502);
+    let text = r.json().to_string();
+    assert!(text.contains("gone"), "{text}");
+    assert!(
+        !text.contains(&port.to_string()) && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+
+    // A provider answering 307 to the stub: the stub must never be called.
+    let app = axum::Router::new().fallback({
+        let to = env.stub_url.clone();
+        move || {
+            let to = to.clone();
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [("location", format!("{to}/chat/completions"))],
+                )
+            }
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let env2 = Env::with(
+        StubConfig::default(),
+        &format!("[[upstreams]]\nname = \"redirecting\"\nbase_url = \"http://{addr}/v1\"\nmodels = [\"moved-*\"]\n"),
+    )
+    .await;
+    let mut body = common::chat_body("follow me", false);
+    body["model"] = "moved-1".into();
+    let r = env2.post("/v1/chat/completions", Some(KEY_A), &body, &[]).await;
+    assert_ne!(r.status, 200, "the redirect is not followed");
+    assert_eq!(
+        env2.stub.calls(),
+        0,
+        "the provider behind the redirect was never called"
+    );
 }

@@ -270,11 +270,15 @@ async fn load(a: LoadArgs) -> i32 {
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let metrics = client
-        .get(format!("{}/metrics", a.url.trim_end_matches('/')))
-        .send()
-        .await
-        .ok();
+    let mut metrics = client.get(format!("{}/metrics", a.url.trim_end_matches('/')));
+    // A gateway with a metrics (or admin) token wants it for /metrics.
+    if let Some(t) = ["RECACHE_METRICS_TOKEN", "RECACHE_ADMIN_TOKEN"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|t| !t.is_empty()))
+    {
+        metrics = metrics.bearer_auth(t);
+    }
+    let metrics = metrics.send().await.ok();
     let metrics_text = match metrics {
         Some(r) => r.text().await.unwrap_or_default(),
         None => String::new(),

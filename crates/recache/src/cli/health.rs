@@ -269,8 +269,15 @@ async fn from_gateway(url: &str, args: &HealthArgs) -> i32 {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(args.timeout_ms.max(100) * 2))
         .build();
+    let req = |c: reqwest::Client| {
+        let r = c.get(&ready);
+        match super::metrics_token(&args.config) {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    };
     let body: serde_json::Value = match client {
-        Ok(c) => match c.get(&ready).send().await {
+        Ok(c) => match req(c).send().await {
             Ok(r) => match r.json().await {
                 Ok(v) => v,
                 Err(e) => {
@@ -288,6 +295,13 @@ async fn from_gateway(url: &str, args: &HealthArgs) -> i32 {
             return EXIT_PROBLEM;
         }
     };
+    if body.get("roles").is_none() {
+        eprintln!(
+            "recache: {ready} answered only its status ({}): the roles need the metrics token (RECACHE_METRICS_TOKEN, or --config with server.metrics_token_env or the admin token)",
+            body["status"]
+        );
+        return EXIT_PROBLEM;
+    }
     let want = |r: &str| args.backend.role().is_none_or(|w| w == r);
     let rows: Vec<serde_json::Value> = body["roles"]
         .as_array()

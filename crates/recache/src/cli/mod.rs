@@ -72,6 +72,17 @@ pub struct ConfigArgs {
     pub config: PathBuf,
 }
 
+/// The bearer token a running gateway's `/metrics` and detailed
+/// `/health/ready` need: `RECACHE_METRICS_TOKEN` when set, else what the
+/// config names (`server.metrics_token_env`, else the admin token).
+pub fn metrics_token(config: &ConfigArgs) -> Option<String> {
+    let env = env_map();
+    if let Some(t) = env.get("RECACHE_METRICS_TOKEN").filter(|t| !t.is_empty()) {
+        return Some(t.clone());
+    }
+    load_config(config, &env).ok().and_then(|c| c.metrics_token(&env))
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OutputFormat {
     #[default]

@@ -127,6 +127,14 @@ pub async fn run(args: ServeArgs) -> i32 {
         }
     };
     tracing::info!(addr = %gw.addr, startup_ms = started.elapsed().as_millis() as u64, "recache gateway listening");
+    if let Some(ops) = gw.ops_addr {
+        tracing::info!(addr = %ops, "ops listener (health and metrics, no token) listening");
+    }
+    if gw.state.metrics_token.is_none() && !args.demo {
+        tracing::warn!(
+            "/metrics and the detailed /health/ready are open to anyone who can reach the listener: set server.metrics_token_env (or an admin token), or serve them on server.ops_listen"
+        );
+    }
     if args.demo {
         println!(
             "recache demo gateway on http://{}  (FAKE stub provider in-process)",

@@ -107,11 +107,10 @@ async fn backends(s: &AppState) -> Value {
 
 async fn check_backends(s: &AppState) -> Value {
     let mut out: Vec<Value> = s
-        .cache
-        .roles
-        .health(Duration::from_millis(500))
+        .health
+        .get(&s.cache.roles)
         .await
-        .into_iter()
+        .iter()
         .map(|h| {
             json!({
                 "role": h.role, "engine": h.engine, "status": h.status,

@@ -1,8 +1,9 @@
 //! The operator dashboard: `GET /dashboard`, one page embedded in the binary
 //! (no CDN, no network), over `GET /dashboard/data` (JSON). Both need the
-//! admin token: as a bearer header, or through the login form, which sets an
-//! HttpOnly session cookie derived from the token (rotating the token ends
-//! every session).
+//! admin token: as a bearer header, or through the login form, which opens a
+//! server-side session ([`session`]): the cookie is a random id, ended by
+//! logout, by its expiry and by a change of the admin token; failed logins
+//! are throttled per client address.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +13,17 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::Extension;
 
 use crate::error::ApiError;
 use crate::gateway::AppState;
 
 pub mod data;
 pub mod history;
+pub mod session;
 
 const PAGE: &str = include_str!("page.html");
 const LOGIN: &str = include_str!("login.html");
@@ -34,6 +39,8 @@ pub struct Dashboard {
     pub ops: crate::status::OpsStatusCache,
     /// The backends' health, reused for 2 s: many open pages cost one check.
     pub backends: std::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
+    /// Login sessions and failed-login counts.
+    pub sessions: session::Sessions,
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -45,12 +52,19 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/dashboard/logout", post(logout))
 }
 
-/// The session value for a token: a digest, so the cookie never holds the token itself.
-fn session_value(token: &str) -> String {
-    hex::encode(Sha256::digest(format!("recache-dashboard-session\0{token}").as_bytes()))
+/// The session ids in the request's cookies.
+fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
 }
 
-/// The admin token as a bearer header, or a session cookie made from it.
+/// The admin token as a bearer header, or a live session.
 fn authorized(s: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = &s.admin_token else {
         return false;
@@ -63,14 +77,7 @@ fn authorized(s: &AppState, headers: &HeaderMap) -> bool {
     if bearer.is_some_and(|b| eq(b, token)) {
         return true;
     }
-    let want = session_value(token);
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .any(|(k, v)| k == COOKIE && eq(v, &want))
+    session_ids(headers).any(|id| s.dashboard.sessions.valid(id, token))
 }
 
 fn html(status: StatusCode, body: String) -> Response {
@@ -118,28 +125,39 @@ struct LoginForm {
     token: String,
 }
 
-/// `POST /dashboard/login` (form field `token`): sets the session cookie.
+/// `POST /dashboard/login` (form field `token`): opens a session and sets its cookie.
 async fn login(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let Some(token) = &s.admin_token else {
         return login_page(StatusCode::UNAUTHORIZED, "No admin token is configured.");
     };
+    let addr = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0 .0.ip());
+    let sessions = &s.dashboard.sessions;
+    if let Err(wait) = sessions.may_try(addr) {
+        tracing::warn!(client = %addr, "dashboard login refused (too many failed attempts)");
+        let mut resp = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed logins from this address; try again later.",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     let given = form.map(|f| f.0.token).unwrap_or_default();
     if !crate::gateway::ops::constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
-        tracing::warn!("dashboard login refused (wrong token)");
+        sessions.failed(addr);
+        tracing::warn!(client = %addr, "dashboard login refused (wrong token)");
         return login_page(StatusCode::UNAUTHORIZED, "Wrong token.");
     }
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    sessions.succeeded(addr);
+    let id = sessions.open(token, Duration::from_secs(SESSION_SECONDS));
     let cookie = format!(
-        "{COOKIE}={}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}{}",
-        session_value(token),
-        if secure { "; Secure" } else { "" }
+        "{COOKIE}={id}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}{}",
+        if s.config.server.secure_cookies { "; Secure" } else { "" }
     );
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -148,8 +166,11 @@ async fn login(
     resp
 }
 
-/// `POST /dashboard/logout`: clears the cookie.
-async fn logout() -> Response {
+/// `POST /dashboard/logout`: ends the session on the server and clears the cookie.
+async fn logout(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    for id in session_ids(&headers) {
+        s.dashboard.sessions.close(id);
+    }
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard")]).into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,

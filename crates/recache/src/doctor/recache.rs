@@ -47,18 +47,20 @@ pub fn spool(config: &Config) -> Finding {
     }
 }
 
-/// The breakers of a running gateway, from its `/health/ready`.
-pub async fn breakers(url: &str) -> Finding {
+/// The breakers of a running gateway, from its detailed `/health/ready`
+/// (`token`: the metrics token, when the gateway needs one).
+pub async fn breakers(url: &str, token: Option<&str>) -> Finding {
     let ready = format!("{}/health/ready", url.trim_end_matches('/'));
     let got = async {
-        let r = reqwest::Client::builder()
+        let mut req = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?
-            .get(&ready)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .get(&ready);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.map_err(|e| e.to_string())?;
         r.json::<Value>().await.map_err(|e| e.to_string())
     };
     match got.await {
@@ -73,6 +75,14 @@ pub async fn breakers(url: &str) -> Finding {
 }
 
 pub fn breakers_from(ready: &Value) -> Finding {
+    if ready.get("roles").is_none() {
+        return Finding::warn(
+            "recache.breakers",
+            "the gateway showed only its status: its breakers need the metrics token",
+            "set RECACHE_METRICS_TOKEN, or run doctor with the gateway's config (server.metrics_token_env or the admin token)",
+            BREAKERS,
+        );
+    }
     let mut open = Vec::new();
     let mut half = Vec::new();
     for r in ready["roles"].as_array().into_iter().flatten() {
@@ -278,7 +288,12 @@ fn human(secs: u64) -> String {
 
 /// Every recache check; `url` is a running gateway's base URL.
 pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
-    let mut out = vec![spool(config), breakers(url).await, breaker_settings(config)];
+    let token = config.metrics_token(&crate::cli::env_map());
+    let mut out = vec![
+        spool(config),
+        breakers(url, token.as_deref()).await,
+        breaker_settings(config),
+    ];
     let now = now_ms();
     out.push(backup(crate::status::backup(config).await.as_ref(), now));
     out.extend(backup_signing(config));

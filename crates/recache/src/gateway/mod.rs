@@ -72,6 +72,10 @@ pub struct AppState {
     pub tenants: auth::Tenants,
     pub coalescer: Arc<flight::Coalescer>,
     pub admin_token: Option<String>,
+    /// What `/metrics` and detailed health need (`None`: open).
+    pub metrics_token: Option<String>,
+    /// The last engine health round (`/health/ready`, the dashboard).
+    pub health: ops::HealthRound,
     pub started: Instant,
     /// The warmer's queue and job kinds (admin API, metrics).
     pub recovery: Arc<crate::recovery::Recovery>,
@@ -145,6 +149,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/jobs", get(ops::admin_jobs).post(ops::admin_enqueue))
         .route("/admin/breakers/{backend}/{action}", post(ops::admin_breaker_action))
         .merge(crate::dashboard::routes())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The ops listener (`server.ops_listen`): health and metrics, no token.
+pub fn ops_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ops_ready))
+        .route("/metrics", get(ops::ops_metrics))
         .fallback(not_found)
         .with_state(state)
 }

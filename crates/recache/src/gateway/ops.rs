@@ -13,26 +13,114 @@ use super::AppState;
 use crate::error::ApiError;
 use crate::key::CacheKey;
 use crate::metrics::rss_bytes;
-use crate::roles::{now_ms, AuditEvent};
+use crate::roles::{now_ms, AuditEvent, RoleHealth};
 
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Per-role health. The gateway stays ready while any backend is down: it
+/// How often the engines are probed for `/health/ready` and the dashboard,
+/// whatever the request rate (an S3 probe is a PUT, a GET and a DELETE).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The last health round: at most one probe of the engines per
+/// [`HEALTH_INTERVAL`]; callers in between get the last result.
+#[derive(Default)]
+pub struct HealthRound {
+    last: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<RoleHealth>>)>>,
+    running: tokio::sync::Mutex<()>,
+    /// Probes run (`cache_health_probes_total`).
+    pub probes: std::sync::atomic::AtomicU64,
+}
+
+impl HealthRound {
+    fn fresh(&self) -> Option<Arc<Vec<RoleHealth>>> {
+        let g = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .filter(|(at, _)| at.elapsed() < HEALTH_INTERVAL)
+            .map(|(_, h)| h.clone())
+    }
+
+    /// The roles' health from the last round, probing again when it is older than the interval.
+    pub async fn get(&self, roles: &crate::roles::Roles) -> Arc<Vec<RoleHealth>> {
+        if let Some(h) = self.fresh() {
+            return h;
+        }
+        // One probe at a time: the others wait for it and take its result.
+        let _running = self.running.lock().await;
+        if let Some(h) = self.fresh() {
+            return h;
+        }
+        let h = Arc::new(roles.health(Duration::from_millis(500)).await);
+        self.probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), h.clone()));
+        h
+    }
+}
+
+/// Whether the request carries the token `/metrics` and detailed health need
+/// (`server.metrics_token_env`, else the admin token). With neither
+/// configured they are open, and the gateway says so at start.
+fn metrics_authorized(s: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &s.metrics_token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+}
+
+/// `/health/ready`. The gateway stays ready while any backend is down: it
 /// still answers every request from the provider, so the status says
-/// `degraded` and the code stays 200.
-pub async fn ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let roles = s.cache.roles.health(Duration::from_millis(500)).await;
+/// `degraded` and the code stays 200. Without the metrics token only the
+/// status is shown (no engines, paths or bucket names).
+pub async fn ready(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Json<serde_json::Value> {
+    ready_body(&s, metrics_authorized(&s, &headers)).await
+}
+
+/// `/health/ready` on the ops listener: always in detail.
+pub async fn ops_ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    ready_body(&s, true).await
+}
+
+async fn ready_body(s: &AppState, detail: bool) -> Json<serde_json::Value> {
+    let roles = s.health.get(&s.cache.roles).await;
     let degraded = roles.iter().any(|r| r.status == "down");
+    let status = if degraded { "degraded" } else { "ready" };
+    if !detail {
+        return Json(json!({ "status": status }));
+    }
+    // Breaker states are read now (the probe results may be a few seconds old).
+    let roles: Vec<RoleHealth> = roles
+        .iter()
+        .map(|r| RoleHealth {
+            breaker: s.cache.roles.breaker(r.role).map(|b| b.status()),
+            ..r.clone()
+        })
+        .collect();
     Json(json!({
-        "status": if degraded { "degraded" } else { "ready" },
+        "status": status,
         "uptime_seconds": s.started.elapsed().as_secs(),
         "roles": roles,
     }))
 }
 
-pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+/// `/metrics`: needs the metrics token when one is configured.
+pub async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !metrics_authorized(&s, &headers) {
+        return ApiError::MetricsUnauthorized.into_response();
+    }
+    render_metrics(&s).await
+}
+
+/// `/metrics` on the ops listener.
+pub async fn ops_metrics(State(s): State<Arc<AppState>>) -> Response {
+    render_metrics(&s).await
+}
+
+async fn render_metrics(s: &AppState) -> Response {
     let entries = s.cache.roles.index.count().await.unwrap_or(0) as f64;
     let mut body = s.cache.metrics.render(&[
         (
@@ -57,6 +145,15 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             s.started.elapsed().as_secs_f64(),
         ),
     ]);
+    {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            body,
+            "# HELP cache_health_probes_total Health rounds that probed the engines (at most one per {} s).\n# TYPE cache_health_probes_total counter\ncache_health_probes_total {}",
+            HEALTH_INTERVAL.as_secs(),
+            s.health.probes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     use std::fmt::Write as _;
     let statuses: Vec<_> = s.cache.roles.breakers.iter().map(|b| b.status()).collect();
     type Value = fn(&crate::breaker::BreakerStatus) -> u64;
@@ -93,8 +190,8 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         let _ = writeln!(body, "metadata_spool_dropped_total{{record=\"audit\"}} {audit}");
         let _ = writeln!(body, "# HELP metadata_spool_bytes Metadata writes waiting in the spool (metadata was unreachable).\n# TYPE metadata_spool_bytes gauge\nmetadata_spool_bytes {}", spool.size_bytes());
     }
-    render_ops_status(&s, &mut body);
-    render_warmer(&s, &mut body).await;
+    render_ops_status(s, &mut body);
+    render_warmer(s, &mut body).await;
     if let Some(sem) = &s.semantic {
         sem.render_metrics(&mut body);
     }

@@ -155,7 +155,10 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut buf = bytes::BytesMut::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| invalid(format!("could not read request body: {e}")))?;
+        let chunk = chunk.map_err(|e| match crate::http::BodyTimedOut::find(&e) {
+            Some(after_ms) => ApiError::BodyTimeout { after_ms },
+            None => invalid(format!("could not read request body: {e}")),
+        })?;
         total += chunk.len();
         if total <= limit {
             buf.extend_from_slice(&chunk);
@@ -175,7 +178,13 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap
     let mut tenant = None;
     let (resp, status) = match serve(&state, endpoint, &headers, body, &mut tenant).await {
         Ok(r) => r,
-        Err(e) => (e.to_response(), "ERROR"),
+        Err(e) => {
+            // What the client is not told (addresses, TLS and DNS messages) is logged.
+            if let ApiError::UpstreamUnreachable { upstream, detail } = &e {
+                tracing::warn!(upstream = %upstream, error = %detail, "upstream unreachable");
+            }
+            (e.to_response(), "ERROR")
+        }
     };
     if let Some(t) = tenant {
         t.usage.record(status);

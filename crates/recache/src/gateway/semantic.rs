@@ -96,7 +96,8 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
                 true,
             ),
         );
-        if sem.sample_verification(p) {
+        // A verification is a provider call: never under `only-if-cached`.
+        if !req.directives.only_if_cached && sem.sample_verification(p) {
             let fresh = match state.coalescer.join(req.key, None) {
                 Joined::Follower(rx, _) => rx,
                 Joined::Leader(tx, guard) => {

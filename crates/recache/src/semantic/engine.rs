@@ -613,7 +613,10 @@ impl Semantic {
             &split.rest,
             &loaded.info.fingerprint,
         );
-        let vector = self.embed(loaded, split.text.clone()).await.map_err(Skip::Embedder)?;
+        let vector = self
+            .embed(tenant, loaded, split.text.clone())
+            .await
+            .map_err(Skip::Embedder)?;
         Ok(Prepared {
             tenant: tenant.to_string(),
             namespace: namespace.to_string(),
@@ -626,18 +629,12 @@ impl Semantic {
     }
 
     /// One embedding behind the embedder's breaker and time limit; the same
-    /// text again (a repeated paraphrase, an answer judged twice) comes from a
-    /// small cache.
-    async fn embed(&self, loaded: &Loaded, text: String) -> Result<Vec<f32>, String> {
-        let cache_key = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(loaded.info.fingerprint.as_bytes());
-            h.update([0u8]);
-            h.update(text.as_bytes());
-            let d = h.finalize();
-            u128::from_le_bytes(d[..16].try_into().unwrap_or_default())
-        };
+    /// text again from the same tenant (a repeated paraphrase, an answer
+    /// judged twice) comes from a small cache. The tenant is part of the key:
+    /// another tenant's hit would tell, by its latency or the hit counter,
+    /// that someone sent that text lately.
+    async fn embed(&self, tenant: &str, loaded: &Loaded, text: String) -> Result<Vec<f32>, String> {
+        let cache_key = embed_cache_key(tenant, &loaded.info.fingerprint, &text);
         if let Some(v) = self.recent.get(cache_key) {
             self.metrics.embed_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(v);
@@ -818,7 +815,7 @@ impl Semantic {
             let Outcome::Complete { body, .. } = outcome.as_ref() else {
                 return;
             };
-            let Some(agreed) = me.agree(&p.policy.embedder, &candidate_body, body).await else {
+            let Some(agreed) = me.agree(&p.tenant, &p.policy.embedder, &candidate_body, body).await else {
                 return;
             };
             me.record_check(&p, &candidate, shadow, agreed).await;
@@ -826,14 +823,14 @@ impl Semantic {
     }
 
     /// Are two answers the same? (see [`judge`]). `None` when it cannot be told.
-    pub async fn agree(&self, embedder: &str, a: &[u8], b: &[u8]) -> Option<bool> {
+    pub async fn agree(&self, tenant: &str, embedder: &str, a: &[u8], b: &[u8]) -> Option<bool> {
         let (ta, tb) = (judge::answer_text(a)?, judge::answer_text(b)?);
         if judge::normalise(&ta) == judge::normalise(&tb) {
             return Some(true);
         }
         let e = self.embedders.get(embedder)?;
-        let va = self.embed(e, ta).await.ok()?;
-        let vb = self.embed(e, tb).await.ok()?;
+        let va = self.embed(tenant, e, ta).await.ok()?;
+        let vb = self.embed(tenant, e, tb).await.ok()?;
         let cos: f32 = va.iter().zip(&vb).map(|(x, y)| x * y).sum();
         Some(cos >= self.cfg.answer_similarity)
     }
@@ -959,8 +956,34 @@ fn empty_report(tenant: &str, namespace: &str, p: &Policy) -> TenantReport {
     }
 }
 
+/// The embedding cache's key: tenant, embedder fingerprint and text, each
+/// length-prefixed so no two triples share a key.
+fn embed_cache_key(tenant: &str, fingerprint: &str, text: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [tenant, fingerprint, text] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let d = h.finalize();
+    u128::from_le_bytes(d[..16].try_into().unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_embedding_cache_is_per_tenant() {
+        let a = super::embed_cache_key("team-a", "fp", "hello");
+        assert_ne!(a, super::embed_cache_key("team-b", "fp", "hello"));
+        assert_ne!(a, super::embed_cache_key("team-a", "fp2", "hello"));
+        assert_eq!(a, super::embed_cache_key("team-a", "fp", "hello"));
+        // Boundaries cannot be moved between parts.
+        assert_ne!(
+            super::embed_cache_key("ab", "c", "d"),
+            super::embed_cache_key("a", "bc", "d")
+        );
+    }
+
     use super::*;
     use crate::config::SemanticRule;
 

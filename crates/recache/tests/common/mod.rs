@@ -386,6 +386,7 @@ impl Env {
     pub async fn metrics_text(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
+            .bearer_auth("admin-secret")
             .send()
             .await
             .unwrap()
