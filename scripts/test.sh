@@ -8,4 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-model.sh >&2
+# The model is there now: a test that needs it fails without it, never skips.
+export RECACHE_TEST_MODEL=1
+# With a Qdrant binary at hand the harness starts Qdrant: its tests must run.
+if [ -n "${QDRANT_BIN:-}" ] || [ -x "$(pwd)/../shared/bin/qdrant" ]; then
+  export RECACHE_TEST_QDRANT=1
+fi
 exec bash scripts/with-engines.sh cargo test --workspace --locked "$@"

@@ -615,6 +615,14 @@ pub struct UpstreamConfig {
     pub timeout_ms: u64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// The largest answer (JSON body or whole stream) taken from this provider;
+    /// a larger one fails the request with 502 and is not stored.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 fn all_models() -> Vec<String> {
@@ -631,6 +639,12 @@ fn default_connect_timeout() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
+    /// The tenant's stable identity in cache keys and stored entries
+    /// (default: the name). Set it before renaming a tenant, to the old name,
+    /// so the renamed tenant keeps its entries; never give a retired tenant's
+    /// id to a new one, which would inherit its entries.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Client keys: `sha256:<hex>` (preferred) or a plain key (accepted with a warning).
     pub keys: Vec<String>,
     #[serde(default)]
@@ -639,6 +653,13 @@ pub struct TenantConfig {
     /// provider fails (requests can ask with `Cache-Control: stale-if-error=N`).
     #[serde(default)]
     pub stale_if_error_seconds: Option<u64>,
+}
+
+impl TenantConfig {
+    /// The stable id: `id`, else the name.
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -979,15 +1000,26 @@ impl Config {
             if u.timeout_ms == 0 {
                 return err(format!("upstreams.{}.timeout_ms must be above 0", u.name));
             }
+            if u.max_response_bytes < 1024 {
+                return err(format!("upstreams.{}.max_response_bytes must be at least 1024", u.name));
+            }
         }
         if self.tenants.is_empty() {
             warnings.push("no [[tenants]] configured: every request will be refused with 401".into());
         }
         let mut seen_keys = HashMap::new();
         let mut tenant_names = std::collections::HashSet::new();
+        let mut tenant_ids = std::collections::HashSet::new();
         for t in &self.tenants {
             if t.name.is_empty() || !tenant_names.insert(t.name.as_str()) {
                 return err(format!("tenants: empty or duplicate tenant name '{}'", t.name));
+            }
+            let id = t.id();
+            if id.is_empty() || !tenant_ids.insert(id) {
+                return err(format!(
+                    "tenants.{}: empty or duplicate tenant id '{id}' (ids default to the name)",
+                    t.name
+                ));
             }
             if t.keys.is_empty() {
                 return err(format!("tenants.{}: no keys", t.name));
@@ -1259,14 +1291,22 @@ keys = ["sk-a"]
         assert!(e.0.contains("scheme"), "{e}");
         let e = Config::from_toml_str(&format!("{BASE}[artifacts]\nengine = \"s3\"\n"), &env(&[])).unwrap_err();
         assert!(e.0.contains("bucket"), "{e}");
-        let e = Config::from_toml_str(
-            &format!("{BASE}[metadata]\nengine = \"postgres\"\nurl = \"postgres://u:hunter2@h/db x\"\n"),
-            &env(&[]),
-        );
-        assert!(
-            e.is_ok() || !e.unwrap_err().0.contains("hunter2"),
-            "passwords never appear in errors"
-        );
+        // Really invalid URLs (a bad port, a bad IPv6 host, a host list where one
+        // host is expected): refused, and the password is not in the message.
+        for url in [
+            "postgres://u:hunter2@h:99999/db",
+            "postgres://u:hunter2@[::1/db",
+            "redis://u:hunter2@h1:1,h2:2:3/0",
+        ] {
+            let section = if url.starts_with("redis") {
+                "[index]\nengine = \"redis\""
+            } else {
+                "[metadata]\nengine = \"postgres\""
+            };
+            let e = Config::from_toml_str(&format!("{BASE}{section}\nurl = \"{url}\"\n"), &env(&[])).expect_err(url);
+            assert!(e.0.contains("not a URL"), "{url}: {e}");
+            assert!(!e.0.contains("hunter2"), "passwords never appear in errors: {e}");
+        }
         let text = format!(
             "{BASE}[index]\nengine = \"redis\"\nurl = \"redis://127.0.0.1:6379/2\"\n[artifacts]\nengine = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n[metadata]\nengine = \"postgres\"\nurl = \"postgres://recache@127.0.0.1/recache\"\n"
         );

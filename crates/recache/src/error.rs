@@ -30,6 +30,8 @@ pub enum ApiError {
     /// The detail (an address, a TLS or DNS message) goes to the log, never to the client.
     #[error("upstream '{upstream}' is unreachable")]
     UpstreamUnreachable { upstream: String, detail: String },
+    #[error("upstream '{upstream}' sent an answer over the limit of {limit} bytes")]
+    UpstreamTooLarge { upstream: String, limit: usize },
     #[error("upstream '{upstream}' did not answer within {timeout_ms} ms")]
     UpstreamTimeout { upstream: String, timeout_ms: u64 },
     #[error("internal error: {0}")]
@@ -56,7 +58,7 @@ impl ApiError {
             | ApiError::MetricsUnauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound { .. } | ApiError::ModelNotRouted(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotCached => StatusCode::GATEWAY_TIMEOUT,
@@ -78,6 +80,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             ApiError::ModelNotRouted(_) => ("invalid_request_error", "model_not_found"),
             ApiError::UpstreamUnreachable { .. } => ("upstream_error", "upstream_unreachable"),
+            ApiError::UpstreamTooLarge { .. } => ("upstream_error", "upstream_response_too_large"),
             ApiError::UpstreamTimeout { .. } => ("upstream_error", "upstream_timeout"),
             ApiError::Internal(_) => ("server_error", "internal_error"),
             ApiError::NotCached => ("cache_error", "not_cached"),

@@ -11,6 +11,9 @@ use crate::gateway::Endpoint;
 #[derive(Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// How far `buf` has been searched for an event's end (a long event
+    /// arriving in many chunks is scanned once, not once per chunk).
+    scanned: usize,
 }
 
 impl SseParser {
@@ -18,7 +21,9 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<String> {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some((end, sep)) = find_event_end(&self.buf) {
+        // A separator may straddle the previous chunk's end: back up by its length less one.
+        while let Some((end, sep)) = find_event_end(&self.buf, self.scanned.saturating_sub(3)) {
+            self.scanned = 0;
             let raw: Vec<u8> = self.buf.drain(..end + sep).collect();
             let text = String::from_utf8_lossy(&raw[..end]);
             let mut data: Vec<&str> = Vec::new();
@@ -31,12 +36,14 @@ impl SseParser {
                 events.push(data.join("\n"));
             }
         }
+        self.scanned = self.buf.len();
         events
     }
 }
 
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..buf.len() {
+/// The first event end at or after `from`: (where the event ends, separator length).
+fn find_event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    for i in from..buf.len() {
         if buf[i..].starts_with(b"\n\n") {
             return Some((i, 2));
         }
@@ -46,6 +53,10 @@ fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     }
     None
 }
+
+/// Tool calls one choice may hold; a stream naming a higher index is not
+/// assembled (nor stored), so a hostile index cannot make us allocate.
+pub const MAX_TOOL_CALLS: usize = 1024;
 
 #[derive(Default)]
 struct ChoiceAcc {
@@ -138,7 +149,12 @@ impl Assembler {
             }
             if let Some(calls) = delta.get("tool_calls").and_then(|t| t.as_array()) {
                 for call in calls {
-                    let ti = call.get("index").and_then(|i| i.as_u64()).unwrap_or(0) as usize;
+                    let ti = call.get("index").and_then(|i| i.as_u64()).unwrap_or(0);
+                    if ti >= MAX_TOOL_CALLS as u64 {
+                        self.broken = true;
+                        return;
+                    }
+                    let ti = ti as usize;
                     while acc.tool_calls.len() <= ti {
                         acc.tool_calls.push(Map::new());
                     }
@@ -318,6 +334,46 @@ pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn separators_split_across_chunks_are_found() {
+        for sep in ["\n\n", "\r\n\r\n"] {
+            let text = format!("data: one{sep}data: two{sep}");
+            // Every split point, byte by byte too.
+            for cut in 0..text.len() {
+                let mut p = SseParser::default();
+                let mut got = p.feed(&text.as_bytes()[..cut]);
+                got.extend(p.feed(&text.as_bytes()[cut..]));
+                assert_eq!(got, vec!["one", "two"], "{sep:?} cut at {cut}");
+            }
+            let mut p = SseParser::default();
+            let got: Vec<String> = text.as_bytes().iter().flat_map(|b| p.feed(&[*b])).collect();
+            assert_eq!(got, vec!["one", "two"]);
+        }
+    }
+
+    #[test]
+    fn a_long_event_is_scanned_once() {
+        // 2 MB of one event in 1 kB chunks: each chunk is scanned once (the
+        // old scan from the start made this quadratic, about 2 * 10^9 steps).
+        let mut p = SseParser::default();
+        let chunk = vec![b'x'; 1024];
+        assert!(p.feed(b"data: ").is_empty());
+        for _ in 0..2048 {
+            assert!(p.feed(&chunk).is_empty());
+        }
+        let got = p.feed(b"\n\n");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].len(), 2048 * 1024);
+    }
+
+    #[test]
+    fn a_huge_tool_call_index_is_refused_not_allocated() {
+        let mut a = Assembler::new(Endpoint::Chat);
+        a.push(r#"{"id":"x","choices":[{"index":0,"delta":{"tool_calls":[{"index":18446744073709551615,"function":{"name":"f"}}]}}]}"#);
+        a.push("[DONE]");
+        assert!(a.finish().is_none(), "not assembled, so not stored");
+    }
 
     fn assemble(endpoint: Endpoint, frames: &[Bytes]) -> Option<Value> {
         let mut p = SseParser::default();

@@ -16,6 +16,8 @@ pub struct Upstream {
     api_key: Option<String>,
     patterns: Vec<String>,
     pub timeout: Duration,
+    /// The largest answer taken (`max_response_bytes`).
+    pub max_response_bytes: usize,
     client: reqwest::Client,
 }
 
@@ -42,6 +44,7 @@ impl Upstreams {
                 api_key: u.api_key_env.as_ref().and_then(|v| env.get(v)).cloned(),
                 patterns: u.models.clone(),
                 timeout: Duration::from_millis(u.timeout_ms),
+                max_response_bytes: u.max_response_bytes,
                 client,
             }));
         }
@@ -99,6 +102,44 @@ impl Upstream {
                 detail: error_chain(&e),
             }),
             Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Reads a whole response body, at most `max_response_bytes` (the
+    /// declared length is checked first), each read within the timeout.
+    pub async fn read_body(&self, resp: reqwest::Response) -> Result<Bytes, ApiError> {
+        use futures_util::StreamExt;
+        let limit = self.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(self.too_large());
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf = bytes::BytesMut::new();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return Err(self.timed_out()),
+                Ok(None) => return Ok(buf.freeze()),
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::UpstreamUnreachable {
+                        upstream: self.name.clone(),
+                        detail: error_chain(&e),
+                    })
+                }
+                Ok(Some(Ok(chunk))) => {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(self.too_large());
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+
+    pub fn too_large(&self) -> ApiError {
+        ApiError::UpstreamTooLarge {
+            upstream: self.name.clone(),
+            limit: self.max_response_bytes,
         }
     }
 

@@ -560,11 +560,9 @@ async fn target_failure_mid_backup() {
 /// hit again with no provider call and no re-embedding of the stored entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vectors_are_exported_and_restored() {
-    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-    if !model.join("model.safetensors").exists() {
-        eprintln!("skipped: no model (run `bash scripts/fetch-model.sh`)");
+    let Some(model) = common::engines::model_dir() else {
         return;
-    }
+    };
     let targets = tempfile::tempdir().unwrap();
     let (t, d) = (targets.path().join("primary"), targets.path().join("dr"));
     let semantic = format!(

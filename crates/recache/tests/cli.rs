@@ -173,6 +173,11 @@ async fn demo_chat(url: &str, question: &str) -> String {
 async fn demo_turns_semantic_matching_on_when_the_model_is_there() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     if !root.join("models/all-MiniLM-L6-v2/model.safetensors").exists() {
+        // scripts/test.sh fetches the model and sets RECACHE_TEST_MODEL=1: then its absence fails.
+        assert!(
+            std::env::var("RECACHE_TEST_MODEL").map_or(true, |v| v != "1"),
+            "RECACHE_TEST_MODEL=1 but no model (bash scripts/fetch-model.sh)"
+        );
         eprintln!("skipped: no model (run `bash scripts/fetch-model.sh`)");
         return;
     }

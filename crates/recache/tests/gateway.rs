@@ -268,8 +268,8 @@ async fn stream_first_then_json_replay(b: Backends) {
     assert!(s.header("content-type").starts_with("text/event-stream"));
     let streamed = s.content();
     assert!(streamed.contains("stream me"), "{streamed}");
-    // Storing happens after the stream ends; give it a moment.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Storing happens after the stream ends: wait for it.
+    env.settle().await; // polls until the store has run (no fixed sleep)
     let j = env.chat(KEY_A, "stream me").await;
     assert_eq!(j.cache(), "HIT");
     assert_eq!(j.header("content-type"), "application/json");
@@ -476,7 +476,7 @@ async fn cache_control_directives(b: Backends) {
         .await;
     assert_eq!(nc.cache(), "BYPASS");
     assert_ne!(nc.content(), first.content(), "a fresh answer");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.settle().await; // polls until the store has run (no fixed sleep)
     let after = env.chat(KEY_A, "cc").await;
     assert_eq!(after.cache(), "HIT");
     assert_eq!(after.content(), nc.content(), "the entry was refreshed");
@@ -694,7 +694,7 @@ async fn upstream_errors_and_incomplete_streams_pass_through_uncached(b: Backend
         "the client sees the stream as the provider cut it"
     );
     env.stub.update(|c| c.truncate_stream_after = None);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.settle().await; // polls until the store has run (no fixed sleep)
     assert_eq!(
         env.chat(KEY_A, "cut short").await.cache(),
         "MISS",
@@ -729,7 +729,7 @@ async fn corrupt_artifact_is_a_miss_never_served(b: Backends) {
         "{audit}"
     );
     // The refetched answer replaced it and is served.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.settle().await; // polls until the store has run (no fixed sleep)
     assert_eq!(env.chat(KEY_A, "integrity").await.cache(), "HIT");
 }
 

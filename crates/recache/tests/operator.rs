@@ -445,6 +445,8 @@ fn doctor(env: &Env, extra_env: &[(&str, &str)]) -> (i32, Value) {
         .arg(env.config_file())
         .envs(extra_env.iter().copied())
         .env("RUST_LOG", "warn")
+        // The operator's environment: the config's admin token (detailed health needs it).
+        .env("RECACHE_ADMIN_TOKEN", "admin-secret")
         .output()
         .expect("recache runs");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

@@ -510,3 +510,105 @@ async fn provider_failures_reveal_nothing_and_redirects_are_not_followed() {
         "the provider behind the redirect was never called"
     );
 }
+
+/// L4: cache keys and stored entries use the tenant's stable id (default:
+/// its name): a tenant renamed with its id kept keeps its entries; the name
+/// alone decides nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_tenant_keeps_its_entries_by_id() {
+    let tenant = |name: &str, id: Option<&str>| {
+        let id = id.map(|i| format!("id = \"{i}\"\n")).unwrap_or_default();
+        format!("[[tenants]]\nname = \"{name}\"\n{id}keys = [\"sk-l4\"]\n")
+    };
+    let mut env = Env::with(StubConfig::default(), &tenant("old-name", None)).await;
+    assert_eq!(env.chat("sk-l4", "renamed").await.cache(), "MISS");
+    assert_eq!(env.chat("sk-l4", "renamed").await.cache(), "HIT");
+    // Renamed, id kept: the same entries.
+    env.set_extra(&tenant("new-name", Some("old-name")));
+    env.restart().await;
+    assert_eq!(env.chat("sk-l4", "renamed").await.cache(), "HIT", "the id is kept");
+    // Renamed without an id: a new tenant identity, nothing inherited.
+    env.set_extra(&tenant("new-name", None));
+    env.restart().await;
+    assert_eq!(env.chat("sk-l4", "renamed").await.cache(), "MISS");
+    // Two tenants cannot share an id.
+    let dup = format!("{}{}", tenant("x", Some("team-a")), "");
+    let text = common::config_text(&Backends::Embedded, env.dir.path(), &env.stub_url, &dup);
+    let e = recache::config::Config::from_toml_str(&text, &Default::default()).unwrap_err();
+    assert!(e.0.contains("duplicate tenant id"), "{e}");
+}
+
+/// L1: an answer over the upstream's `max_response_bytes` (JSON or stream)
+/// fails with 502 and is not stored; nothing grows without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_provider_answers_are_refused() {
+    let env = server_env(
+        StubConfig {
+            fixed_answer: Some("x".repeat(8000)),
+            ..Default::default()
+        },
+        &[("RECACHE_UPSTREAMS__0__MAX_RESPONSE_BYTES", "4096")],
+    )
+    .await;
+    for stream in [false, true] {
+        let body = common::chat_body(&format!("big answer, stream {stream}"), stream);
+        let r = env.post("/v1/chat/completions", Some(KEY_A), &body, &[]).await;
+        if stream {
+            // The stream's head went out before the limit was passed: the
+            // client sees it cut short, and nothing is stored.
+            assert!(!r.text.contains("[DONE]"), "{}", r.text.len());
+        } else {
+            assert_eq!(r.status, 502, "{}", r.text);
+            assert_eq!(r.json()["error"]["code"], "upstream_response_too_large");
+        }
+        let again = env.post("/v1/chat/completions", Some(KEY_A), &body, &[]).await;
+        assert_ne!(again.cache(), "HIT", "an oversized answer is never stored");
+    }
+    assert_eq!(env.stub.calls(), 4);
+}
+
+/// The last line of tenant isolation: an index pointer from tenant B's key to
+/// tenant A's artifact (storage tampered with, or a bug) is a MISS for B, a
+/// counted integrity failure and an audit event; A's answer is never served to B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pointer_to_another_tenants_artifact_is_never_served() {
+    use recache::key::CacheKey;
+    let env = Env::new().await;
+    let a = env.chat(KEY_A, "the secret plan").await;
+    assert_eq!(a.cache(), "MISS");
+    let b = env.chat(common::KEY_B, "something else").await;
+    assert_eq!(b.cache(), "MISS");
+    let (ka, kb) = (
+        CacheKey::from_hex(a.header("x-recache-key")).unwrap(),
+        CacheKey::from_hex(b.header("x-recache-key")).unwrap(),
+    );
+    let index = env.gw.as_ref().unwrap().state.cache.roles.index.clone();
+    let a_entry = index.get(ka).await.unwrap().expect("A's entry is indexed");
+    // Plant: B's key now points at A's artifact.
+    index.put(kb, a_entry).await.unwrap();
+    let before = env.metric("cache_integrity_failures_total").await;
+    let r = env.chat(common::KEY_B, "something else").await;
+    assert_eq!(r.cache(), "MISS", "never a HIT on another tenant's artifact");
+    assert!(!r.content().contains("secret plan"), "{}", r.content());
+    assert_eq!(env.metric("cache_integrity_failures_total").await, before + 1.0);
+    // Audit events are written after the answer: poll for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = env.admin_json("/admin/audit?limit=1000").await;
+        let found = audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "artifact.foreign" && e["cache_key"] == kb.hex().as_str());
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no artifact.foreign audit event for B's key: {audit}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A still gets its own answer.
+    assert_eq!(env.chat(KEY_A, "the secret plan").await.cache(), "HIT");
+}

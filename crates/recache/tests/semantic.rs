@@ -13,16 +13,7 @@ use recache_stub_provider::StubConfig;
 use serde_json::{json, Value};
 
 fn model_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
-    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "semantic tests skipped: no model at {} (run `bash scripts/fetch-model.sh`)",
-            dir.display()
-        );
-        None
-    }
+    common::engines::model_dir()
 }
 
 /// `[semantic]` with the local model and both test tenants on, plus `more`
@@ -617,6 +608,10 @@ poll_ms = 50
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_qdrant_keeps_exact_hits_flowing_with_zero_errors() {
     let Some(mut qdrant) = common::servers::Server::qdrant() else {
+        assert!(
+            !common::engines::required("RECACHE_TEST_QDRANT"),
+            "RECACHE_TEST_QDRANT=1 but no Qdrant binary (RECACHE_TEST_QDRANT_BIN)"
+        );
         eprintln!(
             "Qdrant test skipped: no Qdrant server binary (scripts/with-engines.sh sets RECACHE_TEST_QDRANT_BIN)"
         );
@@ -771,4 +766,54 @@ async fn int8_embedder_agrees_with_f32() {
     );
     assert!(i8m.name().ends_with("-i8"), "{}", i8m.name());
     assert_pair_set(&env, &format!(" ({})", f32m.name())).await;
+}
+
+/// Issue 22, M2: the embedding cache is per tenant. Team B sending a text team
+/// A sent is not served from A's cached embedding, so B cannot learn from
+/// its latency or the hit counter that A sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_cache_tells_nothing_across_tenants() {
+    let Some(env) = env_with(Backends::Embedded, StubConfig::default(), "").await else {
+        return;
+    };
+    let q = body(None, "What is the tallest mountain in Scotland?");
+    assert_eq!(ask(&env, KEY_A, &q, &[]).await.cache(), "MISS");
+    let hits = env.metric("cache_semantic_embed_cache_hits_total").await;
+    assert_eq!(ask(&env, KEY_B, &q, &[]).await.cache(), "MISS");
+    assert_eq!(
+        env.metric("cache_semantic_embed_cache_hits_total").await,
+        hits,
+        "team B's text was embedded anew, not taken from team A's"
+    );
+    // The control: team A's own repeat (no-cache: looked up anew, embedded for the store) hits it.
+    ask(&env, KEY_A, &q, &[("cache-control", "no-cache")]).await;
+    assert_eq!(env.metric("cache_semantic_embed_cache_hits_total").await, hits + 1.0);
+}
+
+/// Issue 22, L3: under `only-if-cached` a semantic hit never starts a
+/// sampled verification (a provider call), even with `verify_rate = 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_if_cached_never_calls_the_provider_for_a_verification() {
+    let Some(env) = env_with(Backends::Embedded, StubConfig::default(), "verify_rate = 1.0").await else {
+        return;
+    };
+    assert_eq!(
+        ask(&env, KEY_A, &body(None, "How do I reset my password?"), &[])
+            .await
+            .cache(),
+        "MISS"
+    );
+    assert_eq!(env.stub.calls(), 1);
+    let r = ask(
+        &env,
+        KEY_A,
+        &body(None, "How can I reset my password?"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(r.cache(), "SEMANTIC_HIT", "{}", r.text);
+    assert_eq!(env.stub.calls(), 1, "no verification call under only-if-cached");
+    // The control: without the directive, the same hit is verified (one provider call).
+    ask(&env, KEY_A, &body(None, "How can I reset my password?"), &[]).await;
+    assert_eq!(env.stub.calls(), 2, "verify_rate = 1 samples every other semantic hit");
 }

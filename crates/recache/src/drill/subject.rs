@@ -113,6 +113,7 @@ impl Subject {
         let key = format!("sk-drill-{}", new_token());
         c.tenants.retain(|t| t.name != TENANT);
         c.tenants.push(TenantConfig {
+            id: None,
             name: TENANT.into(),
             keys: vec![format!("sha256:{}", crate::backup::codec::sha256_hex(key.as_bytes()))],
             default_ttl_seconds: None,

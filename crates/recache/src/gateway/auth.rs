@@ -13,7 +13,10 @@ use crate::config::{key_hash, Config};
 use crate::error::ApiError;
 
 pub struct Tenant {
+    /// Shown in metrics, logs and the dashboard; matched by `[[semantic.rules]]`.
     pub name: String,
+    /// In cache keys and stored entries: stays when the tenant is renamed.
+    pub id: String,
     pub default_ttl: Duration,
     pub stale_if_error: u64,
     /// Requests of this tenant since start (dashboard's top tenants).
@@ -55,6 +58,7 @@ impl Tenants {
         for t in &cfg.tenants {
             let tenant = Arc::new(Tenant {
                 name: t.name.clone(),
+                id: t.id().to_string(),
                 default_ttl: Duration::from_secs(t.default_ttl_seconds.unwrap_or(cfg.cache.default_ttl_seconds)),
                 stale_if_error: t.stale_if_error_seconds.unwrap_or(0).min(cfg.cache.max_stale_seconds),
                 usage: TenantUsage::default(),

@@ -249,10 +249,7 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
         .map(str::to_string);
     if !status.is_success() {
         m.upstream_errors.fetch_add(1, Ordering::Relaxed);
-        let body = match tokio::time::timeout(up.timeout, resp.bytes()).await {
-            Ok(Ok(b)) => b,
-            _ => Bytes::new(),
-        };
+        let body = up.read_body(resp).await.unwrap_or_default();
         return Err(Outcome::Upstream {
             status: status.as_u16(),
             content_type,
@@ -271,15 +268,9 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
             Err(e) => return Err(Outcome::Failed(e)),
         }
     } else {
-        let body = match tokio::time::timeout(up.timeout, resp.bytes()).await {
-            Err(_) => return Err(Outcome::Failed(up.timed_out())),
-            Ok(Err(e)) => {
-                return Err(Outcome::Failed(ApiError::UpstreamUnreachable {
-                    upstream: up.name.clone(),
-                    detail: e.to_string(),
-                }))
-            }
-            Ok(Ok(b)) => b,
+        let body = match up.read_body(resp).await {
+            Ok(b) => b,
+            Err(e) => return Err(Outcome::Failed(e)),
         };
         match serde_json::from_slice::<Value>(&body) {
             // The provider's exact bytes are what is stored and served.
@@ -346,6 +337,7 @@ async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, tape: Option<&T
     let mut parser = SseParser::default();
     let mut asm = Assembler::new(spec.endpoint);
     let mut stream = resp.bytes_stream();
+    let mut total = 0usize;
     loop {
         let next = tokio::time::timeout(up.timeout, stream.next()).await;
         let chunk = match next {
@@ -359,6 +351,10 @@ async fn read_stream(spec: &FlightSpec, resp: reqwest::Response, tape: Option<&T
             }
             Ok(Some(Ok(c))) => c,
         };
+        total += chunk.len();
+        if total > up.max_response_bytes {
+            return Err(up.too_large());
+        }
         for ev in parser.feed(&chunk) {
             asm.push(&ev);
         }

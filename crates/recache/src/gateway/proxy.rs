@@ -75,7 +75,7 @@ impl Request<'_> {
             body: self.raw.clone(),
             store: (!d.no_store).then(|| StoreTemplate {
                 key: self.key,
-                tenant: self.tenant.name.clone(),
+                tenant: self.tenant.id.clone(),
                 namespace: d.namespace.clone(),
                 model: self.parsed.model.clone(),
                 canonical_request: self.canonical.to_string(),
@@ -223,7 +223,9 @@ async fn serve(
         .route(&parsed.model)
         .ok_or_else(|| ApiError::ModelNotRouted(parsed.model.clone()))?;
     let canonical = canonical_request(&parsed.value);
-    let key = cache_key(&tenant.name, &d.namespace, endpoint.name(), &canonical);
+    // The tenant's stable id, not its name: a renamed tenant keeps its entries,
+    // a new tenant given an old name inherits nothing.
+    let key = cache_key(&tenant.id, &d.namespace, endpoint.name(), &canonical);
     let metrics = &state.cache.metrics;
 
     let stale_window = d
@@ -232,7 +234,7 @@ async fn serve(
         .min(state.config.cache.max_stale_seconds);
     let mut stale = None;
     if !d.no_cache {
-        let found = state.cache.lookup(key, &tenant.name, d.max_age, stale_window).await;
+        let found = state.cache.lookup(key, &tenant.id, d.max_age, stale_window).await;
         match found {
             Some(hit) if hit.stale => stale = Some(hit),
             None => {}
@@ -432,6 +434,10 @@ fn clone_error(e: &ApiError) -> ApiError {
         ApiError::UpstreamUnreachable { upstream, detail } => ApiError::UpstreamUnreachable {
             upstream: upstream.clone(),
             detail: detail.clone(),
+        },
+        ApiError::UpstreamTooLarge { upstream, limit } => ApiError::UpstreamTooLarge {
+            upstream: upstream.clone(),
+            limit: *limit,
         },
         other => ApiError::Internal(other.to_string()),
     }

@@ -33,7 +33,8 @@ pub(super) enum Step {
 }
 
 pub(super) async fn lookup(req: &Request<'_>) -> Step {
-    let (state, d, tenant) = (req.state, req.directives, &req.tenant.name);
+    // Stored entries and vectors are the tenant's id's; rules name the tenant.
+    let (state, d, tenant) = (req.state, req.directives, &req.tenant.id);
     let Some(sem) = &state.semantic else {
         return Step::Continue {
             prepared: None,
@@ -44,7 +45,7 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
     // Off by header, or neither looked up (no-cache) nor stored (no-store): no embedding.
     let wanted = !(d.semantic_off || (d.no_cache && d.no_store));
     if wanted {
-        if let Some(policy) = sem.policy(tenant, &d.namespace) {
+        if let Some(policy) = sem.policy(&req.tenant.name, &d.namespace) {
             prepared = sem
                 .prepare(
                     policy,

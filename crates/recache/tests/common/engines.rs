@@ -25,18 +25,49 @@ pub fn redis_url() -> Option<String> {
     var("RECACHE_TEST_REDIS_URL")
 }
 
-/// The harness's Qdrant (gRPC URL). Optional even in CI: no package ships a
-/// Qdrant server, so the harness starts one only when a binary is at hand.
+/// Whether `flag` is set to 1: then a missing requirement fails the test
+/// instead of skipping it (`scripts/test.sh` sets them when it has what they need).
+pub fn required(flag: &str) -> bool {
+    std::env::var(flag).is_ok_and(|v| v == "1")
+}
+
+/// The harness's Qdrant (gRPC URL). No package ships a Qdrant server, so the
+/// harness starts one only when a binary is at hand; when it has one
+/// (`RECACHE_TEST_QDRANT=1`, set by `scripts/test.sh`), a missing Qdrant fails.
 pub fn qdrant_url() -> Option<String> {
     match std::env::var("RECACHE_TEST_QDRANT_URL") {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
+            assert!(
+                !required("RECACHE_TEST_QDRANT"),
+                "RECACHE_TEST_QDRANT=1 but no Qdrant server (RECACHE_TEST_QDRANT_URL is not set)"
+            );
             eprintln!(
                 "Qdrant test skipped: no Qdrant server (scripts/with-engines.sh starts one from QDRANT_BIN or ../shared/bin/qdrant)"
             );
             None
         }
     }
+}
+
+/// The embedding model (`scripts/fetch-model.sh`). Missing, the test is
+/// skipped, unless `RECACHE_TEST_MODEL=1` (`scripts/test.sh` fetches it and
+/// sets it): then a missing model is a failure, never a silent pass.
+pub fn model_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
+        return Some(dir);
+    }
+    assert!(
+        !required("RECACHE_TEST_MODEL"),
+        "RECACHE_TEST_MODEL=1 but no model at {} (bash scripts/fetch-model.sh)",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: no model at {} (run `bash scripts/fetch-model.sh`)",
+        dir.display()
+    );
+    None
 }
 
 pub fn s3() -> Option<(String, String)> {
