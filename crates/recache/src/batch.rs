@@ -20,9 +20,9 @@ use crate::roles::{
     ArtifactId, Artifacts, AuditEvent, BackendError, BoxFuture, EntryRecord, Index, IndexEntry, Metadata, Result,
 };
 
-/// The largest batch a writer queue commits in one call. Batches of this
-/// size or less get the request path's per-call timeout (see `roles::guarded`).
-pub const MAX_BATCH: usize = 256;
+/// The largest batch a writer queue commits in one call (defined by the
+/// storage layer, which gives such batches the request path's timeout).
+pub use crate::roles::MAX_BATCH;
 
 /// Commits one batch: one result for the batch, and one value per write, in order.
 pub type CommitFn<T, R> = Arc<dyn Fn(Vec<T>) -> BoxFuture<'static, Result<Vec<R>>> + Send + Sync>;

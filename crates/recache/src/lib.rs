@@ -2,20 +2,20 @@
 //!
 //! See ARCHITECTURE.md for the request path and the failure matrix.
 
-pub mod artifact;
+// The shared types live in `recache-core` (ARCHITECTURE.md, "Crates"); their
+// paths stay the same here.
+pub use recache_core::{artifact, breaker, config, endpoint, key, time};
+
 pub mod backup;
 pub mod batch;
-pub mod breaker;
 pub mod cache;
 pub mod cli;
-pub mod config;
 pub mod dashboard;
 pub mod doctor;
 pub mod drill;
 pub mod error;
 pub mod gateway;
 pub mod http;
-pub mod key;
 pub mod metrics;
 pub mod queue;
 pub mod recovery;

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Splits a byte stream into SSE `data` payloads.
 #[derive(Default)]

@@ -51,14 +51,14 @@ pub async fn backup(config: &Arc<Config>) -> Option<BackupStatus> {
         rpo_seconds: b
             .rpo
             .as_deref()
-            .and_then(|r| crate::cli::ops::parse_duration(r).ok())
+            .and_then(|r| crate::time::parse_duration(r).ok())
             .map(|d| d.as_secs()),
         ..Default::default()
     };
     // Only ages are read here: no signature is checked, so no signing key is needed.
     let mut unsigned = (**config).clone();
     unsigned.backup.signing_key_env = None;
-    let targets = match crate::backup::Targets::open(Arc::new(unsigned), &crate::cli::env_map()) {
+    let targets = match crate::backup::Targets::open(Arc::new(unsigned), &crate::config::env_map()) {
         Ok(t) => t,
         Err(e) => {
             out.error = Some(e.to_string());

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 
 pub struct Upstream {
     pub name: String,

@@ -144,46 +144,7 @@ pub fn valid_set_id(id: &str) -> bool {
     b.len() == 19 && b[8] == b'T' && b[18] == b'Z' && b[..8].iter().chain(&b[9..18]).all(u8::is_ascii_digit)
 }
 
-/// `YYYYMMDDTHHMMSSmmmZ` (UTC): set ids sort by time.
-pub fn format_id(ms: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(ms);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}{:03}Z", ms.rem_euclid(1000))
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC), for reports.
-pub fn format_time(ms: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil(ms);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
-}
-
-/// Days since the epoch, UTC (retention by day and week).
-pub fn day_of(ms: i64) -> i64 {
-    ms.div_euclid(86_400_000)
-}
-
-fn civil(ms: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = day_of(ms);
-    let secs = ms.div_euclid(1000).rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = if m <= 2 { y + 1 } else { y };
-    (
-        y,
-        m,
-        d,
-        (secs / 3600) as u32,
-        ((secs % 3600) / 60) as u32,
-        (secs % 60) as u32,
-    )
-}
+pub use recache_core::time::{day_of, format_id, format_time};
 
 /// SHA-256 of the configuration with its secrets left out: client keys
 /// (plain or digests) and passwords inside URLs. The manifest sits in the
@@ -220,15 +181,6 @@ fn strip_secrets(v: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_utc_and_sortable() {
-        assert_eq!(format_id(0), "19700101T000000000Z");
-        // 2026-11-24 08:36:09.123 UTC
-        assert_eq!(format_id(1_795_509_369_123), "20261124T083609123Z");
-        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00Z");
-        assert!(format_id(1_000) < format_id(2_000));
-    }
 
     #[test]
     fn the_config_fingerprint_holds_no_secret() {

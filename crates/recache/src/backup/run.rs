@@ -236,7 +236,7 @@ pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn
             let mut out = run_create(recovery, &targets, &o, ctx).await?;
             // The schedule prunes by the retention rules as sets come.
             if payload["prune"].as_bool().unwrap_or(false) {
-                let grace = crate::cli::ops::parse_duration(&targets.config.backup.prune_grace)
+                let grace = crate::time::parse_duration(&targets.config.backup.prune_grace)
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(86_400_000);
                 // Sets go at once; the pool is collected at most hourly (see prune_with).

@@ -22,7 +22,7 @@ pub fn interval(config: &Config) -> Option<Duration> {
         .backup
         .schedule
         .as_deref()
-        .and_then(|s| crate::cli::ops::parse_duration(s).ok())
+        .and_then(|s| crate::time::parse_duration(s).ok())
         .filter(|d| !d.is_zero())
 }
 

@@ -8,7 +8,7 @@ use super::{ConfigArgs, OutputFormat, EXIT_PROBLEM};
 use crate::recovery::audit::{AuditOptions, Check};
 use crate::recovery::gaps::gaps;
 use crate::recovery::local::LocalCtx;
-use crate::server::IndexAccess;
+use crate::roles::factory::IndexAccess;
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
@@ -139,26 +139,7 @@ async fn audit(a: AuditArgs) -> Result<i32, Exit> {
 use clap::ValueEnum as _;
 
 fn fmt_hour(ms: i64) -> String {
-    // UTC, without a date crate: days since the epoch to a civil date.
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let hour = secs.rem_euclid(86_400) / 3600;
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {hour:02}:00Z")
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    recache_core::time::format_hour(ms)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::backup::verify::{verify, Level, Subset, VerifyOptions};
 use crate::backup::{list, prune, BackupError, Targets, Which};
 use crate::config::LogFormat;
 use crate::recovery::local::LocalCtx;
-use crate::server::IndexAccess;
+use crate::roles::factory::IndexAccess;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -399,7 +399,7 @@ async fn verify_set(
     ctx.finish();
     let v = res.map_err(berr)?;
     // Also in the audit log, when metadata is reachable.
-    if let Ok((metadata, _)) = crate::server::open_metadata(&t.config).await {
+    if let Ok((metadata, _)) = crate::roles::factory::open_metadata(&t.config).await {
         crate::backup::audit(
             metadata.as_ref(),
             "backup.verify",

@@ -13,7 +13,7 @@ use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PR
 use crate::artifact::{self, ArtifactMeta};
 use crate::key::{cache_key, canonical_request};
 use crate::roles::{now_ms, ArtifactId, EntryRecord};
-use crate::server::{open_artifacts, open_metadata};
+use crate::roles::factory::{open_artifacts, open_metadata};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -468,7 +468,7 @@ async fn rebuild(a: RebuildArgs) -> i32 {
 }
 
 async fn rebuild_index(a: RebuildArgs) -> Result<i32, super::ops::Exit> {
-    let r = super::ops::open(&a.config, crate::server::IndexAccess::WriteNoReplay, "warn").await?;
+    let r = super::ops::open(&a.config, crate::roles::factory::IndexAccess::WriteNoReplay, "warn").await?;
     let ctx = crate::recovery::local::LocalCtx::new("rebuild", a.format == OutputFormat::Text);
     let started = Instant::now();
     let res = r.rebuild_index(json!({}), ctx.as_ref()).await;

@@ -189,7 +189,7 @@ async fn past(config: &ConfigArgs) -> Result<Vec<history::PastDrill>, Exit> {
     let env = env_map();
     let config = load_config(config, &env).map_err(|e| Exit::config(e.to_string()))?;
     init_logging(LogFormat::Text, "warn");
-    let (meta, _) = crate::server::open_metadata(&config)
+    let (meta, _) = crate::roles::factory::open_metadata(&config)
         .await
         .map_err(|e| Exit::problem(format!("{e:#}")))?;
     history::list(meta.as_ref(), 10_000).await.map_err(Exit::problem)

@@ -9,7 +9,7 @@ use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PR
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
 use crate::roles::{timed_check, CheckInfo, Index, RoleHealth, Vectors};
-use crate::server::{open_artifacts, open_metadata};
+use crate::roles::factory::{open_artifacts, open_metadata};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

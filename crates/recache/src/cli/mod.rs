@@ -90,10 +90,7 @@ pub enum OutputFormat {
     Json,
 }
 
-/// The process environment as a map (config overrides and secrets come from here).
-pub fn env_map() -> HashMap<String, String> {
-    std::env::vars().collect()
-}
+pub use recache_core::config::env_map;
 
 /// Loads and validates the config, printing warnings; exits 2 on a problem.
 /// Operator and bulk commands (health checks, backups, seeding) call the

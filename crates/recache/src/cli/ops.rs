@@ -10,7 +10,7 @@ use crate::cache::Cache;
 use crate::config::LogFormat;
 use crate::metrics::Metrics;
 use crate::recovery::Recovery;
-use crate::server::{open_roles_as, IndexAccess};
+use crate::roles::factory::{open_roles_as, IndexAccess};
 use crate::upstream::Upstreams;
 
 /// A failure that decides the exit code.
@@ -79,7 +79,7 @@ pub async fn open_queue(config: &ConfigArgs) -> Result<QueueEnv, Exit> {
     let env: HashMap<String, String> = env_map();
     let config = load_config(config, &env).map_err(|e| Exit::config(e.to_string()))?;
     init_logging(LogFormat::Text, "warn");
-    let (_, queue) = crate::server::open_metadata(&config)
+    let (_, queue) = crate::roles::factory::open_metadata(&config)
         .await
         .map_err(|e| Exit::problem(format!("{e:#}")))?;
     Ok(QueueEnv { config, queue })
@@ -93,28 +93,7 @@ pub fn print(format: OutputFormat, value: &serde_json::Value, text: impl FnOnce(
     }
 }
 
-/// Parses `24h`, `30m`, `90s`, `2d` or a number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration like 24h, 30m, 90s or 2d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (s, m, h, d)")),
-    };
-    if secs.is_nan() || secs < 0.0 {
-        return Err(format!("'{s}' must not be negative"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use recache_core::time::parse_duration;
 
 /// A short human form of a JSON summary: `key=value` pairs.
 pub fn pairs(v: &serde_json::Value) -> String {
@@ -130,20 +109,5 @@ pub fn pairs(v: &serde_json::Value) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         None => v.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert!(parse_duration("3w").is_err());
-        assert!(parse_duration("h").is_err());
     }
 }

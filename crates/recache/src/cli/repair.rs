@@ -5,7 +5,7 @@ use clap::{ArgGroup, Args};
 use super::ops::{open, pairs, parse_duration, print, Exit};
 use super::{ConfigArgs, OutputFormat, EXIT_PROBLEM};
 use crate::recovery::local::LocalCtx;
-use crate::server::IndexAccess;
+use crate::roles::factory::IndexAccess;
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("what").required(true).args(["missing_artifacts", "reconcile_metadata", "orphans", "index"])))]

@@ -141,7 +141,7 @@ async fn cost(a: CostArgs) -> i32 {
     };
     let from = now_ms() - since.as_millis() as i64;
     let from = from - from.rem_euclid(3_600_000);
-    let (meta, _) = match crate::server::open_metadata(&config).await {
+    let (meta, _) = match crate::roles::factory::open_metadata(&config).await {
         Ok(m) => m,
         Err(e) => {
             eprintln!("recache: {e:#}");

@@ -235,7 +235,7 @@ async fn open_vectors(config: &ConfigArgs) -> Result<std::sync::Arc<dyn Vectors>
         return Err(EXIT_CONFIG);
     }
     let breaker = crate::breaker::Breaker::new("vectors", &config.breaker);
-    crate::server::open_vectors(&config, breaker, crate::server::IndexAccess::Write).map_err(|e| {
+    crate::roles::factory::open_vectors(&config, breaker, crate::roles::factory::IndexAccess::Write).map_err(|e| {
         eprintln!("recache: {e:#}");
         EXIT_PROBLEM
     })

@@ -11,7 +11,7 @@ use crate::queue::{Job, JobState, NewJob};
 use crate::recovery::jobs::{default_priority, REBUILD_INDEX, REBUILD_VECTORS, RECONCILE_METADATA, REFETCH};
 use crate::recovery::warm;
 use crate::roles::now_ms;
-use crate::server::IndexAccess;
+use crate::roles::factory::IndexAccess;
 
 #[derive(Args, Debug)]
 pub struct WarmerArgs {
@@ -294,7 +294,7 @@ async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
     {
         let _ = r.semantic.set(sem);
     }
-    let mut cfg = crate::server::worker_config(&r.config, "warmer");
+    let mut cfg = crate::queue::worker::WorkerConfig::from_config(&r.config, "warmer");
     if let Some(c) = a.concurrency {
         cfg.concurrency = c.max(1);
     }

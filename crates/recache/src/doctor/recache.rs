@@ -288,7 +288,7 @@ fn human(secs: u64) -> String {
 
 /// Every recache check; `url` is a running gateway's base URL.
 pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
-    let token = config.metrics_token(&crate::cli::env_map());
+    let token = config.metrics_token(&crate::config::env_map());
     let mut out = vec![
         spool(config),
         breakers(url, token.as_deref()).await,
@@ -297,7 +297,7 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
     let now = now_ms();
     out.push(backup(crate::status::backup(config).await.as_ref(), now));
     out.extend(backup_signing(config));
-    match crate::server::open_metadata(config).await {
+    match crate::roles::factory::open_metadata(config).await {
         Ok((meta, _)) => out.push(drill(&crate::status::drills(meta.as_ref()).await, now)),
         Err(e) => out.push(Finding::warn(
             "recache.drill",

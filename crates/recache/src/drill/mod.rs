@@ -9,7 +9,7 @@
 //! - `report`, `history`: Markdown/JSON/SVG, and past drills with the calendar;
 //! - `run`: the phases of one drill.
 
-pub mod config;
+pub use recache_core::config::drill as config;
 pub mod fault;
 pub mod history;
 pub mod loss;

@@ -256,7 +256,7 @@ pub async fn run(config: &Config, env: &HashMap<String, String>, o: Options) -> 
         .write(&dir)
         .map_err(|e| DrillError::Failed(anyhow::anyhow!("cannot write the report to {}: {e}", dir.display())))?;
     // The drill's history lives in the configured metadata store.
-    match crate::server::open_metadata(config).await {
+    match crate::roles::factory::open_metadata(config).await {
         Ok((meta, _)) => {
             if let Err(e) = history::record(meta.as_ref(), &report, &dir.display().to_string()).await {
                 eprintln!("recache drill: warning: the drill could not be recorded in metadata: {e}");

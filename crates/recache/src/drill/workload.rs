@@ -147,7 +147,7 @@ impl Workload {
                 .and_then(Value::as_u64)
                 .unwrap_or(0)
         };
-        crate::gateway::cost_usd(&self.prices, model, u("prompt_tokens"), u("completion_tokens"))
+        crate::endpoint::cost_usd(&self.prices, model, u("prompt_tokens"), u("completion_tokens"))
     }
 }
 

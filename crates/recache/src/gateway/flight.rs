@@ -49,6 +49,20 @@ pub enum Outcome {
 
 pub type Shared = Arc<Outcome>;
 
+/// The complete answer's body once the flight behind `rx` ends; dropped
+/// (nothing sent) when it did not complete. What the semantic judge waits on.
+pub fn body_when_done(mut rx: watch::Receiver<Option<Shared>>) -> tokio::sync::oneshot::Receiver<Bytes> {
+    let (tx, out) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(Some(o)) = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone()) {
+            if let Outcome::Complete { body, .. } = o.as_ref() {
+                let _ = tx.send(body.clone());
+            }
+        }
+    });
+    out
+}
+
 /// A flight in the table: its outcome to come, and its tape when it streams.
 type Flight = (watch::Receiver<Option<Shared>>, Option<Arc<Tape>>);
 

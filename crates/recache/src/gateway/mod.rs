@@ -24,45 +24,7 @@ pub mod proxy;
 pub mod semantic;
 pub mod tape;
 
-/// The OpenAI-compatible endpoints recache caches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    /// Path below the upstream's base URL.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat/completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
-    /// Name used in cache keys and metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
-    /// The endpoint a stored name (or a request path) stands for.
-    pub fn from_name(name: &str) -> Option<Endpoint> {
-        let n = name.trim_start_matches('/').trim_start_matches("v1/");
-        match n {
-            "chat" | "chat/completions" => Some(Endpoint::Chat),
-            "completions" => Some(Endpoint::Completions),
-            "embeddings" => Some(Endpoint::Embeddings),
-            _ => None,
-        }
-    }
-    pub fn streams(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
-    }
-}
+pub use recache_core::endpoint::{cost_usd, Endpoint};
 
 /// Everything a request handler needs.
 pub struct AppState {
@@ -90,23 +52,6 @@ impl AppState {
     pub fn price(&self, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         cost_usd(&self.config.prices, model, prompt_tokens, completion_tokens)
     }
-}
-
-/// USD cost of a call from a price table (exact model, else the longest prefix; unknown: 0).
-pub fn cost_usd(prices: &BTreeMap<String, Price>, model: &str, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-    price_of(prices, model)
-        .map(|p| (prompt_tokens as f64 * p.input + completion_tokens as f64 * p.output) / 1e6)
-        .unwrap_or(0.0)
-}
-
-fn price_of<'a>(prices: &'a BTreeMap<String, Price>, model: &str) -> Option<&'a Price> {
-    prices.get(model).or_else(|| {
-        prices
-            .iter()
-            .filter(|(k, _)| model.starts_with(k.as_str()))
-            .max_by_key(|(k, _)| k.len())
-            .map(|(_, p)| p)
-    })
 }
 
 async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {

@@ -303,7 +303,7 @@ async fn serve(
     // Shadow mode: the recorded candidate is judged against this request's provider answer.
     let judge_shadow = |fresh: watch::Receiver<Option<flight::Shared>>| {
         if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
-            sem.judge_later(p.clone(), c, body, fresh, true);
+            sem.judge_later(p.clone(), c, body, flight::body_when_done(fresh), true);
         }
     };
 

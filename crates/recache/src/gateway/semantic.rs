@@ -107,7 +107,13 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
                     rx
                 }
             };
-            sem.judge_later(p.clone(), c.clone(), hit.body.clone(), fresh, false);
+            sem.judge_later(
+                p.clone(),
+                c.clone(),
+                hit.body.clone(),
+                flight::body_when_done(fresh),
+                false,
+            );
         }
         let mut resp = render_answer(
             req.endpoint,

@@ -26,6 +26,8 @@ use serde_json::Value;
 
 use crate::roles::{BoxFuture, Result};
 
+/// The queue's conformance suite (tests only; see `roles::conformance`).
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod sql;
 pub mod worker;

@@ -81,6 +81,20 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The worker settings `[warmer]` gives, for a process in `role` (`gateway`, `warmer`).
+    pub fn from_config(config: &crate::config::Config, role: &str) -> WorkerConfig {
+        let w = &config.warmer;
+        WorkerConfig {
+            owner: worker_name(role),
+            concurrency: w.concurrency,
+            heartbeat: Duration::from_millis(w.heartbeat_ms),
+            poll: Duration::from_millis(w.poll_ms),
+            backoff_base: Duration::from_millis(w.backoff_ms),
+            backoff_max: Duration::from_millis(w.backoff_max_ms.max(w.backoff_ms)),
+            retention: Duration::from_secs(w.retention_hours * 3600),
+        }
+    }
+
     pub fn lease(&self) -> Duration {
         self.heartbeat * 2
     }

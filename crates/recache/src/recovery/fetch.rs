@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::Recovery;
 use crate::cache::StoreInput;
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::key::CacheKey;
 use crate::queue::worker::JobError;
 use crate::roles::now_ms;
@@ -97,7 +97,7 @@ impl Recovery {
                 .unwrap_or(0)
         };
         let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
-        let cost = crate::gateway::cost_usd(&self.config.prices, p.model, pt, ct);
+        let cost = crate::endpoint::cost_usd(&self.config.prices, p.model, pt, ct);
         metrics.usd_spent.add(cost);
         metrics.warmer_usd_spent.add(cost);
         self.cache.usage.record(

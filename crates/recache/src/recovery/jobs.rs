@@ -11,7 +11,7 @@ use super::fetch::{Bought, Purchase};
 use super::listing::{ArtifactListing, EntryPages};
 use super::Recovery;
 use crate::artifact;
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::key::CacheKey;
 use crate::queue::worker::{JobCtx, JobError};
 use crate::queue::Job;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::listing::EntryPages;
 use super::{Recovery, REBUILD_VECTORS};
 use crate::artifact;
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::key::CacheKey;
 use crate::queue::worker::{JobCtx, JobError};
 use crate::queue::NewJob;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::fetch::{Bought, Purchase};
 use super::Recovery;
 use crate::config::Config;
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::key::{cache_key, canonical_request};
 use crate::queue::worker::{JobCtx, JobError};
 use crate::queue::NewJob;

@@ -114,7 +114,7 @@ impl Index for GuardedIndex {
     }
     fn put_many(&self, entries: Vec<(CacheKey, IndexEntry)>, if_absent: bool) -> BoxFuture<'_, Result<u64>> {
         // The store path's batches keep its time limit; rebuild pages get longer.
-        if entries.len() <= crate::batch::MAX_BATCH && !if_absent {
+        if entries.len() <= super::MAX_BATCH && !if_absent {
             Box::pin(self.guard.call(self.inner.put_many(entries, if_absent)))
         } else {
             Box::pin(self.guard.call_bulk(self.inner.put_many(entries, if_absent)))
@@ -184,8 +184,8 @@ impl Metadata for GuardedMetadata {
         entries: Vec<EntryRecord>,
         audit: Vec<AuditEvent>,
     ) -> BoxFuture<'_, Result<Vec<Option<ArtifactId>>>> {
-        // The store path's batches (at most `batch::MAX_BATCH` writes) keep its time limit.
-        if entries.len() + audit.len() <= crate::batch::MAX_BATCH {
+        // The store path's batches (at most `MAX_BATCH` writes) keep its time limit.
+        if entries.len() + audit.len() <= super::MAX_BATCH {
             Box::pin(self.guard.call(self.inner.write_batch(entries, audit)))
         } else {
             Box::pin(self.guard.call_bulk(self.inner.write_batch(entries, audit)))

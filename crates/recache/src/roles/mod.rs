@@ -15,7 +15,12 @@ pub use crate::error::BackendError;
 use crate::key::CacheKey;
 
 pub mod artifacts_memory;
+pub mod factory;
 pub mod artifacts_object_store;
+/// The conformance suite every engine of a role passes; compiled for tests
+/// only (the `conformance` feature, which the test build turns on), never
+/// into the release binary.
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod guarded;
 pub mod index_embedded;
@@ -555,10 +560,9 @@ pub fn normalised(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use recache_core::time::now_ms;
+
+/// The largest batch of writes the store path commits in one call. Batches
+/// of this size or less get the request path's per-call timeout
+/// ([`guarded`]); larger ones (bulk work) get the bulk timeout.
+pub const MAX_BATCH: usize = 256;

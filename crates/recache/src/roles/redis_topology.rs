@@ -24,6 +24,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use recache_core::config::redis_url::RedisUrl;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// Where the index's servers are.
@@ -151,59 +152,44 @@ impl ConnectionLike for Conn {
 }
 
 /// `[user[:pass]@]` split from a host list.
-fn split_userinfo(s: &str) -> (Option<&str>, Option<&str>, &str) {
-    match s.rsplit_once('@') {
-        Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((u, p)) => ((!u.is_empty()).then_some(u), Some(p), hosts),
-            None => ((!userinfo.is_empty()).then_some(userinfo), None, hosts),
-        },
-        None => (None, None, s),
-    }
-}
-
 fn bad(detail: impl Into<String>) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad index url", detail.into()))
 }
 
 impl Topology {
-    /// Parses the URL; connects to nothing.
+    /// Parses the URL (the config's own parser, [`RedisUrl`]); connects to nothing.
     pub fn parse(url: &str) -> RedisResult<Self> {
-        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            let (hosts_part, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let (user, pass, hosts) = split_userinfo(hosts_part);
-            let mut path = path.trim_end_matches('/').split('/');
-            let service = path.next().filter(|s| !s.is_empty()).ok_or_else(|| {
-                bad("redis+sentinel:// needs the service name: redis+sentinel://host:port[,host:port]/service[/db]")
-            })?;
-            let db: i64 = match path.next() {
-                Some(d) => d.parse().map_err(|_| bad(format!("database {d:?} is not a number")))?,
-                None => 0,
-            };
-            let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
-            let mut info = redis::RedisConnectionInfo::default().set_db(db);
-            if let Some(u) = user {
-                info = info.set_username(u);
+        match RedisUrl::parse(url).map_err(bad)? {
+            RedisUrl::Sentinel {
+                user,
+                pass,
+                hosts,
+                service,
+                db,
+            } => {
+                let mut info = redis::RedisConnectionInfo::default().set_db(db);
+                if let Some(u) = user {
+                    info = info.set_username(u);
+                }
+                if let Some(p) = pass {
+                    info = info.set_password(p);
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                let client = SentinelClient::build(hosts, service, Some(node), SentinelServerType::Master)?;
+                Ok(Topology::Sentinel(tokio::sync::Mutex::new(client)))
             }
-            if let Some(p) = pass {
-                info = info.set_password(p);
+            RedisUrl::Cluster { user, pass, hosts } => {
+                let mut b = ClusterClient::builder(hosts);
+                if let Some(u) = user {
+                    b = b.username(u);
+                }
+                if let Some(p) = pass {
+                    b = b.password(p);
+                }
+                Ok(Topology::Cluster(b.build()?))
             }
-            let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-            let client = SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)?;
-            return Ok(Topology::Sentinel(tokio::sync::Mutex::new(client)));
+            RedisUrl::Single(url) => Ok(Topology::Single(redis::Client::open(url)?)),
         }
-        if let Some(rest) = url.strip_prefix("redis+cluster://") {
-            let (user, pass, hosts) = split_userinfo(rest.trim_end_matches('/'));
-            let nodes: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
-            let mut b = ClusterClient::builder(nodes);
-            if let Some(u) = user {
-                b = b.username(u);
-            }
-            if let Some(p) = pass {
-                b = b.password(p);
-            }
-            return Ok(Topology::Cluster(b.build()?));
-        }
-        Ok(Topology::Single(redis::Client::open(url)?))
     }
 
     pub fn kind(&self) -> &'static str {

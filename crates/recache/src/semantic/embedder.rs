@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::config::EmbedderConfig;
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::roles::BoxFuture;
 use crate::upstream::{Upstream, Upstreams};
 

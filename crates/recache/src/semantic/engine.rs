@@ -19,8 +19,7 @@ use super::scope::{self, Ineligible};
 use crate::breaker::{Breaker, BreakerStatus};
 use crate::cache::{event_id, Cache};
 use crate::config::{Config, SemanticConfig};
-use crate::gateway::flight::{Outcome, Shared};
-use crate::gateway::Endpoint;
+use crate::endpoint::Endpoint;
 use crate::key::CacheKey;
 use crate::metrics::{write_histogram, Histogram};
 use crate::roles::{now_ms, AuditEvent, CollectionInfo, VectorPoint, Vectors};
@@ -803,19 +802,14 @@ impl Semantic {
         p: Arc<Prepared>,
         candidate: Candidate,
         candidate_body: Bytes,
-        mut fresh: watch::Receiver<Option<Shared>>,
+        fresh: tokio::sync::oneshot::Receiver<Bytes>,
         shadow: bool,
     ) {
         let me = self.clone();
         tokio::spawn(async move {
-            let Ok(outcome) = fresh.wait_for(|v| v.is_some()).await.map(|v| v.clone()) else {
-                return;
-            };
-            let Some(outcome) = outcome else { return };
-            let Outcome::Complete { body, .. } = outcome.as_ref() else {
-                return;
-            };
-            let Some(agreed) = me.agree(&p.tenant, &p.policy.embedder, &candidate_body, body).await else {
+            // Dropped without a body: the provider's call did not complete; nothing to judge.
+            let Ok(body) = fresh.await else { return };
+            let Some(agreed) = me.agree(&p.tenant, &p.policy.embedder, &candidate_body, &body).await else {
                 return;
             };
             me.record_check(&p, &candidate, shadow, agreed).await;

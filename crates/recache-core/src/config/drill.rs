@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::ops::parse_duration;
+use crate::time::parse_duration;
 
 /// The backends a target or an engine control can name.
 pub const BACKENDS: [&str; 6] = ["index", "artifacts", "vectors", "metadata", "provider", "all"];

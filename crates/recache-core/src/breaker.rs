@@ -166,7 +166,7 @@ impl Breaker {
                 recent.pop_front();
             }
             recent.push_back(Transition {
-                at_ms: crate::roles::now_ms(),
+                at_ms: crate::time::now_ms(),
                 from,
                 to,
                 why: why.to_string(),

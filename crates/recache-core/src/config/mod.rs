@@ -1,6 +1,9 @@
 //! Configuration: one TOML file, `RECACHE_<SECTION>__<KEY>` environment
 //! overrides, strict typed structs, validated before any I/O.
 
+pub mod drill;
+pub mod redis_url;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -42,7 +45,7 @@ pub struct Config {
     #[serde(default)]
     pub backup: BackupConfig,
     #[serde(default)]
-    pub drill: crate::drill::config::DrillConfig,
+    pub drill: drill::DrillConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
@@ -674,6 +677,11 @@ pub struct Price {
 /// Warnings found while validating (printed at start-up, never fatal).
 pub type Warnings = Vec<String>;
 
+/// The process environment as a map (config overrides and secrets come from here).
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
 impl Config {
     /// Reads `path`, applies environment overrides from `env`, and validates.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<(Config, Warnings), ConfigError> {
@@ -717,7 +725,7 @@ impl Config {
             ("prune_grace", &Some(b.prune_grace.clone())),
         ] {
             if let Some(v) = v {
-                let d = crate::cli::ops::parse_duration(v).map_err(|e| ConfigError(format!("backup.{name}: {e}")))?;
+                let d = crate::time::parse_duration(v).map_err(|e| ConfigError(format!("backup.{name}: {e}")))?;
                 if name == "schedule" && d.as_secs() < 10 {
                     return err("backup.schedule must be at least 10s");
                 }
@@ -860,7 +868,7 @@ impl Config {
                     .ok_or_else(|| ConfigError("index.url is required for engine redis".into()))?;
                 if url.starts_with("redis+sentinel://") || url.starts_with("redis+cluster://") {
                     // Host lists are not URLs: the topology parser checks them.
-                    crate::roles::redis_topology::Topology::parse(url)
+                    redis_url::RedisUrl::parse(url)
                         .map_err(|e| ConfigError(format!("index.url: '{}': {e}", redact(url))))?;
                 } else {
                     check_url(
@@ -979,7 +987,7 @@ impl Config {
             if !names.insert(u.name.as_str()) {
                 return err(format!("upstreams: duplicate name '{}'", u.name));
             }
-            let url = reqwest::Url::parse(&u.base_url).map_err(|e| {
+            let url = url::Url::parse(&u.base_url).map_err(|e| {
                 ConfigError(format!(
                     "upstreams.{}.base_url: '{}' is not a URL: {e}",
                     u.name, u.base_url
@@ -1088,7 +1096,7 @@ impl Config {
 
 fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     let u =
-        reqwest::Url::parse(url).map_err(|e| ConfigError(format!("{name}: '{}' is not a URL: {e}", redact(url))))?;
+        url::Url::parse(url).map_err(|e| ConfigError(format!("{name}: '{}' is not a URL: {e}", redact(url))))?;
     if !schemes.contains(&u.scheme()) {
         return err(format!("{name}: scheme must be one of {}", schemes.join(", ")));
     }
@@ -1097,7 +1105,7 @@ fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError>
 
 /// A URL with its password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
             u.to_string()
@@ -1315,7 +1323,7 @@ keys = ["sk-a"]
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../../../recache.example.toml");
+        let text = include_str!("../../../../recache.example.toml");
         let e = Config::from_toml_str(text, &env(&[])).unwrap_err();
         assert!(e.0.contains("OPENAI_API_KEY"), "{e}");
         let (c, w) = Config::from_toml_str(text, &env(&[("OPENAI_API_KEY", "sk-x")])).unwrap();

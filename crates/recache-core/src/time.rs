@@ -1,0 +1,92 @@
+//! Time: the wall clock in milliseconds, durations as operators write them
+//! (`24h`, `30m`), and UTC timestamps as reports, set ids and audit pages
+//! print them (formatted by `chrono`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Parses `24h`, `30m`, `90s`, `2d` or a number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 24h, 30m, 90s or 2d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (s, m, h, d)")),
+    };
+    if secs.is_nan() || secs < 0.0 {
+        return Err(format!("'{s}' must not be negative"));
+    }
+    if !secs.is_finite() || secs > 1e15 {
+        return Err(format!("'{s}' is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn utc(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// `YYYYMMDDTHHMMSSmmmZ` (UTC): backup set ids, which sort by time.
+pub fn format_id(ms: i64) -> String {
+    utc(ms).format("%Y%m%dT%H%M%S%3fZ").to_string()
+}
+
+/// `YYYY-MM-DD HH:MM:SSZ` (UTC), for reports.
+pub fn format_time(ms: i64) -> String {
+    utc(ms).format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// `YYYY-MM-DD HH:00Z` (UTC): the hour a time falls in.
+pub fn format_hour(ms: i64) -> String {
+    utc(ms).format("%Y-%m-%d %H:00Z").to_string()
+}
+
+/// Days since the epoch, UTC (retention by day and week).
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_and_sortable() {
+        assert_eq!(format_id(0), "19700101T000000000Z");
+        // 2026-11-24 08:36:09.123 UTC
+        assert_eq!(format_id(1_795_509_369_123), "20261124T083609123Z");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(format_hour(1_795_435_200_000), "2026-11-23 12:00Z");
+        assert!(format_id(1_000) < format_id(2_000));
+        assert_eq!(day_of(86_400_000 * 3 + 5), 3);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration(&"9".repeat(400)).is_err(), "no panic on an infinite duration");
+        assert!(parse_duration("h").is_err());
+    }
+}
