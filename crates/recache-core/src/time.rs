@@ -86,7 +86,10 @@ mod tests {
         assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert!(parse_duration("5w").is_err());
-        assert!(parse_duration(&"9".repeat(400)).is_err(), "no panic on an infinite duration");
+        assert!(
+            parse_duration(&"9".repeat(400)).is_err(),
+            "no panic on an infinite duration"
+        );
         assert!(parse_duration("h").is_err());
     }
 }

@@ -10,24 +10,13 @@ use anyhow::Context;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::breaker::Breaker;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::gateway::{self, auth::Tenants, flight::Coalescer, AppState};
 use crate::metrics::Metrics;
 use crate::queue::worker::WorkerConfig;
-use crate::queue::{NewJob, Queue};
+use crate::queue::NewJob;
 use crate::recovery::{Recovery, RECONCILE_METADATA};
-use crate::roles::artifacts_memory::MemoryTier;
-use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
-use crate::roles::guarded::{Guard, GuardedArtifacts, GuardedIndex, GuardedMetadata};
-use crate::roles::index_embedded::EmbeddedIndex;
-use crate::roles::index_redis::RedisIndex;
-use crate::roles::index_snapshot::SnapshotIndex;
-use crate::roles::metadata_postgres::PostgresMetadata;
-use crate::roles::metadata_sqlite::SqliteMetadata;
-use crate::roles::vectors_disabled::DisabledVectors;
-use crate::roles::{now_ms, Artifacts, Index, Metadata, Roles};
 use crate::upstream::Upstreams;
 
 use crate::roles::factory::open_roles;
@@ -218,7 +207,6 @@ fn spawn_recovery(state: &Arc<AppState>, stop: watch::Receiver<bool>) -> Vec<Joi
     }
     out
 }
-
 
 fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
     let hits = {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{Config, ConfigError};
-use crate::error::ApiError;
 use crate::endpoint::Endpoint;
+use crate::error::ApiError;
 
 pub struct Upstream {
     pub name: String,

@@ -1095,8 +1095,7 @@ impl Config {
 }
 
 fn check_url(name: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let u =
-        url::Url::parse(url).map_err(|e| ConfigError(format!("{name}: '{}' is not a URL: {e}", redact(url))))?;
+    let u = url::Url::parse(url).map_err(|e| ConfigError(format!("{name}: '{}' is not a URL: {e}", redact(url))))?;
     if !schemes.contains(&u.scheme()) {
         return err(format!("{name}: scheme must be one of {}", schemes.join(", ")));
     }

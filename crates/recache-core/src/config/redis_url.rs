@@ -54,7 +54,8 @@ impl RedisUrl {
             let (user, pass, hosts) = split_userinfo(hosts_part);
             let mut path = path.trim_end_matches('/').split('/');
             let service = path.next().filter(|s| !s.is_empty()).ok_or_else(|| {
-                "redis+sentinel:// needs the service name: redis+sentinel://host:port[,host:port]/service[/db]".to_string()
+                "redis+sentinel:// needs the service name: redis+sentinel://host:port[,host:port]/service[/db]"
+                    .to_string()
             })?;
             let db: i64 = match path.next() {
                 Some(d) => d.parse().map_err(|_| format!("database {d:?} is not a number"))?,
@@ -104,8 +105,15 @@ mod tests {
                 hosts: vec!["redis://a:1".into(), "redis://b:2".into()],
             }
         );
-        assert!(RedisUrl::parse("redis+sentinel://h1:1").unwrap_err().contains("service"));
-        assert!(RedisUrl::parse("redis+sentinel://h1:1/m/x").unwrap_err().contains("number"));
+        assert!(RedisUrl::parse("redis+sentinel://h1:1")
+            .unwrap_err()
+            .contains("service"));
+        assert!(RedisUrl::parse("redis+sentinel://h1:1/m/x")
+            .unwrap_err()
+            .contains("number"));
         assert!(RedisUrl::parse("redis+cluster://a:1,:x").is_err());
+        // The password is everything after the first colon of the userinfo; no user is none.
+        assert_eq!(split_userinfo(":p@h:1"), (None, Some("p".into()), "h:1"));
+        assert_eq!(split_userinfo("h:1"), (None, None, "h:1"));
     }
 }

@@ -12,8 +12,8 @@ use serde_json::json;
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use crate::artifact::{self, ArtifactMeta};
 use crate::key::{cache_key, canonical_request};
-use crate::roles::{now_ms, ArtifactId, EntryRecord};
 use crate::roles::factory::{open_artifacts, open_metadata};
+use crate::roles::{now_ms, ArtifactId, EntryRecord};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {

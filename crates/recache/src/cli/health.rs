@@ -6,10 +6,10 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
+use crate::roles::factory::{open_artifacts, open_metadata};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
 use crate::roles::{timed_check, CheckInfo, Index, RoleHealth, Vectors};
-use crate::roles::factory::{open_artifacts, open_metadata};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -10,8 +10,8 @@ use super::{ConfigArgs, OutputFormat, EXIT_PROBLEM};
 use crate::queue::{Job, JobState, NewJob};
 use crate::recovery::jobs::{default_priority, REBUILD_INDEX, REBUILD_VECTORS, RECONCILE_METADATA, REFETCH};
 use crate::recovery::warm;
-use crate::roles::now_ms;
 use crate::roles::factory::IndexAccess;
+use crate::roles::now_ms;
 
 #[derive(Args, Debug)]
 pub struct WarmerArgs {

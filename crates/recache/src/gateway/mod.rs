@@ -1,6 +1,5 @@
 //! The HTTP gateway: `fn app(state) -> Router`, so tests can drive it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::cache::Cache;
-use crate::config::{Config, Price};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::upstream::Upstreams;
 

@@ -3,7 +3,7 @@
 //! Used by `serve` and by every command that opens the stores.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -283,4 +283,3 @@ async fn replay_index(index: &dyn Index, metadata: &dyn Metadata) -> anyhow::Res
     }
     Ok(n)
 }
-

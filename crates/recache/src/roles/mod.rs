@@ -15,13 +15,13 @@ pub use crate::error::BackendError;
 use crate::key::CacheKey;
 
 pub mod artifacts_memory;
-pub mod factory;
 pub mod artifacts_object_store;
 /// The conformance suite every engine of a role passes; compiled for tests
 /// only (the `conformance` feature, which the test build turns on), never
 /// into the release binary.
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod factory;
 pub mod guarded;
 pub mod index_embedded;
 pub mod index_redis;

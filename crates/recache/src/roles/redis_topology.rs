@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use recache_core::config::redis_url::RedisUrl;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use recache_core::config::redis_url::RedisUrl;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 /// Where the index's servers are.
@@ -263,12 +263,5 @@ mod tests {
             Topology::parse("redis+sentinel://h:1/m/x").is_err(),
             "a database is a number"
         );
-    }
-
-    #[test]
-    fn userinfo_is_split_from_the_hosts() {
-        assert_eq!(split_userinfo("u:p@h:1,h:2"), (Some("u"), Some("p"), "h:1,h:2"));
-        assert_eq!(split_userinfo(":p@h:1"), (None, Some("p"), "h:1"));
-        assert_eq!(split_userinfo("h:1"), (None, None, "h:1"));
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 use super::budget::{Budget, Counts, Event, ScopeStats};
 use super::embedder::{collection_for, Embedder, LocalEmbedder, ProviderEmbedder};
