@@ -1,4 +1,4 @@
-//! A circuit breaker per backend (DESIGN.md §3).
+//! A circuit breaker per backend (ARCHITECTURE.md, "Failure behaviour").
 //!
 //! - It opens on the `failure_threshold`-th consecutive counted failure.
 //! - While it is open, callers are refused at once.

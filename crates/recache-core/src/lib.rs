@@ -8,5 +8,6 @@ pub mod artifact;
 pub mod breaker;
 pub mod config;
 pub mod endpoint;
+pub mod error;
 pub mod key;
 pub mod time;

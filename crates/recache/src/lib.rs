@@ -5,25 +5,18 @@
 // The shared types live in `recache-core` (ARCHITECTURE.md, "Crates"); their
 // paths stay the same here.
 pub use recache_core::{artifact, breaker, config, endpoint, key, time};
+// The storage roles and the job queue live in `recache-storage`.
+pub use recache_storage::{queue, roles};
+// The cache service lives in `recache-engine`.
+pub use recache_engine::{batch, cache, error, metrics, semantic, spool, sse, upstream, usage};
 
 pub mod backup;
-pub mod batch;
-pub mod cache;
 pub mod cli;
 pub mod dashboard;
 pub mod doctor;
 pub mod drill;
-pub mod error;
 pub mod gateway;
 pub mod http;
-pub mod metrics;
-pub mod queue;
 pub mod recovery;
-pub mod roles;
-pub mod semantic;
 pub mod server;
-pub mod spool;
-pub mod sse;
 pub mod status;
-pub mod upstream;
-pub mod usage;

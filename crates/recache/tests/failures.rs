@@ -1,4 +1,4 @@
-//! The degradation matrix (DESIGN.md §3), proven with real servers that
+//! The degradation matrix (ARCHITECTURE.md, "Failure behaviour"), proven with real servers that
 //! these tests own: each row's engine(s) are killed with `kill -9` or hung
 //! with `SIGSTOP` under bounded concurrent load on loopback. Clients must see
 //! zero non-2xx responses, the breaker must open within its 5 failed calls,

@@ -401,12 +401,37 @@ async fn promtool_accepts_the_alert_rules_and_the_live_metrics() {
 
     // A live gateway with semantic metrics off and on would differ only in families; traffic
     // of every kind fills the histogram and counters.
-    let env = Env::with(StubConfig::default(), "").await;
+    // A tenant whose name holds `"` and `\` (label values must be escaped), with
+    // semantic matching on so its name is a label (when the model is at hand).
+    let odd = match common::engines::model_dir() {
+        Some(model) => format!(
+            "[[tenants]]\nname = 'we\"ird\\name'\nkeys = [\"sk-odd\"]\n[semantic.embedders.local]\nkind = \"local\"\npath = \"{}\"\n[[semantic.rules]]\ntenant = 'we\"ird\\name'\nenabled = true\n",
+            model.display()
+        ),
+        None => String::new(),
+    };
+    let env = Env::on_with(
+        common::Backends::Embedded,
+        StubConfig::default(),
+        &odd,
+        &[("RECACHE_VECTORS__ENGINE", "embedded")],
+    )
+    .await;
     env.chat(common::KEY_A, "hello").await;
     env.chat(common::KEY_A, "hello").await;
     env.post_raw("/v1/chat/completions", Some(common::KEY_A), "{".into(), &[])
         .await;
+    if !odd.is_empty() {
+        env.chat("sk-odd", "How do I reset my password?").await;
+        env.chat("sk-odd", "How can I reset my password?").await;
+    }
     let text = env.metrics_text().await;
+    if !odd.is_empty() {
+        assert!(
+            text.contains(r#"tenant="we\"ird\\name""#),
+            "the odd tenant's label, escaped: {text}"
+        );
+    }
     let mut child = std::process::Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

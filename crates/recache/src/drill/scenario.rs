@@ -95,7 +95,7 @@ impl Scenario {
 
     /// The share of requests the provider answers while the fault lasts,
     /// predicted from the steady state's miss share (the degradation matrix,
-    /// DESIGN.md §3): without the index or the artifacts nothing is served
+    /// ARCHITECTURE.md, "Failure behaviour"): without the index or the artifacts nothing is served
     /// from the cache; without vectors or metadata exact hits go on; with the
     /// provider down nothing is bought; a loss turns the lost share into misses.
     pub fn predicted_miss_share(self, steady_miss_share: f64, lost_fraction: f64) -> f64 {

@@ -264,12 +264,14 @@ async fn render_warmer(s: &AppState, body: &mut String) {
                     .filter(|c| c.kind == kind && c.state == state)
                     .map(|c| c.count)
                     .sum();
+                let kind = crate::metrics::label(kind);
                 let _ = writeln!(body, "warmer_jobs{{kind=\"{kind}\",state=\"{}\"}} {n}", state.as_str());
             }
         }
     }
     let _ = writeln!(body, "# HELP warmer_job_attempts_total Job attempts by kind and how they ended.\n# TYPE warmer_job_attempts_total counter");
     for ((kind, outcome), n) in r.outcome_counts() {
+        let (kind, outcome) = (crate::metrics::label(&kind), crate::metrics::label(&outcome));
         let _ = writeln!(
             body,
             "warmer_job_attempts_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
@@ -278,6 +280,7 @@ async fn render_warmer(s: &AppState, body: &mut String) {
     let _ = writeln!(body, "# HELP warmer_job_progress Items done by running jobs of this process (rebuild progress).\n# TYPE warmer_job_progress gauge");
     let _ = writeln!(body, "# HELP warmer_job_progress_ratio Done over total for running jobs that know their total.\n# TYPE warmer_job_progress_ratio gauge");
     for (kind, done, total) in r.progress.snapshot() {
+        let kind = crate::metrics::label(&kind);
         let _ = writeln!(body, "warmer_job_progress{{kind=\"{kind}\"}} {done}");
         if let Some(t) = total.filter(|t| *t > 0) {
             let _ = writeln!(

@@ -1,4 +1,4 @@
-//! The request path for the OpenAI-compatible endpoints (DESIGN.md §2).
+//! The request path for the OpenAI-compatible endpoints (ARCHITECTURE.md, "Request path").
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -280,7 +280,7 @@ async fn serve(
         raw: &raw,
         canonical: &canonical,
     };
-    // Semantic lookup (DESIGN.md §2 step 5), only after an exact miss.
+    // Semantic lookup (ARCHITECTURE.md, "Request path", the semantic step), only after an exact miss.
     let (prepared, shadow) = match super::semantic::lookup(&req).await {
         super::semantic::Step::Served(resp) => return Ok((resp, CacheStatus::SemanticHit.as_str())),
         super::semantic::Step::Continue { prepared, shadow } => (prepared, shadow),

@@ -1,4 +1,4 @@
-//! The semantic step of the request path (DESIGN.md §2 step 5): after an
+//! The semantic step of the request path (ARCHITECTURE.md, "Request path", the semantic step): after an
 //! exact miss, a near-duplicate request of the same scope may answer.
 //!
 //! - live mode: a candidate that passes threshold and guards is served as

@@ -1,4 +1,4 @@
-//! Semantic matching (DESIGN.md §2 step 5): near-duplicate questions in the
+//! Semantic matching (ARCHITECTURE.md, "Request path", the semantic step): near-duplicate questions in the
 //! same context answered from the cache, safe by construction.
 //!
 //! - [`scope`]: what may be compared (only the final user message varies).

@@ -294,6 +294,7 @@ impl SemanticMetrics {
             "Highest similarity threshold in force among a tenant's scopes.",
         );
         for ((t, n), (th, _, _)) in &by_tn {
+            let (t, n) = (crate::metrics::label(t), crate::metrics::label(n));
             let _ = writeln!(out, "cache_semantic_threshold{{tenant=\"{t}\",namespace=\"{n}\"}} {th}");
         }
         family(
@@ -304,6 +305,7 @@ impl SemanticMetrics {
         );
         for ((t, n), (_, checks, bad)) in &by_tn {
             if *checks > 0 {
+                let (t, n) = (crate::metrics::label(t), crate::metrics::label(n));
                 let _ = writeln!(
                     out,
                     "cache_semantic_false_hit_ratio{{tenant=\"{t}\",namespace=\"{n}\"}} {}",

@@ -71,6 +71,13 @@ impl FloatCounter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("team-a"), "team-a");
+        assert_eq!(super::label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(super::label("x\ny"), "x\\ny");
+    }
+
     use super::*;
 
     #[test]
@@ -271,7 +278,7 @@ impl Metrics {
             write_histogram(
                 &mut out,
                 "recache_request_duration_seconds",
-                &format!("status=\"{status}\",cache=\"{cache}\""),
+                &format!("status=\"{status}\",cache=\"{}\"", label(cache)),
                 h,
             );
         }
@@ -334,6 +341,25 @@ impl Buckets {
 }
 
 /// Writes one labelled histogram's series (the HELP and TYPE lines are the caller's).
+/// A label value as the Prometheus text format needs it: `\`, `"` and line
+/// breaks escaped. Every renderer writes label values through this, so a
+/// tenant or namespace name can never break `/metrics`.
+pub fn label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 4);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let sep = if labels.is_empty() { "" } else { "," };

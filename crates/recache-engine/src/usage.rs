@@ -34,41 +34,6 @@ pub struct Usage {
 /// What one request adds: a [`UsageRow`] of which only the counters are read.
 pub type Delta = UsageRow;
 
-impl UsageRow {
-    /// An exact (or semantic) hit on an entry that cost `cost` for `tokens`.
-    pub fn hit(tokens: u64, cost: f64, semantic: bool) -> UsageRow {
-        UsageRow {
-            hits: u64::from(!semantic),
-            semantic_hits: u64::from(semantic),
-            tokens_saved: tokens,
-            usd_saved: cost,
-            ..Default::default()
-        }
-    }
-    /// A provider call whose answer was stored.
-    pub fn miss(prompt_tokens: u64, completion_tokens: u64, cost: f64) -> UsageRow {
-        UsageRow {
-            misses: 1,
-            prompt_tokens,
-            completion_tokens,
-            usd_spent: cost,
-            ..Default::default()
-        }
-    }
-
-    /// Adds another row's counters to this one's.
-    fn add_counts(&mut self, d: &UsageRow) {
-        self.hits += d.hits;
-        self.semantic_hits += d.semantic_hits;
-        self.misses += d.misses;
-        self.prompt_tokens += d.prompt_tokens;
-        self.completion_tokens += d.completion_tokens;
-        self.tokens_saved += d.tokens_saved;
-        self.usd_saved += d.usd_saved;
-        self.usd_spent += d.usd_spent;
-    }
-}
-
 impl Usage {
     /// Counts `d` for the hour of `at_ms`.
     pub fn record(&self, at_ms: i64, tenant: &str, namespace: &str, model: &str, d: Delta) {
