@@ -7,8 +7,7 @@
 //! ([`crate::kernel::linear`]), whose weights are read in place; candle's general
 //! product repacked them on every call, which cost most of a short prompt's pass.
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::kernel::HalfMatrix;
 use crate::kernel_i8::{Int8Matrix, BLOCK};
@@ -79,9 +78,33 @@ type Result<T> = std::result::Result<T, String>;
 
 /// The checkpoint's tensors, read out as f32.
 struct Checkpoint {
-    st: MmapedSafetensors,
+    /// `model.safetensors`, memory-mapped read-only.
+    file: memmap2::Mmap,
     prefix: &'static str,
     int8: bool,
+}
+
+/// A tensor's little-endian bytes as f32 values.
+fn floats(dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
+        other => return Err(format!("tensors of {other:?} are not floats")),
+    })
 }
 
 impl Checkpoint {
@@ -98,12 +121,9 @@ impl Checkpoint {
     /// Every value of the tensor `name`, flattened.
     fn values(&self, name: &str) -> Result<Vec<f32>> {
         let full = format!("{}{name}", self.prefix);
-        self.st
-            .load(&full, &Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| format!("{full}: {e}"))
+        let st = SafeTensors::deserialize(&self.file).map_err(|e| format!("model.safetensors: {e}"))?;
+        let t = st.tensor(&full).map_err(|e| format!("{full}: {e}"))?;
+        floats(t.dtype(), t.data()).map_err(|e| format!("{full}: {e}"))
     }
 
     /// The tensor `name`, which must hold `len` values.
@@ -145,14 +165,15 @@ impl Encoder {
             "gelu_new" | "gelu_approximate" | "gelu_pytorch_tanh" => false,
             other => return Err(format!("hidden_act {other} is not supported")),
         };
+        let f = std::fs::File::open(weights).map_err(|e| format!("{}: {e}", weights.display()))?;
         // SAFETY: the weights file is memory-mapped read-only and copied out at once.
-        let st = unsafe { MmapedSafetensors::new(weights) }.map_err(|e| e.to_string())?;
-        let prefix = if st.get("embeddings.word_embeddings.weight").is_ok() {
-            ""
-        } else {
-            "bert."
-        };
-        let w = Checkpoint { st, prefix, int8 };
+        let file = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("{}: {e}", weights.display()))?;
+        let top = SafeTensors::deserialize(&file)
+            .map_err(|e| format!("model.safetensors: {e}"))?
+            .tensor("embeddings.word_embeddings.weight")
+            .is_ok();
+        let prefix = if top { "" } else { "bert." };
+        let w = Checkpoint { file, prefix, int8 };
         let (d, i) = (config.hidden_size, config.intermediate_size);
         let word = w.values("embeddings.word_embeddings.weight")?;
         if word.is_empty() || !word.len().is_multiple_of(d) {

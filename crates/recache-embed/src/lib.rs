@@ -3,8 +3,10 @@
 //! Loads a sentence-transformers model folder (BERT family: `config.json`,
 //! `tokenizer.json`, `model.safetensors`) and runs it on the CPU. The f32 and
 //! int8 networks are [`encoder::Encoder`], plain Rust over the checkpoint's
-//! weights, one text at a time with no padding. The reference network runs on
-//! `candle`, in padded batches; its pooling is the mean over the real tokens
+//! weights, one text at a time with no padding, read with the `safetensors`
+//! crate. The reference network (the `reference` feature, for tests and
+//! benchmarks; never in the gateway's release build) runs on `candle`, in
+//! padded batches; its pooling is the mean over the real tokens
 //! only (padding is masked out), so a text embeds the same alone or in a padded
 //! batch. Vectors are L2-normalised, so the dot product is the cosine similarity.
 //!
@@ -12,8 +14,11 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "reference")]
 use candle_core::{DType, Device, Tensor};
+#[cfg(feature = "reference")]
 use candle_nn::VarBuilder;
+#[cfg(feature = "reference")]
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -27,6 +32,7 @@ pub enum EmbedError {
     Inference(String),
 }
 
+#[cfg(feature = "reference")]
 impl From<candle_core::Error> for EmbedError {
     fn from(e: candle_core::Error) -> Self {
         EmbedError::Inference(e.to_string())
@@ -56,6 +62,7 @@ pub enum Weights {
 
 enum Bert {
     Plain(encoder::Encoder),
+    #[cfg(feature = "reference")]
     Candle(BertModel),
 }
 
@@ -77,7 +84,6 @@ impl std::str::FromStr for Weights {
 pub struct LocalModel {
     model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
     dimension: usize,
     name: String,
     max_tokens: usize,
@@ -100,7 +106,6 @@ impl LocalModel {
         };
         let config_text =
             std::fs::read_to_string(dir.join("config.json")).map_err(|e| err(format!("config.json: {e}")))?;
-        let config: Config = serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
         let raw: serde_json::Value =
             serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
         let dimension = raw["hidden_size"]
@@ -124,16 +129,8 @@ impl LocalModel {
         if !weights_path.exists() {
             return Err(err("model.safetensors is missing".into()));
         }
-        let device = Device::Cpu;
         let model = if weights == Weights::Reference {
-            // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
-                .map_err(|e| err(format!("model.safetensors: {e}")))?;
-            Bert::Candle(
-                BertModel::load(vb.clone(), &config)
-                    .or_else(|_| BertModel::load(vb.pp("bert"), &config))
-                    .map_err(|e| err(format!("weights do not fit a BERT model: {e}")))?,
-            )
+            Self::reference(&config_text, &weights_path).map_err(err)?
         } else {
             let econfig: encoder::Config =
                 serde_json::from_str(&config_text).map_err(|e| err(format!("config.json: {e}")))?;
@@ -154,12 +151,30 @@ impl LocalModel {
         Ok(Self {
             model,
             tokenizer,
-            device,
             dimension,
             name,
             max_tokens,
             kernel,
         })
+    }
+
+    /// candle-transformers' `BertModel` over the checkpoint (the `reference` feature).
+    #[cfg(feature = "reference")]
+    fn reference(config_text: &str, weights_path: &Path) -> Result<Bert, String> {
+        let config: Config = serde_json::from_str(config_text).map_err(|e| format!("config.json: {e}"))?;
+        // SAFETY: the weights file is memory-mapped read-only; recache never writes it.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights_path], DType::F32, &Device::Cpu) }
+            .map_err(|e| format!("model.safetensors: {e}"))?;
+        Ok(Bert::Candle(
+            BertModel::load(vb.clone(), &config)
+                .or_else(|_| BertModel::load(vb.pp("bert"), &config))
+                .map_err(|e| format!("weights do not fit a BERT model: {e}"))?,
+        ))
+    }
+
+    #[cfg(not(feature = "reference"))]
+    fn reference(_config_text: &str, _weights_path: &Path) -> Result<Bert, String> {
+        Err("the reference network is not in this build (recache-embed's `reference` feature)".into())
     }
 
     pub fn dimension(&self) -> usize {
@@ -188,6 +203,7 @@ impl LocalModel {
         }
         match &self.model {
             Bert::Plain(encoder) => texts.iter().map(|text| self.embed_one(encoder, text)).collect(),
+            #[cfg(feature = "reference")]
             Bert::Candle(m) => self.embed_padded(texts, |ids, types, mask| m.forward(ids, types, Some(mask))),
         }
     }
@@ -208,6 +224,7 @@ impl LocalModel {
         encoder.embed(&ids).map_err(EmbedError::Inference)
     }
 
+    #[cfg(feature = "reference")]
     /// A padded batch through candle's network (`forward` takes the ids,
     /// the token types and the mask, and gives `(batch, tokens, dim)`).
     fn embed_padded(
@@ -221,11 +238,11 @@ impl LocalModel {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let ids: Vec<Tensor> = enc
             .iter()
-            .map(|e| Tensor::new(e.get_ids(), &self.device))
+            .map(|e| Tensor::new(e.get_ids(), &Device::Cpu))
             .collect::<Result<_, _>>()?;
         let masks: Vec<Tensor> = enc
             .iter()
-            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
+            .map(|e| Tensor::new(e.get_attention_mask(), &Device::Cpu))
             .collect::<Result<_, _>>()?;
         let ids = Tensor::stack(&ids, 0)?;
         let mask = Tensor::stack(&masks, 0)?;

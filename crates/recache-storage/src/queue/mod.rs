@@ -229,26 +229,23 @@ pub fn backoff(base: Duration, attempt: i64, max: Duration) -> Duration {
     Duration::from_millis((d * jitter) as u64)
 }
 
-/// A number in [0, 1) from the standard library's randomly seeded hasher.
+/// A number in [0, 1) (jitter, sampling).
 pub fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// 64 bits from the operating system's random number generator (`getrandom`).
 pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the OS random number generator is available");
+    u64::from_le_bytes(b)
 }
 
-/// A fresh lease token.
+/// A fresh lease token: 128 random bits, hex.
 pub fn new_token() -> String {
-    format!("{:016x}{:016x}", random_u64(), random_u64())
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the OS random number generator is available");
+    hex::encode(b)
 }
 
 #[cfg(test)]

@@ -382,8 +382,10 @@ fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Compares secrets in time that does not depend on where they differ (`subtle`).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 fn parse_key(k: &str) -> Result<CacheKey, ApiError> {
