@@ -141,3 +141,32 @@ impl Embedder for ProviderEmbedder {
         })
     }
 }
+
+/// The embedding cache's key: tenant, embedder fingerprint and text, each
+/// length-prefixed so no two triples share a key.
+pub(super) fn embed_cache_key(tenant: &str, fingerprint: &str, text: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [tenant, fingerprint, text] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let d = h.finalize();
+    u128::from_le_bytes(d[..16].try_into().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_embedding_cache_is_per_tenant() {
+        let a = super::embed_cache_key("team-a", "fp", "hello");
+        assert_ne!(a, super::embed_cache_key("team-b", "fp", "hello"));
+        assert_ne!(a, super::embed_cache_key("team-a", "fp2", "hello"));
+        assert_eq!(a, super::embed_cache_key("team-a", "fp", "hello"));
+        // Boundaries cannot be moved between parts.
+        assert_ne!(
+            super::embed_cache_key("ab", "c", "d"),
+            super::embed_cache_key("a", "bc", "d")
+        );
+    }
+}

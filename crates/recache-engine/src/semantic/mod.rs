@@ -9,6 +9,7 @@
 //! - [`budget`]: the measured false-hit rate per scope and the threshold it forces.
 
 pub mod budget;
+mod counters;
 pub mod embedder;
 pub mod engine;
 pub mod guard;
