@@ -227,11 +227,8 @@ impl Config {
             }
         }
         self.validate_backup()?;
-        if let Some(var) = &self.backup.signing_key_env {
-            self.backup_signing_key(env)
-                .map_err(|e| ConfigError(format!("backup.signing_key_env: {e}")))?
-                .ok_or_else(|| ConfigError(format!("backup.signing_key_env: {var} is not set")))?;
-        }
+        self.backup_signing_key(env)
+            .map_err(|e| ConfigError(format!("backup.signing_key_env: {e}")))?;
         self.validate_drill()?;
         let prefix = &self.vectors.collection_prefix;
         if prefix.is_empty()
@@ -391,13 +388,14 @@ impl Config {
         Ok(warnings)
     }
 
-    /// The backup signing key, when `backup.signing_key_env` names one (`Err`: too short).
+    /// The backup signing key, when `backup.signing_key_env` names one
+    /// (`Err`: the variable is not set, or holds too short a key).
     pub fn backup_signing_key(&self, env: &HashMap<String, String>) -> Result<Option<Vec<u8>>, String> {
         let Some(var) = &self.backup.signing_key_env else {
             return Ok(None);
         };
         match env.get(var).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            None => Ok(None),
+            None => Err(format!("{var} is not set")),
             Some(v) if v.len() < 32 => Err(format!(
                 "{var} holds {} bytes; a signing key needs at least 32 (e.g. `openssl rand -base64 32`)",
                 v.len()

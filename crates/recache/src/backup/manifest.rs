@@ -12,10 +12,11 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+/// HMAC-SHA256 of `body` under `key`, ready to finalize or verify.
+fn mac(key: &[u8], body: &[u8]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    mac
 }
 
 /// What a manifest's signature says, checked against the configured key.
@@ -183,7 +184,8 @@ impl Manifest {
         let body = serde_json::to_string_pretty(self).unwrap_or_default();
         let hash = hex::encode(Sha256::digest(body.as_bytes()));
         let sig = key.map_or(String::new(), |k| {
-            format!("\"hmac_sha256\": \"{}\",\n", hmac_hex(k, body.as_bytes()))
+            let sig = mac(k, body.as_bytes()).finalize().into_bytes();
+            format!("\"hmac_sha256\": \"{}\",\n", hex::encode(sig))
         });
         format!("{{\"sha256\": \"{hash}\",\n{sig}\"manifest\": {body}\n}}\n").into_bytes()
     }
@@ -203,10 +205,8 @@ impl Manifest {
         let Some(claimed) = outer.hmac_sha256.and_then(|h| hex::decode(h).ok()) else {
             return Signature::Unsigned;
         };
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(outer.manifest.get().as_bytes());
         // Constant time: the comparison says nothing of how much matched.
-        match mac.verify_slice(&claimed) {
+        match mac(key, outer.manifest.get().as_bytes()).verify_slice(&claimed) {
             Ok(()) => Signature::Valid,
             Err(_) => Signature::Wrong,
         }

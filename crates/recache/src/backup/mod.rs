@@ -83,11 +83,8 @@ impl Targets {
         })?;
         let key: Option<Arc<[u8]>> = config
             .backup_signing_key(env)
-            .map_err(BackupError::Config)?
+            .map_err(|e| BackupError::Config(format!("backup.signing_key_env: {e}")))?
             .map(Into::into);
-        if let (Some(var), None) = (&b.signing_key_env, &key) {
-            return Err(BackupError::Config(format!("backup.signing_key_env: {var} is not set")));
-        }
         let open = |spec: &str| {
             Target::open(spec, &b.deployment, env)
                 .map(|mut t| {
@@ -165,15 +162,8 @@ fn strip_secrets(v: &mut serde_json::Value) {
             map.values_mut().for_each(strip_secrets);
         }
         Value::Array(items) => items.iter_mut().for_each(strip_secrets),
-        Value::String(s) if s.contains("://") && s.contains('@') => {
-            // Any userinfo, parseable or not (`redis+sentinel://u:p@h1,h2/...` is not a URL).
-            if let Some((scheme, rest)) = s.split_once("://") {
-                let (auth, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
-                if let Some((_, host)) = auth.rsplit_once('@') {
-                    *s = format!("{scheme}://{host}/{tail}");
-                }
-            }
-        }
+        // Passwords in URLs and host lists, hidden the way messages hide them.
+        Value::String(s) if s.contains("://") && s.contains('@') => *s = crate::config::redact(s),
         _ => {}
     }
 }
@@ -198,7 +188,7 @@ mod tests {
         assert_ne!(config_fingerprint(&a), config_fingerprint(&b));
         let mut v = serde_json::json!({"u": "redis+sentinel://:pw@h1:1,h2:2/svc", "keys": ["k"]});
         strip_secrets(&mut v);
-        assert_eq!(v, serde_json::json!({"u": "redis+sentinel://h1:1,h2:2/svc"}));
+        assert_eq!(v, serde_json::json!({"u": "redis+sentinel://***@h1:1,h2:2/svc"}));
     }
 
     #[test]

@@ -158,7 +158,6 @@ pub async fn prune_with(
     } = list::complete(target).await?;
     // A set that cannot be read may refer to any pooled artifact: no collection.
     let collect_pool = collect_pool && invalid.is_empty();
-    r.pool_collected = collect_pool;
     r.refused = invalid
         .into_iter()
         .map(|(set, why)| Decision { set, keep: true, why })

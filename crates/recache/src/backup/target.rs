@@ -53,6 +53,8 @@ pub struct Target {
     /// A local directory target: the deployment folder on disk (pool listings
     /// read it directly, one `statx` per file instead of object_store's three).
     local: Option<std::path::PathBuf>,
+    /// `local` resolved, once it exists (every local delete is checked against it).
+    canonical: Arc<std::sync::OnceLock<std::path::PathBuf>>,
     /// The key manifests are signed and checked with (`[backup] signing_key_env`).
     pub signing_key: Option<Arc<[u8]>>,
 }
@@ -158,6 +160,7 @@ impl Target {
             root,
             label,
             local,
+            canonical: Arc::default(),
             signing_key: None,
         })
     }
@@ -182,10 +185,14 @@ impl Target {
     /// say). Object stores have no links.
     fn check_local(&self, rel: &str) -> TResult<()> {
         let Some(root) = &self.local else { return Ok(()) };
-        let canon_root = match std::fs::canonicalize(root) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.err(format!("resolve {}", root.display()), e)),
+        let canon_root = match self.canonical.get() {
+            Some(p) => p,
+            None => match std::fs::canonicalize(root) {
+                Ok(p) => self.canonical.get_or_init(|| p),
+                // Nothing there yet: nothing to delete either.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(self.err(format!("resolve {}", root.display()), e)),
+            },
         };
         // The deepest ancestor of `rel` that exists (the path itself for a folder).
         let mut probe = std::path::PathBuf::from(rel.trim_start_matches('/'));

@@ -140,19 +140,20 @@ pub async fn verify(
     if let Some(d) = &found.damaged {
         v.problems.push(format!("manifest: {d} (the second copy is intact)"));
     }
-    if let Some(p) = found.signature.problem(id) {
-        if !opts.force {
+    let refused = match found.signature.problem(id) {
+        Some(p) if !opts.force => {
             v.problems.push(format!("{p}; refused (--force to verify it anyway)"));
-            v.seconds = started.elapsed().as_secs_f64();
-            if opts.record {
-                list::record_verification(target, &v).await?;
-            }
-            return Ok(v);
+            true
         }
-        tracing::warn!(set = %id, "{p}; verifying anyway (--force)");
+        Some(p) => {
+            tracing::warn!(set = %id, "{p}; verifying anyway (--force)");
+            false
+        }
+        None => false,
+    };
+    if !refused {
+        run(target, &found.manifest, opts, ctx, &mut v).await?;
     }
-    let m = found.manifest;
-    run(target, &m, opts, ctx, &mut v).await?;
     v.ok = v.problems.is_empty();
     v.seconds = started.elapsed().as_secs_f64();
     if opts.record {

@@ -69,15 +69,8 @@ fn authorized(s: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = &s.admin_token else {
         return false;
     };
-    let eq = |a: &str, b: &str| crate::gateway::ops::constant_time_eq(a.as_bytes(), b.as_bytes());
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer.is_some_and(|b| eq(b, token)) {
-        return true;
-    }
-    session_ids(headers).any(|id| s.dashboard.sessions.valid(id, token))
+    crate::gateway::ops::bearer_is(headers, token)
+        || session_ids(headers).any(|id| s.dashboard.sessions.valid(id, token))
 }
 
 fn html(status: StatusCode, body: String) -> Response {

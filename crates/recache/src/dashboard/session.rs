@@ -64,11 +64,15 @@ fn random_id() -> String {
 }
 
 impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Opens a session for `token`, valid for `ttl`; returns its id (the cookie's value).
     pub fn open(&self, token: &str, ttl: Duration) -> String {
         let id = random_id();
         let now = Instant::now();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
         g.sessions.retain(|_, s| s.expires > now);
         if g.sessions.len() >= MAX_SESSIONS {
             if let Some(oldest) = g.sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) {
@@ -89,7 +93,7 @@ impl Sessions {
     pub fn valid(&self, id: &str, token: &str) -> bool {
         let now = Instant::now();
         let key = digest(&[b"session", id.as_bytes()]);
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.lock();
         g.sessions
             .get(&key)
             .is_some_and(|s| s.expires > now && s.token == digest(&[b"token", token.as_bytes()]))
@@ -108,14 +112,14 @@ impl Sessions {
     /// Sessions open now.
     pub fn count(&self) -> usize {
         let now = Instant::now();
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.lock();
         g.sessions.values().filter(|s| s.expires > now).count()
     }
 
     /// `Err(wait)` when `addr` has failed too often lately.
     pub fn may_try(&self, addr: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.lock();
         match g.failures.get(&addr) {
             Some(f) if f.count >= MAX_FAILURES && now < f.since + FAILURE_WINDOW => Err(f.since + FAILURE_WINDOW - now),
             _ => Ok(()),
@@ -125,7 +129,7 @@ impl Sessions {
     /// Counts a failed login from `addr`.
     pub fn failed(&self, addr: IpAddr) {
         let now = Instant::now();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
         if g.failures.len() >= MAX_ADDRESSES {
             g.failures.retain(|_, f| now < f.since + FAILURE_WINDOW);
         }

@@ -62,14 +62,7 @@ impl HealthRound {
 /// (`server.metrics_token_env`, else the admin token). With neither
 /// configured they are open, and the gateway says so at start.
 fn metrics_authorized(s: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &s.metrics_token else {
-        return true;
-    };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    s.metrics_token.as_deref().is_none_or(|token| bearer_is(headers, token))
 }
 
 /// `/health/ready`. The gateway stays ready while any backend is down: it
@@ -369,17 +362,19 @@ pub async fn admin_enqueue(State(s): State<Arc<AppState>>, headers: HeaderMap, b
 }
 
 fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &s.admin_token else {
-        return Err(ApiError::AdminUnauthorized);
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+    match &s.admin_token {
+        Some(token) if bearer_is(headers, token) => Ok(()),
         _ => Err(ApiError::AdminUnauthorized),
     }
+}
+
+/// Whether the request's `Authorization: Bearer` is `token` (compared in constant time).
+pub fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 /// Compares secrets in time that does not depend on where they differ (`subtle`).
