@@ -1,8 +1,8 @@
 //! Prometheus metrics: a struct of named handles, rendered in the text
 //! exposition format. One registry per gateway, so tests stay independent.
 
+use recache_core::prom::Family;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -173,117 +173,102 @@ impl Metrics {
     /// The Prometheus text format. `extra` gauges (name, help, value) are appended.
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "cache_hits_total",
-            "Requests answered from the cache.",
-            l(&self.hits),
-        );
-        counter(
-            &mut out,
-            "cache_misses_total",
-            "Cacheable requests that went to the provider.",
-            l(&self.misses),
-        );
-        counter(
-            &mut out,
-            "cache_bypass_total",
-            "Requests that skipped the cache by directive.",
-            l(&self.bypasses),
-        );
-        counter(
-            &mut out,
-            "cache_coalesced_total",
-            "Requests that shared another request's provider call.",
-            l(&self.coalesced),
-        );
-        counter(
-            &mut out,
-            "cache_stale_served_total",
-            "Expired entries served because the provider failed (stale-if-error).",
-            l(&self.stale_served),
-        );
-        counter(
-            &mut out,
-            "cache_stores_total",
-            "Entries written to the cache.",
-            l(&self.stores),
-        );
-        counter(
-            &mut out,
-            "cache_store_failures_total",
-            "Entries that could not be written.",
-            l(&self.store_failures),
-        );
-        counter(
-            &mut out,
-            "cache_integrity_failures_total",
-            "Artifacts whose SHA-256 did not match (never served).",
-            l(&self.integrity_failures),
-        );
-        counter(
-            &mut out,
-            "upstream_requests_total",
-            "Calls made to providers.",
-            l(&self.upstream_requests),
-        );
-        counter(
-            &mut out,
-            "upstream_errors_total",
-            "Provider calls that failed or answered non-2xx.",
-            l(&self.upstream_errors),
-        );
-        counter(
-            &mut out,
-            "cache_tokens_saved_total",
-            "Provider tokens not paid for thanks to hits.",
-            l(&self.tokens_saved),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cache_usd_saved_total Provider cost in USD avoided by hits.\n# TYPE cache_usd_saved_total counter\ncache_usd_saved_total {}",
-            self.usd_saved.get()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP upstream_usd_spent_total Provider cost in USD of misses.\n# TYPE upstream_usd_spent_total counter\nupstream_usd_spent_total {}",
-            self.usd_spent.get()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP warmer_usd_spent_total Provider cost in USD of warmer jobs (refetch, refresh, warm).\n# TYPE warmer_usd_spent_total counter\nwarmer_usd_spent_total {}",
-            self.warmer_usd_spent.get()
-        );
-        counter(
-            &mut out,
-            "cache_index_losses_detected_total",
-            "Times the index was found empty of its data and a rebuild was queued.",
-            l(&self.index_losses),
-        );
-        let _ = writeln!(out, "# HELP cache_errors_total Storage backend errors (each one fell back to the provider).\n# TYPE cache_errors_total counter");
-        for (i, b) in BACKENDS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "cache_errors_total{{backend=\"{b}\"}} {}",
-                l(&self.backend_errors[i])
-            );
+        let counters: [(&str, &str, u64); 12] = [
+            ("cache_hits_total", "Requests answered from the cache.", l(&self.hits)),
+            (
+                "cache_misses_total",
+                "Cacheable requests that went to the provider.",
+                l(&self.misses),
+            ),
+            (
+                "cache_bypass_total",
+                "Requests that skipped the cache by directive.",
+                l(&self.bypasses),
+            ),
+            (
+                "cache_coalesced_total",
+                "Requests that shared another request's provider call.",
+                l(&self.coalesced),
+            ),
+            (
+                "cache_stale_served_total",
+                "Expired entries served because the provider failed (stale-if-error).",
+                l(&self.stale_served),
+            ),
+            ("cache_stores_total", "Entries written to the cache.", l(&self.stores)),
+            (
+                "cache_store_failures_total",
+                "Entries that could not be written.",
+                l(&self.store_failures),
+            ),
+            (
+                "cache_integrity_failures_total",
+                "Artifacts whose SHA-256 did not match (never served).",
+                l(&self.integrity_failures),
+            ),
+            (
+                "upstream_requests_total",
+                "Calls made to providers.",
+                l(&self.upstream_requests),
+            ),
+            (
+                "upstream_errors_total",
+                "Provider calls that failed or answered non-2xx.",
+                l(&self.upstream_errors),
+            ),
+            (
+                "cache_tokens_saved_total",
+                "Provider tokens not paid for thanks to hits.",
+                l(&self.tokens_saved),
+            ),
+            (
+                "cache_index_losses_detected_total",
+                "Times the index was found empty of its data and a rebuild was queued.",
+                l(&self.index_losses),
+            ),
+        ];
+        for (name, help, v) in counters {
+            Family::counter(&mut out, name, help).sample(&[], v);
         }
-        let _ = writeln!(out, "# HELP recache_request_duration_seconds Gateway request latency (to response headers).\n# TYPE recache_request_duration_seconds histogram");
+        for (name, help, v) in [
+            (
+                "cache_usd_saved_total",
+                "Provider cost in USD avoided by hits.",
+                &self.usd_saved,
+            ),
+            (
+                "upstream_usd_spent_total",
+                "Provider cost in USD of misses.",
+                &self.usd_spent,
+            ),
+            (
+                "warmer_usd_spent_total",
+                "Provider cost in USD of warmer jobs (refetch, refresh, warm).",
+                &self.warmer_usd_spent,
+            ),
+        ] {
+            Family::counter(&mut out, name, help).sample(&[], v.get());
+        }
+        let mut f = Family::counter(
+            &mut out,
+            "cache_errors_total",
+            "Storage backend errors (each one fell back to the provider).",
+        );
+        for (i, b) in BACKENDS.iter().enumerate() {
+            f.sample(&[("backend", b)], l(&self.backend_errors[i]));
+        }
+        let mut f = Family::histogram(
+            &mut out,
+            "recache_request_duration_seconds",
+            "Gateway request latency (to response headers).",
+        );
         let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
         for ((status, cache), h) in map.iter() {
-            write_histogram(
-                &mut out,
-                "recache_request_duration_seconds",
-                &format!("status=\"{status}\",cache=\"{}\"", label(cache)),
-                h,
-            );
+            write_histogram(&mut f, &[("status", &status.to_string()), ("cache", cache)], h);
         }
         for (name, help, v) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            Family::gauge(&mut out, name, help).sample(&[], v);
         }
         out
     }
@@ -340,43 +325,20 @@ impl Buckets {
     }
 }
 
-/// Writes one labelled histogram's series (the HELP and TYPE lines are the caller's).
-/// A label value as the Prometheus text format needs it: `\`, `"` and line
-/// breaks escaped. Every renderer writes label values through this, so a
-/// tenant or namespace name can never break `/metrics`.
-pub fn label(v: &str) -> std::borrow::Cow<'_, str> {
-    if !v.contains(['\\', '"', '\n']) {
-        return std::borrow::Cow::Borrowed(v);
-    }
-    let mut out = String::with_capacity(v.len() + 4);
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
+pub use recache_core::prom::label;
 
-pub fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let sep = if labels.is_empty() { "" } else { "," };
+/// Writes one labelled histogram's series into its family.
+pub fn write_histogram(f: &mut Family<'_>, labels: &[(&str, &str)], h: &Histogram) {
     let c = h.cumulative();
-    for (i, b) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", c.le[i]);
-    }
     // Read after the buckets: +Inf is never below the last bucket.
-    let count = l(&h.count).max(c.le[BUCKETS.len() - 1]);
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-    let braces = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{labels}}}")
-    };
-    let _ = writeln!(out, "{name}_sum{braces} {}", l(&h.sum_micros) as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count{braces} {count}");
+    let count = h.count.load(Ordering::Relaxed).max(c.le[BUCKETS.len() - 1]);
+    f.series(
+        labels,
+        BUCKETS,
+        &c.le,
+        h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        count,
+    );
 }
 
 /// Resident set size of this process, from /proc (Linux); 0 elsewhere.

@@ -144,15 +144,39 @@ impl Config {
                 s.embedder
             ));
         }
-        if uses_semantic && self.vectors.engine == "disabled" {
+        if uses_semantic && self.vectors.engine == VectorsEngine::Disabled {
             return err("semantic matching is enabled but vectors.engine = \"disabled\"; set it to \"embedded\"");
         }
         Ok(())
     }
 
-    /// Checks everything that can be checked without I/O.
+    /// Checks everything that can be checked without I/O, section by section.
     pub fn validate(&self, env: &HashMap<String, String>) -> Result<Warnings, ConfigError> {
         let mut warnings = Vec::new();
+        self.validate_server(env)?;
+        self.validate_stores()?;
+        self.validate_backup()?;
+        self.backup_signing_key(env)
+            .map_err(|e| ConfigError(format!("backup.signing_key_env: {e}")))?;
+        self.validate_drill()?;
+        self.validate_vectors()?;
+        self.validate_limits()?;
+        self.validate_semantic()?;
+        self.validate_upstreams(env)?;
+        self.validate_tenants(&mut warnings)?;
+        if self.cache.default_ttl_seconds == 0 || self.cache.max_ttl_seconds == 0 {
+            return err("cache.default_ttl_seconds and cache.max_ttl_seconds must be above 0");
+        }
+        for (model, p) in &self.prices {
+            if !(p.input >= 0.0 && p.output >= 0.0) {
+                return err(format!("prices.{model}: prices must be non-negative numbers"));
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// `[server]`.
+    fn validate_server(&self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return err(format!(
                 "server.listen: '{}' is not an address like 127.0.0.1:8080",
@@ -184,9 +208,14 @@ impl Config {
                 return err(format!("server.metrics_token_env: {var} is not set"));
             }
         }
-        match self.index.engine.as_str() {
-            "embedded" => {}
-            "redis" => {
+        Ok(())
+    }
+
+    /// `[index]`, `[artifacts]` and `[metadata]`: what each engine needs.
+    fn validate_stores(&self) -> Result<(), ConfigError> {
+        match self.index.engine {
+            IndexEngine::Embedded => {}
+            IndexEngine::Redis => {
                 let url = self
                     .index
                     .url
@@ -204,15 +233,10 @@ impl Config {
                     )?;
                 }
             }
-            other => {
-                return err(format!(
-                    "index.engine: unknown engine '{other}' (expected embedded or redis)"
-                ))
-            }
         }
-        match self.artifacts.engine.as_str() {
-            "embedded" => {}
-            "s3" => {
+        match self.artifacts.engine {
+            ArtifactsEngine::Embedded => {}
+            ArtifactsEngine::S3 => {
                 if self.artifacts.bucket.as_deref().is_none_or(str::is_empty) {
                     return err("artifacts.bucket is required for engine s3");
                 }
@@ -220,16 +244,23 @@ impl Config {
                     check_url("artifacts.endpoint", e, &["http", "https"])?;
                 }
             }
-            other => {
-                return err(format!(
-                    "artifacts.engine: unknown engine '{other}' (expected embedded or s3)"
-                ))
+        }
+        match self.metadata.engine {
+            MetadataEngine::Embedded => {}
+            MetadataEngine::Postgres => {
+                let url = self
+                    .metadata
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| ConfigError("metadata.url is required for engine postgres".into()))?;
+                check_url("metadata.url", url, &["postgres", "postgresql"])?;
             }
         }
-        self.validate_backup()?;
-        self.backup_signing_key(env)
-            .map_err(|e| ConfigError(format!("backup.signing_key_env: {e}")))?;
-        self.validate_drill()?;
+        Ok(())
+    }
+
+    /// `[vectors]`.
+    fn validate_vectors(&self) -> Result<(), ConfigError> {
         let prefix = &self.vectors.collection_prefix;
         if prefix.is_empty()
             || prefix.len() > 64
@@ -242,9 +273,9 @@ impl Config {
         if self.vectors.ivf_nprobe == 0 || self.vectors.ivf_min_points == 0 {
             return err("vectors.ivf_nprobe and vectors.ivf_min_points must be above 0");
         }
-        match self.vectors.engine.as_str() {
-            "disabled" | "embedded" => {}
-            "qdrant" => {
+        match self.vectors.engine {
+            VectorsEngine::Disabled | VectorsEngine::Embedded => {}
+            VectorsEngine::Qdrant => {
                 match self.vectors.url.as_deref() {
                     None | Some("") => return err(
                         "vectors.engine = \"qdrant\" needs vectors.url (its gRPC address, e.g. http://127.0.0.1:6334)",
@@ -252,28 +283,12 @@ impl Config {
                     Some(u) => check_url("vectors.url", u, &["http", "https"])?,
                 }
             }
-            other => {
-                return err(format!(
-                    "vectors.engine: unknown engine '{other}' (expected disabled, embedded or qdrant)"
-                ))
-            }
         }
-        match self.metadata.engine.as_str() {
-            "embedded" => {}
-            "postgres" => {
-                let url = self
-                    .metadata
-                    .url
-                    .as_deref()
-                    .ok_or_else(|| ConfigError("metadata.url is required for engine postgres".into()))?;
-                check_url("metadata.url", url, &["postgres", "postgresql"])?;
-            }
-            other => {
-                return err(format!(
-                    "metadata.engine: unknown engine '{other}' (expected embedded or postgres)"
-                ))
-            }
-        }
+        Ok(())
+    }
+
+    /// Timeouts, `[breaker]` and `[warmer]`.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         for (name, t) in [
             ("index", self.index.timeout_ms),
             ("artifacts", self.artifacts.timeout_ms),
@@ -301,7 +316,11 @@ impl Config {
         if w.max_spend_usd_per_hour.is_nan() || w.max_spend_usd_per_hour < 0.0 {
             return err("warmer.max_spend_usd_per_hour must be a non-negative number");
         }
-        self.validate_semantic()?;
+        Ok(())
+    }
+
+    /// `[[upstreams]]`.
+    fn validate_upstreams(&self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         if self.upstreams.is_empty() {
             return err("no [[upstreams]] configured: recache needs at least one provider to forward to");
         }
@@ -335,6 +354,11 @@ impl Config {
                 return err(format!("upstreams.{}.max_response_bytes must be at least 1024", u.name));
             }
         }
+        Ok(())
+    }
+
+    /// `[[tenants]]`: names, ids and keys unique; plain keys are warned about.
+    fn validate_tenants(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
         if self.tenants.is_empty() {
             warnings.push("no [[tenants]] configured: every request will be refused with 401".into());
         }
@@ -377,15 +401,7 @@ impl Config {
                 ));
             }
         }
-        if self.cache.default_ttl_seconds == 0 || self.cache.max_ttl_seconds == 0 {
-            return err("cache.default_ttl_seconds and cache.max_ttl_seconds must be above 0");
-        }
-        for (model, p) in &self.prices {
-            if !(p.input >= 0.0 && p.output >= 0.0) {
-                return err(format!("prices.{model}: prices must be non-negative numbers"));
-            }
-        }
-        Ok(warnings)
+        Ok(())
     }
 
     /// The backup signing key, when `backup.signing_key_env` names one

@@ -162,11 +162,55 @@ impl Default for CacheConfig {
     }
 }
 
+/// Declares an engine choice: a serde enum named by its lowercase config
+/// value, so an impossible engine fails when the file is parsed.
+macro_rules! engine_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The name the config file uses.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+engine_enum!(
+    /// `index.engine`.
+    IndexEngine { Embedded => "embedded", Redis => "redis" }
+);
+engine_enum!(
+    /// `artifacts.engine`.
+    ArtifactsEngine { Embedded => "embedded", S3 => "s3" }
+);
+engine_enum!(
+    /// `vectors.engine`.
+    VectorsEngine { Disabled => "disabled", Embedded => "embedded", Qdrant => "qdrant" }
+);
+engine_enum!(
+    /// `metadata.engine`.
+    MetadataEngine { Embedded => "embedded", Postgres => "postgres" }
+);
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
     /// `embedded` (in-process, persisted to `path`) or `redis`.
-    pub engine: String,
+    pub engine: IndexEngine,
     pub path: PathBuf,
     pub url: Option<String>,
     pub key_prefix: String,
@@ -176,7 +220,7 @@ pub struct IndexConfig {
 impl Default for IndexConfig {
     fn default() -> Self {
         Self {
-            engine: "embedded".into(),
+            engine: IndexEngine::Embedded,
             path: PathBuf::from("./recache-data/index"),
             url: None,
             key_prefix: "recache:".into(),
@@ -189,7 +233,7 @@ impl Default for IndexConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ArtifactsConfig {
     /// `embedded` (a local directory) or `s3`.
-    pub engine: String,
+    pub engine: ArtifactsEngine,
     pub path: PathBuf,
     pub bucket: Option<String>,
     pub endpoint: Option<String>,
@@ -209,7 +253,7 @@ pub struct ArtifactsConfig {
 impl Default for ArtifactsConfig {
     fn default() -> Self {
         Self {
-            engine: "embedded".into(),
+            engine: ArtifactsEngine::Embedded,
             path: PathBuf::from("./recache-data/artifacts"),
             bucket: None,
             endpoint: None,
@@ -227,7 +271,7 @@ impl Default for ArtifactsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct VectorsConfig {
     /// `disabled`, `embedded` or `qdrant`.
-    pub engine: String,
+    pub engine: VectorsEngine,
     /// `embedded`: the directory of the vector logs.
     pub path: PathBuf,
     /// `qdrant`: its gRPC address (e.g. `http://127.0.0.1:6334`). Collections are
@@ -246,7 +290,7 @@ pub struct VectorsConfig {
 impl Default for VectorsConfig {
     fn default() -> Self {
         Self {
-            engine: "disabled".into(),
+            engine: VectorsEngine::Disabled,
             path: PathBuf::from("./recache-data/vectors"),
             url: None,
             collection_prefix: "recache-".into(),
@@ -261,7 +305,7 @@ impl Default for VectorsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     /// `embedded` (SQLite at `path`) or `postgres`.
-    pub engine: String,
+    pub engine: MetadataEngine,
     pub path: PathBuf,
     pub url: Option<String>,
     pub timeout_ms: u64,
@@ -278,7 +322,7 @@ pub struct MetadataConfig {
 impl Default for MetadataConfig {
     fn default() -> Self {
         Self {
-            engine: "embedded".into(),
+            engine: MetadataEngine::Embedded,
             path: PathBuf::from("./recache-data/metadata.db"),
             url: None,
             timeout_ms: 250,

@@ -9,6 +9,7 @@ use super::budget::ScopeStats;
 use super::guard::Refusal;
 use super::scope::Ineligible;
 use crate::metrics::{write_histogram, Histogram};
+use recache_core::prom::Family;
 
 /// How one semantic lookup ended (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,65 +91,59 @@ impl SemanticMetrics {
 
     /// Appends the `cache_semantic_*` families in the Prometheus text format.
     pub fn render(&self, out: &mut String, scopes: &[ScopeStats]) {
-        use std::fmt::Write as _;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
+        Family::counter(
             out,
             "cache_semantic_hits_total",
-            "counter",
             "Requests answered by a semantic (near-duplicate) match.",
-        );
-        let _ = writeln!(out, "cache_semantic_hits_total {}", self.lookups(Lookup::Hit));
-        let mut labelled = |name: &str, help: &str, label: &str, values: &[&str], counters: &[AtomicU64]| {
-            family(out, name, "counter", help);
+        )
+        .sample(&[], self.lookups(Lookup::Hit));
+        // (family, help, label, label values, counters)
+        type Labelled<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [AtomicU64]);
+        let labelled: [Labelled; 3] = [
+            (
+                "cache_semantic_lookups_total",
+                "Semantic lookups by result.",
+                "result",
+                &LOOKUPS.map(Lookup::as_str),
+                &self.lookups,
+            ),
+            (
+                "cache_semantic_ineligible_total",
+                "Requests of a semantic tenant not matched semantically, by reason.",
+                "reason",
+                &INELIGIBLE.map(Ineligible::as_str),
+                &self.ineligible,
+            ),
+            (
+                "cache_semantic_guard_refusals_total",
+                "Candidates above the threshold refused by the literal and near-miss guards.",
+                "reason",
+                &REFUSALS.map(Refusal::as_str),
+                &self.refusals,
+            ),
+        ];
+        for (name, help, label, values, counters) in labelled {
+            let mut f = Family::counter(out, name, help);
             for (v, n) in values.iter().zip(counters) {
-                let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", l(n));
+                f.sample(&[(label, v)], l(n));
             }
-        };
-        labelled(
-            "cache_semantic_lookups_total",
-            "Semantic lookups by result.",
-            "result",
-            &LOOKUPS.map(Lookup::as_str),
-            &self.lookups,
-        );
-        labelled(
-            "cache_semantic_ineligible_total",
-            "Requests of a semantic tenant not matched semantically, by reason.",
-            "reason",
-            &INELIGIBLE.map(Ineligible::as_str),
-            &self.ineligible,
-        );
-        labelled(
-            "cache_semantic_guard_refusals_total",
-            "Candidates above the threshold refused by the literal and near-miss guards.",
-            "reason",
-            &REFUSALS.map(Refusal::as_str),
-            &self.refusals,
-        );
-        family(
+        }
+        let mut f = Family::counter(
             out,
             "cache_semantic_checks_total",
-            "counter",
             "Semantic answers compared with the provider's fresh answer (shadow mode, verification sampling).",
         );
         for (i, (kind, agreed)) in [
-            ("shadow", true),
-            ("shadow", false),
-            ("verification", true),
-            ("verification", false),
+            ("shadow", "true"),
+            ("shadow", "false"),
+            ("verification", "true"),
+            ("verification", "false"),
         ]
         .iter()
         .enumerate()
         {
-            let _ = writeln!(
-                out,
-                "cache_semantic_checks_total{{kind=\"{kind}\",agreed=\"{agreed}\"}} {}",
-                l(&self.checks[i])
-            );
+            f.sample(&[("kind", kind), ("agreed", agreed)], l(&self.checks[i]));
         }
         for (name, help, v) in [
             (
@@ -177,23 +172,12 @@ impl SemanticMetrics {
                 &self.threshold_raises,
             ),
         ] {
-            family(out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", l(v));
+            Family::counter(out, name, help).sample(&[], l(v));
         }
-        family(
-            out,
-            "cache_semantic_embed_seconds",
-            "histogram",
-            "Time to embed one request text.",
-        );
-        write_histogram(out, "cache_semantic_embed_seconds", "", &self.embed_seconds);
-        family(
-            out,
-            "cache_semantic_search_seconds",
-            "histogram",
-            "Time of one vector search.",
-        );
-        write_histogram(out, "cache_semantic_search_seconds", "", &self.search_seconds);
+        let mut f = Family::histogram(out, "cache_semantic_embed_seconds", "Time to embed one request text.");
+        write_histogram(&mut f, &[], &self.embed_seconds);
+        let mut f = Family::histogram(out, "cache_semantic_search_seconds", "Time of one vector search.");
+        write_histogram(&mut f, &[], &self.search_seconds);
         // Per tenant and namespace: the strictest threshold in force and the measured false-hit rate.
         let mut by_tn: BTreeMap<(&str, &str), (f32, u64, u64)> = BTreeMap::new();
         for s in scopes {
@@ -202,30 +186,22 @@ impl SemanticMetrics {
             e.1 += s.counts.checks();
             e.2 += s.counts.disagreements();
         }
-        family(
+        let mut f = Family::gauge(
             out,
             "cache_semantic_threshold",
-            "gauge",
             "Highest similarity threshold in force among a tenant's scopes.",
         );
         for ((t, n), (th, _, _)) in &by_tn {
-            let (t, n) = (crate::metrics::label(t), crate::metrics::label(n));
-            let _ = writeln!(out, "cache_semantic_threshold{{tenant=\"{t}\",namespace=\"{n}\"}} {th}");
+            f.sample(&[("tenant", t), ("namespace", n)], th);
         }
-        family(
+        let mut f = Family::gauge(
             out,
             "cache_semantic_false_hit_ratio",
-            "gauge",
             "Measured share of compared semantic answers that disagreed with the provider.",
         );
         for ((t, n), (_, checks, bad)) in &by_tn {
             if *checks > 0 {
-                let (t, n) = (crate::metrics::label(t), crate::metrics::label(n));
-                let _ = writeln!(
-                    out,
-                    "cache_semantic_false_hit_ratio{{tenant=\"{t}\",namespace=\"{n}\"}} {}",
-                    *bad as f64 / *checks as f64
-                );
+                f.sample(&[("tenant", t), ("namespace", n)], *bad as f64 / *checks as f64);
             }
         }
     }

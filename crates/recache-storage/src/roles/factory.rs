@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::breaker::Breaker;
-use crate::config::Config;
+use crate::config::{ArtifactsEngine, Config, IndexEngine, MetadataEngine, VectorsEngine};
 use crate::queue::Queue;
 use crate::roles::artifacts_memory::MemoryTier;
 use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
@@ -41,21 +41,21 @@ pub async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn Index>> {
 
 pub async fn open_index_as(config: &Config, access: IndexAccess) -> anyhow::Result<Arc<dyn Index>> {
     let c = &config.index;
-    if access == IndexAccess::ReadOnly && c.engine != "redis" {
+    if access == IndexAccess::ReadOnly && c.engine != IndexEngine::Redis {
         let path = c.path.clone();
         let index = tokio::task::spawn_blocking(move || SnapshotIndex::load(&path))
             .await?
             .with_context(|| format!("cannot read the index at {}", c.path.display()))?;
         return Ok(Arc::new(index));
     }
-    match c.engine.as_str() {
-        "redis" => {
+    match c.engine {
+        IndexEngine::Redis => {
             let url = c.url.as_deref().unwrap_or_default();
             let retain = Duration::from_secs(config.cache.max_stale_seconds);
             let index = RedisIndex::new(url, &c.key_prefix, Duration::from_millis(c.timeout_ms))?;
             Ok(Arc::new(index.retain_expired_for(retain)))
         }
-        _ => {
+        IndexEngine::Embedded => {
             let path = c.path.clone();
             let (index, stats) = tokio::task::spawn_blocking(move || EmbeddedIndex::open(&path))
                 .await?
@@ -75,15 +75,15 @@ pub async fn open_index_as(config: &Config, access: IndexAccess) -> anyhow::Resu
 /// The artifact store named in the config (without the memory tier).
 pub fn open_artifacts(config: &Config) -> anyhow::Result<Arc<dyn Artifacts>> {
     let c = &config.artifacts;
-    let store = match c.engine.as_str() {
-        "s3" => ObjectStoreArtifacts::s3(
+    let store = match c.engine {
+        ArtifactsEngine::S3 => ObjectStoreArtifacts::s3(
             c.bucket.as_deref().unwrap_or_default(),
             c.endpoint.as_deref(),
             c.region.as_deref(),
             &c.prefix,
             Duration::from_millis(c.timeout_ms),
         )?,
-        _ => ObjectStoreArtifacts::local(&c.path, &c.prefix)
+        ArtifactsEngine::Embedded => ObjectStoreArtifacts::local(&c.path, &c.prefix)
             .with_context(|| format!("cannot open artifacts at {}", c.path.display()))?,
     };
     Ok(Arc::new(store))
@@ -94,8 +94,8 @@ pub fn open_artifacts(config: &Config) -> anyhow::Result<Arc<dyn Artifacts>> {
 pub async fn open_metadata(config: &Config) -> anyhow::Result<(Arc<dyn Metadata>, Arc<dyn Queue>)> {
     let c = &config.metadata;
     let timeout = Duration::from_millis(c.timeout_ms);
-    match c.engine.as_str() {
-        "postgres" => {
+    match c.engine {
+        MetadataEngine::Postgres => {
             let pg = PostgresMetadata::new(c.url.as_deref().unwrap_or_default(), c.max_connections, timeout)?;
             // Migrate before serving when PostgreSQL is reachable, so no request pays for it;
             // bounded, so a down or hung server delays start-up by at most 2 s (it migrates later).
@@ -111,7 +111,7 @@ pub async fn open_metadata(config: &Config) -> anyhow::Result<(Arc<dyn Metadata>
             let pg = Arc::new(pg);
             Ok((pg.clone(), pg))
         }
-        _ => {
+        MetadataEngine::Embedded => {
             let lite = Arc::new(
                 SqliteMetadata::open(&c.path, c.max_connections, timeout)
                     .await
@@ -152,7 +152,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
         breaker("vectors"),
         breaker("metadata"),
     );
-    if config.vectors.engine == "disabled" {
+    if config.vectors.engine == VectorsEngine::Disabled {
         bv.disable();
     }
     let ms = |v: u64| Duration::from_millis(v);
@@ -203,8 +203,8 @@ pub fn open_vectors(
     breaker: Arc<Breaker>,
     access: IndexAccess,
 ) -> anyhow::Result<Arc<dyn crate::roles::Vectors>> {
-    let inner: Arc<dyn crate::roles::Vectors> = match config.vectors.engine.as_str() {
-        "embedded" => match crate::roles::vectors_embedded::EmbeddedVectors::open_with(
+    let inner: Arc<dyn crate::roles::Vectors> = match config.vectors.engine {
+        VectorsEngine::Embedded => match crate::roles::vectors_embedded::EmbeddedVectors::open_with(
             &config.vectors.path,
             crate::roles::vectors_embedded::IvfParams {
                 min_rows: config.vectors.ivf_min_points,
@@ -222,7 +222,7 @@ pub fn open_vectors(
                     .with_context(|| format!("cannot open the vector store at {}", config.vectors.path.display()))
             }
         },
-        "qdrant" => Arc::new(
+        VectorsEngine::Qdrant => Arc::new(
             // The client's own limit is generous (collection creation); every call is
             // bounded by vectors.timeout_ms in the guard.
             crate::roles::vectors_qdrant::QdrantVectors::new(
@@ -232,7 +232,7 @@ pub fn open_vectors(
             )
             .context("cannot set up the Qdrant client")?,
         ),
-        _ => return Ok(Arc::new(DisabledVectors)),
+        VectorsEngine::Disabled => return Ok(Arc::new(DisabledVectors)),
     };
     Ok(Arc::new(crate::roles::guarded::GuardedVectors {
         inner,

@@ -479,72 +479,20 @@ pub fn sse_content(text: &str) -> String {
     out
 }
 
-/// Decodes an 8-bit RGB or RGBA PNG (what Chromium writes) into its pixels.
+/// Decodes an 8-bit RGB or RGBA PNG (what Chromium writes) into its pixels:
+/// (width, height, channels, rows).
 pub fn png_pixels(png: &[u8]) -> (u32, u32, usize, Vec<u8>) {
-    use std::io::Read;
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
-    let (mut i, mut idat, mut w, mut h, mut channels) = (8, Vec::new(), 0, 0, 0);
-    while i + 8 <= png.len() {
-        let len = u32::from_be_bytes(png[i..i + 4].try_into().unwrap()) as usize;
-        let kind = &png[i + 4..i + 8];
-        let data = &png[i + 8..i + 8 + len];
-        match kind {
-            b"IHDR" => {
-                w = u32::from_be_bytes(data[0..4].try_into().unwrap());
-                h = u32::from_be_bytes(data[4..8].try_into().unwrap());
-                assert_eq!(data[8], 8, "8-bit samples");
-                channels = match data[9] {
-                    2 => 3,
-                    6 => 4,
-                    t => panic!("colour type {t}"),
-                };
-            }
-            b"IDAT" => idat.extend_from_slice(data),
-            _ => {}
-        }
-        i += 12 + len;
-    }
-    let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(&idat[..]).read_to_end(&mut raw).unwrap();
-    let stride = w as usize * channels;
-    let mut out = vec![0u8; stride * h as usize];
-    for y in 0..h as usize {
-        let filter = raw[y * (stride + 1)];
-        let line = &raw[y * (stride + 1) + 1..(y + 1) * (stride + 1)];
-        for x in 0..stride {
-            let a = if x >= channels {
-                out[y * stride + x - channels]
-            } else {
-                0
-            } as i32;
-            let b = if y > 0 { out[(y - 1) * stride + x] } else { 0 } as i32;
-            let c = if x >= channels && y > 0 {
-                out[(y - 1) * stride + x - channels]
-            } else {
-                0
-            } as i32;
-            let pred = match filter {
-                0 => 0,
-                1 => a,
-                2 => b,
-                3 => (a + b) / 2,
-                4 => {
-                    let p = a + b - c;
-                    let (pa, pb, pc) = ((p - a).abs(), (p - b).abs(), (p - c).abs());
-                    if pa <= pb && pa <= pc {
-                        a
-                    } else if pb <= pc {
-                        b
-                    } else {
-                        c
-                    }
-                }
-                f => panic!("filter {f}"),
-            };
-            out[y * stride + x] = (line[x] as i32 + pred) as u8;
-        }
-    }
-    (w, h, channels, out)
+    let mut reader = png::Decoder::new(png).read_info().expect("a PNG file");
+    let mut buf = vec![0u8; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).expect("a decodable PNG frame");
+    assert_eq!(frame.bit_depth, png::BitDepth::Eight, "8-bit samples");
+    let channels = match frame.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        t => panic!("colour type {t:?}"),
+    };
+    buf.truncate(frame.buffer_size());
+    (frame.width, frame.height, channels, buf)
 }
 
 /// A command on the PATH, or `None` (the test is skipped) when it is missing

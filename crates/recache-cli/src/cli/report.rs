@@ -1,0 +1,242 @@
+//! `recache report cost`: requests, hits, tokens and money per tenant, model
+//! or namespace, from the hourly usage counters in metadata.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{env_map, load_config, ConfigArgs, EXIT_CONFIG, EXIT_PROBLEM};
+use recache_storage::roles::{now_ms, UsageRow};
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub command: ReportCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Requests, hits, tokens, USD saved and USD spent per group (hourly counters in metadata).
+    Cost(CostArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    Tenant,
+    Model,
+    Namespace,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct CostArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// How far back (e.g. 24h, 7d, 30m); counted by whole hours, from the start of the hour.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    #[arg(long, value_enum, default_value = "tenant")]
+    pub by: By,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+}
+
+/// One group's totals.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Group {
+    pub group: String,
+    pub requests: u64,
+    pub hits: u64,
+    pub semantic_hits: u64,
+    pub misses: u64,
+    pub hit_rate: f64,
+    pub tokens_spent: u64,
+    pub tokens_saved: u64,
+    pub usd_saved: f64,
+    pub usd_spent: f64,
+}
+
+impl Group {
+    fn add(&mut self, r: &UsageRow) {
+        self.hits += r.hits;
+        self.semantic_hits += r.semantic_hits;
+        self.misses += r.misses;
+        self.requests = self.hits + self.semantic_hits + self.misses;
+        self.hit_rate = if self.requests > 0 {
+            (self.hits + self.semantic_hits) as f64 / self.requests as f64
+        } else {
+            0.0
+        };
+        self.tokens_spent += r.prompt_tokens + r.completion_tokens;
+        self.tokens_saved += r.tokens_saved;
+        self.usd_saved += r.usd_saved;
+        self.usd_spent += r.usd_spent;
+    }
+}
+
+/// Groups (by spend, then name) and the total.
+pub fn group(rows: &[UsageRow], by: By) -> (Vec<Group>, Group) {
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    let mut total = Group {
+        group: "total".into(),
+        ..Default::default()
+    };
+    for r in rows {
+        let name = match by {
+            By::Tenant => &r.tenant,
+            By::Model => &r.model,
+            By::Namespace => &r.namespace,
+        };
+        groups
+            .entry(name.clone())
+            .or_insert_with(|| Group {
+                group: name.clone(),
+                ..Default::default()
+            })
+            .add(r);
+        total.add(r);
+    }
+    let mut v: Vec<Group> = groups.into_values().collect();
+    v.sort_by(|a, b| b.usd_spent.total_cmp(&a.usd_spent).then(a.group.cmp(&b.group)));
+    (v, total)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub async fn run(args: ReportArgs) -> i32 {
+    match args.command {
+        ReportCommand::Cost(a) => cost(a).await,
+    }
+}
+
+async fn cost(a: CostArgs) -> i32 {
+    let env = env_map();
+    let config = match load_config(&a.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("recache: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let since = match super::ops::parse_duration(&a.since) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("recache: --since: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let from = now_ms() - since.as_millis() as i64;
+    let from = from - from.rem_euclid(3_600_000);
+    let (meta, _) = match recache_storage::roles::factory::open_metadata(&config).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("recache: {e:#}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let rows = match meta.usage_since(from).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("recache: cannot read usage from metadata: {e}");
+            return EXIT_PROBLEM;
+        }
+    };
+    let by = format!("{:?}", a.by).to_lowercase();
+    let (groups, total) = group(&rows, a.by);
+    match a.format {
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "since_ms": from,
+                "since": recache_ops::backup::format_time(from),
+                "by": by,
+                "groups": groups,
+                "total": total,
+            }))
+            .unwrap_or_default()
+        ),
+        ReportFormat::Csv => {
+            println!("{by},requests,hits,semantic_hits,misses,hit_rate,tokens_spent,tokens_saved,usd_saved,usd_spent");
+            for g in groups.iter().chain(std::iter::once(&total)) {
+                println!(
+                    "{},{},{},{},{},{:.4},{},{},{:.6},{:.6}",
+                    csv_field(&g.group),
+                    g.requests,
+                    g.hits,
+                    g.semantic_hits,
+                    g.misses,
+                    g.hit_rate,
+                    g.tokens_spent,
+                    g.tokens_saved,
+                    g.usd_saved,
+                    g.usd_spent
+                );
+            }
+        }
+        ReportFormat::Text => {
+            println!("since {} (by {by})", recache_ops::backup::format_time(from));
+            println!(
+                "{:<24} {:>10} {:>8} {:>10} {:>14} {:>12} {:>12}",
+                by, "requests", "hit rate", "misses", "tokens saved", "USD saved", "USD spent"
+            );
+            for g in groups.iter().chain(std::iter::once(&total)) {
+                println!(
+                    "{:<24} {:>10} {:>7.1}% {:>10} {:>14} {:>12.4} {:>12.4}",
+                    g.group,
+                    g.requests,
+                    g.hit_rate * 100.0,
+                    g.misses,
+                    g.tokens_saved,
+                    g.usd_saved,
+                    g.usd_spent
+                );
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_add_up() {
+        let row = |t: &str, m: &str, hits, misses, spent| UsageRow {
+            tenant: t.into(),
+            model: m.into(),
+            namespace: "default".into(),
+            hits,
+            misses,
+            usd_spent: spent,
+            ..Default::default()
+        };
+        let rows = [
+            row("a", "x", 3, 1, 0.5),
+            row("a", "y", 1, 1, 0.1),
+            row("b", "x", 0, 2, 1.0),
+        ];
+        let (g, total) = group(&rows, By::Tenant);
+        assert_eq!(g[0].group, "b", "most spend first");
+        assert_eq!((g[1].requests, g[1].hits, g[1].misses), (6, 4, 2));
+        assert!((g[1].hit_rate - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(total.requests, 8);
+        let (g, _) = group(&rows, By::Model);
+        assert_eq!(g.len(), 2);
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
+}

@@ -1,0 +1,353 @@
+//! recache itself: the metadata spool, breakers of the running gateway and
+//! their settings, the newest verified backup against the RPO target, the
+//! last drills.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Finding;
+use recache_core::config::{Config, BREAKER_BACKENDS};
+use recache_ops::status::{BackupStatus, DrillStatus};
+use recache_storage::roles::now_ms;
+
+const SPOOL: &str = "recache: metadata writes wait in the spool while metadata is down; it drops them when full";
+const BREAKERS: &str = "graceful degradation: a circuit breaker per cache backend";
+const BACKUP: &str = "backups tested and recent enough for the RPO target";
+const DRILL: &str = "DR drills: each backend quarterly, a full restore twice a year";
+const DAY_MS: i64 = 86_400_000;
+
+pub fn spool(config: &Config) -> Finding {
+    let path = &config.metadata.spool_path;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let max = config.metadata.spool_max_mb * 1024 * 1024;
+    let detail = format!(
+        "{} KiB waiting in {} (limit {} MiB)",
+        size / 1024,
+        path.display(),
+        config.metadata.spool_max_mb
+    );
+    if max > 0 && size as f64 >= 0.8 * max as f64 {
+        Finding::fail(
+            "recache.spool",
+            detail,
+            "bring metadata back; past the limit registrations are dropped (reconcile-metadata restores them)",
+            SPOOL,
+        )
+    } else if size > 0 {
+        Finding::warn(
+            "recache.spool",
+            detail,
+            "metadata was unreachable: check it; the spool replays by itself once it answers",
+            SPOOL,
+        )
+    } else {
+        Finding::ok("recache.spool", "empty", SPOOL)
+    }
+}
+
+/// The breakers of a running gateway, from its detailed `/health/ready`
+/// (`token`: the metrics token, when the gateway needs one).
+pub async fn breakers(url: &str, token: Option<&str>) -> Finding {
+    let ready = format!("{}/health/ready", url.trim_end_matches('/'));
+    let got = async {
+        let mut req = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?
+            .get(&ready);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.map_err(|e| e.to_string())?;
+        r.json::<Value>().await.map_err(|e| e.to_string())
+    };
+    match got.await {
+        Ok(v) => breakers_from(&v),
+        Err(e) => Finding::warn(
+            "recache.breakers",
+            format!("no gateway at {url} ({e}): breaker states unknown"),
+            "pass --url of a running gateway",
+            BREAKERS,
+        ),
+    }
+}
+
+pub fn breakers_from(ready: &Value) -> Finding {
+    if ready.get("roles").is_none() {
+        return Finding::warn(
+            "recache.breakers",
+            "the gateway showed only its status: its breakers need the metrics token",
+            "set RECACHE_METRICS_TOKEN, or run doctor with the gateway's config (server.metrics_token_env or the admin token)",
+            BREAKERS,
+        );
+    }
+    let mut open = Vec::new();
+    let mut half = Vec::new();
+    for r in ready["roles"].as_array().into_iter().flatten() {
+        let role = r["role"].as_str().unwrap_or("?");
+        match r["breaker"]["state"].as_str() {
+            Some("open") | Some("forced_open") => open.push(role.to_string()),
+            Some("half_open") => half.push(role.to_string()),
+            _ => {}
+        }
+    }
+    if !open.is_empty() {
+        Finding::fail(
+            "recache.breakers",
+            format!("open: {} (requests skip them and go to the provider)", open.join(", ")),
+            "fix the backend (see its checks above); the breaker probes and closes by itself",
+            BREAKERS,
+        )
+    } else if !half.is_empty() {
+        Finding::warn(
+            "recache.breakers",
+            format!("half-open (probing): {}", half.join(", ")),
+            "wait for the probes; check the backend if it stays so",
+            BREAKERS,
+        )
+    } else {
+        Finding::ok("recache.breakers", "every breaker closed", BREAKERS)
+    }
+}
+
+/// The breaker settings in force, one line.
+pub fn breaker_settings(config: &Config) -> Finding {
+    let parts: Vec<String> = BREAKER_BACKENDS
+        .iter()
+        .map(|b| {
+            let s = config.breaker.for_backend(b);
+            if s.enabled {
+                format!(
+                    "{b} {}/{}s/{}",
+                    s.failure_threshold, s.open_seconds, s.close_after_successes
+                )
+            } else {
+                format!("{b} off")
+            }
+        })
+        .collect();
+    let off: Vec<&str> = BREAKER_BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| !config.breaker.for_backend(b).enabled)
+        .collect();
+    let detail = format!("failures/open/probes: {}", parts.join(", "));
+    if off.is_empty() {
+        Finding::ok("recache.breaker_settings", detail, BREAKERS)
+    } else {
+        Finding::warn(
+            "recache.breaker_settings",
+            detail,
+            format!(
+                "breakers off for {}: a hung backend costs a timeout on every request",
+                off.join(", ")
+            ),
+            BREAKERS,
+        )
+    }
+}
+
+pub fn backup(b: Option<&BackupStatus>, now: i64) -> Finding {
+    let Some(b) = b else {
+        return Finding::warn(
+            "recache.backup",
+            "no backup target configured",
+            "set [backup] target (and schedule, rpo); see docs/backup.md",
+            BACKUP,
+        );
+    };
+    if let Some(e) = &b.error {
+        return Finding::fail(
+            "recache.backup",
+            format!("cannot read {}: {e}", b.target),
+            "check the backup target and its credentials",
+            BACKUP,
+        );
+    }
+    let Some(age) = b.verified_age(now) else {
+        return Finding::fail(
+            "recache.backup",
+            format!("no verified backup in {}", b.target),
+            "recache backup create && recache backup verify --level read-data",
+            BACKUP,
+        );
+    };
+    let age_s = age.as_secs();
+    let detail = format!(
+        "newest verified set {} is {} old{}",
+        b.newest_verified_id.as_deref().unwrap_or("?"),
+        human(age_s),
+        b.rpo_seconds
+            .map(|r| format!(" (RPO target {})", human(r)))
+            .unwrap_or_default()
+    );
+    let dr_missing = b.dr_target.is_some() && b.dr_newest_at_ms.is_none();
+    match b.rpo_seconds {
+        Some(rpo) if age_s > rpo => Finding::fail(
+            "recache.backup",
+            detail,
+            "take and verify a backup now; set [backup] schedule below the RPO target",
+            BACKUP,
+        ),
+        None if age_s > 86_400 => Finding::warn(
+            "recache.backup",
+            detail,
+            "set [backup] rpo and schedule; the newest verified set is over a day old",
+            BACKUP,
+        ),
+        _ if dr_missing => Finding::warn(
+            "recache.backup",
+            format!("{detail}; no set on the DR target"),
+            "recache backup create (copies to dr_target) and check the DR target",
+            BACKUP,
+        ),
+        None => Finding::warn(
+            "recache.backup",
+            detail,
+            "set [backup] rpo so the age is checked against a target",
+            BACKUP,
+        ),
+        _ => Finding::ok("recache.backup", detail, BACKUP),
+    }
+}
+
+/// Whether backup sets are signed: without a key, whoever can write to the
+/// target can plant a set naming any tenant, and a restore would bring it in.
+pub fn backup_signing(config: &Config) -> Option<Finding> {
+    config.backup.target.as_ref()?;
+    Some(match &config.backup.signing_key_env {
+        None => Finding::warn(
+            "recache.backup_signing",
+            "backup sets are not signed: anyone who can write to the target can plant a set a restore trusts",
+            "set [backup] signing_key_env to a variable holding 32+ random bytes, kept outside the target",
+            BACKUP,
+        ),
+        Some(var) => Finding::ok(
+            "recache.backup_signing",
+            format!("backup manifests are signed with the key in {var}"),
+            BACKUP,
+        ),
+    })
+}
+
+pub fn drill(d: &DrillStatus, now: i64) -> Finding {
+    if let Some(e) = &d.error {
+        return Finding::warn(
+            "recache.drill",
+            format!("cannot read past drills: {e}"),
+            "check metadata",
+            DRILL,
+        );
+    }
+    let Some(pass) = d.last_pass_at_ms else {
+        return Finding::warn(
+            "recache.drill",
+            "no passing drill on record",
+            "recache drill run --scenario index-down --managed (see docs/drills.md)",
+            DRILL,
+        );
+    };
+    let days = (now - pass) / DAY_MS;
+    let detail = format!(
+        "last passing drill {days} day(s) ago{}",
+        if d.overdue.is_empty() {
+            String::new()
+        } else {
+            format!("; overdue: {}", d.overdue.join(", "))
+        }
+    );
+    if days > 90 {
+        Finding::warn(
+            "recache.drill",
+            detail,
+            "run the overdue drills (recache drill schedule lists them)",
+            DRILL,
+        )
+    } else if !d.overdue.is_empty() {
+        Finding::warn(
+            "recache.drill",
+            detail,
+            "recache drill schedule lists what is due",
+            DRILL,
+        )
+    } else {
+        Finding::ok("recache.drill", detail, DRILL)
+    }
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{:.1} h", s as f64 / 3600.0),
+        s => format!("{:.1} days", s as f64 / 86_400.0),
+    }
+}
+
+/// Every recache check; `url` is a running gateway's base URL.
+pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
+    let token = config.metrics_token(&recache_core::config::env_map());
+    let mut out = vec![
+        spool(config),
+        breakers(url, token.as_deref()).await,
+        breaker_settings(config),
+    ];
+    let now = now_ms();
+    out.push(backup(recache_ops::status::backup(config).await.as_ref(), now));
+    out.extend(backup_signing(config));
+    match recache_storage::roles::factory::open_metadata(config).await {
+        Ok((meta, _)) => out.push(drill(&recache_ops::status::drills(meta.as_ref()).await, now)),
+        Err(e) => out.push(Finding::warn(
+            "recache.drill",
+            format!("cannot open metadata: {e:#}"),
+            "check [metadata]",
+            DRILL,
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Status;
+    use super::*;
+
+    #[test]
+    fn backup_age_against_the_rpo() {
+        let now = 10 * DAY_MS;
+        let mut b = BackupStatus {
+            target: "/b".into(),
+            newest_verified_id: Some("x".into()),
+            newest_verified_at_ms: Some(now - 600_000),
+            rpo_seconds: Some(900),
+            ..Default::default()
+        };
+        assert_eq!(backup(Some(&b), now).status, Status::Ok);
+        b.rpo_seconds = Some(300);
+        assert_eq!(backup(Some(&b), now).status, Status::Fail);
+        b.newest_verified_at_ms = None;
+        assert_eq!(backup(Some(&b), now).status, Status::Fail);
+        assert_eq!(backup(None, now).status, Status::Warn);
+    }
+
+    #[test]
+    fn drills_and_breakers() {
+        let now = 200 * DAY_MS;
+        let d = DrillStatus {
+            last_pass_at_ms: Some(now - 100 * DAY_MS),
+            ..Default::default()
+        };
+        assert_eq!(drill(&d, now).status, Status::Warn);
+        let d = DrillStatus {
+            last_pass_at_ms: Some(now - DAY_MS),
+            ..Default::default()
+        };
+        assert_eq!(drill(&d, now).status, Status::Ok);
+        let ready = serde_json::json!({"roles": [{"role": "index", "breaker": {"state": "open"}}, {"role": "artifacts", "breaker": {"state": "closed"}}]});
+        let f = breakers_from(&ready);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("index"));
+    }
+}

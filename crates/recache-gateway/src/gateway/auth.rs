@@ -1,0 +1,105 @@
+//! Client authentication: the tenant comes from the key, never from a header
+//! the client chooses. Keys are held only as SHA-256 digests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+
+use recache_core::config::{key_hash, Config};
+use recache_engine::error::ApiError;
+
+pub struct Tenant {
+    /// Shown in metrics, logs and the dashboard; matched by `[[semantic.rules]]`.
+    pub name: String,
+    /// In cache keys and stored entries: stays when the tenant is renamed.
+    pub id: String,
+    pub default_ttl: Duration,
+    pub stale_if_error: u64,
+    /// Requests of this tenant since start (dashboard's top tenants).
+    pub usage: TenantUsage,
+}
+
+/// Per-tenant request counters, kept in memory by this process.
+#[derive(Default)]
+pub struct TenantUsage {
+    pub requests: AtomicU64,
+    /// Answered from the cache (exact or semantic).
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl TenantUsage {
+    /// Counts one request by its cache status (`HIT`, `MISS`, `ERROR`, ...).
+    pub fn record(&self, cache_status: &str) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let c = match cache_status {
+            "HIT" | "SEMANTIC_HIT" => &self.hits,
+            // A stale answer was a miss the provider failed (as in `cache_misses_total`).
+            "MISS" | "STALE" => &self.misses,
+            "ERROR" => &self.errors,
+            _ => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Tenants {
+    by_hash: HashMap<[u8; 32], Arc<Tenant>>,
+}
+
+impl Tenants {
+    pub fn from_config(cfg: &Config) -> Self {
+        let mut by_hash = HashMap::new();
+        for t in &cfg.tenants {
+            let tenant = Arc::new(Tenant {
+                name: t.name.clone(),
+                id: t.id().to_string(),
+                default_ttl: Duration::from_secs(t.default_ttl_seconds.unwrap_or(cfg.cache.default_ttl_seconds)),
+                stale_if_error: t.stale_if_error_seconds.unwrap_or(0).min(cfg.cache.max_stale_seconds),
+                usage: TenantUsage::default(),
+            });
+            for k in &t.keys {
+                // Validated already; skip anything odd rather than panic.
+                let Ok(hex) = key_hash(k) else { continue };
+                let mut digest = [0u8; 32];
+                if hex::decode_to_slice(&hex, &mut digest).is_ok() {
+                    by_hash.insert(digest, tenant.clone());
+                }
+            }
+        }
+        Self { by_hash }
+    }
+
+    /// Every tenant once, by name.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let mut out: Vec<Arc<Tenant>> = Vec::new();
+        for t in self.by_hash.values() {
+            if !out.iter().any(|o| Arc::ptr_eq(o, t)) {
+                out.push(t.clone());
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+        let raw = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::MissingKey)?
+            .to_str()
+            .map_err(|_| ApiError::InvalidKey)?;
+        let key = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::MissingKey)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.by_hash.get(&digest).cloned().ok_or(ApiError::InvalidKey)
+    }
+}

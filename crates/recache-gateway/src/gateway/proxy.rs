@@ -1,0 +1,489 @@
+//! The request path for the OpenAI-compatible endpoints (ARCHITECTURE.md, "Request path").
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::auth::Tenant;
+use super::flight::{self, FlightSpec, Joined, Outcome, StoreTemplate};
+use super::tape::Tape;
+use super::{directives, AppState, Endpoint};
+use recache_core::key::{cache_key, canonical_request, CacheKey};
+use recache_engine::error::ApiError;
+use recache_engine::sse;
+use recache_engine::upstream::Upstream;
+
+/// What `x-recache-status` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    /// Answered with the entry of a near-duplicate request of the same scope.
+    SemanticHit,
+    Miss,
+    Bypass,
+    /// An expired entry served because the provider failed (`stale-if-error`).
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::SemanticHit => "SEMANTIC_HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Bypass => "BYPASS",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// The validated parts of a request body the gateway needs.
+pub(super) struct Parsed {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub value: Value,
+}
+
+/// One authenticated, parsed request on its way through the cache.
+pub(super) struct Request<'a> {
+    pub state: &'a Arc<AppState>,
+    pub endpoint: Endpoint,
+    pub parsed: &'a Parsed,
+    pub directives: &'a directives::Directives,
+    pub tenant: &'a Tenant,
+    pub upstream: &'a Arc<Upstream>,
+    pub key: CacheKey,
+    pub raw: &'a Bytes,
+    pub canonical: &'a str,
+}
+
+impl Request<'_> {
+    /// The provider call for this request, storing its answer (and its vector) unless `no-store`.
+    pub fn flight(&self, vector: Option<Arc<recache_engine::semantic::Prepared>>) -> FlightSpec {
+        let d = self.directives;
+        FlightSpec {
+            state: self.state.clone(),
+            upstream: self.upstream.clone(),
+            endpoint: self.endpoint,
+            body: self.raw.clone(),
+            store: (!d.no_store).then(|| StoreTemplate {
+                key: self.key,
+                tenant: self.tenant.id.clone(),
+                namespace: d.namespace.clone(),
+                model: self.parsed.model.clone(),
+                canonical_request: self.canonical.to_string(),
+                ttl: Duration::from_secs(d.ttl.unwrap_or(self.tenant.default_ttl.as_secs())),
+                vector,
+            }),
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(msg.into())
+}
+
+fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| invalid("request body must be a JSON object"))?;
+    let model = match obj.get("model") {
+        None => return Err(invalid("missing required parameter: 'model'")),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(invalid("'model' must be a non-empty string")),
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("'stream' must be a boolean")),
+    };
+    match endpoint {
+        Endpoint::Chat => match obj.get("messages") {
+            None => return Err(invalid("missing required parameter: 'messages'")),
+            Some(Value::Array(m)) if !m.is_empty() => {
+                if m.iter().any(|x| !x.is_object()) {
+                    return Err(invalid("'messages' must be an array of objects"));
+                }
+            }
+            Some(Value::Array(_)) => return Err(invalid("'messages' must not be empty")),
+            Some(_) => return Err(invalid("'messages' must be an array")),
+        },
+        Endpoint::Completions => match obj.get("prompt") {
+            None => return Err(invalid("missing required parameter: 'prompt'")),
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(invalid("'prompt' must be a string or an array")),
+        },
+        Endpoint::Embeddings => match obj.get("input") {
+            None => return Err(invalid("missing required parameter: 'input'")),
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(invalid("'input' must be a string or an array")),
+        },
+    }
+    if let Some(so) = obj.get("stream_options") {
+        if !so.is_object() && !so.is_null() {
+            return Err(invalid("'stream_options' must be an object"));
+        }
+    }
+    let include_usage = value
+        .pointer("/stream_options/include_usage")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Ok(Parsed {
+        model,
+        stream: stream && endpoint.streams(),
+        include_usage,
+        value,
+    })
+}
+
+/// Reads the body, refusing anything over the limit with 413. An oversized
+/// body is still read (and dropped) up to a cap, so the client gets to read
+/// the 413 instead of a broken pipe.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let drain_cap = limit.saturating_mul(4).max(64 * 1024 * 1024);
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| match crate::http::BodyTimedOut::find(&e) {
+            Some(after_ms) => ApiError::BodyTimeout { after_ms },
+            None => invalid(format!("could not read request body: {e}")),
+        })?;
+        total += chunk.len();
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if total > drain_cap {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(ApiError::BodyTooLarge { size: total, limit });
+    }
+    Ok(buf.freeze())
+}
+
+/// Entry point for `POST /v1/{chat/completions,completions,embeddings}`.
+pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let mut tenant = None;
+    let (resp, status) = match serve(&state, endpoint, &headers, body, &mut tenant).await {
+        Ok(r) => r,
+        Err(e) => {
+            // What the client is not told (addresses, TLS and DNS messages) is logged.
+            if let ApiError::UpstreamUnreachable { upstream, detail } = &e {
+                tracing::warn!(upstream = %upstream, error = %detail, "upstream unreachable");
+            }
+            (e.to_response(), "ERROR")
+        }
+    };
+    if let Some(t) = tenant {
+        t.usage.record(status);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    state
+        .cache
+        .metrics
+        .observe_request(resp.status().as_u16(), status, secs);
+    tracing::debug!(
+        target: "recache::access",
+        endpoint = endpoint.name(),
+        status = resp.status().as_u16(),
+        cache = status,
+        key = resp.headers().get("x-recache-key").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        latency_ms = secs * 1000.0,
+        "request"
+    );
+    resp
+}
+
+async fn serve(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+    who: &mut Option<Arc<super::auth::Tenant>>,
+) -> Result<(Response, &'static str), ApiError> {
+    let tenant = state.tenants.authenticate(headers)?;
+    *who = Some(tenant.clone());
+    let raw = read_body(body, state.config.server.max_body_bytes).await?;
+    let parsed = parse_body(endpoint, &raw)?;
+    let d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
+    let upstream = state
+        .upstreams
+        .route(&parsed.model)
+        .ok_or_else(|| ApiError::ModelNotRouted(parsed.model.clone()))?;
+    let canonical = canonical_request(&parsed.value);
+    // The tenant's stable id, not its name: a renamed tenant keeps its entries,
+    // a new tenant given an old name inherits nothing.
+    let key = cache_key(&tenant.id, &d.namespace, endpoint.name(), &canonical);
+    let metrics = &state.cache.metrics;
+
+    let stale_window = d
+        .stale_if_error
+        .unwrap_or(tenant.stale_if_error)
+        .min(state.config.cache.max_stale_seconds);
+    let mut stale = None;
+    if !d.no_cache {
+        let found = state.cache.lookup(key, &tenant.id, d.max_age, stale_window).await;
+        match found {
+            Some(hit) if hit.stale => stale = Some(hit),
+            None => {}
+            Some(hit) => {
+                metrics.hits.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .tokens_saved
+                    .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
+                metrics.usd_saved.add(hit.meta.cost_usd);
+                state.cache.usage.record(
+                    recache_storage::roles::now_ms(),
+                    &tenant.name,
+                    &d.namespace,
+                    &parsed.model,
+                    recache_engine::usage::Delta::hit(
+                        hit.meta.prompt_tokens + hit.meta.completion_tokens,
+                        hit.meta.cost_usd,
+                        false,
+                    ),
+                );
+                let resp = render_answer(
+                    endpoint,
+                    &parsed,
+                    &hit.body,
+                    &hit.meta.content_type,
+                    CacheStatus::Hit,
+                    key,
+                    hit.age_secs,
+                );
+                return Ok((resp, "HIT"));
+            }
+        }
+    }
+
+    let req = Request {
+        state,
+        endpoint,
+        parsed: &parsed,
+        directives: &d,
+        tenant: &tenant,
+        upstream: &upstream,
+        key,
+        raw: &raw,
+        canonical: &canonical,
+    };
+    // Semantic lookup (ARCHITECTURE.md, "Request path", the semantic step), only after an exact miss.
+    let (prepared, shadow) = match super::semantic::lookup(&req).await {
+        super::semantic::Step::Served(resp) => return Ok((resp, CacheStatus::SemanticHit.as_str())),
+        super::semantic::Step::Continue { prepared, shadow } => (prepared, shadow),
+    };
+
+    // `only-if-cached`: what the cache cannot answer is not bought (RFC 9111 §5.2.1.7).
+    if d.only_if_cached {
+        return Err(ApiError::NotCached);
+    }
+    let status = if d.no_cache || d.no_store {
+        CacheStatus::Bypass
+    } else {
+        CacheStatus::Miss
+    };
+    match status {
+        CacheStatus::Bypass => metrics.bypasses.fetch_add(1, Ordering::Relaxed),
+        _ => metrics.misses.fetch_add(1, Ordering::Relaxed),
+    };
+    let spec = req.flight(prepared.clone());
+    // Shadow mode: the recorded candidate is judged against this request's provider answer.
+    let judge_shadow = |fresh: watch::Receiver<Option<flight::Shared>>| {
+        if let (Some((c, body)), Some(p), Some(sem)) = (shadow, &prepared, &state.semantic) {
+            sem.judge_later(p.clone(), c, body, flight::body_when_done(fresh), true);
+        }
+    };
+
+    // Only plain misses coalesce: a no-cache refresh or a no-store call is the client's own.
+    // A streaming request records the provider's stream for every client of its flight.
+    let tape = parsed.stream.then(|| Arc::new(Tape::new(parsed.include_usage)));
+    let (tx, guard) = if status == CacheStatus::Miss {
+        match state.coalescer.join(key, tape.clone()) {
+            Joined::Follower(rx, flight_tape) => {
+                metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+                judge_shadow(rx.clone());
+                // A streaming client of a streaming flight plays its stream live (same transport options only).
+                if let Some(t) = flight_tape.filter(|t| parsed.stream && t.include_usage == parsed.include_usage) {
+                    if let Some(content_type) = t.clone().wait_start().await {
+                        let mut resp = live_response(t, &content_type, status, key);
+                        resp.headers_mut()
+                            .insert("x-recache-coalesced", HeaderValue::from_static("true"));
+                        return Ok((resp, status.as_str()));
+                    }
+                }
+                let outcome = flight::wait(rx).await;
+                if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
+                    return Ok((r, "STALE"));
+                }
+                let mut resp = render_outcome(endpoint, &parsed, &outcome, status, key)?;
+                resp.headers_mut()
+                    .insert("x-recache-coalesced", HeaderValue::from_static("true"));
+                return Ok((resp, status.as_str()));
+            }
+            Joined::Leader(tx, guard) => (tx, Some(guard)),
+        }
+    } else {
+        (watch::channel(None).0, None)
+    };
+    let rx = tx.subscribe();
+    judge_shadow(tx.subscribe());
+    tokio::spawn(flight::run(spec, tx, tape.clone(), guard));
+    if let Some(t) = tape {
+        if let Some(content_type) = t.wait_start().await {
+            return Ok((live_response(t, &content_type, status, key), status.as_str()));
+        }
+    }
+    let outcome = flight::wait(rx).await;
+    if let Some(r) = serve_stale(state, endpoint, &parsed, &outcome, stale.as_ref(), key) {
+        return Ok((r, "STALE"));
+    }
+    Ok((
+        render_outcome(endpoint, &parsed, &outcome, status, key)?,
+        status.as_str(),
+    ))
+}
+
+/// A live stream: the flight's tape, played from its first byte.
+fn live_response(tape: Arc<Tape>, content_type: &str, status: CacheStatus, key: CacheKey) -> Response {
+    let mut resp = Response::new(Body::from_stream(tape.play()));
+    set_header(&mut resp, header::CONTENT_TYPE.as_str(), content_type);
+    set_header(&mut resp, header::CACHE_CONTROL.as_str(), "no-cache");
+    cache_headers(&mut resp, status, key, 0);
+    resp
+}
+
+/// `stale-if-error`: when the provider failed (5xx, timeout, unreachable)
+/// and an expired entry is within the window, serve it as `STALE`.
+fn serve_stale(
+    state: &AppState,
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    outcome: &Outcome,
+    stale: Option<&recache_engine::cache::Hit>,
+    key: CacheKey,
+) -> Option<Response> {
+    let hit = stale?;
+    let provider_failed = match outcome {
+        Outcome::Failed(_) => true,
+        Outcome::Upstream { status, .. } => *status >= 500,
+        Outcome::Complete { .. } => false,
+    };
+    if !provider_failed {
+        return None;
+    }
+    state.cache.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(key = %key, "provider failed; serving an expired entry (stale-if-error)");
+    Some(render_answer(
+        endpoint,
+        parsed,
+        &hit.body,
+        &hit.meta.content_type,
+        CacheStatus::Stale,
+        key,
+        hit.age_secs,
+    ))
+}
+
+fn render_outcome(
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    outcome: &Outcome,
+    status: CacheStatus,
+    key: CacheKey,
+) -> Result<Response, ApiError> {
+    match outcome {
+        Outcome::Complete { body, content_type } => {
+            Ok(render_answer(endpoint, parsed, body, content_type, status, key, 0))
+        }
+        Outcome::Upstream {
+            status: code,
+            content_type,
+            body,
+        } => {
+            let mut resp = Response::new(Body::from(body.clone()));
+            *resp.status_mut() = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(ct) = content_type {
+                set_header(&mut resp, header::CONTENT_TYPE.as_str(), ct);
+            }
+            cache_headers(&mut resp, status, key, 0);
+            Ok(resp)
+        }
+        Outcome::Failed(e) => Err(clone_error(e)),
+    }
+}
+
+fn clone_error(e: &ApiError) -> ApiError {
+    match e {
+        ApiError::UpstreamTimeout { upstream, timeout_ms } => ApiError::UpstreamTimeout {
+            upstream: upstream.clone(),
+            timeout_ms: *timeout_ms,
+        },
+        ApiError::UpstreamUnreachable { upstream, detail } => ApiError::UpstreamUnreachable {
+            upstream: upstream.clone(),
+            detail: detail.clone(),
+        },
+        ApiError::UpstreamTooLarge { upstream, limit } => ApiError::UpstreamTooLarge {
+            upstream: upstream.clone(),
+            limit: *limit,
+        },
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// Renders a complete answer as JSON, or replays it as SSE for a streaming client.
+pub(super) fn render_answer(
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    body: &Bytes,
+    content_type: &str,
+    status: CacheStatus,
+    key: CacheKey,
+    age: u64,
+) -> Response {
+    let mut resp = if parsed.stream {
+        let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let frames = sse::replay(endpoint, &value, parsed.include_usage);
+        let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<Bytes, std::io::Error>));
+        let mut r = Response::new(Body::from_stream(stream));
+        set_header(&mut r, header::CONTENT_TYPE.as_str(), "text/event-stream");
+        set_header(&mut r, header::CACHE_CONTROL.as_str(), "no-cache");
+        r
+    } else {
+        let mut r = Response::new(Body::from(body.clone()));
+        set_header(&mut r, header::CONTENT_TYPE.as_str(), content_type);
+        r
+    };
+    cache_headers(&mut resp, status, key, age);
+    resp
+}
+
+fn set_header(resp: &mut Response, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (
+        header::HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        resp.headers_mut().insert(n, v);
+    }
+}
+
+fn cache_headers(resp: &mut Response, status: CacheStatus, key: CacheKey, age: u64) {
+    let h = resp.headers_mut();
+    h.insert("x-recache-status", HeaderValue::from_static(status.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&key.hex()) {
+        h.insert("x-recache-key", v);
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+}
