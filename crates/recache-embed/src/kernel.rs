@@ -146,7 +146,7 @@ pub(crate) fn token_blocks(m: usize, most: usize) -> impl Iterator<Item = (usize
 }
 
 /// Which kernel runs on this CPU, for a layer of typical shape (for benchmarks and logs).
-pub fn kernel_name() -> &'static str {
+pub(crate) fn kernel_name() -> &'static str {
     match Isa::detect(384, 384) {
         Isa::Scalar => "f16 portable",
         #[cfg(target_arch = "x86_64")]

@@ -97,7 +97,7 @@ fn avx2() -> bool {
 }
 
 /// Which kernel runs on this CPU (for benchmarks and logs).
-pub fn kernel_name() -> &'static str {
+pub(crate) fn kernel_name() -> &'static str {
     match Kind::detect(16) {
         Kind::Vnni => "int8 avx512-vnni",
         Kind::Wide => "int8 avx2",

@@ -24,7 +24,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn observe(&self, secs: f64) {
+    pub(crate) fn observe(&self, secs: f64) {
         let i = BUCKETS.partition_point(|b| *b < secs);
         if let Some(b) = self.buckets.get(i) {
             b.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +132,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn backend_error(&self, backend: &str) {
+    pub(crate) fn backend_error(&self, backend: &str) {
         if let Some(i) = BACKENDS.iter().position(|b| *b == backend) {
             self.backend_errors[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -328,7 +328,7 @@ impl Buckets {
 pub use recache_core::prom::label;
 
 /// Writes one labelled histogram's series into its family.
-pub fn write_histogram(f: &mut Family<'_>, labels: &[(&str, &str)], h: &Histogram) {
+pub(crate) fn write_histogram(f: &mut Family<'_>, labels: &[(&str, &str)], h: &Histogram) {
     let c = h.cumulative();
     // Read after the buckets: +Inf is never below the last bucket.
     let count = h.count.load(Ordering::Relaxed).max(c.le[BUCKETS.len() - 1]);

@@ -52,7 +52,7 @@ impl Upstreams {
     }
 
     /// The upstream configured under `name`.
-    pub fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
+    pub(crate) fn by_name(&self, name: &str) -> Option<Arc<Upstream>> {
         self.list.iter().find(|u| u.name == name).cloned()
     }
 

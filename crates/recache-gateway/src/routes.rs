@@ -60,7 +60,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 /// The ops listener (`server.ops_listen`): health and metrics, no token.
-pub fn ops_app(state: Arc<AppState>) -> Router {
+pub(crate) fn ops_app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ops_ready))

@@ -482,7 +482,7 @@ async fn seed(a: SeedArgs) -> i32 {
 }
 
 /// Peak resident memory of this process, in MiB.
-pub fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     recache_engine::metrics::peak_rss_bytes() as f64 / 1048576.0
 }
 

@@ -58,7 +58,7 @@ pub async fn run(args: DoctorArgs) -> i32 {
 }
 
 /// Every check for this config, engines first.
-pub async fn check_all(config: &Arc<recache_core::config::Config>, url: &str) -> Vec<Finding> {
+pub(crate) async fn check_all(config: &Arc<recache_core::config::Config>, url: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     if config.index.engine == IndexEngine::Redis {
         match doctor::redis::read(config.index.url.as_deref().unwrap_or_default()).await {

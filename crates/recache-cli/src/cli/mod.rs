@@ -96,7 +96,7 @@ pub use recache_core::config::env_map;
 /// Operator and bulk commands (health checks, backups, seeding) call the
 /// engines many times on what may be a busy machine: each call gets at least
 /// `ms`, not the request path's per-call limit (250 ms for artifacts by default).
-pub fn raise_timeouts(config: &mut Config, ms: u64) {
+pub(crate) fn raise_timeouts(config: &mut Config, ms: u64) {
     for t in [
         &mut config.index.timeout_ms,
         &mut config.artifacts.timeout_ms,
@@ -107,7 +107,7 @@ pub fn raise_timeouts(config: &mut Config, ms: u64) {
     }
 }
 
-pub fn load_config(args: &ConfigArgs, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+pub(crate) fn load_config(args: &ConfigArgs, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
     let (config, warnings) = Config::load(&args.config, env)?;
     for w in warnings {
         eprintln!("recache: warning: {w}");
@@ -115,7 +115,7 @@ pub fn load_config(args: &ConfigArgs, env: &HashMap<String, String>) -> Result<C
     Ok(config)
 }
 
-pub fn init_logging(format: LogFormat, level: &str) {
+pub(crate) fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))

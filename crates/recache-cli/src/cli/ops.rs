@@ -26,7 +26,7 @@ impl Exit {
 }
 
 /// The exit code of a command's result; a failure is printed as `recache <command>: <message>`.
-pub fn exit_code(command: &str, res: Result<i32, Exit>) -> i32 {
+pub(crate) fn exit_code(command: &str, res: Result<i32, Exit>) -> i32 {
     match res {
         Ok(code) => code,
         Err(Exit(code, msg)) => {
@@ -75,7 +75,7 @@ pub struct QueueEnv {
     pub queue: Arc<dyn recache_storage::queue::Queue>,
 }
 
-pub async fn open_queue(config: &ConfigArgs) -> Result<QueueEnv, Exit> {
+pub(crate) async fn open_queue(config: &ConfigArgs) -> Result<QueueEnv, Exit> {
     let env: HashMap<String, String> = env_map();
     let config = load_config(config, &env).map_err(|e| Exit::config(e.to_string()))?;
     init_logging(LogFormat::Text, "warn");

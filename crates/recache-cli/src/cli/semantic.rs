@@ -67,13 +67,13 @@ pub struct ListArgs {
     pub format: OutputFormat,
 }
 
-pub async fn run_semantic(a: SemanticArgs) -> i32 {
+pub(crate) async fn run_semantic(a: SemanticArgs) -> i32 {
     match a.command {
         SemanticCommand::Report(r) => report(r).await,
     }
 }
 
-pub async fn run_vectors(a: VectorsArgs) -> i32 {
+pub(crate) async fn run_vectors(a: VectorsArgs) -> i32 {
     match a.command {
         VectorsCommand::Init(i) => init(i).await,
         VectorsCommand::List(l) => list(l).await,

@@ -32,14 +32,14 @@ pub struct ServeArgs {
 pub const DEMO_MODEL: &str = "models/all-MiniLM-L6-v2";
 
 /// The demo's model folder, when it has been fetched.
-pub fn demo_model() -> Option<PathBuf> {
+pub(crate) fn demo_model() -> Option<PathBuf> {
     let dir = PathBuf::from(DEMO_MODEL);
     (dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists()).then_some(dir)
 }
 
 /// The demo configuration: everything embedded, the stub provider upstream;
 /// semantic matching for the demo tenant when a model folder is given.
-pub fn demo_config(
+pub(crate) fn demo_config(
     stub_url: &str,
     data_dir: &std::path::Path,
     listen: &str,
@@ -161,7 +161,7 @@ pub async fn run(args: ServeArgs) -> i32 {
     0
 }
 
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

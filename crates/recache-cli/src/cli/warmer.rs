@@ -405,7 +405,7 @@ async fn priority(a: PriorityArgs) -> Result<i32, Exit> {
 }
 
 /// The jobs a rebuild scope queues, in the order they should run.
-pub fn rebuild_jobs(scope: Scope, max_cost_usd: Option<f64>, max_attempts: u32) -> Vec<NewJob> {
+pub(crate) fn rebuild_jobs(scope: Scope, max_cost_usd: Option<f64>, max_attempts: u32) -> Vec<NewJob> {
     let kinds: &[&str] = match scope {
         Scope::Index => &[REBUILD_INDEX],
         Scope::Metadata => &[RECONCILE_METADATA],
@@ -490,7 +490,7 @@ async fn wait_for(r: &QueueEnv, ids: &[i64], timeout_s: u64, format: OutputForma
 
 /// Polls jobs until they succeed or die (or the timeout), with a progress
 /// bar; returns them and whether they all ended.
-pub async fn wait_jobs(r: &QueueEnv, ids: &[i64], timeout_s: u64, bar: bool) -> Result<(Vec<Job>, bool), Exit> {
+pub(crate) async fn wait_jobs(r: &QueueEnv, ids: &[i64], timeout_s: u64, bar: bool) -> Result<(Vec<Job>, bool), Exit> {
     let ctx = recache_ops::recovery::local::LocalCtx::new("waiting", bar);
     let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
     loop {
@@ -519,7 +519,7 @@ pub async fn wait_jobs(r: &QueueEnv, ids: &[i64], timeout_s: u64, bar: bool) -> 
 /// Queues `job` for a running gateway's workers (a CLI process cannot open
 /// the embedded index a gateway owns), waits for it, and returns it once it
 /// succeeded; any other end is an error naming the job.
-pub async fn run_in_gateway(
+pub(crate) async fn run_in_gateway(
     r: &QueueEnv,
     job: recache_storage::queue::NewJob,
     timeout_s: u64,

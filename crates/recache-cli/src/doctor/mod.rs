@@ -89,7 +89,7 @@ pub fn summary(findings: &[Finding]) -> serde_json::Value {
 }
 
 /// The text report: one line per check, the fix under each finding.
-pub fn render_text(findings: &[Finding]) -> String {
+pub(crate) fn render_text(findings: &[Finding]) -> String {
     use std::fmt::Write as _;
     let width = findings.iter().map(|f| f.check.len()).max().unwrap_or(10);
     let mut out = String::new();

@@ -13,7 +13,7 @@ const REACH: &str = "Qdrant recovery: check cluster health and the collection fi
 
 /// The dimension an embedder fingerprint puts in a collection's name
 /// (`kind:model:dimension:...`, with `:` written `_`): its first all-digit part.
-pub fn named_dimension(name: &str, prefix: &str) -> Option<usize> {
+pub(crate) fn named_dimension(name: &str, prefix: &str) -> Option<usize> {
     name.strip_prefix(prefix)?
         .split('_')
         .skip(2)

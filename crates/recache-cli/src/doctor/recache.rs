@@ -74,7 +74,7 @@ pub async fn breakers(url: &str, token: Option<&str>) -> Finding {
     }
 }
 
-pub fn breakers_from(ready: &Value) -> Finding {
+pub(crate) fn breakers_from(ready: &Value) -> Finding {
     if ready.get("roles").is_none() {
         return Finding::warn(
             "recache.breakers",
@@ -113,7 +113,7 @@ pub fn breakers_from(ready: &Value) -> Finding {
 }
 
 /// The breaker settings in force, one line.
-pub fn breaker_settings(config: &Config) -> Finding {
+pub(crate) fn breaker_settings(config: &Config) -> Finding {
     let parts: Vec<String> = BREAKER_BACKENDS
         .iter()
         .map(|b| {

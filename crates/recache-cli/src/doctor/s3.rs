@@ -116,7 +116,7 @@ pub enum Versioning {
 }
 
 /// Parses a `VersioningConfiguration` document.
-pub fn parse_versioning(xml: &str) -> Versioning {
+pub(crate) fn parse_versioning(xml: &str) -> Versioning {
     match xml
         .split("<Status>")
         .nth(1)
@@ -131,7 +131,7 @@ pub fn parse_versioning(xml: &str) -> Versioning {
     }
 }
 
-pub async fn read_versioning(config: &Config) -> Versioning {
+pub(crate) async fn read_versioning(config: &Config) -> Versioning {
     let c = &config.artifacts;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (Some(access_key), Some(secret_key)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {

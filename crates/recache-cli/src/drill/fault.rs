@@ -197,7 +197,7 @@ impl Faults {
     }
 
     /// Undoes every fault still in force; returns what was done.
-    pub async fn undo(&mut self, subject: &Subject) -> Vec<String> {
+    pub(crate) async fn undo(&mut self, subject: &Subject) -> Vec<String> {
         let mut out = Vec::new();
         for f in self.list.iter_mut().filter(|f| !f.undone) {
             f.undone = true;

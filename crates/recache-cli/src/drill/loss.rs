@@ -7,13 +7,13 @@ use futures_util::StreamExt;
 use recache_storage::roles::{ArtifactId, Roles};
 
 /// Every pointer and the generation marker, as a Redis restarting empty would lose them.
-pub async fn wipe_index(roles: &Roles) -> anyhow::Result<u64> {
+pub(crate) async fn wipe_index(roles: &Roles) -> anyhow::Result<u64> {
     Ok(roles.index.wipe().await?)
 }
 
 /// Deletes `fraction` of the artifacts (every `1/fraction`-th by id, so the
 /// choice is spread evenly). Returns (deleted, listed).
-pub async fn delete_artifacts(roles: &Roles, fraction: f64) -> anyhow::Result<(u64, u64)> {
+pub(crate) async fn delete_artifacts(roles: &Roles, fraction: f64) -> anyhow::Result<(u64, u64)> {
     let listed = roles.artifacts.list().await?;
     let total = listed.len() as u64;
     let picked: Vec<ArtifactId> = listed
@@ -36,12 +36,12 @@ pub async fn delete_artifacts(roles: &Roles, fraction: f64) -> anyhow::Result<(u
 
 /// Every entry row, in one statement (the audit log and the job queue stay,
 /// so recovery jobs can run).
-pub async fn wipe_metadata(roles: &Roles) -> anyhow::Result<u64> {
+pub(crate) async fn wipe_metadata(roles: &Roles) -> anyhow::Result<u64> {
     Ok(roles.metadata.purge_expired(i64::MAX).await?.len() as u64)
 }
 
 /// Every vector of the entries metadata knows (call before wiping metadata).
-pub async fn wipe_vectors(roles: &Roles) -> anyhow::Result<u64> {
+pub(crate) async fn wipe_vectors(roles: &Roles) -> anyhow::Result<u64> {
     if !roles.vectors.enabled() {
         return Ok(0);
     }

@@ -28,7 +28,7 @@ pub struct Bucket {
     pub spend_usd: f64,
 }
 
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -37,7 +37,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Samples sent in `[from, to)`, as a slice of the time-sorted samples.
-pub fn in_range(sorted: &[Sample], from: f64, to: f64) -> &[Sample] {
+pub(crate) fn in_range(sorted: &[Sample], from: f64, to: f64) -> &[Sample] {
     let a = sorted.partition_point(|s| s.t < from);
     let b = sorted.partition_point(|s| s.t < to);
     &sorted[a..b.max(a)]
@@ -45,7 +45,7 @@ pub fn in_range(sorted: &[Sample], from: f64, to: f64) -> &[Sample] {
 
 /// Requests that count against the promise of zero errors: any failure,
 /// except the provider's own while the provider is the fault.
-pub fn counted_error(s: &Sample, provider_faulted: bool) -> bool {
+pub(crate) fn counted_error(s: &Sample, provider_faulted: bool) -> bool {
     // (`provider_faulted`: see `in_window`.)
     match s.outcome {
         Outcome::Error => true,
@@ -56,7 +56,7 @@ pub fn counted_error(s: &Sample, provider_faulted: bool) -> bool {
 
 /// The request was in flight at some point of `[from, to]` (it was sent
 /// before `to` and answered after `from`): a fault in that window could reach it.
-pub fn in_window(s: &Sample, window: Option<(f64, f64)>) -> bool {
+pub(crate) fn in_window(s: &Sample, window: Option<(f64, f64)>) -> bool {
     window.is_some_and(|(from, to)| s.t <= to && s.t + s.latency_ms / 1000.0 >= from)
 }
 
@@ -98,7 +98,7 @@ pub fn buckets(sorted: &[Sample], until: f64) -> Vec<Bucket> {
 /// The first time at or after `from` from which the hit rate holds at least
 /// `RECOVERY_SHARE` of `steady` over a `RECOVERY_WINDOW_S` window that ends
 /// before `until` (the last request sent). `None`: not recovered.
-pub fn recovered_at(sorted: &[Sample], steady: f64, from: f64, until: f64) -> Option<f64> {
+pub(crate) fn recovered_at(sorted: &[Sample], steady: f64, from: f64, until: f64) -> Option<f64> {
     let target = steady * RECOVERY_SHARE;
     let mut t = from;
     while t + RECOVERY_WINDOW_S <= until {

@@ -46,13 +46,13 @@ impl Observed {
     }
 
     /// When all of `backends` were first seen closed (or disabled) at or after `from`.
-    pub fn first_closed(&self, backends: &[&str], from: f64) -> Option<f64> {
+    pub(crate) fn first_closed(&self, backends: &[&str], from: f64) -> Option<f64> {
         self.first(from, |st| all_pass(st, backends))
     }
 
     /// When the gateway was first fully healthy at or after `from`: ready,
     /// every breaker closed, no recovery job queued or running.
-    pub fn healthy_at(&self, from: f64) -> Option<f64> {
+    pub(crate) fn healthy_at(&self, from: f64) -> Option<f64> {
         self.health
             .iter()
             .filter(|h| h.t >= from)
@@ -83,7 +83,7 @@ fn passes(state: &str) -> bool {
 }
 
 /// Every breaker of `backends` lets calls through (a backend without a breaker does).
-pub fn all_pass(states: &BTreeMap<String, String>, backends: &[&str]) -> bool {
+pub(crate) fn all_pass(states: &BTreeMap<String, String>, backends: &[&str]) -> bool {
     backends.iter().all(|b| states.get(*b).is_none_or(|s| passes(s)))
 }
 

@@ -66,7 +66,7 @@ impl Relay {
         }
     }
 
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
 
@@ -86,7 +86,7 @@ impl Drop for Relay {
 
 /// `host:port` of a URL (with the scheme's default port), or `None`
 /// (a Unix socket, no host).
-pub fn host_port(url: &str) -> Option<(String, u16)> {
+pub(crate) fn host_port(url: &str) -> Option<(String, u16)> {
     let u = reqwest::Url::parse(url).ok()?;
     let host = u.host_str()?.to_string();
     let port = u.port_or_known_default().or(match u.scheme() {

@@ -79,7 +79,7 @@ impl Report {
         self.measures["rpo_seconds"].as_f64()
     }
 
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut m = String::new();
         let _ = writeln!(m, "# DR drill: {} ({})\n", self.scenario, self.verdict.to_uppercase());
         let _ = writeln!(m, "## Summary\n\n{}\n", self.summary);

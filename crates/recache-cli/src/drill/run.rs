@@ -91,7 +91,7 @@ fn engine_name(config: &Config, backend: &str) -> String {
 }
 
 /// Refuses what must not run: a loss without `allow_destructive`, bad options.
-pub fn preflight(config: &Config, o: &Options) -> Result<(), DrillError> {
+pub(crate) fn preflight(config: &Config, o: &Options) -> Result<(), DrillError> {
     let refuse = |m: String| Err(DrillError::Refused(m));
     for b in destroyed(o.scenario, config) {
         if !config.drill.engine(b).allow_destructive {

@@ -161,7 +161,7 @@ impl Subject {
         }
     }
 
-    pub fn is_managed(&self) -> bool {
+    pub(crate) fn is_managed(&self) -> bool {
         self.managed.is_some()
     }
 
@@ -175,12 +175,12 @@ impl Subject {
         self.managed.as_ref().map(|m| &m.state().recovery)
     }
 
-    pub fn relay(&self, backend: &str) -> Option<&Relay> {
+    pub(crate) fn relay(&self, backend: &str) -> Option<&Relay> {
         self.managed.as_ref().and_then(|m| m.relays.get(backend))
     }
 
     /// Every relay of the provider (one per upstream address).
-    pub fn provider_relays(&self) -> Vec<&Relay> {
+    pub(crate) fn provider_relays(&self) -> Vec<&Relay> {
         self.managed
             .as_ref()
             .map(|m| m.relays.values().filter(|r| r.name.starts_with("provider")).collect())
@@ -250,7 +250,7 @@ impl Subject {
     }
 
     /// Jobs queued or running.
-    pub async fn live_jobs(&self) -> anyhow::Result<u64> {
+    pub(crate) async fn live_jobs(&self) -> anyhow::Result<u64> {
         let v = self
             .admin_json(self.http.get(format!("{}/admin/jobs?limit=1", self.base)))
             .await?;

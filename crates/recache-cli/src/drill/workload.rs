@@ -30,10 +30,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn served_from_cache(self) -> bool {
+    pub(crate) fn served_from_cache(self) -> bool {
         matches!(self, Outcome::Hit | Outcome::SemanticHit | Outcome::Stale)
     }
-    pub fn is_error(self) -> bool {
+    pub(crate) fn is_error(self) -> bool {
         matches!(self, Outcome::ProviderError | Outcome::Error)
     }
 }

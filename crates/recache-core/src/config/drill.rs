@@ -97,7 +97,7 @@ pub struct Targets {
 /// versions or a backup set), vectors 15 min / 1 h (rebuilt from metadata, so
 /// nothing is truly lost), the provider 5 min / 0 (hits keep flowing; nothing
 /// is lost), everything at once 30 min / 1 h (a full restore).
-pub fn default_targets(backend: &str) -> (&'static str, &'static str) {
+pub(crate) fn default_targets(backend: &str) -> (&'static str, &'static str) {
     match backend {
         "index" => ("5m", "5m"),
         "metadata" => ("10m", "1m"),

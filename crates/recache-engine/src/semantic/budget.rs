@@ -34,7 +34,7 @@ impl Counts {
     pub fn checks(&self) -> u64 {
         self.shadow_checks + self.verifications
     }
-    pub fn disagreements(&self) -> u64 {
+    pub(crate) fn disagreements(&self) -> u64 {
         self.checks() - self.shadow_agreements - self.verification_agreements
     }
     /// Measured false-hit rate and its 95 % Wilson interval, over all checks.
@@ -74,7 +74,7 @@ pub struct ScopeStats {
 }
 
 /// The 95 % Wilson score interval for `k` successes out of `n`.
-pub fn wilson(k: u64, n: u64) -> (f64, f64) {
+pub(crate) fn wilson(k: u64, n: u64) -> (f64, f64) {
     if n == 0 {
         return (0.0, 1.0);
     }

@@ -113,7 +113,7 @@ pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usiz
 }
 
 /// The scope hash (hex).
-pub fn scope_hash(
+pub(crate) fn scope_hash(
     tenant: &str,
     namespace: &str,
     endpoint: &str,

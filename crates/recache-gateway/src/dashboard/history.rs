@@ -154,7 +154,7 @@ pub fn window(samples: &[Sample]) -> BTreeMap<&'static str, Buckets> {
 }
 
 /// The last outage within the samples: the last run of samples with a breaker open.
-pub fn last_outage(samples: &[Sample]) -> Option<Outage> {
+pub(crate) fn last_outage(samples: &[Sample]) -> Option<Outage> {
     let end = samples.iter().rposition(|s| !s.degraded.is_empty())?;
     let mut start = end;
     while start > 0 && !samples[start - 1].degraded.is_empty() {

@@ -117,7 +117,7 @@ impl Sessions {
     }
 
     /// `Err(wait)` when `addr` has failed too often lately.
-    pub fn may_try(&self, addr: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn may_try(&self, addr: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let g = self.lock();
         match g.failures.get(&addr) {

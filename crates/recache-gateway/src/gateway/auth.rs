@@ -87,7 +87,7 @@ impl Tenants {
         out
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
         let raw = headers
             .get(header::AUTHORIZATION)
             .ok_or(ApiError::MissingKey)?

@@ -51,7 +51,7 @@ pub type Shared = Arc<Outcome>;
 
 /// The complete answer's body once the flight behind `rx` ends; dropped
 /// (nothing sent) when it did not complete. What the semantic judge waits on.
-pub fn body_when_done(mut rx: watch::Receiver<Option<Shared>>) -> tokio::sync::oneshot::Receiver<Bytes> {
+pub(crate) fn body_when_done(mut rx: watch::Receiver<Option<Shared>>) -> tokio::sync::oneshot::Receiver<Bytes> {
     let (tx, out) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         if let Ok(Some(o)) = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone()) {

@@ -75,7 +75,7 @@ pub async fn ready(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Json<s
 }
 
 /// `/health/ready` on the ops listener: always in detail.
-pub async fn ops_ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+pub(crate) async fn ops_ready(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
     ready_body(&s, true).await
 }
 
@@ -110,7 +110,7 @@ pub async fn metrics(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 }
 
 /// `/metrics` on the ops listener.
-pub async fn ops_metrics(State(s): State<Arc<AppState>>) -> Response {
+pub(crate) async fn ops_metrics(State(s): State<Arc<AppState>>) -> Response {
     render_metrics(&s).await
 }
 
@@ -298,7 +298,11 @@ pub struct JobsQuery {
 }
 
 /// `GET /admin/jobs`: jobs (running first), counts by kind and state, live workers.
-pub async fn admin_jobs(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<JobsQuery>) -> Response {
+pub(crate) async fn admin_jobs(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<JobsQuery>,
+) -> Response {
     let run = async {
         check_admin(&s, &headers)?;
         let state = match q.state.as_deref() {
@@ -333,7 +337,11 @@ pub struct EnqueueBody {
 }
 
 /// `POST /admin/jobs`: enqueue a job (`{"kind": "rebuild-index"}`, or any kind with its payload).
-pub async fn admin_enqueue(State(s): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub(crate) async fn admin_enqueue(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let run = async {
         check_admin(&s, &headers)?;
         let b: EnqueueBody = serde_json::from_slice(&body).map_err(|e| {
@@ -376,7 +384,7 @@ fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Whether the request's `Authorization: Bearer` is `token` (compared in constant time).
-pub fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -385,7 +393,7 @@ pub fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Compares secrets in time that does not depend on where they differ (`subtle`).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()
 }
@@ -417,7 +425,7 @@ pub async fn admin_entry(State(s): State<Arc<AppState>>, headers: HeaderMap, Pat
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-pub async fn admin_delete_entry(
+pub(crate) async fn admin_delete_entry(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(key): Path<String>,
@@ -456,7 +464,11 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-pub async fn admin_audit(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Response {
+pub(crate) async fn admin_audit(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
     let run = async {
         check_admin(&s, &headers)?;
         let events = s
@@ -472,7 +484,7 @@ pub async fn admin_audit(State(s): State<Arc<AppState>>, headers: HeaderMap, Que
 }
 
 /// `GET /admin/semantic`: the semantic report (what `recache semantic report` prints).
-pub async fn admin_semantic(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn admin_semantic(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = check_admin(&s, &headers) {
         return e.into_response();
     }
@@ -482,7 +494,7 @@ pub async fn admin_semantic(State(s): State<Arc<AppState>>, headers: HeaderMap) 
     }
 }
 
-pub async fn admin_breakers(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn admin_breakers(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(e) = check_admin(&s, &headers) {
         return e.into_response();
     }
@@ -497,7 +509,7 @@ pub struct BreakerQuery {
     pub seconds: Option<u64>,
 }
 
-pub async fn admin_breaker_action(
+pub(crate) async fn admin_breaker_action(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path((backend, action)): Path<(String, String)>,

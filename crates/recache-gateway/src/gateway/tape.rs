@@ -89,7 +89,7 @@ impl Tape {
     /// is no stream to play (the flight ended without one, or the stream was
     /// cut short before this client started): the caller renders the
     /// flight's outcome instead.
-    pub async fn wait_start(&self) -> Option<String> {
+    pub(crate) async fn wait_start(&self) -> Option<String> {
         let mut rx = self.changed.subscribe();
         loop {
             {
@@ -109,7 +109,9 @@ impl Tape {
     /// Plays the tape from its first byte: what is recorded, then the live
     /// tail, until the stream ends (a stream cut short ends here too, as the
     /// provider's did).
-    pub fn play(self: std::sync::Arc<Self>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    pub(crate) fn play(
+        self: std::sync::Arc<Self>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         let rx = self.changed.subscribe();
         futures_util::stream::unfold((self, rx, 0usize), |(tape, mut rx, pos)| async move {
             loop {

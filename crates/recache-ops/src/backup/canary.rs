@@ -88,6 +88,6 @@ pub async fn write(
 }
 
 /// The canary's exact bytes as the manifest records them.
-pub fn bytes_of(c: &Canary) -> Option<Vec<u8>> {
+pub(crate) fn bytes_of(c: &Canary) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(&c.bytes_b64).ok()
 }

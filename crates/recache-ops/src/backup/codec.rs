@@ -28,7 +28,7 @@ pub fn sha256_hex(b: &[u8]) -> String {
 }
 
 /// Compresses `text` (already newline-terminated records).
-pub fn pack(text: Vec<u8>, rows: u64) -> Packed {
+pub(crate) fn pack(text: Vec<u8>, rows: u64) -> Packed {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(text.len() / 4), flate2::Compression::fast());
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(&text);
@@ -40,7 +40,7 @@ pub fn pack(text: Vec<u8>, rows: u64) -> Packed {
     }
 }
 
-pub fn unpack(bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn unpack(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(bytes.len() * 4);
     flate2::read::GzDecoder::new(bytes)
         .read_to_end(&mut out)
@@ -49,7 +49,7 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// JSON lines of serialisable records.
-pub fn json_lines<T: serde::Serialize>(items: &[T], out: &mut Vec<u8>) {
+pub(crate) fn json_lines<T: serde::Serialize>(items: &[T], out: &mut Vec<u8>) {
     for it in items {
         if serde_json::to_writer(&mut *out, it).is_ok() {
             out.push(b'\n');
@@ -58,7 +58,7 @@ pub fn json_lines<T: serde::Serialize>(items: &[T], out: &mut Vec<u8>) {
 }
 
 /// Parses JSON lines; a bad line is an error naming its number.
-pub fn parse_json_lines<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<Vec<T>, String> {
+pub(crate) fn parse_json_lines<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<Vec<T>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.map_err(|e| e.to_string())?;
@@ -84,7 +84,7 @@ pub struct PointLine {
 }
 
 /// `key \t artifact \t size \t created_at_ms \t expires_at_ms`
-pub fn pointer_lines(items: &[(CacheKey, IndexEntry)], out: &mut Vec<u8>) {
+pub(crate) fn pointer_lines(items: &[(CacheKey, IndexEntry)], out: &mut Vec<u8>) {
     for (k, e) in items {
         let _ = writeln!(
             out,
@@ -98,7 +98,7 @@ pub fn pointer_lines(items: &[(CacheKey, IndexEntry)], out: &mut Vec<u8>) {
     }
 }
 
-pub fn parse_pointer_lines(text: &[u8]) -> Result<Vec<(CacheKey, IndexEntry)>, String> {
+pub(crate) fn parse_pointer_lines(text: &[u8]) -> Result<Vec<(CacheKey, IndexEntry)>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.map_err(|e| e.to_string())?;
@@ -127,13 +127,13 @@ pub fn parse_pointer_lines(text: &[u8]) -> Result<Vec<(CacheKey, IndexEntry)>, S
 }
 
 /// `sha256 \t size`
-pub fn artifact_lines(items: &[(ArtifactId, u64)], out: &mut Vec<u8>) {
+pub(crate) fn artifact_lines(items: &[(ArtifactId, u64)], out: &mut Vec<u8>) {
     for (id, size) in items {
         let _ = writeln!(out, "{}\t{size}", id.hex());
     }
 }
 
-pub fn parse_artifact_lines(text: &[u8]) -> Result<Vec<(ArtifactId, u64)>, String> {
+pub(crate) fn parse_artifact_lines(text: &[u8]) -> Result<Vec<(ArtifactId, u64)>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.map_err(|e| e.to_string())?;

@@ -277,7 +277,7 @@ async fn export_vectors(roles: &Roles, target: &Target, dir: &str) -> BResult<(V
 
 /// Copies the artifacts the pool lacks (or all with `full`), hash-checked.
 /// Returns (copied, copied bytes, missing or damaged at the source).
-pub async fn copy_artifacts(
+pub(crate) async fn copy_artifacts(
     roles: &Roles,
     target: &Target,
     want: Vec<(ArtifactId, u64)>,
@@ -498,7 +498,7 @@ pub async fn create(targets: &Targets, roles: &Roles, opts: &CreateOptions, ctx:
 
 /// The manifest and its copy (the copy second: a set with only the first is
 /// complete; one with neither is not).
-pub async fn write_manifest(target: &Target, m: &Manifest) -> BResult<()> {
+pub(crate) async fn write_manifest(target: &Target, m: &Manifest) -> BResult<()> {
     let bytes = bytes::Bytes::from(m.encode_signed(target.signing_key.as_deref()));
     let dir = set_dir(&m.id);
     target
@@ -510,7 +510,13 @@ pub async fn write_manifest(target: &Target, m: &Manifest) -> BResult<()> {
 
 /// Copies a set to another target (the DR copy): the pooled artifacts that
 /// target lacks (by its own listing), the set's files, then the manifest.
-pub async fn copy_set(from: &Target, to: &Target, m: &Manifest, parallel: usize, ctx: &dyn JobCtx) -> BResult<u64> {
+pub(crate) async fn copy_set(
+    from: &Target,
+    to: &Target,
+    m: &Manifest,
+    parallel: usize,
+    ctx: &dyn JobCtx,
+) -> BResult<u64> {
     let dir = set_dir(&m.id);
     let listed = super::verify::artifact_list(from, m).await?;
     let pool = to.pool().await?;

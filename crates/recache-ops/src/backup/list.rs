@@ -136,7 +136,7 @@ pub async fn newest(target: &Target, verified: bool) -> BResult<Option<Manifest>
 }
 
 /// Records a verification beside the manifest.
-pub async fn record_verification(target: &Target, v: &Verification) -> BResult<()> {
+pub(crate) async fn record_verification(target: &Target, v: &Verification) -> BResult<()> {
     let rel = format!("{}/verify/{}.json", set_dir(&v.set), super::format_id(v.at_ms));
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     target.put(&rel, body.into()).await?;
@@ -158,7 +158,7 @@ pub async fn verifications(target: &Target, id: &str) -> BResult<Vec<Verificatio
     Ok(out)
 }
 
-pub async fn last_verification(target: &Target, id: &str) -> BResult<Option<Verification>> {
+pub(crate) async fn last_verification(target: &Target, id: &str) -> BResult<Option<Verification>> {
     Ok(verifications(target, id).await?.pop())
 }
 

@@ -136,7 +136,7 @@ pub fn set_dir(id: &str) -> String {
 /// Whether `id` has the form [`format_id`] gives (`YYYYMMDDTHHMMSSmmmZ`).
 /// A set id is trusted only in this form: it names a folder, and a manifest's
 /// `id` that is anything else (`../..`, a slash) is refused, never acted on.
-pub fn valid_set_id(id: &str) -> bool {
+pub(crate) fn valid_set_id(id: &str) -> bool {
     let b = id.as_bytes();
     b.len() == 19 && b[8] == b'T' && b[18] == b'Z' && b[..8].iter().chain(&b[9..18]).all(u8::is_ascii_digit)
 }
@@ -147,7 +147,7 @@ pub use recache_core::time::{day_of, format_id, format_time};
 /// (plain or digests) and passwords inside URLs. The manifest sits in the
 /// target, readable by whoever can read backups; an unsalted hash of a text
 /// holding a password would let them test guesses of it.
-pub fn config_fingerprint(config: &Config) -> String {
+pub(crate) fn config_fingerprint(config: &Config) -> String {
     let mut v = serde_json::to_value(config).unwrap_or_default();
     strip_secrets(&mut v);
     let text = serde_json::to_string(&v).unwrap_or_default();

@@ -55,7 +55,7 @@ pub struct PruneReport {
 }
 
 /// Which sets the rules keep. `sets`: (id, started_at_ms, trigger, verified), any order.
-pub fn decide(sets: &[(String, i64, String, bool)], rules: &BackupConfig) -> Vec<Decision> {
+pub(crate) fn decide(sets: &[(String, i64, String, bool)], rules: &BackupConfig) -> Vec<Decision> {
     let mut sorted: Vec<&(String, i64, String, bool)> = sets.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0))); // newest first
     let mut why: BTreeMap<String, String> = BTreeMap::new();
@@ -111,7 +111,7 @@ pub fn decide(sets: &[(String, i64, String, bool)], rules: &BackupConfig) -> Vec
 }
 
 /// Deletes a set: manifests first, then its files.
-pub async fn delete_set(target: &Target, id: &str) -> BResult<()> {
+pub(crate) async fn delete_set(target: &Target, id: &str) -> BResult<()> {
     let dir = set_dir(id);
     target.delete(&format!("{dir}/{MANIFEST}")).await?;
     target.delete(&format!("{dir}/{MANIFEST_COPY}")).await?;
@@ -138,7 +138,7 @@ pub async fn prune(target: &Target, rules: &BackupConfig, grace_ms: i64, dry_run
 /// [`prune`], with the pool's garbage collection optional: it reads every
 /// remaining set's artifact list, which a schedule of one set a minute need
 /// not do every minute.
-pub async fn prune_with(
+pub(crate) async fn prune_with(
     target: &Target,
     rules: &BackupConfig,
     grace_ms: i64,

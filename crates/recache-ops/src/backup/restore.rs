@@ -48,7 +48,7 @@ pub struct RestoreReport {
 }
 
 /// Reads a set file, checking its size and SHA-256 against the manifest, and decompresses it.
-pub async fn read_file(target: &Target, m: &Manifest, f: &FileEntry) -> BResult<Vec<u8>> {
+pub(crate) async fn read_file(target: &Target, m: &Manifest, f: &FileEntry) -> BResult<Vec<u8>> {
     let rel = format!("{}/{}", set_dir(&m.id), f.path);
     let bytes = target
         .get(&rel)
@@ -119,7 +119,7 @@ async fn restore_vectors(
 /// Restores set `m` from `target` into `roles`. Problems that leave the
 /// restore incomplete are returned in the report (the caller decides the
 /// verdict); a set file that fails its hash stops the restore.
-pub async fn restore_into(
+pub(crate) async fn restore_into(
     roles: &Roles,
     target: &Target,
     m: &Manifest,

@@ -250,7 +250,7 @@ fn run_registered<'a>(
 }
 
 /// Runs a `backup` or `backup-restore` job (the gateway's workers).
-pub async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn JobCtx) -> BResult<Value> {
+pub(crate) async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ctx: &dyn JobCtx) -> BResult<Value> {
     let config = Arc::new((*recovery.config).clone());
     let targets = Targets::open(config, &recovery.env)?;
     match kind {

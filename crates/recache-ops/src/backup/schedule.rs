@@ -28,7 +28,7 @@ pub fn interval(config: &Config) -> Option<Duration> {
 
 /// Age of the newest scheduled set (any set when none was scheduled yet
 /// counts too: a manual backup just taken makes the next scheduled one wait).
-pub async fn newest_scheduled_age(targets: &Targets) -> Option<Duration> {
+pub(crate) async fn newest_scheduled_age(targets: &Targets) -> Option<Duration> {
     let m = list::newest(&targets.primary, false).await.ok()??;
     Some(Duration::from_millis((now_ms() - m.started_at_ms).max(0) as u64))
 }

@@ -60,7 +60,7 @@ pub struct Target {
 }
 
 /// Whether a relative path is made of plain names only (see [`Target::path`]).
-pub fn safe_rel(rel: &str) -> bool {
+pub(crate) fn safe_rel(rel: &str) -> bool {
     !rel.is_empty()
         && rel
             .split('/')
@@ -263,7 +263,7 @@ impl Target {
 
     /// Removes what is left of a folder once its objects are deleted (a local
     /// directory keeps its empty directories; object stores have none).
-    pub async fn remove_dir(&self, rel: &str) -> TResult<()> {
+    pub(crate) async fn remove_dir(&self, rel: &str) -> TResult<()> {
         self.path(rel)?;
         let Some(root) = &self.local else { return Ok(()) };
         self.check_local(rel)?;
@@ -297,7 +297,7 @@ impl Target {
     }
 
     /// The immediate sub-folders of `rel_prefix` (names only).
-    pub async fn dirs(&self, rel_prefix: &str) -> TResult<Vec<String>> {
+    pub(crate) async fn dirs(&self, rel_prefix: &str) -> TResult<Vec<String>> {
         let prefix = self.path(rel_prefix)?;
         let l = self
             .store
@@ -351,7 +351,7 @@ impl Target {
     }
 
     /// Where a pooled artifact lives.
-    pub fn pool_rel(id: ArtifactId) -> String {
+    pub(crate) fn pool_rel(id: ArtifactId) -> String {
         let h = id.hex();
         format!("pool/sha256/{}/{h}", &h[..2])
     }

@@ -81,7 +81,7 @@ impl Subset {
 }
 
 /// The artifacts a set refers to, from its artifact list (hash-checked).
-pub async fn artifact_list(target: &Target, m: &Manifest) -> BResult<Vec<(ArtifactId, u64)>> {
+pub(crate) async fn artifact_list(target: &Target, m: &Manifest) -> BResult<Vec<(ArtifactId, u64)>> {
     let mut out = Vec::with_capacity(m.roles.artifacts.referenced as usize);
     for f in m.files.iter().filter(|f| f.path.starts_with("artifacts/")) {
         let text = read_file(target, m, f).await?;

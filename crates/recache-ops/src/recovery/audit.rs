@@ -119,7 +119,7 @@ impl AuditReport {
     }
 
     /// Keys of one finding kind (among the findings kept).
-    pub fn keys_of(&self, kind: &str) -> Vec<String> {
+    pub(crate) fn keys_of(&self, kind: &str) -> Vec<String> {
         self.findings
             .iter()
             .filter(|f| f.kind == kind)
@@ -489,7 +489,7 @@ fn orphan_artifacts(listing: &ArtifactListing, r: &mut AuditReport, scope: &Scop
 }
 
 /// Checks an artifact's bytes against its entry: hash, envelope, key and tenant.
-pub fn verify_artifact(e: &EntryRecord, bytes: &bytes::Bytes) -> Result<(), String> {
+pub(crate) fn verify_artifact(e: &EntryRecord, bytes: &bytes::Bytes) -> Result<(), String> {
     if ArtifactId::of(bytes) != e.artifact {
         return Err("SHA-256 of the stored bytes does not match the artifact id".into());
     }

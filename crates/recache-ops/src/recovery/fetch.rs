@@ -36,7 +36,7 @@ pub enum Bought {
 
 impl Recovery {
     /// Refuses to start a call that would take the warmers past their hourly budget.
-    pub async fn check_hourly_budget(&self, estimate_usd: f64) -> Result<(), JobError> {
+    pub(crate) async fn check_hourly_budget(&self, estimate_usd: f64) -> Result<(), JobError> {
         let cap = self.config.warmer.max_spend_usd_per_hour;
         let spent = self
             .queue

@@ -110,7 +110,7 @@ impl Recovery {
         }
     }
 
-    pub async fn run_job(&self, job: &Job, ctx: &dyn JobCtx) -> Result<Value, JobError> {
+    pub(crate) async fn run_job(&self, job: &Job, ctx: &dyn JobCtx) -> Result<Value, JobError> {
         let started = Instant::now();
         let mut result = match job.kind.as_str() {
             REBUILD_INDEX => self.rebuild_index(job.payload.clone(), ctx).await?,
@@ -187,7 +187,7 @@ impl Recovery {
     /// Marks entries whose artifact is gone (and clears marks that no longer
     /// hold). Returns the artifacts no entry uses, how many artifacts are
     /// stored, and how many entries miss theirs.
-    pub async fn mark_missing(
+    pub(crate) async fn mark_missing(
         &self,
         ctx: &dyn JobCtx,
         dry_run: bool,
@@ -296,7 +296,7 @@ impl Recovery {
 
     /// Refreshes entries that expired in the payload's window (an outage),
     /// most hit first, skipping entries nobody ever hit.
-    pub async fn refresh_stale(&self, mut p: Value, ctx: &dyn JobCtx) -> Result<Value, JobError> {
+    pub(crate) async fn refresh_stale(&self, mut p: Value, ctx: &dyn JobCtx) -> Result<Value, JobError> {
         let from = p["from_ms"].as_i64().unwrap_or(0);
         let to = p["to_ms"].as_i64().unwrap_or_else(now_ms).min(now_ms());
         let min_hits = p.get("min_hits").and_then(Value::as_u64).unwrap_or(1);
@@ -417,7 +417,7 @@ struct Purchases {
 
 /// An entry row rebuilt from an artifact envelope, if the bytes are a
 /// well-formed recache artifact with the id they are stored under.
-pub fn entry_from_artifact(id: ArtifactId, bytes: &bytes::Bytes) -> Option<EntryRecord> {
+pub(crate) fn entry_from_artifact(id: ArtifactId, bytes: &bytes::Bytes) -> Option<EntryRecord> {
     if ArtifactId::of(bytes) != id {
         return None;
     }

@@ -33,7 +33,7 @@ impl ArtifactListing {
     }
 
     /// Records that an entry uses `id`; false when the store has no such artifact.
-    pub fn mark_used(&mut self, id: &ArtifactId) -> bool {
+    pub(crate) fn mark_used(&mut self, id: &ArtifactId) -> bool {
         match self.find(id) {
             Some(at) => {
                 self.used[at] = true;
@@ -44,7 +44,7 @@ impl ArtifactListing {
     }
 
     /// The artifacts no entry was marked as using.
-    pub fn unused(&self) -> impl Iterator<Item = &ArtifactInfo> {
+    pub(crate) fn unused(&self) -> impl Iterator<Item = &ArtifactInfo> {
         self.items.iter().zip(&self.used).filter(|(_, u)| !**u).map(|(a, _)| a)
     }
 

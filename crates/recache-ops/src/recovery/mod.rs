@@ -83,7 +83,7 @@ impl Recovery {
     }
 
     /// How long expired entries are kept (`cache.max_stale_seconds`), in ms.
-    pub fn retain_ms(&self) -> i64 {
+    pub(crate) fn retain_ms(&self) -> i64 {
         self.cache.retain_stale.as_millis() as i64
     }
 

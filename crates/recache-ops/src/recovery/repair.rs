@@ -13,7 +13,7 @@ use recache_storage::roles::{now_ms, ArtifactId, AuditEvent};
 
 impl Recovery {
     /// Records a repair in the audit log.
-    pub async fn audit_repair(&self, what: &str, result: &Value) {
+    pub(crate) async fn audit_repair(&self, what: &str, result: &Value) {
         self.cache
             .audit(AuditEvent {
                 id: recache_engine::cache::event_id(),

@@ -38,7 +38,7 @@ impl Recovery {
             .map(|d| String::from_utf8_lossy(&d.request).into_owned()))
     }
 
-    pub async fn rebuild_vectors(&self, mut p: Value, ctx: &dyn JobCtx) -> Result<Value, JobError> {
+    pub(crate) async fn rebuild_vectors(&self, mut p: Value, ctx: &dyn JobCtx) -> Result<Value, JobError> {
         let Some(sem) = self.semantic.get().cloned() else {
             return Ok(json!({"note": "semantic matching is off in this process's configuration: nothing to rebuild"}));
         };

@@ -86,7 +86,7 @@ pub async fn check_index(r: &Recovery) -> Option<i64> {
 /// the index (their index write failed), so the index lacks them, or still
 /// points to the answer they replaced. Their pointers are rewritten from
 /// metadata (no provider call). Returns the pointers written.
-pub async fn reindex_since(r: &Recovery, from_ms: i64) -> Option<u64> {
+pub(crate) async fn reindex_since(r: &Recovery, from_ms: i64) -> Option<u64> {
     let roles = &r.cache.roles;
     let entries = match roles.metadata.live_entries(from_ms, now_ms()).await {
         Ok(e) => e,

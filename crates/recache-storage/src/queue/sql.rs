@@ -26,14 +26,14 @@ pub const CLAIM_SQLITE: &str = "UPDATE jobs SET state = 'running', lease_owner =
          AND kind IN (SELECT value FROM json_each($5)) ORDER BY priority DESC, id LIMIT 1) \
      RETURNING *";
 
-pub fn enqueue_sql() -> String {
+pub(crate) fn enqueue_sql() -> String {
     "INSERT INTO jobs (kind, payload, priority, state, attempts, max_attempts, run_after_ms, unique_key, \
      namespace, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $8, $8) \
      ON CONFLICT DO NOTHING RETURNING id"
         .to_string()
 }
 
-pub fn live_by_unique_sql() -> String {
+pub(crate) fn live_by_unique_sql() -> String {
     format!("SELECT id FROM jobs WHERE unique_key = $1 AND state IN {LIVE}")
 }
 
@@ -76,7 +76,7 @@ pub const LIST: &str = "SELECT * FROM jobs WHERE ($1 = '' OR state = $1) ORDER B
 pub const COUNTS: &str =
     "SELECT kind, state, COUNT(*) AS n, MAX(priority) AS p FROM jobs GROUP BY kind, state ORDER BY kind, state";
 
-pub fn retry_dead_sql() -> String {
+pub(crate) fn retry_dead_sql() -> String {
     format!(
         "UPDATE jobs SET state = 'queued', attempts = 0, run_after_ms = $1, finished_at_ms = NULL, \
          updated_at_ms = $1 WHERE state = 'dead' AND ($2 = '' OR kind = $2) AND (unique_key IS NULL OR \
@@ -107,7 +107,7 @@ pub const SPEND_SINCE: &str = "SELECT COALESCE(SUM(usd), 0.0) AS s FROM warmer_s
 pub const SUCCEEDED_SINCE: &str = "SELECT COUNT(*) FROM jobs WHERE state = 'succeeded' AND finished_at_ms >= $1";
 
 /// Decodes a `jobs` row from either engine.
-pub fn row_to_job<'r, R>(r: &'r R) -> Result<Job>
+pub(crate) fn row_to_job<'r, R>(r: &'r R) -> Result<Job>
 where
     R: Row,
     &'static str: ColumnIndex<R>,

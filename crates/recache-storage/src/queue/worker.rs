@@ -101,7 +101,7 @@ impl WorkerConfig {
 }
 
 /// A unique worker name: host, pid and a random suffix.
-pub fn worker_name(role: &str) -> String {
+pub(crate) fn worker_name(role: &str) -> String {
     format!(
         "{}-{}-{}-{:04x}",
         role,

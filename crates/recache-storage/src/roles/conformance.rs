@@ -723,7 +723,7 @@ pub async fn metadata_health(meta: &dyn Metadata) {
 // ---------------------------------------------------------------- vectors
 
 /// A unit vector pointing mostly along axis `axis`, tilted by `tilt` towards axis `axis + 1`.
-pub fn unit_vector(dim: usize, axis: usize, tilt: f32) -> Vec<f32> {
+pub(crate) fn unit_vector(dim: usize, axis: usize, tilt: f32) -> Vec<f32> {
     let mut v = vec![0f32; dim];
     v[axis % dim] = 1.0;
     v[(axis + 1) % dim] = tilt;

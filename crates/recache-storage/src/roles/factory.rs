@@ -39,7 +39,7 @@ pub async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn Index>> {
     open_index_as(config, IndexAccess::Write).await
 }
 
-pub async fn open_index_as(config: &Config, access: IndexAccess) -> anyhow::Result<Arc<dyn Index>> {
+pub(crate) async fn open_index_as(config: &Config, access: IndexAccess) -> anyhow::Result<Arc<dyn Index>> {
     let c = &config.index;
     if access == IndexAccess::ReadOnly && c.engine != IndexEngine::Redis {
         let path = c.path.clone();

@@ -268,7 +268,7 @@ impl EmbeddedIndex {
     }
 
     /// Flushes the log buffer every `every` until the index is dropped.
-    pub fn spawn_flusher(self: &Arc<Self>, every: Duration) {
+    pub(crate) fn spawn_flusher(self: &Arc<Self>, every: Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -107,7 +107,7 @@ impl RedisIndex {
     }
 
     /// Keeps keys this long past expiry, so expired entries can still be served stale.
-    pub fn retain_expired_for(mut self, retain: Duration) -> Self {
+    pub(crate) fn retain_expired_for(mut self, retain: Duration) -> Self {
         self.retain = retain;
         self
     }
@@ -188,7 +188,7 @@ impl RedisIndex {
 }
 
 /// Advice from the operations guides, checked against a live server.
-pub fn redis_warnings(info: &std::collections::HashMap<String, String>, save: Option<&str>) -> Vec<String> {
+pub(crate) fn redis_warnings(info: &std::collections::HashMap<String, String>, save: Option<&str>) -> Vec<String> {
     let mut w = Vec::new();
     let num = |k: &str| info.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     let aof = info.get("aof_enabled").map(|v| v == "1").unwrap_or(false);

@@ -11,7 +11,7 @@ pub const NAME: &str = "metadata";
 
 /// SQL is written once with PostgreSQL's `$n` placeholders; SQLite gets
 /// the same numbered parameters as `?n`.
-pub fn sqlite_sql(sql: &str) -> String {
+pub(crate) fn sqlite_sql(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -48,7 +48,7 @@ pub const USAGE_UPSERT_SQL: &str = "INSERT INTO usage_hourly (hour_ms, tenant, n
      usd_saved = usage_hourly.usd_saved + excluded.usd_saved, usd_spent = usage_hourly.usd_spent + excluded.usd_spent";
 
 /// Like [`INSERT_SQL`], but an existing row wins (reconciliation).
-pub fn insert_if_absent_sql() -> String {
+pub(crate) fn insert_if_absent_sql() -> String {
     let head = INSERT_SQL.split(" ON CONFLICT").next().unwrap_or(INSERT_SQL);
     format!("{head} ON CONFLICT (cache_key) DO NOTHING")
 }
@@ -266,7 +266,7 @@ pub fn mark(n: usize, numbered: bool) -> String {
 }
 
 /// `INSERT_SQL` for `rows` rows in one statement.
-pub fn insert_many_sql(rows: usize, numbered: bool) -> String {
+pub(crate) fn insert_many_sql(rows: usize, numbered: bool) -> String {
     let (head, rest) = INSERT_SQL.split_once("VALUES (").unwrap_or((INSERT_SQL, ""));
     let (_, tail) = rest.split_once(") ON CONFLICT").unwrap_or((rest, ""));
     let mut sql = String::with_capacity(head.len() + tail.len() + rows * 80);
@@ -286,7 +286,7 @@ pub fn insert_many_sql(rows: usize, numbered: bool) -> String {
 }
 
 /// Audit events, `rows` of them in one statement.
-pub fn audit_many_sql(rows: usize, numbered: bool) -> String {
+pub(crate) fn audit_many_sql(rows: usize, numbered: bool) -> String {
     let mut sql =
         String::from("INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) VALUES ");
     for r in 0..rows {
@@ -464,7 +464,7 @@ pub fn corrupt(what: &str) -> BackendError {
 }
 
 /// Decodes an `entries` row from either engine.
-pub fn row_to_entry<'r, R>(r: &'r R) -> Result<EntryRecord>
+pub(crate) fn row_to_entry<'r, R>(r: &'r R) -> Result<EntryRecord>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
@@ -497,7 +497,7 @@ where
 }
 
 /// Decodes an `audit_log` row from either engine.
-pub fn row_to_audit<'r, R>(r: &'r R) -> Result<AuditEvent>
+pub(crate) fn row_to_audit<'r, R>(r: &'r R) -> Result<AuditEvent>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
@@ -517,7 +517,7 @@ where
 }
 
 /// Decodes the pointer columns of a live-entries row.
-pub fn row_to_pointer<'r, R>(r: &'r R) -> Result<(CacheKey, super::IndexEntry)>
+pub(crate) fn row_to_pointer<'r, R>(r: &'r R) -> Result<(CacheKey, super::IndexEntry)>
 where
     R: Row,
     &'static str: ColumnIndex<R>,

@@ -57,14 +57,14 @@ fn needs_new_master(e: &redis::RedisError) -> bool {
 
 impl Conn {
     /// Whether an error said this connection's server should be resolved again.
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         match self {
             Conn::Server { stale, .. } => stale.load(Ordering::Relaxed),
             Conn::Cluster(_) => false,
         }
     }
 
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
     }
 
@@ -78,7 +78,7 @@ impl Conn {
     }
 
     /// The cluster's primaries, as `(host, port)` (empty outside a cluster).
-    pub async fn primaries(&mut self) -> RedisResult<Vec<(String, u16)>> {
+    pub(crate) async fn primaries(&mut self) -> RedisResult<Vec<(String, u16)>> {
         let Conn::Cluster(c) = self else {
             return Ok(Vec::new());
         };
@@ -101,7 +101,7 @@ impl Conn {
     }
 
     /// Runs a command on one node of the cluster.
-    pub async fn on_node(&mut self, cmd: Cmd, host: &str, port: u16) -> RedisResult<Value> {
+    pub(crate) async fn on_node(&mut self, cmd: Cmd, host: &str, port: u16) -> RedisResult<Value> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
         match self {
             Conn::Cluster(c) => {

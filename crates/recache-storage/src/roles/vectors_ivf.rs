@@ -26,7 +26,7 @@ pub struct Ivf {
 }
 
 impl Ivf {
-    pub fn nlist(&self) -> usize {
+    pub(crate) fn nlist(&self) -> usize {
         self.lists.len() - 1
     }
 
@@ -50,7 +50,7 @@ impl Ivf {
         }
     }
 
-    pub fn unassigned(&self) -> &[u32] {
+    pub(crate) fn unassigned(&self) -> &[u32] {
         &self.lists[self.nlist()]
     }
 
@@ -59,7 +59,7 @@ impl Ivf {
     }
 
     /// The list of `row`, or `None` while it waits for one.
-    pub fn list_of_row(&self, row: u32) -> Option<u32> {
+    pub(crate) fn list_of_row(&self, row: u32) -> Option<u32> {
         self.list_of
             .get(row as usize)
             .copied()
@@ -67,7 +67,7 @@ impl Ivf {
     }
 
     /// The nearest centroid of a vector (f32, or i8 codes via `dot`).
-    pub fn nearest(&self, score: impl Fn(&[f32]) -> f32) -> u32 {
+    pub(crate) fn nearest(&self, score: impl Fn(&[f32]) -> f32) -> u32 {
         let mut best = (f32::MIN, 0u32);
         for (i, c) in self.centroids.chunks_exact(self.dim).enumerate() {
             let s = score(c);
@@ -79,7 +79,7 @@ impl Ivf {
     }
 
     /// A new last row, in `list` (or unassigned).
-    pub fn push_row(&mut self, list: Option<u32>) {
+    pub(crate) fn push_row(&mut self, list: Option<u32>) {
         let row = self.list_of.len() as u32;
         let l = list.unwrap_or(self.unassigned_list());
         self.list_of.push(l);
@@ -110,7 +110,7 @@ impl Ivf {
     }
 
     /// Row `row` is removed and the last row moves into its place.
-    pub fn remove_row(&mut self, row: u32) {
+    pub(crate) fn remove_row(&mut self, row: u32) {
         let last = self.list_of.len() as u32 - 1;
         self.take_out(row);
         if row != last {
@@ -126,7 +126,7 @@ impl Ivf {
     /// Every row in list order: the rows of list 0, of list 1, … then the
     /// unassigned ones. A scope whose rows are stored in this order reads each
     /// probed list as one run of memory instead of rows scattered over it.
-    pub fn rows_by_list(&self) -> Vec<u32> {
+    pub(crate) fn rows_by_list(&self) -> Vec<u32> {
         self.lists.iter().flatten().copied().collect()
     }
 
@@ -134,7 +134,7 @@ impl Ivf {
     /// `order[i]`, a permutation of all rows): every row keeps its list, and
     /// when `order` is [`Ivf::rows_by_list`] each list becomes one run of
     /// consecutive rows.
-    pub fn renumber(&mut self, order: &[u32]) {
+    pub(crate) fn renumber(&mut self, order: &[u32]) {
         debug_assert_eq!(order.len(), self.list_of.len());
         let mut lists = vec![Vec::new(); self.lists.len()];
         let mut list_of = Vec::with_capacity(order.len());
@@ -185,7 +185,7 @@ impl Ivf {
 }
 
 /// How many lists for a scope of `rows` rows.
-pub fn nlist_for(rows: usize) -> usize {
+pub(crate) fn nlist_for(rows: usize) -> usize {
     ((rows as f64).sqrt() as usize).clamp(16, 1024)
 }
 

@@ -28,7 +28,7 @@ pub struct SavedIvf {
     pub lists: HashMap<CacheKey, u32>,
 }
 
-pub fn path_for(log: &Path) -> PathBuf {
+pub(crate) fn path_for(log: &Path) -> PathBuf {
     log.with_extension("ivf")
 }
 
