@@ -526,3 +526,23 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--no-first-run",
     "--hide-scrollbars",
 ];
+
+/// Runs each named test twice: on the embedded engines and on real
+/// Redis + S3 + PostgreSQL (skipped unless scripts/with-engines.sh runs).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(super::Backends::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real_engines() {
+                if let Some(b) = super::Backends::real().await {
+                    super::$name(b).await
+                }
+            }
+        }
+    )* };
+}
