@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch-model.sh >&2
 # The model is there now: a test that needs it fails without it, never skips.
 export RECACHE_TEST_MODEL=1
+# The provider SDKs the dialect tests use as clients, in their own venv: with it
+# there, the SDK tests must run.
+RECACHE_SDK_PYTHON="$(bash scripts/sdk-venv.sh)"
+export RECACHE_SDK_PYTHON RECACHE_TEST_SDK=1
 # With a Qdrant binary at hand the harness starts Qdrant: its tests must run.
 if [ -n "${QDRANT_BIN:-}" ] || [ -x "$(pwd)/../shared/bin/qdrant" ]; then
   export RECACHE_TEST_QDRANT=1

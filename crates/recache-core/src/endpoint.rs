@@ -1,15 +1,47 @@
-//! The provider endpoints recache caches, and what a call costs.
+//! The provider dialects and endpoints recache caches, the tokens an answer
+//! reports, and what a call costs.
 
 use std::collections::BTreeMap;
 
 use crate::config::Price;
 
-/// The OpenAI-compatible endpoints recache caches.
+/// A provider API family: its request and answer shapes, its stream events,
+/// its auth headers and its error bodies (ARCHITECTURE.md, "Dialects").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// OpenAI's Chat Completions, Completions and Embeddings.
+    #[default]
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "openai",
+            Dialect::Anthropic => "anthropic",
+        }
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The provider endpoints recache caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens` (deterministic: cached too).
+    CountTokens,
 }
 
 impl Endpoint {
@@ -19,6 +51,8 @@ impl Endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages/count_tokens",
         }
     }
     /// Name used in cache keys and metadata.
@@ -27,6 +61,8 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
         }
     }
     /// The endpoint a stored name (or a request path) stands for.
@@ -36,11 +72,80 @@ impl Endpoint {
             "chat" | "chat/completions" => Some(Endpoint::Chat),
             "completions" => Some(Endpoint::Completions),
             "embeddings" => Some(Endpoint::Embeddings),
+            "messages" => Some(Endpoint::Messages),
+            "count_tokens" | "messages/count_tokens" => Some(Endpoint::CountTokens),
             _ => None,
         }
     }
     pub fn streams(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
+        !matches!(self, Endpoint::Embeddings | Endpoint::CountTokens)
+    }
+    /// The API family the endpoint belongs to.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings => Dialect::OpenAi,
+            Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
+        }
+    }
+}
+
+/// The tokens an answer reports, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Uncached input tokens.
+    pub input: u64,
+    pub output: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic `cache_creation_input_tokens`).
+    pub cache_write: u64,
+    /// Input tokens read from the provider's prompt cache (Anthropic `cache_read_input_tokens`).
+    pub cache_read: u64,
+}
+
+impl Tokens {
+    /// The usage a complete answer of `endpoint` reports (zero where it reports none).
+    pub fn of(endpoint: Endpoint, answer: &serde_json::Value) -> Tokens {
+        let n = |k: &str| {
+            answer
+                .get("usage")
+                .and_then(|u| u.get(k))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        match endpoint.dialect() {
+            Dialect::OpenAi => Tokens {
+                input: n("prompt_tokens"),
+                output: n("completion_tokens"),
+                ..Tokens::default()
+            },
+            Dialect::Anthropic => Tokens {
+                input: n("input_tokens"),
+                output: n("output_tokens"),
+                cache_write: n("cache_creation_input_tokens"),
+                cache_read: n("cache_read_input_tokens"),
+            },
+        }
+    }
+
+    /// Every prompt token, cached or not (what `prompt_tokens` counts in metadata).
+    pub fn prompt(&self) -> u64 {
+        self.input + self.cache_write + self.cache_read
+    }
+
+    /// USD from a price table (exact model, else the longest prefix; unknown: 0).
+    /// Cache writes cost `cache_write` per million (default 1.25 x input), cache
+    /// reads `cache_read` (default 0.1 x input), as Anthropic bills them.
+    pub fn cost_usd(&self, prices: &BTreeMap<String, Price>, model: &str) -> f64 {
+        price_of(prices, model)
+            .map(|p| {
+                let write = p.cache_write.unwrap_or(p.input * 1.25);
+                let read = p.cache_read.unwrap_or(p.input * 0.1);
+                (self.input as f64 * p.input
+                    + self.cache_write as f64 * write
+                    + self.cache_read as f64 * read
+                    + self.output as f64 * p.output)
+                    / 1e6
+            })
+            .unwrap_or(0.0)
     }
 }
 

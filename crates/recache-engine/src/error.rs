@@ -4,6 +4,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::endpoint::Dialect;
+
 /// What a client can be told went wrong. Every case maps to one status code
 /// and an OpenAI-style JSON body.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +47,20 @@ pub enum ApiError {
     /// The body did not arrive within `server.body_timeout_ms`.
     #[error("the request body did not arrive within {after_ms} ms")]
     BodyTimeout { after_ms: u64 },
+    /// The model is routed to an upstream that speaks another dialect.
+    #[error("model '{model}' is routed to upstream '{upstream}', which speaks the {upstream_kind} API, not the {dialect} API of this endpoint; add an upstream of kind \"{dialect}\" for it")]
+    WrongDialect {
+        model: String,
+        upstream: String,
+        upstream_kind: Dialect,
+        dialect: Dialect,
+    },
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_) | ApiError::WrongDialect { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MissingKey
             | ApiError::InvalidKey
@@ -86,6 +96,7 @@ impl ApiError {
             ApiError::NotCached => ("cache_error", "not_cached"),
             ApiError::Overloaded => ("server_error", "overloaded"),
             ApiError::BodyTimeout { .. } => ("invalid_request_error", "request_timeout"),
+            ApiError::WrongDialect { .. } => ("invalid_request_error", "model_wrong_dialect"),
         }
     }
 }
@@ -99,8 +110,21 @@ impl IntoResponse for ApiError {
 impl ApiError {
     /// The OpenAI-style error response for this error.
     pub fn to_response(&self) -> Response {
-        let (kind, code) = self.kind();
-        let body = json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}});
+        self.to_response_in(Dialect::OpenAi)
+    }
+
+    /// The error response in the client's dialect: OpenAI's
+    /// `{"error":{"message","type","param","code"}}`, or Anthropic's
+    /// `{"type":"error","error":{"type","message"}}` with the type Anthropic
+    /// uses for the status.
+    pub fn to_response_in(&self, dialect: Dialect) -> Response {
+        let body = match dialect {
+            Dialect::OpenAi => {
+                let (kind, code) = self.kind();
+                json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}})
+            }
+            Dialect::Anthropic => anthropic_error(self.status(), &self.to_string()),
+        };
         let mut resp = (self.status(), axum::Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -124,3 +148,20 @@ impl ApiError {
 }
 
 pub use recache_core::error::BackendError;
+
+/// An error body in Anthropic's shape; the type follows the status as
+/// Anthropic's API documents it.
+pub fn anthropic_error(status: StatusCode, message: &str) -> serde_json::Value {
+    let kind = match status.as_u16() {
+        400 | 405 | 408 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    };
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}

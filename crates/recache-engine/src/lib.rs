@@ -10,6 +10,7 @@
 pub use recache_core::{artifact, breaker, config, endpoint, key, time};
 pub use recache_storage::{queue, roles};
 
+pub mod anthropic;
 pub mod batch;
 pub mod cache;
 pub mod error;

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Dialect, Endpoint};
 
 /// Splits a byte stream into SSE `data` payloads.
 #[derive(Default)]
@@ -70,8 +70,41 @@ struct ChoiceAcc {
     finish_reason: Option<Value>,
 }
 
-/// Rebuilds a complete answer from stream chunks.
-pub struct Assembler {
+/// Rebuilds a complete answer, as the JSON a non-streaming call returns,
+/// from a stream's event payloads, in the endpoint's dialect.
+pub struct Assembler(Inner);
+
+enum Inner {
+    OpenAi(ChatAssembler),
+    Anthropic(crate::anthropic::MessageAssembler),
+}
+
+impl Assembler {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Assembler(match endpoint.dialect() {
+            Dialect::OpenAi => Inner::OpenAi(ChatAssembler::new(endpoint)),
+            Dialect::Anthropic => Inner::Anthropic(Default::default()),
+        })
+    }
+
+    pub fn push(&mut self, data: &str) {
+        match &mut self.0 {
+            Inner::OpenAi(a) => a.push(data),
+            Inner::Anthropic(a) => a.push(data),
+        }
+    }
+
+    /// The complete answer, or `None` when the stream was cut short or broken.
+    pub fn finish(self) -> Option<Value> {
+        match self.0 {
+            Inner::OpenAi(a) => a.finish(),
+            Inner::Anthropic(a) => a.finish(),
+        }
+    }
+}
+
+/// Rebuilds a complete OpenAI answer from stream chunks.
+struct ChatAssembler {
     endpoint: Endpoint,
     head: Option<Map<String, Value>>,
     choices: std::collections::BTreeMap<u64, ChoiceAcc>,
@@ -80,8 +113,8 @@ pub struct Assembler {
     broken: bool,
 }
 
-impl Assembler {
-    pub fn new(endpoint: Endpoint) -> Self {
+impl ChatAssembler {
+    fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
             head: None,
@@ -92,7 +125,7 @@ impl Assembler {
         }
     }
 
-    pub fn push(&mut self, data: &str) {
+    fn push(&mut self, data: &str) {
         if data.trim() == "[DONE]" {
             self.done = true;
             return;
@@ -177,7 +210,7 @@ impl Assembler {
 
     /// The complete answer, or `None` when the stream was cut short or broken:
     /// it must have ended with `[DONE]` and every choice with a finish reason.
-    pub fn finish(self) -> Option<Value> {
+    fn finish(self) -> Option<Value> {
         if !self.done || self.broken || self.choices.is_empty() {
             return None;
         }
@@ -257,6 +290,9 @@ fn frame(v: &Value) -> Bytes {
 /// `include_usage` adds the final usage chunk a client asks for with
 /// `stream_options.include_usage`.
 pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Bytes> {
+    if endpoint.dialect() == Dialect::Anthropic {
+        return crate::anthropic::replay(body);
+    }
     let mut frames = Vec::new();
     let get = |k: &str| body.get(k).cloned().unwrap_or(Value::Null);
     let choices = body

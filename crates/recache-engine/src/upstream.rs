@@ -7,11 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{Config, ConfigError};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Dialect, Endpoint};
 use crate::error::ApiError;
 
 pub struct Upstream {
     pub name: String,
+    /// The API this provider speaks; requests of another dialect never go here.
+    pub kind: Dialect,
     base_url: String,
     api_key: Option<String>,
     patterns: Vec<String>,
@@ -20,6 +22,9 @@ pub struct Upstream {
     pub max_response_bytes: usize,
     client: reqwest::Client,
 }
+
+/// The `anthropic-version` sent when the client named none (a warmer's re-buy).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
@@ -40,6 +45,7 @@ impl Upstreams {
                 .map_err(|e| ConfigError(format!("upstreams.{}: cannot build HTTP client: {e}", u.name)))?;
             list.push(Arc::new(Upstream {
                 name: u.name.clone(),
+                kind: u.kind,
                 base_url: u.base_url.trim_end_matches('/').to_string(),
                 api_key: u.api_key_env.as_ref().and_then(|v| env.get(v)).cloned(),
                 patterns: u.models.clone(),
@@ -56,43 +62,81 @@ impl Upstreams {
         self.list.iter().find(|u| u.name == name).cloned()
     }
 
-    /// The upstream for `model`: an exact pattern anywhere wins, then the
-    /// longest matching prefix pattern (`gpt-*`), then a catch-all `*`.
-    pub fn route(&self, model: &str) -> Option<Arc<Upstream>> {
-        let mut best: Option<(usize, &Arc<Upstream>)> = None;
-        for u in &self.list {
-            for p in &u.patterns {
-                let score = if p == model {
-                    usize::MAX
-                } else if let Some(prefix) = p.strip_suffix('*') {
-                    if model.starts_with(prefix) {
-                        prefix.len()
-                    } else {
-                        continue;
-                    }
+    /// The upstream of `dialect` for `model`: an exact pattern anywhere wins,
+    /// then the longest matching prefix pattern (`gpt-*`), then a catch-all `*`.
+    pub fn route(&self, dialect: Dialect, model: &str) -> Option<Arc<Upstream>> {
+        best_match(self.list.iter().filter(|u| u.kind == dialect), model)
+    }
+
+    /// Why `model` has no upstream of `dialect`: unrouted, or routed to an
+    /// upstream that speaks another dialect (the error names both).
+    pub fn route_error(&self, dialect: Dialect, model: &str) -> ApiError {
+        match best_match(self.list.iter(), model) {
+            Some(other) => ApiError::WrongDialect {
+                model: model.to_string(),
+                upstream: other.name.clone(),
+                upstream_kind: other.kind,
+                dialect,
+            },
+            None => ApiError::ModelNotRouted(model.to_string()),
+        }
+    }
+}
+
+fn best_match<'a>(list: impl Iterator<Item = &'a Arc<Upstream>>, model: &str) -> Option<Arc<Upstream>> {
+    let mut best: Option<(usize, &Arc<Upstream>)> = None;
+    for u in list {
+        for p in &u.patterns {
+            let score = if p == model {
+                usize::MAX
+            } else if let Some(prefix) = p.strip_suffix('*') {
+                if model.starts_with(prefix) {
+                    prefix.len()
                 } else {
                     continue;
-                };
-                if best.is_none_or(|(s, _)| score > s) {
-                    best = Some((score, u));
                 }
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, u));
             }
         }
-        best.map(|(_, u)| u.clone())
     }
+    best.map(|(_, u)| u.clone())
 }
 
 impl Upstream {
     /// Sends the client's body unchanged; waits at most `timeout` for the response head.
     pub async fn send(&self, endpoint: Endpoint, body: Bytes) -> Result<reqwest::Response, ApiError> {
+        self.send_with(endpoint, body, &[]).await
+    }
+
+    /// As [`Upstream::send`], with the client's headers the provider reads
+    /// (`anthropic-version`, `anthropic-beta`), and this provider's own auth:
+    /// `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic).
+    pub async fn send_with(
+        &self,
+        endpoint: Endpoint,
+        body: Bytes,
+        forward: &[(&'static str, String)],
+    ) -> Result<reqwest::Response, ApiError> {
         let url = format!("{}/{}", self.base_url, endpoint.path());
         let mut req = self
             .client
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(k) = &self.api_key {
-            req = req.bearer_auth(k);
+        for (name, value) in forward {
+            req = req.header(*name, value);
+        }
+        match (self.kind, &self.api_key) {
+            (Dialect::OpenAi, Some(k)) => req = req.bearer_auth(k),
+            (Dialect::Anthropic, Some(k)) => req = req.header("x-api-key", k),
+            (_, None) => {}
+        }
+        if self.kind == Dialect::Anthropic && !forward.iter().any(|(n, _)| *n == "anthropic-version") {
+            req = req.header("anthropic-version", ANTHROPIC_VERSION);
         }
         match tokio::time::timeout(self.timeout, req.send()).await {
             Err(_) => Err(self.timed_out()),

@@ -24,6 +24,12 @@ async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
 async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     proxy::handle(s, Endpoint::Embeddings, headers, body).await
 }
+async fn messages(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy::handle(s, Endpoint::Messages, headers, body).await
+}
+async fn count_tokens(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy::handle(s, Endpoint::CountTokens, headers, body).await
+}
 
 async fn not_found(method: Method, uri: Uri) -> Response {
     ApiError::NotFound {
@@ -42,6 +48,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat).fallback(method_not_allowed))
         .route("/v1/completions", post(completions).fallback(method_not_allowed))
         .route("/v1/embeddings", post(embeddings).fallback(method_not_allowed))
+        .route("/v1/messages", post(messages).fallback(method_not_allowed))
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens).fallback(method_not_allowed),
+        )
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

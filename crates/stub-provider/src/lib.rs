@@ -1,9 +1,10 @@
-//! A FAKE OpenAI-compatible LLM provider.
+//! A FAKE LLM provider that speaks OpenAI's and Anthropic's APIs.
 //!
 //! This is the only fake in recache: the real LLM provider is external and
 //! paid, so tests, benchmarks and the demo talk to this stub instead. It
-//! answers `/v1/chat/completions` (JSON and SSE), `/v1/completions` and
-//! `/v1/embeddings` with deterministic content, counts every call, and can be
+//! answers `/v1/chat/completions` (JSON and SSE), `/v1/completions`,
+//! `/v1/embeddings` and Anthropic's `/v1/messages` (JSON and SSE, with
+//! thinking, tool use and prompt-cache usage) with deterministic content, counts every call, and can be
 //! reconfigured at run time (latency, token counts, error injection, streams
 //! cut short) through `POST /__stub/config`.
 
@@ -21,6 +22,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+mod anthropic;
 
 /// Behaviour knobs, changeable while the stub runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,6 +70,19 @@ impl Default for StubConfig {
 pub struct StubState {
     config: Mutex<StubConfig>,
     calls: AtomicU64,
+    /// The last model call as it arrived: its raw body and the headers tests look at.
+    last: Mutex<Option<Recorded>>,
+}
+
+/// A model call as the stub received it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Recorded {
+    pub path: String,
+    /// The body, byte for byte (as text).
+    pub body: String,
+    pub anthropic_version: Option<String>,
+    pub anthropic_beta: Option<String>,
+    pub x_api_key: Option<String>,
 }
 
 impl StubState {
@@ -74,7 +90,24 @@ impl StubState {
         Arc::new(Self {
             config: Mutex::new(config),
             calls: AtomicU64::new(0),
+            last: Mutex::new(None),
         })
+    }
+
+    /// The last model call, as it arrived.
+    pub fn last(&self) -> Option<Recorded> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record(&self, path: &str, headers: &HeaderMap, body: &Bytes) {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Recorded {
+            path: path.to_string(),
+            body: String::from_utf8_lossy(body).into_owned(),
+            anthropic_version: h("anthropic-version"),
+            anthropic_beta: h("anthropic-beta"),
+            x_api_key: h("x-api-key"),
+        });
     }
 
     /// Number of model calls answered (or failed) so far.
@@ -106,9 +139,12 @@ pub fn router(state: Arc<StubState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(models))
         .route("/__stub/config", get(get_config).post(set_config))
         .route("/__stub/stats", get(stats))
+        .route("/__stub/last", get(last))
         .with_state(state)
 }
 
@@ -192,28 +228,39 @@ fn error(status: u16, message: &str) -> Response {
 
 /// Common preamble of a model call: count it, check the key, apply latency and failures.
 async fn begin(state: &StubState, headers: &HeaderMap, body: &Bytes) -> Result<(StubConfig, Value, u64), Response> {
+    begin_as(state, headers, body, error).await
+}
+
+/// [`begin`], with errors in the shape `fail` writes (each dialect's own).
+pub(crate) async fn begin_as(
+    state: &StubState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    fail: fn(u16, &str) -> Response,
+) -> Result<(StubConfig, Value, u64), Response> {
     let n = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let cfg = state.config();
     if let Some(key) = &cfg.require_api_key {
-        let given = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
-            return Err(error(401, "stub: wrong or missing provider API key"));
+        let x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        if bearer != Some(key.as_str()) && x_api_key != Some(key.as_str()) {
+            return Err(fail(401, "stub: wrong or missing provider API key"));
         }
     }
     if cfg.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.latency_ms)).await;
     }
     if let Some(status) = cfg.fail_status {
-        return Err(error(status, "stub: injected failure"));
+        return Err(fail(status, "stub: injected failure"));
     }
-    let req: Value = serde_json::from_slice(body).map_err(|e| error(400, &format!("stub: invalid JSON: {e}")))?;
+    let req: Value = serde_json::from_slice(body).map_err(|e| fail(400, &format!("stub: invalid JSON: {e}")))?;
     Ok((cfg, req, n))
 }
 
-fn digest8(v: &Value) -> String {
+pub(crate) fn digest8(v: &Value) -> String {
     let h = Sha256::digest(v.to_string().as_bytes());
     hex::encode(&h[..4])
 }
@@ -248,7 +295,7 @@ fn answer_text(req: &Value, n: u64) -> String {
     format!("stub answer #{n} [{}] to: {echo}", digest8(req))
 }
 
-fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for ch in text.chars() {
@@ -399,6 +446,10 @@ async fn get_config(State(state): State<Arc<StubState>>) -> Json<StubConfig> {
 async fn set_config(State(state): State<Arc<StubState>>, Json(cfg): Json<StubConfig>) -> Json<StubConfig> {
     state.set_config(cfg.clone());
     Json(cfg)
+}
+
+async fn last(State(state): State<Arc<StubState>>) -> Json<Option<Recorded>> {
+    Json(state.last())
 }
 
 async fn stats(State(state): State<Arc<StubState>>) -> Json<Value> {

@@ -74,6 +74,12 @@ name = "stub"
 base_url = "{stub_url}"
 models = ["*"]
 timeout_ms = 30000
+[[upstreams]]
+name = "stub-anthropic"
+kind = "anthropic"
+base_url = "{stub_url}"
+models = ["claude-*"]
+timeout_ms = 30000
 [[tenants]]
 name = "demo"
 keys = ["sha256:{hash}"]
@@ -81,6 +87,9 @@ default_ttl_seconds = 86400
 [prices."gpt-4o-mini"]
 input = 0.15
 output = 0.60
+[prices."claude-"]
+input = 3.0
+output = 15.0
 {semantic}
 "#,
         hash = recache_core::config::key_hash(DEMO_KEY).unwrap_or_default()
@@ -152,6 +161,10 @@ pub async fn run(args: ServeArgs) -> i32 {
         }
         println!(
             "try: curl -si http://{}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'",
+            gw.addr
+        );
+        println!(
+            "or Anthropic's Messages API: curl -si http://{}/v1/messages -H 'x-api-key: {DEMO_KEY}' -H 'anthropic-version: 2023-06-01' -H 'Content-Type: application/json' -d '{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":256,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'",
             gw.addr
         );
     }

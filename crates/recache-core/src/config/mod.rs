@@ -655,6 +655,10 @@ impl Default for WarmerConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// The API the provider speaks (`openai`, default, or `anthropic`): a request
+    /// is sent only to an upstream of its own dialect.
+    #[serde(default)]
+    pub kind: crate::endpoint::Dialect,
     pub base_url: String,
     /// Env var holding the provider API key; unset means no key is sent.
     #[serde(default)]
@@ -720,6 +724,14 @@ pub struct Price {
     pub input: f64,
     /// USD per million output tokens.
     pub output: f64,
+    /// USD per million input tokens written to the provider's prompt cache
+    /// (Anthropic); unset: 1.25 x `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+    /// USD per million input tokens read from the provider's prompt cache
+    /// (Anthropic); unset: 0.1 x `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<f64>,
 }
 
 /// Warnings found while validating (printed at start-up, never fatal).

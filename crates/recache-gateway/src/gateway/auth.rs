@@ -87,18 +87,29 @@ impl Tenants {
         out
     }
 
+    /// The tenant whose client key the request carries: `Authorization:
+    /// Bearer <key>` (OpenAI, and accepted everywhere) or `x-api-key: <key>`
+    /// (Anthropic's SDKs).
     pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
-        let raw = headers
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::MissingKey)?
-            .to_str()
-            .map_err(|_| ApiError::InvalidKey)?;
-        let key = raw
-            .strip_prefix("Bearer ")
-            .or_else(|| raw.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::MissingKey)?;
+        let key = match headers.get(header::AUTHORIZATION) {
+            Some(v) => {
+                let raw = v.to_str().map_err(|_| ApiError::InvalidKey)?;
+                raw.strip_prefix("Bearer ")
+                    .or_else(|| raw.strip_prefix("bearer "))
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .ok_or(ApiError::MissingKey)?
+            }
+            None => headers
+                .get("x-api-key")
+                .ok_or(ApiError::MissingKey)?
+                .to_str()
+                .map_err(|_| ApiError::InvalidKey)?
+                .trim(),
+        };
+        if key.is_empty() {
+            return Err(ApiError::MissingKey);
+        }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.by_hash.get(&digest).cloned().ok_or(ApiError::InvalidKey)
     }

@@ -178,6 +178,8 @@ pub struct FlightSpec {
     pub upstream: Arc<Upstream>,
     pub endpoint: Endpoint,
     pub body: Bytes,
+    /// The client's headers the provider reads (`anthropic-version`, `anthropic-beta`).
+    pub forward: Vec<(&'static str, String)>,
     pub store: Option<StoreTemplate>,
 }
 
@@ -247,7 +249,7 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
     let m = &spec.state.cache.metrics;
     m.upstream_requests.fetch_add(1, Ordering::Relaxed);
     let up = &spec.upstream;
-    let resp = match up.send(spec.endpoint, spec.body.clone()).await {
+    let resp = match up.send_with(spec.endpoint, spec.body.clone(), &spec.forward).await {
         Ok(r) => r,
         Err(e) => {
             m.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -299,12 +301,11 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
             }
         }
     };
-    let usage = json.get("usage");
-    let tok = |k: &str| usage.and_then(|u| u.get(k)).and_then(|v| v.as_u64()).unwrap_or(0);
-    let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
+    let tokens = recache_core::endpoint::Tokens::of(spec.endpoint, &json);
+    let (pt, ct) = (tokens.prompt(), tokens.output);
     let mut pending = None;
     if let Some(t) = &spec.store {
-        let cost = spec.state.price(&t.model, pt, ct);
+        let cost = tokens.cost_usd(&spec.state.config.prices, &t.model);
         m.usd_spent.add(cost);
         spec.state.cache.usage.record(
             recache_storage::roles::now_ms(),

@@ -1,4 +1,4 @@
-//! The request path for the OpenAI-compatible endpoints (ARCHITECTURE.md, "Request path").
+//! The request path for every dialect's endpoints (ARCHITECTURE.md, "Request path" and "Dialects").
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +14,9 @@ use super::auth::Tenant;
 use super::flight::{self, FlightSpec, Joined, Outcome, StoreTemplate};
 use super::tape::Tape;
 use super::{directives, AppState, Endpoint};
+use recache_core::endpoint::Dialect;
 use recache_core::key::{cache_key, canonical_request, CacheKey};
+use recache_engine::anthropic;
 use recache_engine::error::ApiError;
 use recache_engine::sse;
 use recache_engine::upstream::Upstream;
@@ -62,6 +64,8 @@ pub(super) struct Request<'a> {
     pub key: CacheKey,
     pub raw: &'a Bytes,
     pub canonical: &'a str,
+    /// The client's headers the provider reads.
+    pub forward: &'a [(&'static str, String)],
 }
 
 impl Request<'_> {
@@ -73,6 +77,7 @@ impl Request<'_> {
             upstream: self.upstream.clone(),
             endpoint: self.endpoint,
             body: self.raw.clone(),
+            forward: self.forward.to_vec(),
             store: (!d.no_store).then(|| StoreTemplate {
                 key: self.key,
                 tenant: self.tenant.id.clone(),
@@ -127,6 +132,20 @@ fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(_) => return Err(invalid("'input' must be a string or an array")),
         },
+        Endpoint::Messages | Endpoint::CountTokens => {
+            match obj.get("messages") {
+                None => return Err(invalid("messages: Field required")),
+                Some(Value::Array(m)) if m.iter().all(Value::is_object) => {}
+                Some(_) => return Err(invalid("messages: Input should be a valid list of objects")),
+            }
+            if endpoint == Endpoint::Messages {
+                match obj.get("max_tokens") {
+                    None => return Err(invalid("max_tokens: Field required")),
+                    Some(v) if v.as_u64().is_some() => {}
+                    Some(_) => return Err(invalid("max_tokens: Input should be a valid integer")),
+                }
+            }
+        }
     }
     if let Some(so) = obj.get("stream_options") {
         if !so.is_object() && !so.is_null() {
@@ -172,7 +191,37 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
-/// Entry point for `POST /v1/{chat/completions,completions,embeddings}`.
+/// The client's headers the provider reads, forwarded as they came.
+fn forward_headers(endpoint: Endpoint, headers: &HeaderMap) -> Vec<(&'static str, String)> {
+    match endpoint.dialect() {
+        Dialect::Anthropic => ["anthropic-version", "anthropic-beta"]
+            .into_iter()
+            .filter_map(|n| Some((n, headers.get(n)?.to_str().ok()?.to_string())))
+            .collect(),
+        Dialect::OpenAi => Vec::new(),
+    }
+}
+
+/// The canonical request (stored, and re-sent by warmers) and the key's
+/// material: the canonical request, plus for Anthropic the version headers;
+/// what each dialect leaves out of it is in ARCHITECTURE.md, "Dialects".
+/// (`None`: the canonical request is the material.)
+fn key_material(endpoint: Endpoint, value: &Value, forward: &[(&'static str, String)]) -> (String, Option<String>) {
+    match endpoint.dialect() {
+        Dialect::OpenAi => (canonical_request(value), None),
+        Dialect::Anthropic => {
+            let canonical = canonical_request(&anthropic::key_body(value));
+            let header = |n: &str| forward.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+            let material = format!(
+                "{canonical}{}",
+                anthropic::key_headers(header("anthropic-version"), header("anthropic-beta"))
+            );
+            (canonical, Some(material))
+        }
+    }
+}
+
+/// Entry point for every cached endpoint (`/v1/chat/completions`, `/v1/messages`, ...).
 pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
     let mut tenant = None;
@@ -183,7 +232,7 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap
             if let ApiError::UpstreamUnreachable { upstream, detail } = &e {
                 tracing::warn!(upstream = %upstream, error = %detail, "upstream unreachable");
             }
-            (e.to_response(), "ERROR")
+            (e.to_response_in(endpoint.dialect()), "ERROR")
         }
     };
     if let Some(t) = tenant {
@@ -218,14 +267,21 @@ async fn serve(
     let raw = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed = parse_body(endpoint, &raw)?;
     let d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
+    let dialect = endpoint.dialect();
     let upstream = state
         .upstreams
-        .route(&parsed.model)
-        .ok_or_else(|| ApiError::ModelNotRouted(parsed.model.clone()))?;
-    let canonical = canonical_request(&parsed.value);
+        .route(dialect, &parsed.model)
+        .ok_or_else(|| state.upstreams.route_error(dialect, &parsed.model))?;
+    let forward = forward_headers(endpoint, headers);
+    let (canonical, material) = key_material(endpoint, &parsed.value, &forward);
     // The tenant's stable id, not its name: a renamed tenant keeps its entries,
     // a new tenant given an old name inherits nothing.
-    let key = cache_key(&tenant.id, &d.namespace, endpoint.name(), &canonical);
+    let key = cache_key(
+        &tenant.id,
+        &d.namespace,
+        endpoint.name(),
+        material.as_deref().unwrap_or(&canonical),
+    );
     let metrics = &state.cache.metrics;
 
     let stale_window = d
@@ -255,7 +311,7 @@ async fn serve(
                         false,
                     ),
                 );
-                let resp = render_answer(
+                let mut resp = render_answer(
                     endpoint,
                     &parsed,
                     &hit.body,
@@ -264,6 +320,7 @@ async fn serve(
                     key,
                     hit.age_secs,
                 );
+                saved_headers(&mut resp, &hit);
                 return Ok((resp, "HIT"));
             }
         }
@@ -279,6 +336,7 @@ async fn serve(
         key,
         raw: &raw,
         canonical: &canonical,
+        forward: &forward,
     };
     // Semantic lookup (ARCHITECTURE.md, "Request path", the semantic step), only after an exact miss.
     let (prepared, shadow) = match super::semantic::lookup(&req).await {
@@ -386,7 +444,7 @@ fn serve_stale(
     }
     state.cache.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(key = %key, "provider failed; serving an expired entry (stale-if-error)");
-    Some(render_answer(
+    let mut resp = render_answer(
         endpoint,
         parsed,
         &hit.body,
@@ -394,7 +452,23 @@ fn serve_stale(
         CacheStatus::Stale,
         key,
         hit.age_secs,
-    ))
+    );
+    saved_headers(&mut resp, hit);
+    Some(resp)
+}
+
+/// What a cached answer saved: `x-recache-saved-tokens` and
+/// `x-recache-saved-usd` (the provider price of the stored answer). Headers
+/// only: the body stays the provider's bytes.
+pub(super) fn saved_headers(resp: &mut Response, hit: &recache_engine::cache::Hit) {
+    let h = resp.headers_mut();
+    h.insert(
+        "x-recache-saved-tokens",
+        HeaderValue::from(hit.meta.prompt_tokens + hit.meta.completion_tokens),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", hit.meta.cost_usd)) {
+        h.insert("x-recache-saved-usd", v);
+    }
 }
 
 fn render_outcome(

@@ -124,6 +124,7 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
             c.key,
             hit.age_secs,
         );
+        super::proxy::saved_headers(&mut resp, &hit);
         if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", c.score)) {
             resp.headers_mut().insert("x-recache-similarity", v);
         }

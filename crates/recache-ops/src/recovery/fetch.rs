@@ -59,7 +59,7 @@ impl Recovery {
     /// (unreachable, timeout, 5xx) are `Failed` (the job retries later);
     /// storage failures are `Backend` (the job pauses).
     pub async fn buy(&self, p: &Purchase<'_>, job_id: i64) -> Result<Bought, JobError> {
-        let Some(upstream) = self.upstreams.route(p.model) else {
+        let Some(upstream) = self.upstreams.route(p.endpoint.dialect(), p.model) else {
             return Ok(Bought::Refused(format!("no upstream serves model '{}'", p.model)));
         };
         let metrics = &self.cache.metrics;
@@ -91,13 +91,9 @@ impl Recovery {
             Ok(v @ Value::Object(_)) => v,
             _ => return Ok(Bought::Refused("provider answer is not a JSON object".into())),
         };
-        let tok = |k: &str| {
-            json.pointer(&format!("/usage/{k}"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        };
-        let (pt, ct) = (tok("prompt_tokens"), tok("completion_tokens"));
-        let cost = recache_core::endpoint::cost_usd(&self.config.prices, p.model, pt, ct);
+        let tokens = recache_core::endpoint::Tokens::of(p.endpoint, &json);
+        let (pt, ct) = (tokens.prompt(), tokens.output);
+        let cost = tokens.cost_usd(&self.config.prices, p.model);
         metrics.usd_spent.add(cost);
         metrics.warmer_usd_spent.add(cost);
         self.cache.usage.record(

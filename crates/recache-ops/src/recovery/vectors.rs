@@ -77,7 +77,7 @@ impl Recovery {
                     skipped += 1;
                     continue;
                 };
-                let Some(upstream) = self.upstreams.route(&e.model) else {
+                let Some(upstream) = self.upstreams.route(endpoint.dialect(), &e.model) else {
                     skipped += 1;
                     continue;
                 };

@@ -129,6 +129,12 @@ name = "stub"
 base_url = "{stub_url}"
 models = ["gpt-*", "text-embedding-*", "stub-*"]
 timeout_ms = 2000
+[[upstreams]]
+name = "stub-anthropic"
+kind = "anthropic"
+base_url = "{stub_url}"
+models = ["claude-*"]
+timeout_ms = 2000
 [[tenants]]
 name = "team-a"
 keys = ["{KEY_A}"]
@@ -138,6 +144,9 @@ keys = ["{KEY_B}"]
 [prices."gpt-4o-mini"]
 input = 0.15
 output = 0.60
+[prices."claude-"]
+input = 3.0
+output = 15.0
 {extra}
 "#
     )
@@ -456,6 +465,31 @@ impl Resp {
         );
         assert!(v["error"]["type"].is_string(), "error body: {}", self.text);
     }
+}
+
+/// The events of an SSE body with `event:` names (Anthropic's streams): (name, data).
+pub fn sse_events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            let data: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event data {data}: {e}"));
+            assert_eq!(
+                data["type"].as_str(),
+                Some(name.as_str()),
+                "the event name is its data's type"
+            );
+            (name, data)
+        })
+        .collect()
 }
 
 /// Concatenates the delta contents of an SSE chat stream; panics on a stream without [DONE].
