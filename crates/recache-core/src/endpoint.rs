@@ -42,6 +42,8 @@ pub enum Endpoint {
     Messages,
     /// Anthropic `POST /v1/messages/count_tokens` (deterministic: cached too).
     CountTokens,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
 }
 
 impl Endpoint {
@@ -53,6 +55,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "messages/count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
     /// Name used in cache keys and metadata.
@@ -63,6 +66,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
     /// The endpoint a stored name (or a request path) stands for.
@@ -74,6 +78,7 @@ impl Endpoint {
             "embeddings" => Some(Endpoint::Embeddings),
             "messages" => Some(Endpoint::Messages),
             "count_tokens" | "messages/count_tokens" => Some(Endpoint::CountTokens),
+            "responses" => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -83,7 +88,7 @@ impl Endpoint {
     /// The API family the endpoint belongs to.
     pub fn dialect(self) -> Dialect {
         match self {
-            Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings => Dialect::OpenAi,
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => Dialect::OpenAi,
             Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
         }
     }
@@ -112,6 +117,11 @@ impl Tokens {
                 .unwrap_or(0)
         };
         match endpoint.dialect() {
+            Dialect::OpenAi if endpoint == Endpoint::Responses => Tokens {
+                input: n("input_tokens"),
+                output: n("output_tokens"),
+                ..Tokens::default()
+            },
             Dialect::OpenAi => Tokens {
                 input: n("prompt_tokens"),
                 output: n("completion_tokens"),

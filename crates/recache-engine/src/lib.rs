@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod metrics;
+pub mod responses;
 pub mod semantic;
 pub mod spool;
 pub mod sse;

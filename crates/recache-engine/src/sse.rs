@@ -76,12 +76,14 @@ pub struct Assembler(Inner);
 
 enum Inner {
     OpenAi(ChatAssembler),
+    Responses(crate::responses::ResponseAssembler),
     Anthropic(crate::anthropic::MessageAssembler),
 }
 
 impl Assembler {
     pub fn new(endpoint: Endpoint) -> Self {
         Assembler(match endpoint.dialect() {
+            Dialect::OpenAi if endpoint == Endpoint::Responses => Inner::Responses(Default::default()),
             Dialect::OpenAi => Inner::OpenAi(ChatAssembler::new(endpoint)),
             Dialect::Anthropic => Inner::Anthropic(Default::default()),
         })
@@ -90,6 +92,7 @@ impl Assembler {
     pub fn push(&mut self, data: &str) {
         match &mut self.0 {
             Inner::OpenAi(a) => a.push(data),
+            Inner::Responses(a) => a.push(data),
             Inner::Anthropic(a) => a.push(data),
         }
     }
@@ -98,6 +101,7 @@ impl Assembler {
     pub fn finish(self) -> Option<Value> {
         match self.0 {
             Inner::OpenAi(a) => a.finish(),
+            Inner::Responses(a) => a.finish(),
             Inner::Anthropic(a) => a.finish(),
         }
     }
@@ -292,6 +296,9 @@ fn frame(v: &Value) -> Bytes {
 pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Bytes> {
     if endpoint.dialect() == Dialect::Anthropic {
         return crate::anthropic::replay(body);
+    }
+    if endpoint == Endpoint::Responses {
+        return crate::responses::replay(body);
     }
     let mut frames = Vec::new();
     let get = |k: &str| body.get(k).cloned().unwrap_or(Value::Null);

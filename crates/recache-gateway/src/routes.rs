@@ -24,6 +24,9 @@ async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
 async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     proxy::handle(s, Endpoint::Embeddings, headers, body).await
 }
+async fn responses(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    proxy::handle(s, Endpoint::Responses, headers, body).await
+}
 async fn messages(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     proxy::handle(s, Endpoint::Messages, headers, body).await
 }
@@ -48,6 +51,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat).fallback(method_not_allowed))
         .route("/v1/completions", post(completions).fallback(method_not_allowed))
         .route("/v1/embeddings", post(embeddings).fallback(method_not_allowed))
+        .route("/v1/responses", post(responses).fallback(method_not_allowed))
         .route("/v1/messages", post(messages).fallback(method_not_allowed))
         .route(
             "/v1/messages/count_tokens",

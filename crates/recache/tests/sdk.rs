@@ -54,4 +54,15 @@ async fn anthropic(b: Backends) {
     assert_eq!(env.stub.calls(), 4);
 }
 
-on_both_backends!(anthropic);
+async fn openai_responses(b: Backends) {
+    if sdk_python().is_none() {
+        return;
+    }
+    let env = Env::on(b, StubConfig::default(), "").await;
+    run_script(&env, "openai_responses_client.py").await;
+    // Provider calls: the first question, the function-call request, its
+    // result on two chains, and two background runs (never cached).
+    assert_eq!(env.stub.calls(), 6);
+}
+
+on_both_backends!(anthropic, openai_responses);

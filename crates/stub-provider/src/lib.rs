@@ -3,8 +3,9 @@
 //! This is the only fake in recache: the real LLM provider is external and
 //! paid, so tests, benchmarks and the demo talk to this stub instead. It
 //! answers `/v1/chat/completions` (JSON and SSE), `/v1/completions`,
-//! `/v1/embeddings` and Anthropic's `/v1/messages` (JSON and SSE, with
-//! thinking, tool use and prompt-cache usage) with deterministic content, counts every call, and can be
+//! `/v1/embeddings`, `/v1/responses` (JSON and SSE) and Anthropic's
+//! `/v1/messages` (JSON and SSE, with thinking, tool use and prompt-cache
+//! usage) with deterministic content, counts every call, and can be
 //! reconfigured at run time (latency, token counts, error injection, streams
 //! cut short) through `POST /__stub/config`.
 
@@ -24,6 +25,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 mod anthropic;
+mod responses;
 
 /// Behaviour knobs, changeable while the stub runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,6 +141,7 @@ pub fn router(state: Arc<StubState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(models))
@@ -220,7 +223,7 @@ pub async fn spawn_proxy_floor(addr: SocketAddr, upstream: &str) -> std::io::Res
     Ok(local)
 }
 
-fn error(status: u16, message: &str) -> Response {
+pub(crate) fn error(status: u16, message: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({"error": {"message": message, "type": "stub_error", "param": null, "code": "stub_injected"}});
     (status, Json(body)).into_response()
@@ -273,7 +276,7 @@ fn usage(cfg: &StubConfig) -> Value {
     })
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -16,10 +16,10 @@ use super::tape::Tape;
 use super::{directives, AppState, Endpoint};
 use recache_core::endpoint::Dialect;
 use recache_core::key::{cache_key, canonical_request, CacheKey};
-use recache_engine::anthropic;
 use recache_engine::error::ApiError;
 use recache_engine::sse;
 use recache_engine::upstream::Upstream;
+use recache_engine::{anthropic, responses};
 
 /// What `x-recache-status` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub(super) struct Parsed {
     pub stream: bool,
     pub include_usage: bool,
     pub value: Value,
+    /// Why the request must not be cached at all (Responses `background`, `conversation`).
+    pub bypass: Option<&'static str>,
 }
 
 /// One authenticated, parsed request on its way through the cache.
@@ -132,6 +134,10 @@ fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(_) => return Err(invalid("'input' must be a string or an array")),
         },
+        Endpoint::Responses => match obj.get("input") {
+            None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err(invalid("'input' must be a string or an array")),
+        },
         Endpoint::Messages | Endpoint::CountTokens => {
             match obj.get("messages") {
                 None => return Err(invalid("messages: Field required")),
@@ -156,11 +162,16 @@ fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
         .pointer("/stream_options/include_usage")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    let bypass = match endpoint {
+        Endpoint::Responses => responses::bypass_reason(&value),
+        _ => None,
+    };
     Ok(Parsed {
         model,
         stream: stream && endpoint.streams(),
         include_usage,
         value,
+        bypass,
     })
 }
 
@@ -266,7 +277,12 @@ async fn serve(
     *who = Some(tenant.clone());
     let raw = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed = parse_body(endpoint, &raw)?;
-    let d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
+    let mut d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
+    if parsed.bypass.is_some() {
+        // State the provider keeps (a background run, a conversation): never cached.
+        d.no_cache = true;
+        d.no_store = true;
+    }
     let dialect = endpoint.dialect();
     let upstream = state
         .upstreams
@@ -399,9 +415,17 @@ async fn serve(
     let rx = tx.subscribe();
     judge_shadow(tx.subscribe());
     tokio::spawn(flight::run(spec, tx, tape.clone(), guard));
+    // A request cached never by its nature says why.
+    let mark = |mut resp: Response| {
+        if let Some(reason) = parsed.bypass {
+            resp.headers_mut()
+                .insert("x-recache-bypass", HeaderValue::from_static(reason));
+        }
+        resp
+    };
     if let Some(t) = tape {
         if let Some(content_type) = t.wait_start().await {
-            return Ok((live_response(t, &content_type, status, key), status.as_str()));
+            return Ok((mark(live_response(t, &content_type, status, key)), status.as_str()));
         }
     }
     let outcome = flight::wait(rx).await;
@@ -409,7 +433,7 @@ async fn serve(
         return Ok((r, "STALE"));
     }
     Ok((
-        render_outcome(endpoint, &parsed, &outcome, status, key)?,
+        mark(render_outcome(endpoint, &parsed, &outcome, status, key)?),
         status.as_str(),
     ))
 }
