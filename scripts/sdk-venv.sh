@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Creates the virtual environment whose provider SDKs the tests use as real
-# clients (`anthropic`, and `openai` for the Responses API), from PyPI, with pinned versions.
+# clients (`anthropic`, `openai` for the Responses API, `google-genai`), from PyPI, pinned.
 # Idempotent: a venv whose stamp matches the pins is reused. Prints the
 # venv's python on stdout.
 #   SDK_VENV=path   where to put it (default: <repo>/target/sdk-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${SDK_VENV:-$(pwd)/target/sdk-venv}"
-pins=("anthropic==2.17.0" "openai==3.63.0")
+pins=("anthropic==2.17.0" "openai==3.63.0" "google-genai==3.6.1")
 stamp="${pins[*]}"
 if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$venv/bin/python"

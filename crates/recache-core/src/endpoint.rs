@@ -15,6 +15,8 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Google's Gemini API (`generateContent`).
+    Gemini,
 }
 
 impl Dialect {
@@ -22,6 +24,7 @@ impl Dialect {
         match self {
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
+            Dialect::Gemini => "gemini",
         }
     }
 }
@@ -44,6 +47,8 @@ pub enum Endpoint {
     CountTokens,
     /// OpenAI `POST /v1/responses`.
     Responses,
+    /// Gemini `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`).
+    GenerateContent,
 }
 
 impl Endpoint {
@@ -56,6 +61,16 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::GenerateContent => "models",
+        }
+    }
+    /// The path below the upstream's base URL for a call of `model` (Gemini
+    /// names the model and the method in the path).
+    pub fn upstream_path(self, model: &str, stream: bool) -> String {
+        match (self, stream) {
+            (Endpoint::GenerateContent, false) => format!("models/{model}:generateContent"),
+            (Endpoint::GenerateContent, true) => format!("models/{model}:streamGenerateContent?alt=sse"),
+            _ => self.path().to_string(),
         }
     }
     /// Name used in cache keys and metadata.
@@ -67,6 +82,7 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::GenerateContent => "generate_content",
         }
     }
     /// The endpoint a stored name (or a request path) stands for.
@@ -79,6 +95,7 @@ impl Endpoint {
             "messages" => Some(Endpoint::Messages),
             "count_tokens" | "messages/count_tokens" => Some(Endpoint::CountTokens),
             "responses" => Some(Endpoint::Responses),
+            "generate_content" => Some(Endpoint::GenerateContent),
             _ => None,
         }
     }
@@ -90,6 +107,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => Dialect::OpenAi,
             Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
+            Endpoint::GenerateContent => Dialect::Gemini,
         }
     }
 }
@@ -133,6 +151,22 @@ impl Tokens {
                 cache_write: n("cache_creation_input_tokens"),
                 cache_read: n("cache_read_input_tokens"),
             },
+            Dialect::Gemini => {
+                let m = |k: &str| {
+                    answer
+                        .get("usageMetadata")
+                        .and_then(|u| u.get(k))
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0)
+                };
+                let cached = m("cachedContentTokenCount");
+                Tokens {
+                    input: m("promptTokenCount").saturating_sub(cached),
+                    output: m("candidatesTokenCount") + m("thoughtsTokenCount"),
+                    cache_write: 0,
+                    cache_read: cached,
+                }
+            }
         }
     }
 

@@ -124,6 +124,7 @@ impl ApiError {
                 json!({"error": {"message": self.to_string(), "type": kind, "param": null, "code": code}})
             }
             Dialect::Anthropic => anthropic_error(self.status(), &self.to_string()),
+            Dialect::Gemini => gemini_error(self.status(), &self.to_string()),
         };
         let mut resp = (self.status(), axum::Json(body)).into_response();
         resp.headers_mut()
@@ -164,4 +165,20 @@ pub fn anthropic_error(status: StatusCode, message: &str) -> serde_json::Value {
         _ => "api_error",
     };
     json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+/// An error body in Google's shape: `{"error":{"code","message","status"}}`
+/// with the canonical status name of the HTTP status.
+pub fn gemini_error(status: StatusCode, message: &str) -> serde_json::Value {
+    let name = match status.as_u16() {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 | 405 => "NOT_FOUND",
+        408 | 504 => "DEADLINE_EXCEEDED",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    json!({"error": {"code": status.as_u16(), "message": message, "status": name}})
 }

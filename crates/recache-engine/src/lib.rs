@@ -14,6 +14,7 @@ pub mod anthropic;
 pub mod batch;
 pub mod cache;
 pub mod error;
+pub mod gemini;
 pub mod metrics;
 pub mod responses;
 pub mod semantic;

@@ -78,6 +78,7 @@ enum Inner {
     OpenAi(ChatAssembler),
     Responses(crate::responses::ResponseAssembler),
     Anthropic(crate::anthropic::MessageAssembler),
+    Gemini(crate::gemini::ResponseAssembler),
 }
 
 impl Assembler {
@@ -86,6 +87,7 @@ impl Assembler {
             Dialect::OpenAi if endpoint == Endpoint::Responses => Inner::Responses(Default::default()),
             Dialect::OpenAi => Inner::OpenAi(ChatAssembler::new(endpoint)),
             Dialect::Anthropic => Inner::Anthropic(Default::default()),
+            Dialect::Gemini => Inner::Gemini(Default::default()),
         })
     }
 
@@ -94,6 +96,7 @@ impl Assembler {
             Inner::OpenAi(a) => a.push(data),
             Inner::Responses(a) => a.push(data),
             Inner::Anthropic(a) => a.push(data),
+            Inner::Gemini(a) => a.push(data),
         }
     }
 
@@ -103,6 +106,7 @@ impl Assembler {
             Inner::OpenAi(a) => a.finish(),
             Inner::Responses(a) => a.finish(),
             Inner::Anthropic(a) => a.finish(),
+            Inner::Gemini(a) => a.finish(),
         }
     }
 }
@@ -296,6 +300,9 @@ fn frame(v: &Value) -> Bytes {
 pub fn replay(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Bytes> {
     if endpoint.dialect() == Dialect::Anthropic {
         return crate::anthropic::replay(body);
+    }
+    if endpoint.dialect() == Dialect::Gemini {
+        return crate::gemini::replay(body);
     }
     if endpoint == Endpoint::Responses {
         return crate::responses::replay(body);

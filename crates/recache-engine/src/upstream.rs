@@ -121,7 +121,18 @@ impl Upstream {
         body: Bytes,
         forward: &[(&'static str, String)],
     ) -> Result<reqwest::Response, ApiError> {
-        let url = format!("{}/{}", self.base_url, endpoint.path());
+        self.send_to(endpoint.path(), body, forward).await
+    }
+
+    /// As [`Upstream::send_with`], to `path` below the base URL (Gemini's
+    /// paths name the model: [`Endpoint::upstream_path`]).
+    pub async fn send_to(
+        &self,
+        path: &str,
+        body: Bytes,
+        forward: &[(&'static str, String)],
+    ) -> Result<reqwest::Response, ApiError> {
+        let url = format!("{}/{}", self.base_url, path);
         let mut req = self
             .client
             .post(&url)
@@ -133,6 +144,7 @@ impl Upstream {
         match (self.kind, &self.api_key) {
             (Dialect::OpenAi, Some(k)) => req = req.bearer_auth(k),
             (Dialect::Anthropic, Some(k)) => req = req.header("x-api-key", k),
+            (Dialect::Gemini, Some(k)) => req = req.header("x-goog-api-key", k),
             (_, None) => {}
         }
         if self.kind == Dialect::Anthropic && !forward.iter().any(|(n, _)| *n == "anthropic-version") {

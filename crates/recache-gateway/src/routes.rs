@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,15 @@ async fn embeddings(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 }
 async fn responses(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     proxy::handle(s, Endpoint::Responses, headers, body).await
+}
+async fn gemini(
+    State(s): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    proxy::handle_gemini(s, target, query, headers, body).await
 }
 async fn messages(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     proxy::handle(s, Endpoint::Messages, headers, body).await
@@ -53,6 +62,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(embeddings).fallback(method_not_allowed))
         .route("/v1/responses", post(responses).fallback(method_not_allowed))
         .route("/v1/messages", post(messages).fallback(method_not_allowed))
+        .route("/v1beta/models/{target}", post(gemini).fallback(method_not_allowed))
         .route(
             "/v1/messages/count_tokens",
             post(count_tokens).fallback(method_not_allowed),

@@ -65,4 +65,15 @@ async fn openai_responses(b: Backends) {
     assert_eq!(env.stub.calls(), 6);
 }
 
-on_both_backends!(anthropic, openai_responses);
+async fn gemini(b: Backends) {
+    if sdk_python().is_none() {
+        return;
+    }
+    let env = Env::on(b, StubConfig::default(), "").await;
+    run_script(&env, "gemini_client.py").await;
+    // Provider calls: the first question, the thoughts-and-function-call
+    // request, and the function's result. Every repeat was recache's.
+    assert_eq!(env.stub.calls(), 3);
+}
+
+on_both_backends!(anthropic, openai_responses, gemini);

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 mod anthropic;
+mod gemini;
 mod responses;
 
 /// Behaviour knobs, changeable while the stub runs.
@@ -142,6 +143,7 @@ pub fn router(state: Arc<StubState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1beta/models/{target}", post(gemini::generate))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(models))

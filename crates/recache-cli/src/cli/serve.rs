@@ -46,6 +46,7 @@ pub(crate) fn demo_config(
     model: Option<&std::path::Path>,
 ) -> String {
     let d = data_dir.display();
+    let gemini_url = format!("{}/v1beta", stub_url.trim_end_matches("/v1"));
     let semantic = match model {
         Some(m) => format!(
             "[vectors]\nengine = \"embedded\"\npath = \"{d}/vectors\"\n\
@@ -80,6 +81,12 @@ kind = "anthropic"
 base_url = "{stub_url}"
 models = ["claude-*"]
 timeout_ms = 30000
+[[upstreams]]
+name = "stub-gemini"
+kind = "gemini"
+base_url = "{gemini_url}"
+models = ["gemini-*"]
+timeout_ms = 30000
 [[tenants]]
 name = "demo"
 keys = ["sha256:{hash}"]
@@ -90,8 +97,12 @@ output = 0.60
 [prices."claude-"]
 input = 3.0
 output = 15.0
+[prices."gemini-"]
+input = 0.3
+output = 2.5
 {semantic}
 "#,
+        gemini_url = gemini_url,
         hash = recache_core::config::key_hash(DEMO_KEY).unwrap_or_default()
     )
 }

@@ -88,9 +88,27 @@ impl Tenants {
     }
 
     /// The tenant whose client key the request carries: `Authorization:
-    /// Bearer <key>` (OpenAI, and accepted everywhere) or `x-api-key: <key>`
-    /// (Anthropic's SDKs).
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, ApiError> {
+    /// Bearer <key>` (OpenAI, and accepted everywhere), `x-api-key: <key>`
+    /// (Anthropic's SDKs), `x-goog-api-key: <key>` or `?key=<key>` (Gemini's).
+    pub(crate) fn authenticate_with(
+        &self,
+        headers: &HeaderMap,
+        query_key: Option<&str>,
+    ) -> Result<Arc<Tenant>, ApiError> {
+        let goog = headers.get("x-goog-api-key");
+        let key = match (headers.get(header::AUTHORIZATION), goog, query_key) {
+            (None, Some(v), _) => v.to_str().map_err(|_| ApiError::InvalidKey)?.trim(),
+            (None, None, Some(q)) => q.trim(),
+            _ => self.bearer_or_x_api_key(headers)?,
+        };
+        if key.is_empty() {
+            return Err(ApiError::MissingKey);
+        }
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.by_hash.get(&digest).cloned().ok_or(ApiError::InvalidKey)
+    }
+
+    fn bearer_or_x_api_key<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, ApiError> {
         let key = match headers.get(header::AUTHORIZATION) {
             Some(v) => {
                 let raw = v.to_str().map_err(|_| ApiError::InvalidKey)?;
@@ -107,10 +125,6 @@ impl Tenants {
                 .map_err(|_| ApiError::InvalidKey)?
                 .trim(),
         };
-        if key.is_empty() {
-            return Err(ApiError::MissingKey);
-        }
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.by_hash.get(&digest).cloned().ok_or(ApiError::InvalidKey)
+        Ok(key)
     }
 }

@@ -178,6 +178,8 @@ pub struct FlightSpec {
     pub upstream: Arc<Upstream>,
     pub endpoint: Endpoint,
     pub body: Bytes,
+    /// Below the upstream's base URL (`Endpoint::upstream_path`).
+    pub path: String,
     /// The client's headers the provider reads (`anthropic-version`, `anthropic-beta`).
     pub forward: Vec<(&'static str, String)>,
     pub store: Option<StoreTemplate>,
@@ -249,7 +251,7 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
     let m = &spec.state.cache.metrics;
     m.upstream_requests.fetch_add(1, Ordering::Relaxed);
     let up = &spec.upstream;
-    let resp = match up.send_with(spec.endpoint, spec.body.clone(), &spec.forward).await {
+    let resp = match up.send_to(&spec.path, spec.body.clone(), &spec.forward).await {
         Ok(r) => r,
         Err(e) => {
             m.upstream_errors.fetch_add(1, Ordering::Relaxed);

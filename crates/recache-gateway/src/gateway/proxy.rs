@@ -19,7 +19,7 @@ use recache_core::key::{cache_key, canonical_request, CacheKey};
 use recache_engine::error::ApiError;
 use recache_engine::sse;
 use recache_engine::upstream::Upstream;
-use recache_engine::{anthropic, responses};
+use recache_engine::{anthropic, gemini, responses};
 
 /// What `x-recache-status` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +79,7 @@ impl Request<'_> {
             upstream: self.upstream.clone(),
             endpoint: self.endpoint,
             body: self.raw.clone(),
+            path: self.endpoint.upstream_path(&self.parsed.model, self.parsed.stream),
             forward: self.forward.to_vec(),
             store: (!d.no_store).then(|| StoreTemplate {
                 key: self.key,
@@ -97,21 +98,44 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest(msg.into())
 }
 
-fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
+/// What the route says of a request beyond its body: Gemini names the model
+/// and whether it streams in the path, and may carry the key in the query.
+pub struct Call {
+    pub endpoint: Endpoint,
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+    pub query_key: Option<String>,
+}
+
+impl Call {
+    pub fn plain(endpoint: Endpoint) -> Call {
+        Call {
+            endpoint,
+            model: None,
+            stream: None,
+            query_key: None,
+        }
+    }
+}
+
+fn parse_body(call: &Call, body: &[u8]) -> Result<Parsed, ApiError> {
+    let endpoint = call.endpoint;
     let value: Value =
         serde_json::from_slice(body).map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
     let obj = value
         .as_object()
         .ok_or_else(|| invalid("request body must be a JSON object"))?;
-    let model = match obj.get("model") {
-        None => return Err(invalid("missing required parameter: 'model'")),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(invalid("'model' must be a non-empty string")),
+    let model = match (&call.model, obj.get("model")) {
+        (Some(m), _) => m.clone(),
+        (None, None) => return Err(invalid("missing required parameter: 'model'")),
+        (None, Some(Value::String(s))) if !s.is_empty() => s.clone(),
+        (None, Some(_)) => return Err(invalid("'model' must be a non-empty string")),
     };
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("'stream' must be a boolean")),
+    let stream = match (call.stream, obj.get("stream")) {
+        (Some(s), _) => s,
+        (None, None | Some(Value::Null)) => false,
+        (None, Some(Value::Bool(b))) => *b,
+        (None, Some(_)) => return Err(invalid("'stream' must be a boolean")),
     };
     match endpoint {
         Endpoint::Chat => match obj.get("messages") {
@@ -133,6 +157,12 @@ fn parse_body(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
             None => return Err(invalid("missing required parameter: 'input'")),
             Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(_) => return Err(invalid("'input' must be a string or an array")),
+        },
+        Endpoint::GenerateContent => match obj.get("contents") {
+            Some(Value::Array(c)) if !c.is_empty() && c.iter().all(Value::is_object) => {}
+            Some(Value::Array(c)) if c.is_empty() => return Err(invalid("contents must not be empty")),
+            None => return Err(invalid("contents is required")),
+            Some(_) => return Err(invalid("contents must be a list of Content objects")),
         },
         Endpoint::Responses => match obj.get("input") {
             None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
@@ -209,7 +239,7 @@ fn forward_headers(endpoint: Endpoint, headers: &HeaderMap) -> Vec<(&'static str
             .into_iter()
             .filter_map(|n| Some((n, headers.get(n)?.to_str().ok()?.to_string())))
             .collect(),
-        Dialect::OpenAi => Vec::new(),
+        Dialect::OpenAi | Dialect::Gemini => Vec::new(),
     }
 }
 
@@ -217,8 +247,18 @@ fn forward_headers(endpoint: Endpoint, headers: &HeaderMap) -> Vec<(&'static str
 /// material: the canonical request, plus for Anthropic the version headers;
 /// what each dialect leaves out of it is in ARCHITECTURE.md, "Dialects".
 /// (`None`: the canonical request is the material.)
-fn key_material(endpoint: Endpoint, value: &Value, forward: &[(&'static str, String)]) -> (String, Option<String>) {
+fn key_material(
+    endpoint: Endpoint,
+    model: &str,
+    value: &Value,
+    forward: &[(&'static str, String)],
+) -> (String, Option<String>) {
     match endpoint.dialect() {
+        Dialect::Gemini => {
+            let canonical = canonical_request(value);
+            let material = gemini::key_material(model, &canonical);
+            (canonical, Some(material))
+        }
         Dialect::OpenAi => (canonical_request(value), None),
         Dialect::Anthropic => {
             let canonical = canonical_request(&anthropic::key_body(value));
@@ -234,9 +274,56 @@ fn key_material(endpoint: Endpoint, value: &Value, forward: &[(&'static str, Str
 
 /// Entry point for every cached endpoint (`/v1/chat/completions`, `/v1/messages`, ...).
 pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    handle_call(state, Call::plain(endpoint), headers, body).await
+}
+
+/// Entry point for `POST /v1beta/models/{model}:{method}` (Gemini).
+pub async fn handle_gemini(
+    state: Arc<AppState>,
+    target: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let params: Vec<(String, String)> = query.as_deref().map(url_pairs).unwrap_or_default();
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (model, method) = target.split_once(':').unwrap_or((target.as_str(), ""));
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" if param("alt").as_deref() == Some("sse") => true,
+        "streamGenerateContent" => {
+            return ApiError::InvalidRequest(
+                "recache serves streamGenerateContent as server-sent events: add ?alt=sse".into(),
+            )
+            .to_response_in(Dialect::Gemini)
+        }
+        _ => {
+            return ApiError::NotFound {
+                method: "POST".into(),
+                path: format!("/v1beta/models/{target}"),
+            }
+            .to_response_in(Dialect::Gemini)
+        }
+    };
+    let call = Call {
+        endpoint: Endpoint::GenerateContent,
+        model: Some(model.to_string()),
+        stream: Some(stream),
+        query_key: param("key"),
+    };
+    handle_call(state, call, headers, body).await
+}
+
+/// `a=1&b=2` as pairs, percent-decoded.
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+async fn handle_call(state: Arc<AppState>, call: Call, headers: HeaderMap, body: Body) -> Response {
+    let endpoint = call.endpoint;
     let start = Instant::now();
     let mut tenant = None;
-    let (resp, status) = match serve(&state, endpoint, &headers, body, &mut tenant).await {
+    let (resp, status) = match serve(&state, &call, &headers, body, &mut tenant).await {
         Ok(r) => r,
         Err(e) => {
             // What the client is not told (addresses, TLS and DNS messages) is logged.
@@ -268,15 +355,16 @@ pub async fn handle(state: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap
 
 async fn serve(
     state: &Arc<AppState>,
-    endpoint: Endpoint,
+    call: &Call,
     headers: &HeaderMap,
     body: Body,
     who: &mut Option<Arc<super::auth::Tenant>>,
 ) -> Result<(Response, &'static str), ApiError> {
-    let tenant = state.tenants.authenticate(headers)?;
+    let endpoint = call.endpoint;
+    let tenant = state.tenants.authenticate_with(headers, call.query_key.as_deref())?;
     *who = Some(tenant.clone());
     let raw = read_body(body, state.config.server.max_body_bytes).await?;
-    let parsed = parse_body(endpoint, &raw)?;
+    let parsed = parse_body(call, &raw)?;
     let mut d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
     if parsed.bypass.is_some() {
         // State the provider keeps (a background run, a conversation): never cached.
@@ -289,7 +377,7 @@ async fn serve(
         .route(dialect, &parsed.model)
         .ok_or_else(|| state.upstreams.route_error(dialect, &parsed.model))?;
     let forward = forward_headers(endpoint, headers);
-    let (canonical, material) = key_material(endpoint, &parsed.value, &forward);
+    let (canonical, material) = key_material(endpoint, &parsed.model, &parsed.value, &forward);
     // The tenant's stable id, not its name: a renamed tenant keeps its entries,
     // a new tenant given an old name inherits nothing.
     let key = cache_key(

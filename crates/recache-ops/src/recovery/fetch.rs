@@ -65,7 +65,11 @@ impl Recovery {
         let metrics = &self.cache.metrics;
         metrics.upstream_requests.fetch_add(1, Ordering::Relaxed);
         let resp = upstream
-            .send(p.endpoint, bytes::Bytes::copy_from_slice(p.canonical.as_bytes()))
+            .send_to(
+                &p.endpoint.upstream_path(p.model, false),
+                bytes::Bytes::copy_from_slice(p.canonical.as_bytes()),
+                &[],
+            )
             .await
             .map_err(|e| {
                 metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);

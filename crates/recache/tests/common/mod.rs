@@ -113,6 +113,7 @@ pub fn config_text(backends: &Backends, dir: &std::path::Path, stub_url: &str, e
     let roles = backends.toml(dir);
     let vectors = dir.join("vectors");
     let vectors = vectors.display();
+    let gemini_url = format!("{}/v1beta", stub_url.trim_end_matches("/v1"));
     format!(
         r#"
 [vectors]
@@ -135,6 +136,12 @@ kind = "anthropic"
 base_url = "{stub_url}"
 models = ["claude-*"]
 timeout_ms = 2000
+[[upstreams]]
+name = "stub-gemini"
+kind = "gemini"
+base_url = "{gemini_url}"
+models = ["gemini-*"]
+timeout_ms = 2000
 [[tenants]]
 name = "team-a"
 keys = ["{KEY_A}"]
@@ -147,6 +154,9 @@ output = 0.60
 [prices."claude-"]
 input = 3.0
 output = 15.0
+[prices."gemini-"]
+input = 0.3
+output = 2.5
 {extra}
 "#
     )
