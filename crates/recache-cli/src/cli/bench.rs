@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use super::bench_dialect::BenchDialect;
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use recache_core::artifact::{self, ArtifactMeta};
 use recache_core::key::{cache_key, canonical_request};
@@ -76,8 +77,13 @@ pub struct LoadArgs {
     /// Stop after this many requests in all (bounds the run).
     #[arg(long, default_value_t = 2_000_000)]
     pub max_requests: u64,
+    /// The model; left at its default, each dialect asks for its own
+    /// (`claude-sonnet-4-5` for messages, `gemini-2.5-flash` for gemini).
     #[arg(long, default_value = "gpt-4o-mini")]
     pub model: String,
+    /// The provider API the requests speak (`semantic` modes: chat only).
+    #[arg(long, value_enum, default_value = "chat")]
+    pub dialect: BenchDialect,
     /// An extra request header, `NAME: VALUE` (repeatable); for example
     /// `--header 'cache-control: no-store'` measures the gateway as a plain proxy.
     #[arg(long = "header", value_parser = parse_header)]
@@ -173,19 +179,28 @@ async fn load(a: LoadArgs) -> i32 {
             return EXIT_PROBLEM;
         }
     };
-    let url = format!("{}/v1/chat/completions", a.url.trim_end_matches('/'));
+    let dialect = a.dialect;
+    if dialect != BenchDialect::Chat && matches!(a.mode, Mode::Semantic | Mode::SemanticFresh) {
+        eprintln!("recache bench: the semantic modes send chat requests only (--dialect chat)");
+        return EXIT_CONFIG;
+    }
+    let model = if a.model == "gpt-4o-mini" {
+        dialect.default_model().to_string()
+    } else {
+        a.model.clone()
+    };
+    let url = dialect.url(&a.url, &model);
     let body_for = |n: u64| {
         let content = match a.mode {
             Mode::Hit => "recache benchmark: the same question every time".to_string(),
             Mode::Semantic | Mode::SemanticFresh => SEMANTIC_STORED.to_string(),
             Mode::Miss => format!("recache benchmark miss {} {n}", now_ms()),
         };
-        json!({"model": a.model, "messages": [{"role": "user", "content": content}]}).to_string()
+        dialect.body(&model, &content)
     };
     // Warm-up: makes the hit entry exist.
-    if let Err(e) = client
-        .post(&url)
-        .bearer_auth(&a.key)
+    if let Err(e) = dialect
+        .auth(client.post(&url), &a.key)
         .header("content-type", "application/json")
         .body(body_for(0))
         .send()
@@ -199,8 +214,9 @@ async fn load(a: LoadArgs) -> i32 {
         client: client.clone(),
         url,
         key: a.key.clone(),
-        model: a.model.clone(),
+        model,
         mode: a.mode,
+        dialect,
         max: a.max_requests,
         headers: a.headers.clone(),
         deadline,
@@ -224,6 +240,7 @@ async fn load(a: LoadArgs) -> i32 {
     let errors = shared.errors.load(Ordering::Relaxed);
     let report = json!({
         "mode": format!("{:?}", a.mode).to_lowercase(),
+        "dialect": format!("{:?}", a.dialect).to_lowercase(),
         "connections": a.connections,
         "requests": all.len(),
         "errors": errors,
@@ -255,6 +272,7 @@ struct Shared {
     key: String,
     model: String,
     mode: Mode,
+    dialect: BenchDialect,
     max: u64,
     headers: Vec<(String, String)>,
     deadline: Instant,
@@ -267,8 +285,9 @@ struct Shared {
 async fn connection(s: Arc<Shared>) -> Vec<u32> {
     let mut lat = Vec::with_capacity(100_000);
     let model = &s.model;
-    let fixed = json!({"model": model, "messages": [{"role": "user", "content": "recache benchmark: the same question every time"}]}).to_string();
-    let paraphrase = json!({"model": model, "messages": [{"role": "user", "content": SEMANTIC_ASKED}]}).to_string();
+    let d = s.dialect;
+    let fixed = d.body(model, "recache benchmark: the same question every time");
+    let paraphrase = d.body(model, SEMANTIC_ASKED);
     while Instant::now() < s.deadline {
         let n = s.sent.fetch_add(1, Ordering::Relaxed);
         if n >= s.max {
@@ -277,14 +296,12 @@ async fn connection(s: Arc<Shared>) -> Vec<u32> {
         let body = match s.mode {
             Mode::Hit => fixed.clone(),
             Mode::Semantic => paraphrase.clone(),
-            Mode::SemanticFresh => json!({"model": model, "messages": [{"role": "user", "content": spaced(SEMANTIC_ASKED, n)}]}).to_string(),
-            Mode::Miss => json!({"model": model, "messages": [{"role": "user", "content": format!("recache benchmark miss {} {n}", now_ms())}]}).to_string(),
+            Mode::SemanticFresh => d.body(model, &spaced(SEMANTIC_ASKED, n)),
+            Mode::Miss => d.body(model, &format!("recache benchmark miss {} {n}", now_ms())),
         };
         let t = Instant::now();
-        let mut req = s
-            .client
-            .post(&s.url)
-            .bearer_auth(&s.key)
+        let mut req = d
+            .auth(s.client.post(&s.url), &s.key)
             .header("content-type", "application/json");
         for (name, value) in &s.headers {
             req = req.header(name, value);
@@ -340,8 +357,9 @@ async fn gateway_gauges(client: &reqwest::Client, base: &str) -> impl Fn(&str) -
 
 fn print_load(report: &Value, all: &[u32]) {
     println!(
-        "mode={} connections={} requests={} errors={} duration={:.1}s",
+        "mode={} dialect={} connections={} requests={} errors={} duration={:.1}s",
         report["mode"].as_str().unwrap_or(""),
+        report["dialect"].as_str().unwrap_or(""),
         report["connections"],
         all.len(),
         report["errors"],

@@ -10,6 +10,7 @@ use recache_core::config::{Config, ConfigError, LogFormat};
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod bench_dialect;
 pub mod bench_semantic;
 pub mod doctor;
 pub mod drill;
