@@ -52,18 +52,19 @@ pub(super) const INELIGIBLE: [Ineligible; 5] = [
     Ineligible::Temperature,
     Ineligible::TextSize,
 ];
-pub(super) const REFUSALS: [Refusal; 4] = [
+pub(super) const REFUSALS: [Refusal; 5] = [
     Refusal::Literals,
     Refusal::SubstitutedWords,
     Refusal::SwappedTerms,
     Refusal::QuestionWord,
+    Refusal::ToolAnswer,
 ];
 
 #[derive(Default)]
 pub struct SemanticMetrics {
     pub(super) lookups: [AtomicU64; 5],
     pub(super) ineligible: [AtomicU64; 5],
-    pub(super) refusals: [AtomicU64; 4],
+    pub(super) refusals: [AtomicU64; 5],
     /// shadow agreed, shadow disagreed, verification agreed, verification disagreed.
     pub(super) checks: [AtomicU64; 4],
     pub embed_errors: AtomicU64,

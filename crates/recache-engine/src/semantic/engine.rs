@@ -14,7 +14,7 @@ use super::budget::{Budget, Counts, Event, ScopeStats};
 pub use super::counters::{Lookup, SemanticMetrics};
 use super::counters::{INELIGIBLE, LOOKUPS, REFUSALS};
 use super::embedder::{collection_for, Embedder, LocalEmbedder, ProviderEmbedder};
-use super::guard;
+use super::guard::{self, Refusal};
 use super::judge;
 use super::scope::{self, Ineligible};
 use crate::breaker::{Breaker, BreakerStatus};
@@ -544,6 +544,13 @@ impl Semantic {
     /// A candidate that could not be served: when the index says its entry is
     /// gone (deleted, lost), its vector goes too. Kept when the index cannot
     /// tell (down) or the entry is only too old for this request.
+    /// Counts a candidate refused after the lookup (its answer calls a tool).
+    pub fn refused(&self, why: Refusal) {
+        if let Some(i) = REFUSALS.iter().position(|x| *x == why) {
+            self.metrics.refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn forget_if_gone(self: &Arc<Self>, key: CacheKey) {
         let me = self.clone();
         tokio::spawn(async move {

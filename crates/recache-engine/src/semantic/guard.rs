@@ -32,6 +32,8 @@ pub enum Refusal {
     SubstitutedWords,
     SwappedTerms,
     QuestionWord,
+    /// The candidate's answer asks the client to run a tool.
+    ToolAnswer,
 }
 
 impl Refusal {
@@ -41,6 +43,7 @@ impl Refusal {
             Refusal::SubstitutedWords => "substituted_words",
             Refusal::SwappedTerms => "swapped_terms",
             Refusal::QuestionWord => "question_word",
+            Refusal::ToolAnswer => "tool_answer",
         }
     }
 }

@@ -17,3 +17,4 @@ pub mod judge;
 pub mod scope;
 
 pub use engine::{Candidate, Policy, Prepared, Semantic};
+pub use guard::Refusal;

@@ -49,9 +49,11 @@ pub struct Split {
 
 const BLANK: &str = "\u{0}recache:final-user-message\u{0}";
 
-/// Splits out the final user message's text. Chat: the last message must have
-/// role `user` and content that is a string or text parts only. Completions: a
-/// single string prompt.
+/// Splits out the final user message's text. Chat and Anthropic messages: the
+/// last message must have role `user` and content that is a string or text
+/// parts only. Responses: `input` as a string, or a last user item of text.
+/// Completions: a single string prompt. Gemini is not matched (its model is
+/// in the path, outside the body a scope is made of).
 pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usize) -> Result<Split, Ineligible> {
     if let Some(n) = body.get("n").and_then(Value::as_f64) {
         if n > 1.0 {
@@ -63,9 +65,15 @@ pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usiz
             return Err(Ineligible::Temperature);
         }
     }
-    let mut rest = body.clone();
+    // Prompt-caching markers change no answer: left out of the scope as of the key.
+    let mut rest = if endpoint == "messages" {
+        crate::anthropic::key_body(body)
+    } else {
+        body.clone()
+    };
     let text = match endpoint {
-        "chat" => {
+        "responses" => responses_text(&mut rest)?,
+        "chat" | "messages" => {
             let last = rest
                 .get_mut("messages")
                 .and_then(Value::as_array_mut)
@@ -110,6 +118,49 @@ pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usiz
         return Err(Ineligible::TextSize);
     }
     Ok(Split { text, rest })
+}
+
+/// The final user text of a Responses request (`input` as a string, or a last
+/// item that is a user message of text), blanked in `rest`.
+fn responses_text(rest: &mut Value) -> Result<String, Ineligible> {
+    let input = rest.get_mut("input").ok_or(Ineligible::NoFinalUserText)?;
+    if let Value::String(s) = input {
+        let t = std::mem::take(s);
+        *input = Value::String(BLANK.into());
+        return Ok(t);
+    }
+    let last = input
+        .as_array_mut()
+        .and_then(|items| items.last_mut())
+        .ok_or(Ineligible::NoFinalUserText)?;
+    if last.get("role").and_then(Value::as_str) != Some("user") {
+        return Err(Ineligible::NoFinalUserText);
+    }
+    let content = last.get_mut("content").ok_or(Ineligible::NoFinalUserText)?;
+    let text = match content {
+        Value::String(s) => std::mem::take(s),
+        Value::Array(parts) => {
+            let mut out = Vec::new();
+            for p in parts.iter() {
+                if p.get("type").and_then(Value::as_str) != Some("input_text") {
+                    return Err(Ineligible::NoFinalUserText);
+                }
+                out.push(
+                    p.get("text")
+                        .and_then(Value::as_str)
+                        .ok_or(Ineligible::NoFinalUserText)?,
+                );
+            }
+            out.join("\n")
+        }
+        _ => return Err(Ineligible::NoFinalUserText),
+    };
+    *content = Value::String(BLANK.into());
+    // One user item is the string form written long: both share a scope.
+    if input.as_array().is_some_and(|items| items.len() == 1) {
+        *input = Value::String(BLANK.into());
+    }
+    Ok(text)
 }
 
 /// The scope hash (hex).

@@ -81,6 +81,11 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
             sem.forget_if_gone(c.key);
             continue;
         };
+        // An answer that calls a tool belongs to its exact request only.
+        if recache_engine::semantic::judge::asks_for_tool(&hit.body) {
+            sem.refused(recache_engine::semantic::Refusal::ToolAnswer);
+            continue;
+        }
         sem.outcome(p, &found, true);
         let m = &state.cache.metrics;
         m.tokens_saved
