@@ -90,7 +90,7 @@ mod tests {
             h.observe(0.2); // in (0.1, 0.25]
         }
         let m = Metrics::default();
-        m.observe_request(200, "HIT", 0.0008);
+        m.observe_request(200, "HIT", "openai", 0.0008);
         let b = h.cumulative();
         assert_eq!(b.count, 100);
         assert_eq!((b.le[0], b.le[1], b.le[7], b.le[8], b.le[16]), (0, 90, 90, 100, 100));
@@ -128,7 +128,8 @@ pub struct Metrics {
     /// Times the index was found to have lost its data.
     pub index_losses: AtomicU64,
     backend_errors: [AtomicU64; 4],
-    latency: RwLock<BTreeMap<(u16, &'static str), Histogram>>,
+    /// By (HTTP status, cache status, dialect).
+    latency: RwLock<BTreeMap<(u16, &'static str, &'static str), Histogram>>,
 }
 
 impl Metrics {
@@ -146,17 +147,18 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Records one request's latency by HTTP status and cache status.
-    pub fn observe_request(&self, status: u16, cache: &'static str, secs: f64) {
+    /// Records one request's latency by HTTP status, cache status and the
+    /// dialect of its endpoint (`openai`, `anthropic`, `gemini`).
+    pub fn observe_request(&self, status: u16, cache: &'static str, dialect: &'static str, secs: f64) {
         {
             let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(h) = map.get(&(status, cache)) {
+            if let Some(h) = map.get(&(status, cache, dialect)) {
                 h.observe(secs);
                 return;
             }
         }
         let mut map = self.latency.write().unwrap_or_else(|e| e.into_inner());
-        map.entry((status, cache)).or_default().observe(secs);
+        map.entry((status, cache, dialect)).or_default().observe(secs);
     }
 
     /// Requests so far by cache status (all HTTP statuses summed), with their
@@ -164,7 +166,7 @@ impl Metrics {
     pub fn by_cache(&self) -> BTreeMap<&'static str, Buckets> {
         let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
         let mut out: BTreeMap<&'static str, Buckets> = BTreeMap::new();
-        for ((_, cache), h) in map.iter() {
+        for ((_, cache, _), h) in map.iter() {
             out.entry(cache).or_default().add(&h.cumulative());
         }
         out
@@ -264,8 +266,12 @@ impl Metrics {
             "Gateway request latency (to response headers).",
         );
         let map = self.latency.read().unwrap_or_else(|e| e.into_inner());
-        for ((status, cache), h) in map.iter() {
-            write_histogram(&mut f, &[("status", &status.to_string()), ("cache", cache)], h);
+        for ((status, cache, dialect), h) in map.iter() {
+            write_histogram(
+                &mut f,
+                &[("status", &status.to_string()), ("cache", cache), ("dialect", dialect)],
+                h,
+            );
         }
         for (name, help, v) in extra {
             Family::gauge(&mut out, name, help).sample(&[], v);

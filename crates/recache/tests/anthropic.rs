@@ -70,6 +70,12 @@ async fn json_miss_then_hit_and_the_client_key_stays_here(b: Backends) {
     assert_eq!((c1.status, c1.cache()), (200, "MISS"), "{}", c1.text);
     assert_eq!(c1.json()["input_tokens"], 12);
     assert_eq!(count_tokens(&env).await.cache(), "HIT");
+    // Requests are counted by dialect.
+    let text = env.metrics_text().await;
+    assert!(
+        text.contains("recache_request_duration_seconds_count{status=\"200\",cache=\"HIT\",dialect=\"anthropic\"}"),
+        "{text}"
+    );
 }
 
 async fn count_tokens(env: &Env) -> common::Resp {

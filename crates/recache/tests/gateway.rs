@@ -661,7 +661,7 @@ async fn health_metrics_and_admin_auth(b: Backends) {
         "cache_hits_total",
         "cache_misses_total",
         "cache_errors_total{backend=\"index\"}",
-        "recache_request_duration_seconds_bucket{status=\"200\",cache=\"MISS\"",
+        "recache_request_duration_seconds_bucket{status=\"200\",cache=\"MISS\",dialect=\"openai\"",
         "cache_usd_saved_total",
         "process_resident_memory_bytes",
     ] {

@@ -340,10 +340,11 @@ async fn handle_call(state: Arc<AppState>, call: Call, headers: HeaderMap, body:
     state
         .cache
         .metrics
-        .observe_request(resp.status().as_u16(), status, secs);
+        .observe_request(resp.status().as_u16(), status, endpoint.dialect().as_str(), secs);
     tracing::debug!(
         target: "recache::access",
         endpoint = endpoint.name(),
+        dialect = endpoint.dialect().as_str(),
         status = resp.status().as_u16(),
         cache = status,
         key = resp.headers().get("x-recache-key").and_then(|v| v.to_str().ok()).unwrap_or("-"),
