@@ -336,3 +336,31 @@ async fn an_incomplete_stream_is_never_stored(b: Backends) {
     assert!(again.text.contains("message_stop"));
     assert_eq!(send(&env, KEY_A, &body, &[]).await.cache(), "HIT");
 }
+
+/// `[cache] tool_call_answers = "skip"`: an answer that calls a tool is
+/// served but never stored; other answers are cached as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_call_answers_can_be_left_unstored() {
+    let env = Env::on_with(
+        Backends::Embedded,
+        StubConfig::default(),
+        "",
+        &[("RECACHE_CACHE__TOOL_CALL_ANSWERS", "skip")],
+    )
+    .await;
+    let first = send(&env, KEY_A, &rich(), &[]).await;
+    assert_eq!(
+        (first.cache(), first.json()["stop_reason"].as_str()),
+        ("MISS", Some("tool_use"))
+    );
+    assert_eq!(send(&env, KEY_A, &rich(), &[]).await.cache(), "MISS", "not stored");
+    assert_eq!(
+        send(&env, KEY_A, &message("Plain text, please"), &[]).await.cache(),
+        "MISS"
+    );
+    assert_eq!(
+        send(&env, KEY_A, &message("Plain text, please"), &[]).await.cache(),
+        "HIT"
+    );
+    assert_eq!(env.stub.calls(), 3);
+}

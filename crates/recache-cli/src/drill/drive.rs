@@ -661,21 +661,36 @@ fn entry_problems(counts: &Value) -> u64 {
 async fn audit_remote(o: &Options, sample: u64) -> Option<(u64, u64, Value)> {
     let path = o.config_path.as_ref()?;
     let exe = std::env::current_exe().ok()?;
-    let path = path.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(exe)
-            .args(["audit", "--format", "json", "--sample", &sample.to_string(), "--config"])
-            .arg(path)
-            .output()
-    })
-    .await
-    .ok()?
-    .ok()?;
-    // (`audit --format json` prints the report itself.)
-    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some((
-        entry_problems(&report["counts"]),
-        report["entries_scanned"].as_u64().unwrap_or(0),
-        report["counts"].clone(),
-    ))
+    // As for a managed gateway: a finding may be a store still finishing
+    // (answers go out before they are stored), so a dirty audit is run again
+    // (3 times at most).
+    let mut last = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let (exe, path) = (exe.clone(), path.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(exe)
+                .args(["audit", "--format", "json", "--sample", &sample.to_string(), "--config"])
+                .arg(path)
+                .output()
+        })
+        .await
+        .ok()?
+        .ok()?;
+        // (`audit --format json` prints the report itself.)
+        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let found = (
+            entry_problems(&report["counts"]),
+            report["entries_scanned"].as_u64().unwrap_or(0),
+            report["counts"].clone(),
+        );
+        let clean = found.0 == 0;
+        last = Some(found);
+        if clean {
+            break;
+        }
+    }
+    last
 }

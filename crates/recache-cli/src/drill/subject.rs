@@ -122,6 +122,7 @@ impl Subject {
             )],
             default_ttl_seconds: None,
             stale_if_error_seconds: None,
+            tool_call_answers: None,
         });
         // The recovery jobs run in this gateway; a full restore needs a backup target.
         c.warmer.enabled = true;

@@ -146,6 +146,19 @@ pub struct CacheConfig {
     /// How long a batch waits for more writes after its first (0: it takes
     /// only what is already queued).
     pub write_batch_window_ms: u64,
+    /// Answers that ask the client to run a tool: `store` (default: cached for
+    /// their exact request; never served for a near-duplicate) or `skip` (never
+    /// stored). `[[tenants]] tool_call_answers` overrides it per tenant.
+    pub tool_call_answers: ToolCallAnswers,
+}
+
+/// What becomes of an answer that asks the client to run a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolCallAnswers {
+    #[default]
+    Store,
+    Skip,
 }
 
 impl Default for CacheConfig {
@@ -158,6 +171,7 @@ impl Default for CacheConfig {
             max_stale_seconds: 86_400,
             write_batch_max: 256,
             write_batch_window_ms: 1,
+            tool_call_answers: ToolCallAnswers::Store,
         }
     }
 }
@@ -708,6 +722,9 @@ pub struct TenantConfig {
     /// provider fails (requests can ask with `Cache-Control: stale-if-error=N`).
     #[serde(default)]
     pub stale_if_error_seconds: Option<u64>,
+    /// Overrides `[cache] tool_call_answers` for this tenant.
+    #[serde(default)]
+    pub tool_call_answers: Option<ToolCallAnswers>,
 }
 
 impl TenantConfig {

@@ -19,6 +19,8 @@ pub struct Tenant {
     pub id: String,
     pub default_ttl: Duration,
     pub stale_if_error: u64,
+    /// Answers that call a tool are not stored (`tool_call_answers = "skip"`).
+    pub skip_tool_answers: bool,
     /// Requests of this tenant since start (dashboard's top tenants).
     pub usage: TenantUsage,
 }
@@ -61,6 +63,8 @@ impl Tenants {
                 id: t.id().to_string(),
                 default_ttl: Duration::from_secs(t.default_ttl_seconds.unwrap_or(cfg.cache.default_ttl_seconds)),
                 stale_if_error: t.stale_if_error_seconds.unwrap_or(0).min(cfg.cache.max_stale_seconds),
+                skip_tool_answers: t.tool_call_answers.unwrap_or(cfg.cache.tool_call_answers)
+                    == recache_core::config::ToolCallAnswers::Skip,
                 usage: TenantUsage::default(),
             });
             for k in &t.keys {

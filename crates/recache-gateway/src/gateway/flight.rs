@@ -193,6 +193,8 @@ pub struct StoreTemplate {
     pub model: String,
     pub canonical_request: String,
     pub ttl: std::time::Duration,
+    /// Not stored when the answer calls a tool (`tool_call_answers = "skip"`).
+    pub skip_tool_answers: bool,
     /// The embedded request, stored in the vectors role once the entry is stored.
     pub vector: Option<Arc<recache_engine::semantic::Prepared>>,
 }
@@ -306,7 +308,11 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
     let tokens = recache_core::endpoint::Tokens::of(spec.endpoint, &json);
     let (pt, ct) = (tokens.prompt(), tokens.output);
     let mut pending = None;
-    if let Some(t) = &spec.store {
+    let store = spec
+        .store
+        .as_ref()
+        .filter(|t| !(t.skip_tool_answers && recache_engine::semantic::judge::asks_for_tool(&body)));
+    if let Some(t) = store {
         let cost = tokens.cost_usd(&spec.state.config.prices, &t.model);
         m.usd_spent.add(cost);
         spec.state.cache.usage.record(

@@ -88,6 +88,7 @@ impl Request<'_> {
                 model: self.parsed.model.clone(),
                 canonical_request: self.canonical.to_string(),
                 ttl: Duration::from_secs(d.ttl.unwrap_or(self.tenant.default_ttl.as_secs())),
+                skip_tool_answers: self.tenant.skip_tool_answers,
                 vector,
             }),
         }
@@ -399,35 +400,7 @@ async fn serve(
         match found {
             Some(hit) if hit.stale => stale = Some(hit),
             None => {}
-            Some(hit) => {
-                metrics.hits.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .tokens_saved
-                    .fetch_add(hit.meta.prompt_tokens + hit.meta.completion_tokens, Ordering::Relaxed);
-                metrics.usd_saved.add(hit.meta.cost_usd);
-                state.cache.usage.record(
-                    recache_storage::roles::now_ms(),
-                    &tenant.name,
-                    &d.namespace,
-                    &parsed.model,
-                    recache_engine::usage::Delta::hit(
-                        hit.meta.prompt_tokens + hit.meta.completion_tokens,
-                        hit.meta.cost_usd,
-                        false,
-                    ),
-                );
-                let mut resp = render_answer(
-                    endpoint,
-                    &parsed,
-                    &hit.body,
-                    &hit.meta.content_type,
-                    CacheStatus::Hit,
-                    key,
-                    hit.age_secs,
-                );
-                saved_headers(&mut resp, &hit);
-                return Ok((resp, "HIT"));
-            }
+            Some(hit) => return Ok((serve_hit(state, &tenant, &d, endpoint, &parsed, &hit, key), "HIT")),
         }
     }
 
@@ -525,6 +498,41 @@ async fn serve(
         mark(render_outcome(endpoint, &parsed, &outcome, status, key)?),
         status.as_str(),
     ))
+}
+
+/// An exact hit: counted (hits, tokens and USD saved, the tenant's usage) and rendered.
+fn serve_hit(
+    state: &AppState,
+    tenant: &super::auth::Tenant,
+    d: &directives::Directives,
+    endpoint: Endpoint,
+    parsed: &Parsed,
+    hit: &recache_engine::cache::Hit,
+    key: CacheKey,
+) -> Response {
+    let metrics = &state.cache.metrics;
+    let tokens = hit.meta.prompt_tokens + hit.meta.completion_tokens;
+    metrics.hits.fetch_add(1, Ordering::Relaxed);
+    metrics.tokens_saved.fetch_add(tokens, Ordering::Relaxed);
+    metrics.usd_saved.add(hit.meta.cost_usd);
+    state.cache.usage.record(
+        recache_storage::roles::now_ms(),
+        &tenant.name,
+        &d.namespace,
+        &parsed.model,
+        recache_engine::usage::Delta::hit(tokens, hit.meta.cost_usd, false),
+    );
+    let mut resp = render_answer(
+        endpoint,
+        parsed,
+        &hit.body,
+        &hit.meta.content_type,
+        CacheStatus::Hit,
+        key,
+        hit.age_secs,
+    );
+    saved_headers(&mut resp, hit);
+    resp
 }
 
 /// A live stream: the flight's tape, played from its first byte.
