@@ -109,23 +109,14 @@ fn best_match<'a>(list: impl Iterator<Item = &'a Arc<Upstream>>, model: &str) ->
 impl Upstream {
     /// Sends the client's body unchanged; waits at most `timeout` for the response head.
     pub async fn send(&self, endpoint: Endpoint, body: Bytes) -> Result<reqwest::Response, ApiError> {
-        self.send_with(endpoint, body, &[]).await
+        self.send_to(endpoint.path(), body, &[]).await
     }
 
-    /// As [`Upstream::send`], with the client's headers the provider reads
-    /// (`anthropic-version`, `anthropic-beta`), and this provider's own auth:
-    /// `Authorization: Bearer` (OpenAI) or `x-api-key` (Anthropic).
-    pub async fn send_with(
-        &self,
-        endpoint: Endpoint,
-        body: Bytes,
-        forward: &[(&'static str, String)],
-    ) -> Result<reqwest::Response, ApiError> {
-        self.send_to(endpoint.path(), body, forward).await
-    }
-
-    /// As [`Upstream::send_with`], to `path` below the base URL (Gemini's
-    /// paths name the model: [`Endpoint::upstream_path`]).
+    /// Sends `body` to `path` below the base URL (Gemini's paths name the
+    /// model: [`Endpoint::upstream_path`]), with the client's headers the
+    /// provider reads (`anthropic-version`, `anthropic-beta`) and this
+    /// provider's own auth: `Authorization: Bearer` (OpenAI), `x-api-key`
+    /// (Anthropic) or `x-goog-api-key` (Gemini).
     pub async fn send_to(
         &self,
         path: &str,

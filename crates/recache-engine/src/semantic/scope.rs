@@ -79,30 +79,7 @@ pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usiz
                 .and_then(Value::as_array_mut)
                 .and_then(|m| m.last_mut())
                 .ok_or(Ineligible::NoFinalUserText)?;
-            if last.get("role").and_then(Value::as_str) != Some("user") {
-                return Err(Ineligible::NoFinalUserText);
-            }
-            let content = last.get_mut("content").ok_or(Ineligible::NoFinalUserText)?;
-            let text = match content {
-                Value::String(s) => std::mem::take(s),
-                Value::Array(parts) => {
-                    let mut out = Vec::new();
-                    for p in parts.iter() {
-                        if p.get("type").and_then(Value::as_str) != Some("text") {
-                            return Err(Ineligible::NoFinalUserText);
-                        }
-                        out.push(
-                            p.get("text")
-                                .and_then(Value::as_str)
-                                .ok_or(Ineligible::NoFinalUserText)?,
-                        );
-                    }
-                    out.join("\n")
-                }
-                _ => return Err(Ineligible::NoFinalUserText),
-            };
-            *content = Value::String(BLANK.into());
-            text
+            take_user_text(last, "text")?
         }
         "completions" => match rest.get_mut("prompt") {
             Some(Value::String(s)) => {
@@ -133,6 +110,17 @@ fn responses_text(rest: &mut Value) -> Result<String, Ineligible> {
         .as_array_mut()
         .and_then(|items| items.last_mut())
         .ok_or(Ineligible::NoFinalUserText)?;
+    let text = take_user_text(last, "input_text")?;
+    // One user item is the string form written long: both share a scope.
+    if input.as_array().is_some_and(|items| items.len() == 1) {
+        *input = Value::String(BLANK.into());
+    }
+    Ok(text)
+}
+
+/// The text of a final user message (`content` a string, or parts of type
+/// `part_type` only), its content blanked.
+fn take_user_text(last: &mut Value, part_type: &str) -> Result<String, Ineligible> {
     if last.get("role").and_then(Value::as_str) != Some("user") {
         return Err(Ineligible::NoFinalUserText);
     }
@@ -142,7 +130,7 @@ fn responses_text(rest: &mut Value) -> Result<String, Ineligible> {
         Value::Array(parts) => {
             let mut out = Vec::new();
             for p in parts.iter() {
-                if p.get("type").and_then(Value::as_str) != Some("input_text") {
+                if p.get("type").and_then(Value::as_str) != Some(part_type) {
                     return Err(Ineligible::NoFinalUserText);
                 }
                 out.push(
@@ -156,10 +144,6 @@ fn responses_text(rest: &mut Value) -> Result<String, Ineligible> {
         _ => return Err(Ineligible::NoFinalUserText),
     };
     *content = Value::String(BLANK.into());
-    // One user item is the string form written long: both share a scope.
-    if input.as_array().is_some_and(|items| items.len() == 1) {
-        *input = Value::String(BLANK.into());
-    }
     Ok(text)
 }
 
