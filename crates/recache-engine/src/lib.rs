@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod gemini;
+pub mod keying;
 pub mod metrics;
 pub mod responses;
 pub mod semantic;

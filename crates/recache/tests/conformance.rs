@@ -135,6 +135,48 @@ async fn postgres_metadata_conformance() {
     c::metadata_health(meta.as_ref()).await;
 }
 
+/// Usage counted before the dialect column (migration 5) keeps its counters
+/// on PostgreSQL, as OpenAI's dialect; rows of another dialect stay apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_usage_survives_the_dialect_migration() {
+    use recache::roles::metadata_postgres::{PostgresMetadata, MIGRATIONS};
+    let Some(url) = engines::fresh_postgres("mig").await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (version, sql) in &MIGRATIONS[..4] {
+        sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, 0)")
+            .bind(version)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO usage_hourly (hour_ms, tenant, namespace, model, hits, misses, usd_spent) \
+         VALUES (3600000, 'a', 'default', 'm', 5, 2, 0.5)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let meta = PostgresMetadata::new(&url, 2, Duration::from_secs(5)).unwrap();
+    meta.prepare().await.unwrap();
+    let rows = meta.usage_since(0).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].dialect.as_str(), rows[0].hits, rows[0].misses), ("openai", 5, 2));
+    let mut anthropic = rows[0].clone();
+    anthropic.dialect = "anthropic".into();
+    meta.record_usage(vec![anthropic, rows[0].clone()]).await.unwrap();
+    let rows = meta.usage_since(0).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r.hits == if r.dialect == "openai" { 10 } else { 5 }), "{rows:?}");
+}
+
 /// The read-only snapshot the CLI audits with sees what the embedded index
 /// holds: last write wins, deletes and expired entries are gone, writes are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! `recache report cost`: requests, hits, tokens and money per tenant, model
-//! or namespace, from the hourly usage counters in metadata.
+//! `recache report cost`: requests, hits, tokens and money per tenant, model,
+//! namespace or dialect, from the hourly usage counters in metadata.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +27,8 @@ pub enum By {
     Tenant,
     Model,
     Namespace,
+    /// The API the requests spoke: openai, anthropic, gemini.
+    Dialect,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +96,7 @@ pub fn group(rows: &[UsageRow], by: By) -> (Vec<Group>, Group) {
             By::Tenant => &r.tenant,
             By::Model => &r.model,
             By::Namespace => &r.namespace,
+            By::Dialect => &r.dialect,
         };
         groups
             .entry(name.clone())
@@ -156,6 +159,13 @@ async fn cost(a: CostArgs) -> i32 {
         }
     };
     let by = format!("{:?}", a.by).to_lowercase();
+    // Usage is counted by the tenant's stable id; show the name it has now.
+    let mut rows = rows;
+    for r in &mut rows {
+        if let Some(t) = config.tenants.iter().find(|t| t.id() == r.tenant) {
+            r.tenant.clone_from(&t.name);
+        }
+    }
     let (groups, total) = group(&rows, a.by);
     match a.format {
         ReportFormat::Json => println!(
@@ -219,6 +229,7 @@ mod tests {
         let row = |t: &str, m: &str, hits, misses, spent| UsageRow {
             tenant: t.into(),
             model: m.into(),
+            dialect: if m == "x" { "openai" } else { "anthropic" }.into(),
             namespace: "default".into(),
             hits,
             misses,
@@ -237,6 +248,9 @@ mod tests {
         assert_eq!(total.requests, 8);
         let (g, _) = group(&rows, By::Model);
         assert_eq!(g.len(), 2);
+        let (g, _) = group(&rows, By::Dialect);
+        assert_eq!((g[0].group.as_str(), g[0].requests), ("openai", 6));
+        assert_eq!((g[1].group.as_str(), g[1].requests), ("anthropic", 2));
         assert_eq!(csv_field("a,b"), "\"a,b\"");
     }
 }

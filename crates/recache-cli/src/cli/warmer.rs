@@ -59,9 +59,16 @@ pub struct RunArgs {
 pub struct EnqueueArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// JSONL: one request body per line, or batch-file lines with "url" and "body".
+    /// JSONL, one request per line: a batch-file line ("url", "body", optional
+    /// "headers" such as anthropic-version), an Anthropic batch line ("params"),
+    /// a Gemini batch line ("request", with "model"), or a bare request body.
     #[arg(long)]
     pub file: std::path::PathBuf,
+    /// The endpoint of the bare bodies: chat, completions, embeddings,
+    /// responses, messages, count_tokens or generate_content (default: told
+    /// by the body's fields: contents, messages, prompt or input).
+    #[arg(long)]
+    pub endpoint: Option<String>,
     #[arg(long)]
     pub tenant: String,
     /// The namespace (repository) the answers are stored under.
@@ -350,7 +357,16 @@ async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
 async fn enqueue(a: EnqueueArgs) -> Result<i32, Exit> {
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| Exit::config(format!("cannot read {}: {e}", a.file.display())))?;
-    let requests = warm::parse_file(&text).map_err(|e| Exit::config(format!("{}: {e}", a.file.display())))?;
+    let endpoint = match a.endpoint.as_deref() {
+        None => None,
+        Some(name) => Some(recache_core::endpoint::Endpoint::from_name(name).ok_or_else(|| {
+            Exit::config(format!(
+                "--endpoint: unknown endpoint '{name}' (chat, completions, embeddings, responses, messages, count_tokens, generate_content)"
+            ))
+        })?),
+    };
+    let requests =
+        warm::parse_file(&text, endpoint).map_err(|e| Exit::config(format!("{}: {e}", a.file.display())))?;
     if !recache_gateway::gateway::directives::valid_namespace(&a.namespace) {
         return Err(Exit::config(recache_gateway::gateway::directives::NAMESPACE_RULE));
     }

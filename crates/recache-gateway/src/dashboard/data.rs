@@ -83,7 +83,28 @@ pub async fn build(s: &AppState) -> Value {
         })),
         "ops_read_at_ms": ops.read_at_ms,
         "tenants": tenants(s),
+        "dialects": dialects(s),
     })
+}
+
+/// Answers, hit rate and money per dialect since this process started
+/// (`recache report cost --by dialect` reads the same counters from metadata).
+fn dialects(s: &AppState) -> Value {
+    s.cache
+        .usage
+        .by_dialect()
+        .into_iter()
+        .map(|r| {
+            let hits = r.hits + r.semantic_hits;
+            let requests = hits + r.misses;
+            json!({
+                "dialect": r.dialect, "requests": requests, "hits": r.hits, "semantic_hits": r.semantic_hits,
+                "misses": r.misses, "hit_rate": (requests > 0).then(|| hits as f64 / requests as f64),
+                "tokens_spent": r.prompt_tokens, "tokens_saved": r.tokens_saved,
+                "usd_saved": r.usd_saved, "usd_spent": r.usd_spent,
+            })
+        })
+        .collect()
 }
 
 /// How long one round of health checks serves the pages polling the data.

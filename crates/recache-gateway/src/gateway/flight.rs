@@ -317,9 +317,12 @@ async fn fetch(spec: &FlightSpec, tape: Option<&Tape>) -> Result<(Outcome, Optio
         m.usd_spent.add(cost);
         spec.state.cache.usage.record(
             recache_storage::roles::now_ms(),
-            &t.tenant,
-            &t.namespace,
-            &t.model,
+            recache_engine::usage::Group {
+                tenant: &t.tenant,
+                namespace: &t.namespace,
+                model: &t.model,
+                dialect: spec.endpoint.dialect(),
+            },
             recache_engine::usage::Delta::miss(pt, ct, cost),
         );
         pending = Some(PendingStore {

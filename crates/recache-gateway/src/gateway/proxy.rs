@@ -15,11 +15,11 @@ use super::flight::{self, FlightSpec, Joined, Outcome, StoreTemplate};
 use super::tape::Tape;
 use super::{directives, AppState, Endpoint};
 use recache_core::endpoint::Dialect;
-use recache_core::key::{cache_key, canonical_request, CacheKey};
+use recache_core::key::CacheKey;
 use recache_engine::error::ApiError;
 use recache_engine::sse;
 use recache_engine::upstream::Upstream;
-use recache_engine::{anthropic, gemini, responses};
+use recache_engine::responses;
 
 /// What `x-recache-status` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,42 +235,10 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 /// The client's headers the provider reads, forwarded as they came.
 fn forward_headers(endpoint: Endpoint, headers: &HeaderMap) -> Vec<(&'static str, String)> {
-    match endpoint.dialect() {
-        Dialect::Anthropic => ["anthropic-version", "anthropic-beta"]
-            .into_iter()
-            .filter_map(|n| Some((n, headers.get(n)?.to_str().ok()?.to_string())))
-            .collect(),
-        Dialect::OpenAi | Dialect::Gemini => Vec::new(),
-    }
-}
-
-/// The canonical request (stored, and re-sent by warmers) and the key's
-/// material: the canonical request, plus for Anthropic the version headers;
-/// what each dialect leaves out of it is in ARCHITECTURE.md, "Dialects".
-/// (`None`: the canonical request is the material.)
-fn key_material(
-    endpoint: Endpoint,
-    model: &str,
-    value: &Value,
-    forward: &[(&'static str, String)],
-) -> (String, Option<String>) {
-    match endpoint.dialect() {
-        Dialect::Gemini => {
-            let canonical = canonical_request(value);
-            let material = gemini::key_material(model, &canonical);
-            (canonical, Some(material))
-        }
-        Dialect::OpenAi => (canonical_request(value), None),
-        Dialect::Anthropic => {
-            let canonical = canonical_request(&anthropic::key_body(value));
-            let header = |n: &str| forward.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
-            let material = format!(
-                "{canonical}{}",
-                anthropic::key_headers(header("anthropic-version"), header("anthropic-beta"))
-            );
-            (canonical, Some(material))
-        }
-    }
+    recache_engine::keying::forwarded_header_names(endpoint.dialect())
+        .iter()
+        .filter_map(|n| Some((*n, headers.get(*n)?.to_str().ok()?.to_string())))
+        .collect()
 }
 
 /// Entry point for every cached endpoint (`/v1/chat/completions`, `/v1/messages`, ...).
@@ -379,15 +347,10 @@ async fn serve(
         .route(dialect, &parsed.model)
         .ok_or_else(|| state.upstreams.route_error(dialect, &parsed.model))?;
     let forward = forward_headers(endpoint, headers);
-    let (canonical, material) = key_material(endpoint, &parsed.model, &parsed.value, &forward);
     // The tenant's stable id, not its name: a renamed tenant keeps its entries,
     // a new tenant given an old name inherits nothing.
-    let key = cache_key(
-        &tenant.id,
-        &d.namespace,
-        endpoint.name(),
-        material.as_deref().unwrap_or(&canonical),
-    );
+    let (canonical, key) =
+        recache_engine::keying::request_key(&tenant.id, &d.namespace, endpoint, &parsed.model, &parsed.value, &forward);
     let metrics = &state.cache.metrics;
 
     let stale_window = d
@@ -517,9 +480,12 @@ fn serve_hit(
     metrics.usd_saved.add(hit.meta.cost_usd);
     state.cache.usage.record(
         recache_storage::roles::now_ms(),
-        &tenant.name,
-        &d.namespace,
-        &parsed.model,
+        recache_engine::usage::Group {
+            tenant: &tenant.id,
+            namespace: &d.namespace,
+            model: &parsed.model,
+            dialect: endpoint.dialect(),
+        },
         recache_engine::usage::Delta::hit(tokens, hit.meta.cost_usd, false),
     );
     let mut resp = render_answer(

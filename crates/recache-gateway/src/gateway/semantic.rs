@@ -93,9 +93,12 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
         m.usd_saved.add(hit.meta.cost_usd);
         state.cache.usage.record(
             recache_storage::roles::now_ms(),
-            &req.tenant.name,
-            &req.directives.namespace,
-            &req.parsed.model,
+            recache_engine::usage::Group {
+                tenant: &req.tenant.id,
+                namespace: &req.directives.namespace,
+                model: &req.parsed.model,
+                dialect: req.endpoint.dialect(),
+            },
             recache_engine::usage::Delta::hit(
                 hit.meta.prompt_tokens + hit.meta.completion_tokens,
                 hit.meta.cost_usd,

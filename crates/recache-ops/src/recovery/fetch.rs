@@ -22,6 +22,9 @@ pub struct Purchase<'a> {
     pub model: &'a str,
     /// The canonical request: what is sent, and what the key was computed over.
     pub canonical: &'a str,
+    /// The client's headers the provider reads (`anthropic-version`,
+    /// `anthropic-beta`), when known (a warm file's; none for a re-buy).
+    pub forward: &'a [(&'static str, String)],
     pub ttl: Duration,
 }
 
@@ -68,7 +71,7 @@ impl Recovery {
             .send_to(
                 &p.endpoint.upstream_path(p.model, false),
                 bytes::Bytes::copy_from_slice(p.canonical.as_bytes()),
-                &[],
+                p.forward,
             )
             .await
             .map_err(|e| {
@@ -102,9 +105,12 @@ impl Recovery {
         metrics.warmer_usd_spent.add(cost);
         self.cache.usage.record(
             recache_storage::roles::now_ms(),
-            p.tenant,
-            p.namespace,
-            p.model,
+            recache_engine::usage::Group {
+                tenant: p.tenant,
+                namespace: p.namespace,
+                model: p.model,
+                dialect: p.endpoint.dialect(),
+            },
             recache_engine::usage::Delta::miss(pt, ct, cost),
         );
         if let Err(e) = self.queue.record_spend(job_id, cost).await {

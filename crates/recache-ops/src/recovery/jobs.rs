@@ -398,6 +398,9 @@ impl Recovery {
                 endpoint,
                 model: &e.model,
                 canonical: request,
+                // The stored request has no headers: Anthropic's re-buy sends
+                // the default `anthropic-version` (ARCHITECTURE.md, "Dialects").
+                forward: &[],
                 ttl,
             },
             job_id,

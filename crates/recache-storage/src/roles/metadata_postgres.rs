@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_jobs.sql")),
     (3, include_str!("../../migrations/postgres/0003_recovery.sql")),
     (4, include_str!("../../migrations/postgres/0004_usage.sql")),
+    (5, include_str!("../../migrations/postgres/0005_usage_dialect.sql")),
 ];
 
 /// The statements of a migration file (no statement in them contains `;`).

@@ -37,10 +37,10 @@ pub const INSERT_SQL: &str = "INSERT INTO entries (cache_key, tenant, namespace,
      last_hit_at_ms = NULL, hit_count = 0, request_json = excluded.request_json, artifact_missing = 0";
 
 /// Adds one row of usage counters to its hour (both engines speak this upsert).
-pub const USAGE_UPSERT_SQL: &str = "INSERT INTO usage_hourly (hour_ms, tenant, namespace, model, hits, semantic_hits, \
-     misses, prompt_tokens, completion_tokens, tokens_saved, usd_saved, usd_spent) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-     ON CONFLICT (hour_ms, tenant, namespace, model) DO UPDATE SET hits = usage_hourly.hits + excluded.hits, \
+pub const USAGE_UPSERT_SQL: &str = "INSERT INTO usage_hourly (hour_ms, tenant, namespace, model, dialect, hits, \
+     semantic_hits, misses, prompt_tokens, completion_tokens, tokens_saved, usd_saved, usd_spent) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     ON CONFLICT (hour_ms, tenant, namespace, model, dialect) DO UPDATE SET hits = usage_hourly.hits + excluded.hits, \
      semantic_hits = usage_hourly.semantic_hits + excluded.semantic_hits, misses = usage_hourly.misses + excluded.misses, \
      prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
      completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens, \
@@ -170,7 +170,13 @@ macro_rules! recovery_queries {
                 let mut rows = rows;
                 // Key order: concurrent flushes from replicas take row locks in the same order.
                 rows.sort_by(|a, b| {
-                    (a.hour_ms, &a.tenant, &a.namespace, &a.model).cmp(&(b.hour_ms, &b.tenant, &b.namespace, &b.model))
+                    (a.hour_ms, &a.tenant, &a.namespace, &a.model, &a.dialect).cmp(&(
+                        b.hour_ms,
+                        &b.tenant,
+                        &b.namespace,
+                        &b.model,
+                        &b.dialect,
+                    ))
                 });
                 let mut tx = self.writer().begin().await.map_err(map_err)?;
                 for r in &rows {
@@ -179,6 +185,7 @@ macro_rules! recovery_queries {
                         .bind(&r.tenant)
                         .bind(&r.namespace)
                         .bind(&r.model)
+                        .bind(&r.dialect)
                         .bind(r.hits as i64)
                         .bind(r.semantic_hits as i64)
                         .bind(r.misses as i64)
@@ -198,9 +205,9 @@ macro_rules! recovery_queries {
                 use sqlx::Row as _;
                 self.ready().await?;
                 let sql = Self::sql(
-                    "SELECT hour_ms, tenant, namespace, model, hits, semantic_hits, misses, prompt_tokens, \
+                    "SELECT hour_ms, tenant, namespace, model, dialect, hits, semantic_hits, misses, prompt_tokens, \
                      completion_tokens, tokens_saved, usd_saved, usd_spent FROM usage_hourly \
-                     WHERE hour_ms >= $1 ORDER BY hour_ms, tenant, namespace, model",
+                     WHERE hour_ms >= $1 ORDER BY hour_ms, tenant, namespace, model, dialect",
                 );
                 let rows = sqlx::query(&sql)
                     .bind(since_ms)
@@ -215,6 +222,7 @@ macro_rules! recovery_queries {
                             tenant: r.try_get("tenant").map_err(map_err)?,
                             namespace: r.try_get("namespace").map_err(map_err)?,
                             model: r.try_get("model").map_err(map_err)?,
+                            dialect: r.try_get("dialect").map_err(map_err)?,
                             hits: n("hits")?,
                             semantic_hits: n("semantic_hits")?,
                             misses: n("misses")?,

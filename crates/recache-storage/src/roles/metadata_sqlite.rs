@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_jobs.sql")),
     (3, include_str!("../../migrations/sqlite/0003_recovery.sql")),
     (4, include_str!("../../migrations/sqlite/0004_usage.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_usage_dialect.sql")),
 ];
 
 /// SQLite allows one writer at a time, and a transaction that reads before
@@ -264,5 +265,51 @@ impl Metadata for SqliteMetadata {
     }
     fn import_snapshot(&self, batch: super::SnapshotBatch) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.q_import(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Usage counted before migration 5 keeps its counters, as OpenAI's
+    /// dialect, and new rows of another dialect stay apart from it.
+    #[tokio::test]
+    async fn usage_rows_survive_the_dialect_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+                .unwrap()
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+            sqlx::raw_sql("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            for (version, sql) in &MIGRATIONS[..4] {
+                sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, 0)")
+                    .bind(version)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            sqlx::raw_sql("INSERT INTO usage_hourly (hour_ms, tenant, namespace, model, hits, misses, usd_spent) VALUES (3600000, 'a', 'default', 'm', 5, 2, 0.5)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let meta = SqliteMetadata::open(&path, 2, Duration::from_secs(5)).await.unwrap();
+        let rows = meta.usage_since(0).await.unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].dialect.as_str(), rows[0].hits, rows[0].misses), ("openai", 5, 2));
+        let mut anthropic = rows[0].clone();
+        anthropic.dialect = "anthropic".into();
+        meta.record_usage(vec![anthropic.clone(), rows[0].clone()]).await.unwrap();
+        let rows = meta.usage_since(0).await.unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().all(|r| r.hits == if r.dialect == "openai" { 10 } else { 5 }), "{rows:?}");
     }
 }

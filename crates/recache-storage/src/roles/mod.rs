@@ -287,6 +287,8 @@ pub struct UsageRow {
     pub tenant: String,
     pub namespace: String,
     pub model: String,
+    /// The API the requests spoke (`openai`, `anthropic`, `gemini`).
+    pub dialect: String,
     pub hits: u64,
     pub semantic_hits: u64,
     /// Provider calls whose answers were stored.

@@ -2,6 +2,7 @@
 //! with the gateway's data in a temporary directory.
 #![allow(dead_code)]
 
+pub mod dialects;
 pub mod engines;
 pub mod servers;
 

@@ -187,7 +187,8 @@ pub async fn metadata_recovery_queries(meta: &dyn Metadata) {
     assert!(hours.iter().all(|(h, _)| h % 3_600_000 == 0));
 }
 
-/// Usage rows of the same hour and group add up; other groups and hours stay apart.
+/// Usage rows of the same hour and group add up; other groups, dialects and
+/// hours stay apart.
 pub async fn metadata_usage_adds_up(meta: &dyn Metadata) {
     let hour = 1_000 * 3_600_000;
     let row = |tenant: &str, hour_ms: i64, hits: u64, misses: u64, spent: f64| crate::roles::UsageRow {
@@ -195,6 +196,7 @@ pub async fn metadata_usage_adds_up(meta: &dyn Metadata) {
         tenant: tenant.into(),
         namespace: "ns".into(),
         model: "m".into(),
+        dialect: "openai".into(),
         hits,
         misses,
         prompt_tokens: misses * 10,
@@ -209,9 +211,19 @@ pub async fn metadata_usage_adds_up(meta: &dyn Metadata) {
     meta.record_usage(vec![row("a", hour, 3, 1, 0.5), row("a", hour + 3_600_000, 1, 0, 0.0)])
         .await
         .unwrap();
+    let anthropic = crate::roles::UsageRow {
+        dialect: "anthropic".into(),
+        ..row("a", hour, 2, 0, 0.0)
+    };
+    meta.record_usage(vec![anthropic]).await.unwrap();
     let rows = meta.usage_since(hour).await.unwrap();
-    assert_eq!(rows.len(), 3, "{rows:?}");
-    let a = rows.iter().find(|r| r.tenant == "a" && r.hour_ms == hour).unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let a = rows
+        .iter()
+        .find(|r| r.tenant == "a" && r.hour_ms == hour && r.dialect == "openai")
+        .unwrap();
+    let a2 = rows.iter().find(|r| r.dialect == "anthropic").unwrap();
+    assert_eq!((a2.tenant.as_str(), a2.hits, a2.misses), ("a", 2, 0));
     assert_eq!((a.hits, a.misses, a.prompt_tokens, a.tokens_saved), (4, 3, 30, 28));
     assert!(
         (a.usd_spent - 0.75).abs() < 1e-9 && (a.usd_saved - 2.0).abs() < 1e-9,
