@@ -47,6 +47,21 @@ pub fn key_material(
     }
 }
 
+/// What a semantic scope counts beside the body (ARCHITECTURE.md,
+/// "Semantic matching"): what the key counts beside it, that is Gemini's model
+/// (in the path) and Anthropic's version headers; nothing for OpenAI's
+/// endpoints (their scopes stay as they were before dialects).
+pub fn scope_extra(endpoint: Endpoint, model: &str, forward: &[(&'static str, String)]) -> String {
+    match endpoint.dialect() {
+        Dialect::OpenAi => String::new(),
+        Dialect::Gemini => format!("model:{model}"),
+        Dialect::Anthropic => {
+            let header = |n: &str| forward.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+            anthropic::key_headers(header("anthropic-version"), header("anthropic-beta"))
+        }
+    }
+}
+
 /// The canonical request and the key of `value` sent to `endpoint` for
 /// `model` by the tenant whose stable id is `tenant_id`.
 pub fn request_key(
@@ -77,8 +92,15 @@ mod tests {
         let body = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
         let v = |s: &str| vec![("anthropic-version", s.to_string())];
         let k = |ep, fwd: &[(&'static str, String)]| request_key("t", "default", ep, "m", &body, fwd).1;
-        assert_ne!(k(Endpoint::Messages, &v("2023-06-01")), k(Endpoint::Messages, &v("2023-01-01")));
-        assert_ne!(k(Endpoint::Messages, &[]), k(Endpoint::Chat, &[]), "the endpoint counts");
+        assert_ne!(
+            k(Endpoint::Messages, &v("2023-06-01")),
+            k(Endpoint::Messages, &v("2023-01-01"))
+        );
+        assert_ne!(
+            k(Endpoint::Messages, &[]),
+            k(Endpoint::Chat, &[]),
+            "the endpoint counts"
+        );
         let marked = json!({"model": "m", "max_tokens": 5, "stream": true,
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]});
         let plain = json!({"model": "m", "max_tokens": 5,

@@ -82,7 +82,11 @@ impl Usage {
         let bucket = slots.entry(hash).or_default();
         let [tenant, namespace, model, dialect] = names;
         if let Some(row) = bucket.iter_mut().find(|r| {
-            r.hour_ms == hour && r.tenant == tenant && r.namespace == namespace && r.model == model && r.dialect == dialect
+            r.hour_ms == hour
+                && r.tenant == tenant
+                && r.namespace == namespace
+                && r.model == model
+                && r.dialect == dialect
         }) {
             row.add_counts(&d);
             return;
@@ -199,9 +203,15 @@ mod tests {
         u.record(t0, g("a", Dialect::Gemini), Delta::hit(4, 0.5, false));
         let by = u.by_dialect();
         assert_eq!(by.len(), 3);
-        assert_eq!((by[0].dialect.as_str(), by[0].hits, by[0].semantic_hits, by[0].misses), ("openai", 2, 1, 2));
+        assert_eq!(
+            (by[0].dialect.as_str(), by[0].hits, by[0].semantic_hits, by[0].misses),
+            ("openai", 2, 1, 2)
+        );
         assert_eq!((by[1].hits, by[1].misses), (0, 0));
-        assert_eq!((by[2].dialect.as_str(), by[2].hits, by[2].tokens_saved), ("gemini", 1, 4));
+        assert_eq!(
+            (by[2].dialect.as_str(), by[2].hits, by[2].tokens_saved),
+            ("gemini", 1, 4)
+        );
         let mut rows = u.take();
         rows.retain(|r| r.dialect == "openai");
         rows.sort_by(|a, b| (a.hour_ms, &a.tenant).cmp(&(b.hour_ms, &b.tenant)));

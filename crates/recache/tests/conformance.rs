@@ -168,13 +168,20 @@ async fn postgres_usage_survives_the_dialect_migration() {
     meta.prepare().await.unwrap();
     let rows = meta.usage_since(0).await.unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0].dialect.as_str(), rows[0].hits, rows[0].misses), ("openai", 5, 2));
+    assert_eq!(
+        (rows[0].dialect.as_str(), rows[0].hits, rows[0].misses),
+        ("openai", 5, 2)
+    );
     let mut anthropic = rows[0].clone();
     anthropic.dialect = "anthropic".into();
     meta.record_usage(vec![anthropic, rows[0].clone()]).await.unwrap();
     let rows = meta.usage_since(0).await.unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert!(rows.iter().all(|r| r.hits == if r.dialect == "openai" { 10 } else { 5 }), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.hits == if r.dialect == "openai" { 10 } else { 5 }),
+        "{rows:?}"
+    );
 }
 
 /// The read-only snapshot the CLI audits with sees what the embedded index

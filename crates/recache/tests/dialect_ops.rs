@@ -75,8 +75,14 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
         assert_eq!(a.status, 504, "{}: {}", r.path, a.text);
         let v = a.json();
         match r.dialect() {
-            "anthropic" => assert_eq!((&v["type"], &v["error"]["type"]), (&"error".into(), &"timeout_error".into())),
-            "gemini" => assert_eq!((&v["error"]["code"], &v["error"]["status"]), (&504.into(), &"DEADLINE_EXCEEDED".into())),
+            "anthropic" => assert_eq!(
+                (&v["type"], &v["error"]["type"]),
+                (&"error".into(), &"timeout_error".into())
+            ),
+            "gemini" => assert_eq!(
+                (&v["error"]["code"], &v["error"]["status"]),
+                (&504.into(), &"DEADLINE_EXCEEDED".into())
+            ),
             _ => assert_eq!(v["error"]["code"], "not_cached", "{v}"),
         }
     }
@@ -85,7 +91,14 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
     // The same four questions warmed from one file, in four shapes.
     let file = env.path("warm.jsonl");
     std::fs::write(&file, warm_file()).unwrap();
-    let (code, out, err) = env.cli(&["warmer", "enqueue", "--file", file.to_str().unwrap(), "--tenant", "team-c"]);
+    let (code, out, err) = env.cli(&[
+        "warmer",
+        "enqueue",
+        "--file",
+        file.to_str().unwrap(),
+        "--tenant",
+        "team-c",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     until("the warm job to succeed", async || {
         let v = env.admin_json("/admin/jobs?limit=20").await;
@@ -110,7 +123,11 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
             _ => v["object"] == "chat.completion",
         };
         assert!(shaped, "{}: {v}", r.path);
-        assert!(a.header("x-recache-saved-usd").parse::<f64>().unwrap() > 0.0, "{}", r.path);
+        assert!(
+            a.header("x-recache-saved-usd").parse::<f64>().unwrap() > 0.0,
+            "{}",
+            r.path
+        );
     }
     assert_eq!(env.stub.calls(), 4);
 
@@ -123,10 +140,22 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
         report["total"]["requests"] == 8
     })
     .await;
-    let (openai, anthropic, gemini) = (group(&report, "openai"), group(&report, "anthropic"), group(&report, "gemini"));
-    assert_eq!((openai["misses"].as_u64(), openai["hits"].as_u64()), (Some(2), Some(2)), "{report:#}");
+    let (openai, anthropic, gemini) = (
+        group(&report, "openai"),
+        group(&report, "anthropic"),
+        group(&report, "gemini"),
+    );
+    assert_eq!(
+        (openai["misses"].as_u64(), openai["hits"].as_u64()),
+        (Some(2), Some(2)),
+        "{report:#}"
+    );
     for g in [anthropic, gemini] {
-        assert_eq!((g["misses"].as_u64(), g["hits"].as_u64()), (Some(1), Some(1)), "{report:#}");
+        assert_eq!(
+            (g["misses"].as_u64(), g["hits"].as_u64()),
+            (Some(1), Some(1)),
+            "{report:#}"
+        );
         assert!(g["usd_spent"].as_f64().unwrap() > 0.0 && g["usd_saved"].as_f64().unwrap() > 0.0);
     }
     assert_eq!(report["groups"].as_array().unwrap().len(), 3);
@@ -146,7 +175,10 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
             .cloned()
             .unwrap_or_else(|| panic!("no {d} in {data:#}"))
     };
-    assert_eq!((row("openai")["requests"].as_u64(), row("openai")["hits"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(
+        (row("openai")["requests"].as_u64(), row("openai")["hits"].as_u64()),
+        (Some(4), Some(2))
+    );
     assert_eq!(row("gemini")["hit_rate"], 0.5);
     assert!(
         (row("anthropic")["usd_spent"].as_f64().unwrap() - anthropic["usd_spent"].as_f64().unwrap()).abs() < 1e-9,

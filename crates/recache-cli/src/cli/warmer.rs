@@ -365,8 +365,7 @@ async fn enqueue(a: EnqueueArgs) -> Result<i32, Exit> {
             ))
         })?),
     };
-    let requests =
-        warm::parse_file(&text, endpoint).map_err(|e| Exit::config(format!("{}: {e}", a.file.display())))?;
+    let requests = warm::parse_file(&text, endpoint).map_err(|e| Exit::config(format!("{}: {e}", a.file.display())))?;
     if !recache_gateway::gateway::directives::valid_namespace(&a.namespace) {
         return Err(Exit::config(recache_gateway::gateway::directives::NAMESPACE_RULE));
     }

@@ -46,6 +46,21 @@ impl Policy {
     }
 }
 
+/// A request as semantic matching reads it.
+pub struct Asked<'a> {
+    /// The tenant's stable id.
+    pub tenant: &'a str,
+    pub namespace: &'a str,
+    pub endpoint: Endpoint,
+    /// The upstream it was routed to.
+    pub upstream: &'a str,
+    /// The model (for Gemini, the one of the path).
+    pub model: &'a str,
+    pub body: &'a Value,
+    /// The client's headers the provider reads (Anthropic's version headers).
+    pub forward: &'a [(&'static str, String)],
+}
+
 /// A request ready for semantic lookup and storage: its scope and embedded text.
 pub struct Prepared {
     pub tenant: String,
@@ -370,36 +385,36 @@ impl Semantic {
     /// Splits out the final user text, checks eligibility, and embeds it. The
     /// gateway counts a [`Skip`] ([`Semantic::skipped`]); the rebuild job retries
     /// on an embedder failure and passes over an ineligible request.
-    pub async fn prepare(
-        &self,
-        policy: Policy,
-        tenant: &str,
-        namespace: &str,
-        endpoint: Endpoint,
-        upstream: &str,
-        body: &Value,
-    ) -> Result<Prepared, Skip> {
-        let split = scope::split(endpoint.name(), body, self.cfg.max_temperature, self.cfg.max_chars)
-            .map_err(Skip::Ineligible)?;
+    pub async fn prepare(&self, policy: Policy, asked: &Asked<'_>) -> Result<Prepared, Skip> {
+        let (tenant, endpoint) = (asked.tenant, asked.endpoint);
+        let split = scope::split(
+            endpoint.name(),
+            asked.body,
+            self.cfg.max_temperature,
+            self.cfg.max_chars,
+        )
+        .map_err(Skip::Ineligible)?;
         let loaded = self
             .embedders
             .get(&policy.embedder)
             .ok_or_else(|| Skip::Embedder(format!("embedder '{}' is not loaded", policy.embedder)))?;
-        let scope = scope::scope_hash(
+        let extra = crate::keying::scope_extra(endpoint, asked.model, asked.forward);
+        let parts = scope::ScopeParts {
             tenant,
-            namespace,
-            endpoint.name(),
-            upstream,
-            &split.rest,
-            &loaded.info.fingerprint,
-        );
+            namespace: asked.namespace,
+            endpoint: endpoint.name(),
+            upstream: asked.upstream,
+            fingerprint: &loaded.info.fingerprint,
+            extra: &extra,
+        };
+        let scope = scope::scope_hash(&parts, &split.rest);
         let vector = self
             .embed(tenant, loaded, split.text.clone())
             .await
             .map_err(Skip::Embedder)?;
         Ok(Prepared {
             tenant: tenant.to_string(),
-            namespace: namespace.to_string(),
+            namespace: asked.namespace.to_string(),
             scope,
             text: split.text,
             vector,

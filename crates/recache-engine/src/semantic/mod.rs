@@ -16,5 +16,5 @@ pub mod guard;
 pub mod judge;
 pub mod scope;
 
-pub use engine::{Candidate, Policy, Prepared, Semantic};
+pub use engine::{Asked, Candidate, Policy, Prepared, Semantic};
 pub use guard::Refusal;

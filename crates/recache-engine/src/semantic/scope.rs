@@ -52,18 +52,21 @@ const BLANK: &str = "\u{0}recache:final-user-message\u{0}";
 /// Splits out the final user message's text. Chat and Anthropic messages: the
 /// last message must have role `user` and content that is a string or text
 /// parts only. Responses: `input` as a string, or a last user item of text.
-/// Completions: a single string prompt. Gemini is not matched (its model is
-/// in the path, outside the body a scope is made of).
+/// Completions: a single string prompt. Gemini: a last `contents` item from
+/// the user of text parts only (its model, in the path, joins the scope
+/// through the caller: `crate::keying::scope_extra`).
 pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usize) -> Result<Split, Ineligible> {
-    if let Some(n) = body.get("n").and_then(Value::as_f64) {
-        if n > 1.0 {
-            return Err(Ineligible::ManyChoices);
-        }
+    // Gemini keeps its sampling settings in `generationConfig`.
+    let setting = |openai: &str, gemini: &str| {
+        body.get(openai)
+            .or_else(|| body.get("generationConfig").and_then(|g| g.get(gemini)))
+            .and_then(Value::as_f64)
+    };
+    if setting("n", "candidateCount").is_some_and(|n| n > 1.0) {
+        return Err(Ineligible::ManyChoices);
     }
-    if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
-        if t > max_temperature {
-            return Err(Ineligible::Temperature);
-        }
+    if setting("temperature", "temperature").is_some_and(|t| t > max_temperature) {
+        return Err(Ineligible::Temperature);
     }
     // Prompt-caching markers change no answer: left out of the scope as of the key.
     let mut rest = if endpoint == "messages" {
@@ -73,6 +76,7 @@ pub fn split(endpoint: &str, body: &Value, max_temperature: f64, max_chars: usiz
     };
     let text = match endpoint {
         "responses" => responses_text(&mut rest)?,
+        "generate_content" => gemini_text(&mut rest)?,
         "chat" | "messages" => {
             let last = rest
                 .get_mut("messages")
@@ -118,6 +122,45 @@ fn responses_text(rest: &mut Value) -> Result<String, Ineligible> {
     Ok(text)
 }
 
+/// The final user text of a Gemini request: the last `contents` item, from
+/// the user (`role` "user" or none, as Gemini reads it), of parts that hold
+/// text and nothing else; blanked in `rest`, the role written out.
+fn gemini_text(rest: &mut Value) -> Result<String, Ineligible> {
+    let last = rest
+        .get_mut("contents")
+        .and_then(Value::as_array_mut)
+        .and_then(|c| c.last_mut())
+        .and_then(Value::as_object_mut)
+        .ok_or(Ineligible::NoFinalUserText)?;
+    if !matches!(last.get("role"), None | Some(Value::Null)) && last.get("role").and_then(Value::as_str) != Some("user")
+    {
+        return Err(Ineligible::NoFinalUserText);
+    }
+    last.insert("role".into(), Value::String("user".into()));
+    let parts = last
+        .get_mut("parts")
+        .and_then(Value::as_array_mut)
+        .ok_or(Ineligible::NoFinalUserText)?;
+    let mut out = Vec::new();
+    for p in parts.iter() {
+        // A part with anything beside its text (inline data, a thought, a function response) is not matched.
+        match p.as_object() {
+            Some(o) if o.len() == 1 => out.push(
+                o.get("text")
+                    .and_then(Value::as_str)
+                    .ok_or(Ineligible::NoFinalUserText)?,
+            ),
+            _ => return Err(Ineligible::NoFinalUserText),
+        }
+    }
+    if out.is_empty() {
+        return Err(Ineligible::NoFinalUserText);
+    }
+    let text = out.join("\n");
+    *parts = vec![serde_json::json!({ "text": BLANK })];
+    Ok(text)
+}
+
 /// The text of a final user message (`content` a string, or parts of type
 /// `part_type` only), its content blanked.
 fn take_user_text(last: &mut Value, part_type: &str) -> Result<String, Ineligible> {
@@ -147,21 +190,38 @@ fn take_user_text(last: &mut Value, part_type: &str) -> Result<String, Ineligibl
     Ok(text)
 }
 
+/// The parts of a scope beside the request with its final text blanked.
+pub(crate) struct ScopeParts<'a> {
+    pub tenant: &'a str,
+    pub namespace: &'a str,
+    pub endpoint: &'a str,
+    pub upstream: &'a str,
+    pub fingerprint: &'a str,
+    /// What counts beside the body ([`crate::keying::scope_extra`]: Gemini's
+    /// model, Anthropic's version headers); empty for OpenAI's endpoints,
+    /// whose scopes it leaves as they were.
+    pub extra: &'a str,
+}
+
 /// The scope hash (hex).
-pub(crate) fn scope_hash(
-    tenant: &str,
-    namespace: &str,
-    endpoint: &str,
-    upstream: &str,
-    rest: &Value,
-    fingerprint: &str,
-) -> String {
+pub(crate) fn scope_hash(p: &ScopeParts<'_>, rest: &Value) -> String {
     let canonical = canonical_request(rest);
     let mut h = Sha256::new();
     h.update(b"recache-scope-v1");
-    for part in [tenant, namespace, endpoint, upstream, canonical.as_str(), fingerprint] {
+    for part in [
+        p.tenant,
+        p.namespace,
+        p.endpoint,
+        p.upstream,
+        canonical.as_str(),
+        p.fingerprint,
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
+    }
+    if !p.extra.is_empty() {
+        h.update((p.extra.len() as u64).to_le_bytes());
+        h.update(p.extra.as_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -171,9 +231,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn hash(tenant: &str, namespace: &str, endpoint: &str, upstream: &str, rest: &Value, fingerprint: &str) -> String {
+        let parts = ScopeParts {
+            tenant,
+            namespace,
+            endpoint,
+            upstream,
+            fingerprint,
+            extra: "",
+        };
+        scope_hash(&parts, rest)
+    }
+
     fn scope_of(body: &Value) -> String {
         let s = split("chat", body, 1.0, 10_000).unwrap();
-        scope_hash("t", "ns", "chat", "up", &s.rest, "fp")
+        hash("t", "ns", "chat", "up", &s.rest, "fp")
     }
 
     #[test]
@@ -191,21 +263,9 @@ mod tests {
             assert_ne!(scope_of(&a), scope_of(&changed), "{changed}");
         }
         let s = split("chat", &a, 1.0, 10_000).unwrap();
-        assert_ne!(
-            scope_hash("t2", "ns", "chat", "up", &s.rest, "fp"),
-            scope_of(&a),
-            "tenant"
-        );
-        assert_ne!(
-            scope_hash("t", "ns", "chat", "up", &s.rest, "fp2"),
-            scope_of(&a),
-            "embedder"
-        );
-        assert_ne!(
-            scope_hash("t", "ns2", "chat", "up", &s.rest, "fp"),
-            scope_of(&a),
-            "namespace"
-        );
+        assert_ne!(hash("t2", "ns", "chat", "up", &s.rest, "fp"), scope_of(&a), "tenant");
+        assert_ne!(hash("t", "ns", "chat", "up", &s.rest, "fp2"), scope_of(&a), "embedder");
+        assert_ne!(hash("t", "ns2", "chat", "up", &s.rest, "fp"), scope_of(&a), "namespace");
     }
 
     #[test]
@@ -229,5 +289,46 @@ mod tests {
         );
         let p = json!({"model": "m", "prompt": "complete this"});
         assert_eq!(split("completions", &p, 1.0, 100).unwrap().text, "complete this");
+    }
+
+    #[test]
+    fn gemini_final_user_text() {
+        let g = |contents: Value| json!({"contents": contents, "systemInstruction": {"parts": [{"text": "S"}]}});
+        let scope = |v: &Value| {
+            let s = split("generate_content", v, 1.0, 10_000).unwrap();
+            (s.text.clone(), hash("t", "n", "generate_content", "up", &s.rest, "fp"))
+        };
+        let (ta, a) = scope(&g(json!([{"role": "user", "parts": [{"text": "How do I reset it?"}]}])));
+        let (tb, b) = scope(&g(json!([{"parts": [{"text": "Reset: how?"}, {"text": "Thanks"}]}])));
+        assert_eq!(
+            (ta.as_str(), tb.as_str()),
+            ("How do I reset it?", "Reset: how?\nThanks")
+        );
+        assert_eq!(a, b, "no role is the user's role, and the parts are blanked as one");
+        let (_, c) = scope(&json!({"contents": [{"role": "user", "parts": [{"text": "x"}]}]}));
+        assert_ne!(a, c, "the system instruction counts");
+        for bad in [
+            g(json!([{"role": "model", "parts": [{"text": "x"}]}])),
+            g(json!([{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": ""}}]}])),
+            g(json!([{"role": "user", "parts": [{"text": "x", "thought": true}]}])),
+            g(json!([{"role": "user", "parts": []}])),
+            g(json!([])),
+        ] {
+            assert_eq!(
+                split("generate_content", &bad, 1.0, 10_000).err(),
+                Some(Ineligible::NoFinalUserText),
+                "{bad}"
+            );
+        }
+        let two = json!({"generationConfig": {"candidateCount": 2}, "contents": [{"parts": [{"text": "x"}]}]});
+        assert_eq!(
+            split("generate_content", &two, 1.0, 100).err(),
+            Some(Ineligible::ManyChoices)
+        );
+        let hot = json!({"generationConfig": {"temperature": 1.5}, "contents": [{"parts": [{"text": "x"}]}]});
+        assert_eq!(
+            split("generate_content", &hot, 1.0, 100).err(),
+            Some(Ineligible::Temperature)
+        );
     }
 }

@@ -17,9 +17,9 @@ use super::{directives, AppState, Endpoint};
 use recache_core::endpoint::Dialect;
 use recache_core::key::CacheKey;
 use recache_engine::error::ApiError;
+use recache_engine::responses;
 use recache_engine::sse;
 use recache_engine::upstream::Upstream;
-use recache_engine::responses;
 
 /// What `x-recache-status` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,8 +349,14 @@ async fn serve(
     let forward = forward_headers(endpoint, headers);
     // The tenant's stable id, not its name: a renamed tenant keeps its entries,
     // a new tenant given an old name inherits nothing.
-    let (canonical, key) =
-        recache_engine::keying::request_key(&tenant.id, &d.namespace, endpoint, &parsed.model, &parsed.value, &forward);
+    let (canonical, key) = recache_engine::keying::request_key(
+        &tenant.id,
+        &d.namespace,
+        endpoint,
+        &parsed.model,
+        &parsed.value,
+        &forward,
+    );
     let metrics = &state.cache.metrics;
 
     let stale_window = d

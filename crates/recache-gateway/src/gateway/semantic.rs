@@ -46,15 +46,17 @@ pub(super) async fn lookup(req: &Request<'_>) -> Step {
     let wanted = !(d.semantic_off || (d.no_cache && d.no_store));
     if wanted {
         if let Some(policy) = sem.policy(&req.tenant.name, &d.namespace) {
+            let asked = recache_engine::semantic::Asked {
+                tenant,
+                namespace: &d.namespace,
+                endpoint: req.endpoint,
+                upstream: &req.upstream.name,
+                model: &req.parsed.model,
+                body: &req.parsed.value,
+                forward: req.forward,
+            };
             prepared = sem
-                .prepare(
-                    policy,
-                    tenant,
-                    &d.namespace,
-                    req.endpoint,
-                    &req.upstream.name,
-                    &req.parsed.value,
-                )
+                .prepare(policy, &asked)
                 .await
                 .map_err(|why| sem.skipped(why))
                 .ok()

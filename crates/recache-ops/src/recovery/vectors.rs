@@ -24,6 +24,23 @@ fn u(v: &Value, k: &str) -> u64 {
     v.get(k).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// The headers an entry's request was sent with, where its key proves them:
+/// none for OpenAI and Gemini; for Anthropic the default `anthropic-version`
+/// (or none) and no `anthropic-beta`. `None`: the entry was bought with other
+/// headers, which are not stored.
+fn proven_headers(e: &EntryRecord, endpoint: Endpoint, body: &Value) -> Option<Vec<(&'static str, String)>> {
+    if endpoint.dialect() != recache_core::endpoint::Dialect::Anthropic {
+        return Some(Vec::new());
+    }
+    let version = vec![(
+        "anthropic-version",
+        recache_engine::upstream::ANTHROPIC_VERSION.to_string(),
+    )];
+    [version, Vec::new()].into_iter().find(|fwd| {
+        recache_engine::keying::request_key(&e.tenant, &e.namespace, endpoint, &e.model, body, fwd).1 == e.key
+    })
+}
+
 impl Recovery {
     /// The stored canonical request of an entry: its metadata copy, else the artifact's envelope.
     async fn stored_request(&self, e: &EntryRecord) -> Result<Option<String>, JobError> {
@@ -81,10 +98,22 @@ impl Recovery {
                     skipped += 1;
                     continue;
                 };
-                match sem
-                    .prepare(policy, &e.tenant, &e.namespace, endpoint, &upstream.name, &body)
-                    .await
-                {
+                // The stored request has no headers: an Anthropic entry is re-embedded
+                // only when its key proves the ones assumed (no beta, the default version).
+                let Some(forward) = proven_headers(e, endpoint, &body) else {
+                    skipped += 1;
+                    continue;
+                };
+                let asked = recache_engine::semantic::Asked {
+                    tenant: &e.tenant,
+                    namespace: &e.namespace,
+                    endpoint,
+                    upstream: &upstream.name,
+                    model: &e.model,
+                    body: &body,
+                    forward: &forward,
+                };
+                match sem.prepare(policy, &asked).await {
                     Ok(prepared) => batches
                         .entry(prepared.collection.clone())
                         .or_default()

@@ -38,7 +38,12 @@ impl WarmRequest {
     /// A request of `endpoint`, its model taken from the body (and, for
     /// Gemini, out of it), its headers from `headers` (for Anthropic,
     /// `anthropic-version` defaults to the one every SDK sends).
-    pub fn new(endpoint: Endpoint, mut body: Value, model: Option<String>, headers: Option<&Value>) -> Result<Self, String> {
+    pub fn new(
+        endpoint: Endpoint,
+        mut body: Value,
+        model: Option<String>,
+        headers: Option<&Value>,
+    ) -> Result<Self, String> {
         let Some(obj) = body.as_object_mut() else {
             return Err("the request body must be a JSON object".into());
         };
@@ -90,7 +95,9 @@ impl WarmRequest {
     fn from_payload(r: &Value) -> Option<Self> {
         let endpoint = Endpoint::from_name(r["endpoint"].as_str()?)?;
         let model = r["model"].as_str().map(str::to_string);
-        let headers = r.get("headers").filter(|h| h.as_object().is_some_and(|m| !m.is_empty()));
+        let headers = r
+            .get("headers")
+            .filter(|h| h.as_object().is_some_and(|m| !m.is_empty()));
         WarmRequest::new(endpoint, r["body"].clone(), model, headers).ok()
     }
 }
@@ -137,18 +144,17 @@ pub fn parse_file(text: &str, endpoint: Option<Endpoint>) -> Result<Vec<WarmRequ
         } else if let Some(request) = v.get("request") {
             (Endpoint::GenerateContent, request.clone(), None)
         } else {
-            let ep = match endpoint {
-                Some(ep) => ep,
-                None if v.get("contents").is_some() => Endpoint::GenerateContent,
-                None if v.get("messages").is_some() => Endpoint::Chat,
-                None if v.get("prompt").is_some() => Endpoint::Completions,
-                None if v.get("input").is_some() => Endpoint::Embeddings,
-                None => {
-                    return Err(at(
+            let ep =
+                match endpoint {
+                    Some(ep) => ep,
+                    None if v.get("contents").is_some() => Endpoint::GenerateContent,
+                    None if v.get("messages").is_some() => Endpoint::Chat,
+                    None if v.get("prompt").is_some() => Endpoint::Completions,
+                    None if v.get("input").is_some() => Endpoint::Embeddings,
+                    None => return Err(at(
                         "needs 'messages', 'prompt', 'input' or 'contents' (or 'url' and 'body', 'params', 'request')",
-                    ))
-                }
-            };
+                    )),
+                };
             let mut body = v.clone();
             if let Some(o) = body.as_object_mut() {
                 o.remove("headers");
@@ -344,15 +350,34 @@ mod tests {
         let r = parse_file(text, None).unwrap();
         let eps: Vec<Endpoint> = r.iter().map(|r| r.endpoint).collect();
         use Endpoint::*;
-        assert_eq!(eps, [Messages, Messages, Responses, GenerateContent, GenerateContent, GenerateContent]);
+        assert_eq!(
+            eps,
+            [
+                Messages,
+                Messages,
+                Responses,
+                GenerateContent,
+                GenerateContent,
+                GenerateContent
+            ]
+        );
         let models: Vec<&str> = r.iter().map(|r| r.model.as_str()).collect();
-        assert_eq!(models, ["claude-x", "claude-x", "gpt-x", "gemini-x", "gemini-y", "gemini-z"]);
+        assert_eq!(
+            models,
+            ["claude-x", "claude-x", "gpt-x", "gemini-x", "gemini-y", "gemini-z"]
+        );
         assert_eq!(r[0].headers, [("anthropic-version", ANTHROPIC_VERSION.to_string())]);
         assert_eq!(
             r[1].headers,
-            [("anthropic-beta", "b1".to_string()), ("anthropic-version", ANTHROPIC_VERSION.to_string())]
+            [
+                ("anthropic-beta", "b1".to_string()),
+                ("anthropic-version", ANTHROPIC_VERSION.to_string())
+            ]
         );
-        assert!(r[4].body.get("model").is_none(), "Gemini's model is in the path, not the body");
+        assert!(
+            r[4].body.get("model").is_none(),
+            "Gemini's model is in the path, not the body"
+        );
         // The payload round trip keeps everything the key is made of.
         for w in &r {
             assert_eq!(WarmRequest::from_payload(&w.to_payload()).as_ref(), Some(w));
@@ -360,9 +385,15 @@ mod tests {
         // Bare bodies for another endpoint, told by --endpoint.
         let m = parse_file(r#"{"model":"claude-x","max_tokens":9,"messages":[]}"#, Some(Messages)).unwrap();
         assert_eq!((m[0].endpoint, m[0].headers.len()), (Messages, 1));
-        let e = parse_file(r#"{"url":"/v1/responses","body":{"model":"g","input":"x","background":true}}"#, None);
+        let e = parse_file(
+            r#"{"url":"/v1/responses","body":{"model":"g","input":"x","background":true}}"#,
+            None,
+        );
         assert!(e.unwrap_err().contains("background"));
-        let e = parse_file(r#"{"url":"/v1/chat/completions","headers":{"anthropic-beta":"x"},"body":{"model":"g","messages":[]}}"#, None);
+        let e = parse_file(
+            r#"{"url":"/v1/chat/completions","headers":{"anthropic-beta":"x"},"body":{"model":"g","messages":[]}}"#,
+            None,
+        );
         assert!(e.unwrap_err().contains("does not count"));
         let e = parse_file(r#"{"contents":[]}"#, None);
         assert!(e.unwrap_err().contains("model"));

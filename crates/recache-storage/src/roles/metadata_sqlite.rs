@@ -282,11 +282,17 @@ mod tests {
             let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
                 .unwrap()
                 .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
-            sqlx::raw_sql("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)")
-                .execute(&pool)
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
                 .await
                 .unwrap();
+            sqlx::raw_sql(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
             for (version, sql) in &MIGRATIONS[..4] {
                 sqlx::raw_sql(sql).execute(&pool).await.unwrap();
                 sqlx::query("INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, 0)")
@@ -304,12 +310,21 @@ mod tests {
         let meta = SqliteMetadata::open(&path, 2, Duration::from_secs(5)).await.unwrap();
         let rows = meta.usage_since(0).await.unwrap();
         assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!((rows[0].dialect.as_str(), rows[0].hits, rows[0].misses), ("openai", 5, 2));
+        assert_eq!(
+            (rows[0].dialect.as_str(), rows[0].hits, rows[0].misses),
+            ("openai", 5, 2)
+        );
         let mut anthropic = rows[0].clone();
         anthropic.dialect = "anthropic".into();
-        meta.record_usage(vec![anthropic.clone(), rows[0].clone()]).await.unwrap();
+        meta.record_usage(vec![anthropic.clone(), rows[0].clone()])
+            .await
+            .unwrap();
         let rows = meta.usage_since(0).await.unwrap();
         assert_eq!(rows.len(), 2, "{rows:?}");
-        assert!(rows.iter().all(|r| r.hits == if r.dialect == "openai" { 10 } else { 5 }), "{rows:?}");
+        assert!(
+            rows.iter()
+                .all(|r| r.hits == if r.dialect == "openai" { 10 } else { 5 }),
+            "{rows:?}"
+        );
     }
 }
