@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::budget::{Budget, Counts, Event, ScopeStats};
 pub use super::counters::{Lookup, SemanticMetrics};
@@ -20,7 +20,6 @@ use super::scope::{self, Ineligible};
 use crate::breaker::{Breaker, BreakerStatus};
 use crate::cache::{event_id, Cache};
 use crate::config::{Config, SemanticConfig};
-use crate::endpoint::Endpoint;
 use crate::key::CacheKey;
 use crate::roles::{now_ms, AuditEvent, CollectionInfo, VectorPoint, Vectors};
 use crate::upstream::Upstreams;
@@ -44,21 +43,6 @@ impl Policy {
             "shadow"
         }
     }
-}
-
-/// A request as semantic matching reads it.
-pub struct Asked<'a> {
-    /// The tenant's stable id.
-    pub tenant: &'a str,
-    pub namespace: &'a str,
-    pub endpoint: Endpoint,
-    /// The upstream it was routed to.
-    pub upstream: &'a str,
-    /// The model (for Gemini, the one of the path).
-    pub model: &'a str,
-    pub body: &'a Value,
-    /// The client's headers the provider reads (Anthropic's version headers).
-    pub forward: &'a [(&'static str, String)],
 }
 
 /// A request ready for semantic lookup and storage: its scope and embedded text.
@@ -385,7 +369,7 @@ impl Semantic {
     /// Splits out the final user text, checks eligibility, and embeds it. The
     /// gateway counts a [`Skip`] ([`Semantic::skipped`]); the rebuild job retries
     /// on an embedder failure and passes over an ineligible request.
-    pub async fn prepare(&self, policy: Policy, asked: &Asked<'_>) -> Result<Prepared, Skip> {
+    pub async fn prepare(&self, policy: Policy, asked: &scope::Asked<'_>) -> Result<Prepared, Skip> {
         let (tenant, endpoint) = (asked.tenant, asked.endpoint);
         let split = scope::split(
             endpoint.name(),

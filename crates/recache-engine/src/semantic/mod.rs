@@ -16,5 +16,6 @@ pub mod guard;
 pub mod judge;
 pub mod scope;
 
-pub use engine::{Asked, Candidate, Policy, Prepared, Semantic};
+pub use engine::{Candidate, Policy, Prepared, Semantic};
 pub use guard::Refusal;
+pub use scope::Asked;

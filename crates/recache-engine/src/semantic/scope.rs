@@ -12,6 +12,7 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::endpoint::Endpoint;
 use crate::key::canonical_request;
 
 /// Why a request is not eligible for semantic matching (a label for metrics and logs).
@@ -188,6 +189,21 @@ fn take_user_text(last: &mut Value, part_type: &str) -> Result<String, Ineligibl
     };
     *content = Value::String(BLANK.into());
     Ok(text)
+}
+
+/// A request as semantic matching reads it.
+pub struct Asked<'a> {
+    /// The tenant's stable id.
+    pub tenant: &'a str,
+    pub namespace: &'a str,
+    pub endpoint: Endpoint,
+    /// The upstream it was routed to.
+    pub upstream: &'a str,
+    /// The model (for Gemini, the one of the path).
+    pub model: &'a str,
+    pub body: &'a Value,
+    /// The client's headers the provider reads (Anthropic's version headers).
+    pub forward: &'a [(&'static str, String)],
 }
 
 /// The parts of a scope beside the request with its final text blanked.
