@@ -54,6 +54,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
     c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
+    c::metadata_keys(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
@@ -129,6 +130,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
     c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
+    c::metadata_keys(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;

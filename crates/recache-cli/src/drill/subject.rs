@@ -120,9 +120,7 @@ impl Subject {
                 "sha256:{}",
                 recache_ops::backup::codec::sha256_hex(key.as_bytes())
             )],
-            default_ttl_seconds: None,
-            stale_if_error_seconds: None,
-            tool_call_answers: None,
+            ..TenantConfig::default()
         });
         // The recovery jobs run in this gateway; a full restore needs a backup target.
         c.warmer.enabled = true;

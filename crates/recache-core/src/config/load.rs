@@ -376,9 +376,9 @@ impl Config {
                     t.name
                 ));
             }
-            if t.keys.is_empty() {
-                return err(format!("tenants.{}: no keys", t.name));
-            }
+            t.limits()
+                .check()
+                .map_err(|e| ConfigError(format!("tenants.{}: {e}", t.name)))?;
             for k in &t.keys {
                 let hash = key_hash(k).map_err(|e| ConfigError(format!("tenants.{}: {e}", t.name)))?;
                 if !k.starts_with("sha256:") {

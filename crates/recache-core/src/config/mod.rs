@@ -4,10 +4,12 @@
 pub mod drill;
 mod load;
 pub mod redis_url;
+mod tenants;
 #[cfg(test)]
 mod tests;
 
 pub use load::{key_hash, redact};
+pub use tenants::{CounterLoss, KeysConfig, Limits, LimitsConfig, TenantConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -54,6 +56,10 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
 }
@@ -702,36 +708,6 @@ fn default_upstream_timeout() -> u64 {
 }
 fn default_connect_timeout() -> u64 {
     5_000
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {
-    pub name: String,
-    /// The tenant's stable identity in cache keys and stored entries
-    /// (default: the name). Set it before renaming a tenant, to the old name,
-    /// so the renamed tenant keeps its entries; never give a retired tenant's
-    /// id to a new one, which would inherit its entries.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Client keys: `sha256:<hex>` (preferred) or a plain key (accepted with a warning).
-    pub keys: Vec<String>,
-    #[serde(default)]
-    pub default_ttl_seconds: Option<u64>,
-    /// Serve an expired entry up to this many seconds past expiry when the
-    /// provider fails (requests can ask with `Cache-Control: stale-if-error=N`).
-    #[serde(default)]
-    pub stale_if_error_seconds: Option<u64>,
-    /// Overrides `[cache] tool_call_answers` for this tenant.
-    #[serde(default)]
-    pub tool_call_answers: Option<ToolCallAnswers>,
-}
-
-impl TenantConfig {
-    /// The stable id: `id`, else the name.
-    pub fn id(&self) -> &str {
-        self.id.as_deref().unwrap_or(&self.name)
-    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]

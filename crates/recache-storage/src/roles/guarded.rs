@@ -172,6 +172,27 @@ pub struct GuardedMetadata {
     pub guard: Guard,
 }
 
+impl super::keys::KeyStore for GuardedMetadata {
+    fn create_key(&self, key: super::keys::KeyRecord) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.create_key(key)))
+    }
+    fn list_keys(&self, tenant: Option<String>) -> BoxFuture<'_, Result<Vec<super::keys::KeyRecord>>> {
+        Box::pin(self.guard.call(self.inner.list_keys(tenant)))
+    }
+    fn key_by_digest(&self, digest: String) -> BoxFuture<'_, Result<Option<super::keys::KeyRecord>>> {
+        Box::pin(self.guard.call(self.inner.key_by_digest(digest)))
+    }
+    fn key_by_id(&self, id: String) -> BoxFuture<'_, Result<Option<super::keys::KeyRecord>>> {
+        Box::pin(self.guard.call(self.inner.key_by_id(id)))
+    }
+    fn revoke_key(&self, id: String, at_ms: i64) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.guard.call(self.inner.revoke_key(id, at_ms)))
+    }
+    fn expire_key(&self, id: String, at_ms: i64) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.guard.call(self.inner.expire_key(id, at_ms)))
+    }
+}
+
 impl Metadata for GuardedMetadata {
     fn engine(&self) -> &'static str {
         self.inner.engine()

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/postgres/0003_recovery.sql")),
     (4, include_str!("../../migrations/postgres/0004_usage.sql")),
     (5, include_str!("../../migrations/postgres/0005_usage_dialect.sql")),
+    (6, include_str!("../../migrations/postgres/0006_api_keys.sql")),
 ];
 
 /// The statements of a migration file (no statement in them contains `;`).
@@ -134,6 +135,7 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
+super::keys::key_store!(PostgresMetadata);
 write_batch_query!(PostgresMetadata, "FOR UPDATE", true);
 snapshot_queries!(
     PostgresMetadata,

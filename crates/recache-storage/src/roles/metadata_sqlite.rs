@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_recovery.sql")),
     (4, include_str!("../../migrations/sqlite/0004_usage.sql")),
     (5, include_str!("../../migrations/sqlite/0005_usage_dialect.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_api_keys.sql")),
 ];
 
 /// SQLite allows one writer at a time, and a transaction that reads before
@@ -122,6 +123,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
+super::keys::key_store!(SqliteMetadata);
 write_batch_query!(SqliteMetadata, "", false);
 snapshot_queries!(
     SqliteMetadata,

@@ -26,6 +26,7 @@ pub mod guarded;
 pub mod index_embedded;
 pub mod index_redis;
 pub mod index_snapshot;
+pub mod keys;
 pub mod metadata_postgres;
 pub mod metadata_sql;
 pub mod metadata_sqlite;
@@ -346,7 +347,7 @@ pub struct HitUpdate {
 }
 
 /// The metadata role: entry registry and audit log.
-pub trait Metadata: Send + Sync {
+pub trait Metadata: keys::KeyStore + Send + Sync {
     fn engine(&self) -> &'static str;
     /// Registers (or replaces) an entry; returns the artifact it replaced, if any.
     fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>>;

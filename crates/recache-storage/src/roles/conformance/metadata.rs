@@ -233,6 +233,62 @@ pub async fn metadata_usage_adds_up(meta: &dyn Metadata) {
     assert!(meta.usage_since(hour + 7_200_000).await.unwrap().is_empty());
 }
 
+/// Keys: stored by digest, listed per tenant (newest first), found by digest
+/// and id, revoked once, expired no later than asked; digests are unique.
+pub async fn metadata_keys(meta: &dyn Metadata) {
+    use crate::roles::keys::KeyRecord;
+    use recache_core::config::Limits;
+    let key = |id: &str, tenant: &str, at: i64| KeyRecord {
+        id: id.into(),
+        tenant: tenant.into(),
+        name: Some(format!("{id} name")),
+        digest: format!("{:0>64}", id.trim_start_matches("key_")),
+        prefix: "rk-abc".into(),
+        created_at_ms: at,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+        limits: Limits {
+            rpm: Some(5),
+            models: Some(vec!["gpt-*".into()]),
+            ..Limits::default()
+        },
+        rotated_from: None,
+    };
+    meta.create_key(key("key_1", "a", 1_000)).await.unwrap();
+    meta.create_key(key("key_2", "a", 2_000)).await.unwrap();
+    meta.create_key(key("key_3", "b", 3_000)).await.unwrap();
+    let dup = KeyRecord {
+        id: "key_4".into(),
+        ..key("key_1", "a", 4_000)
+    };
+    assert!(meta.create_key(dup).await.is_err(), "a digest is unique");
+    let a = meta.list_keys(Some("a".into())).await.unwrap();
+    assert_eq!(a.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["key_2", "key_1"]);
+    assert_eq!(meta.list_keys(None).await.unwrap().len(), 3);
+    let found = meta.key_by_digest(key("key_3", "b", 0).digest).await.unwrap().unwrap();
+    assert_eq!(
+        found,
+        key("key_3", "b", 3_000),
+        "every field round-trips, limits included"
+    );
+    assert!(meta.key_by_digest("f".repeat(64)).await.unwrap().is_none());
+    assert!(meta.revoke_key("key_1".into(), 5_000).await.unwrap());
+    assert!(!meta.revoke_key("key_1".into(), 6_000).await.unwrap(), "revoked once");
+    assert!(!meta.revoke_key("key_9".into(), 6_000).await.unwrap());
+    let k1 = meta.key_by_id("key_1".into()).await.unwrap().unwrap();
+    assert_eq!(k1.revoked_at_ms, Some(5_000));
+    assert!(!k1.valid_at(5_001));
+    assert!(meta.expire_key("key_2".into(), 9_000).await.unwrap());
+    assert!(
+        !meta.expire_key("key_2".into(), 10_000).await.unwrap(),
+        "never later than asked"
+    );
+    assert!(meta.expire_key("key_2".into(), 8_000).await.unwrap());
+    let k2 = meta.key_by_id("key_2".into()).await.unwrap().unwrap();
+    assert_eq!(k2.expires_at_ms, Some(8_000));
+    assert!(k2.valid_at(7_999) && !k2.valid_at(8_000));
+}
+
 /// The store path's group commit: entries and audit events in one call,
 /// each entry reporting the artifact it replaced, in order.
 pub async fn metadata_write_batch(meta: &dyn Metadata) {
