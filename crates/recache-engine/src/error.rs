@@ -47,6 +47,24 @@ pub enum ApiError {
     /// The body did not arrive within `server.body_timeout_ms`.
     #[error("the request body did not arrive within {after_ms} ms")]
     BodyTimeout { after_ms: u64 },
+    /// A key kept in metadata could not be checked (metadata down, nothing cached).
+    #[error("the API key cannot be checked right now; retry shortly")]
+    KeyCheckUnavailable,
+    /// Over a tenant's or a key's limit: `code` names it (`rate_limit_requests`,
+    /// `rate_limit_tokens`, `concurrency_limit`, `budget_day_exceeded`,
+    /// `budget_month_exceeded`); retry after `retry_after_s`.
+    #[error("{message}")]
+    LimitReached {
+        code: &'static str,
+        message: String,
+        retry_after_s: u64,
+    },
+    /// The limits' counters are unreachable and `[limits] on_counter_loss = "fail-closed"`.
+    #[error("limits cannot be enforced right now (counters unreachable); retry shortly")]
+    LimitsUnavailable,
+    /// The model or upstream is not on the tenant's or key's allow-list.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The model is routed to an upstream that speaks another dialect.
     #[error("model '{model}' is routed to upstream '{upstream}', which speaks the {upstream_kind} API, not the {dialect} API of this endpoint; add an upstream of kind \"{dialect}\" for it")]
     WrongDialect {
@@ -74,6 +92,9 @@ impl ApiError {
             ApiError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::KeyCheckUnavailable | ApiError::LimitsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::LimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotAllowed(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -97,6 +118,10 @@ impl ApiError {
             ApiError::Overloaded => ("server_error", "overloaded"),
             ApiError::BodyTimeout { .. } => ("invalid_request_error", "request_timeout"),
             ApiError::WrongDialect { .. } => ("invalid_request_error", "model_wrong_dialect"),
+            ApiError::KeyCheckUnavailable => ("server_error", "key_check_unavailable"),
+            ApiError::LimitReached { code, .. } => ("rate_limit_error", code),
+            ApiError::LimitsUnavailable => ("server_error", "limits_unavailable"),
+            ApiError::NotAllowed(_) => ("permission_error", "not_allowed"),
         }
     }
 }
@@ -136,9 +161,16 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, ApiError::Overloaded) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ApiError::Overloaded | ApiError::KeyCheckUnavailable | ApiError::LimitsUnavailable => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::LimitReached { retry_after_s, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_s).max(1)));
+            }
+            _ => {}
         }
         if matches!(self, ApiError::BodyTimeout { .. }) {
             resp.headers_mut()

@@ -9,10 +9,10 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
-use crate::gateway::{ops, proxy, AppState, Endpoint};
+use crate::gateway::{admin_keys, ops, proxy, AppState, Endpoint};
 use recache_engine::error::ApiError;
 
 async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -74,6 +74,9 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/admin/entries/{key}",
             get(ops::admin_entry).delete(ops::admin_delete_entry),
         )
+        .route("/admin/keys", get(admin_keys::list).post(admin_keys::create))
+        .route("/admin/keys/{id}", delete(admin_keys::revoke))
+        .route("/admin/keys/{id}/rotate", post(admin_keys::rotate))
         .route("/admin/audit", get(ops::admin_audit))
         .route("/admin/breakers", get(ops::admin_breakers))
         .route("/admin/semantic", get(ops::admin_semantic))

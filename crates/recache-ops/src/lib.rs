@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod drills;
+pub mod keys;
 pub mod recovery;
 pub mod status;
 

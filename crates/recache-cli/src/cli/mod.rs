@@ -15,6 +15,7 @@ pub mod bench_semantic;
 pub mod doctor;
 pub mod drill;
 pub mod health;
+pub mod keys;
 pub mod ops;
 pub mod repair;
 pub mod report;
@@ -62,6 +63,8 @@ pub enum Command {
     /// Check the engines against the operations guides' advice and recache's own health
     /// (ok | warn | fail, one fix per finding); exit 1 on any fail.
     Doctor(doctor::DoctorArgs),
+    /// Client keys kept in metadata: create (printed once), list, revoke, rotate.
+    Keys(keys::KeysArgs),
     /// Reports from metadata: `report cost` (requests, hits, tokens, USD saved and spent per group).
     Report(report::ReportArgs),
 }
@@ -145,6 +148,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Backup(a) => backup::run(a).await,
         Command::Drill(a) => drill::run(a).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Keys(a) => keys::run(a).await,
         Command::Report(a) => report::run(a).await,
     }
 }

@@ -376,7 +376,7 @@ pub(crate) async fn admin_enqueue(
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
-fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &s.admin_token {
         Some(token) if bearer_is(headers, token) => Ok(()),
         _ => Err(ApiError::AdminUnauthorized),

@@ -331,7 +331,11 @@ async fn serve(
     who: &mut Option<Arc<super::auth::Tenant>>,
 ) -> Result<(Response, &'static str), ApiError> {
     let endpoint = call.endpoint;
-    let tenant = state.tenants.authenticate_with(headers, call.query_key.as_deref())?;
+    let caller = state
+        .tenants
+        .authenticate(headers, call.query_key.as_deref(), state.cache.roles.metadata.as_ref())
+        .await?;
+    let tenant = caller.tenant.clone();
     *who = Some(tenant.clone());
     let raw = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed = parse_body(call, &raw)?;

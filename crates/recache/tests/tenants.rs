@@ -1,0 +1,208 @@
+//! Tenant controls (issue 25): client keys kept in metadata. A key made with
+//! `recache keys create` works at once; `keys list` never shows a key or its
+//! digest; a key revoked through the CLI is refused within `[keys]
+//! cache_seconds`, one revoked through the admin API at once on that
+//! replica and within the window on another; a rotated key keeps the old
+//! one valid for the grace only.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backends, Env};
+use recache_stub_provider::StubConfig;
+use serde_json::{json, Value};
+
+const EXTRA: &str = "[keys]\ncache_seconds = 1\n[[tenants]]\nname = \"team-k\"\n";
+
+on_both_backends!(keys_made_revoked_and_rotated);
+
+/// Polls `f` until it is true or `limit` passes; the time it took.
+async fn within(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f().await {
+            return t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+async fn status(env: &Env, base: &str, key: &str, q: &str) -> u16 {
+    let r = env
+        .http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&common::chat_body(q, false))
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+async fn admin(env: &Env, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = env
+        .http
+        .request(method, format!("{}{path}", env.base))
+        .bearer_auth("admin-secret");
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn keys_made_revoked_and_rotated(b: Backends) {
+    let env = Env::on(b, StubConfig::default(), EXTRA).await;
+    // Made through the CLI: printed once, works at once.
+    let (code, made) = env.cli_json(&["keys", "create", "--tenant", "team-k", "--name", "ci", "--rpm", "100"]);
+    assert_eq!(code, 0, "{made}");
+    let key = made["key"].as_str().unwrap().to_string();
+    let id = made["record"]["id"].as_str().unwrap().to_string();
+    assert!(
+        key.starts_with("rk-") && made["record"].get("digest").is_none(),
+        "{made}"
+    );
+    assert_eq!(made["record"]["limits"], json!({"rpm": 100}));
+    assert_eq!(status(&env, &env.base, &key, "made by the CLI").await, 200);
+    let (code, _, err) = env.cli(&["keys", "create", "--tenant", "nobody"]);
+    assert!(code == 2 && err.contains("nobody"), "{err}");
+    let (code, _, err) = env.cli(&["keys", "create", "--tenant", "team-k", "--rpm", "0"]);
+    assert!(code == 2 && err.contains("rpm"), "{err}");
+
+    // Listed without the key or its digest.
+    let (code, out, _) = env.cli(&["keys", "list", "--tenant", "team-k"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&id) && !out.contains(&key) && out.contains("active"),
+        "{out}"
+    );
+    let digest = recache::keys::digest(&key);
+    assert!(!out.contains(&digest));
+    let (code, listed) = env.cli_json(&["keys", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains(&digest));
+
+    // Revoked through the CLI: refused within the cache window (1 s here).
+    let (code, out, err) = env.cli(&["keys", "revoke", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    within(Duration::from_secs(4), "a revoked key refused", async || {
+        status(&env, &env.base, &key, "after the revocation").await == 401
+    })
+    .await;
+    let (_, again) = env.cli_json(&["keys", "list"]);
+    assert_eq!(again["keys"][0]["state"], "revoked");
+    let (code, _, _) = env.cli(&["keys", "revoke", "key_0000000000000000"]);
+    assert_eq!(code, 2, "an unknown id");
+
+    // Through the admin API: made, then revoked, refused at once here.
+    let (code, v) = admin(
+        &env,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(json!({"tenant": "team-k", "name": "api", "limits": {"tpm": 5000}})),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let (k2, id2) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["record"]["id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(status(&env, &env.base, &k2, "made by the admin API").await, 200);
+    let (code, _) = admin(&env, reqwest::Method::DELETE, &format!("/admin/keys/{id2}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        status(&env, &env.base, &k2, "revoked here").await,
+        401,
+        "at once on this replica"
+    );
+    let (code, _) = admin(
+        &env,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(json!({"tenant": "nobody"})),
+    )
+    .await;
+    assert_eq!(code, 400);
+
+    // Rotated with a grace of 2 s: both work, then only the new one.
+    let (_, v) = admin(
+        &env,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(json!({"tenant": "team-k"})),
+    )
+    .await;
+    let (old, old_id) = (
+        v["key"].as_str().unwrap().to_string(),
+        v["record"]["id"].as_str().unwrap().to_string(),
+    );
+    let (code, v) = admin(
+        &env,
+        reqwest::Method::POST,
+        &format!("/admin/keys/{old_id}/rotate?grace=2s"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    let new = v["key"].as_str().unwrap().to_string();
+    assert_eq!(v["record"]["rotated_from"], old_id.as_str());
+    assert_eq!(status(&env, &env.base, &new, "the new key").await, 200);
+    assert_eq!(status(&env, &env.base, &old, "the old key in its grace").await, 200);
+    let took = within(
+        Duration::from_secs(6),
+        "the old key refused after its grace",
+        async || status(&env, &env.base, &old, "after the grace").await == 401,
+    )
+    .await;
+    assert!(took >= Duration::from_millis(500), "not before its grace: {took:?}");
+    assert_eq!(status(&env, &env.base, &new, "the new key still").await, 200);
+
+    // Every change is in the audit log, never a key.
+    let audit = env.admin_json("/admin/audit?limit=100").await;
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in ["key.create", "key.revoke", "key.rotate"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    assert!(!audit.to_string().contains(&new) && !audit.to_string().contains(&old));
+}
+
+/// Two replicas over one Redis + S3 + PostgreSQL: a key revoked through one
+/// replica's admin API is refused there at once and by the other within
+/// `[keys] cache_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_the_other_replica_within_the_cache_window() {
+    let Some(b) = Backends::real().await else { return };
+    let env = Env::on(b, StubConfig::default(), EXTRA).await;
+    let vars = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+    let second = recache::server::Gateway::start(env.config(), &vars).await.unwrap();
+    let other = format!("http://{}", second.addr);
+    let (code, made) = env.cli_json(&["keys", "create", "--tenant", "team-k"]);
+    assert_eq!(code, 0);
+    let (key, id) = (
+        made["key"].as_str().unwrap().to_string(),
+        made["record"]["id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(status(&env, &env.base, &key, "one").await, 200);
+    assert_eq!(
+        status(&env, &other, &key, "two").await,
+        200,
+        "the other replica has read it"
+    );
+    let (code, _) = admin(&env, reqwest::Method::DELETE, &format!("/admin/keys/{id}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(status(&env, &env.base, &key, "three").await, 401);
+    let took = within(Duration::from_secs(4), "the other replica refuses it", async || {
+        status(&env, &other, &key, "four").await == 401
+    })
+    .await;
+    println!("revocation reached the other replica after {took:?} (cache_seconds = 1)");
+    second.shutdown().await;
+}
