@@ -18,6 +18,7 @@ async fn embedded_index_conformance() {
     c::index_put_get_overwrite_delete(dyn_index.as_ref()).await;
     c::index_expiry(dyn_index.as_ref()).await;
     c::index_concurrent_writers(dyn_index.clone()).await;
+    c::index_counters(dyn_index.clone()).await;
     c::index_bulk_scan_generation(dyn_index.as_ref()).await;
     c::index_health(dyn_index.as_ref()).await;
     // Persistence: what was written is there after reopening.
@@ -73,6 +74,7 @@ async fn redis_index_conformance() {
     c::index_put_get_overwrite_delete(index.as_ref()).await;
     c::index_expiry(index.as_ref()).await;
     c::index_concurrent_writers(index.clone()).await;
+    c::index_counters(index.clone()).await;
     c::index_bulk_scan_generation(index.as_ref()).await;
     c::index_health(index.as_ref()).await;
     // Only pointers, and every key carries a TTL.

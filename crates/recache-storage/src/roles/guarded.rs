@@ -87,6 +87,9 @@ impl Index for GuardedIndex {
     fn engine(&self) -> &'static str {
         self.inner.engine()
     }
+    fn counters_add(&self, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(self.guard.call(self.inner.counters_add(ops)))
+    }
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<IndexEntry>>> {
         Box::pin(self.guard.call(self.inner.get(key)))
     }

@@ -82,6 +82,8 @@ pub struct EmbeddedIndex {
     replay_from: Option<i64>,
     /// Held for the life of the index: one process owns the log.
     _lock: File,
+    /// The limits' counters (one process: memory is shared enough).
+    counters: super::counters::MemoryCounters,
 }
 
 /// What opening found, for the start-up log line.
@@ -199,6 +201,7 @@ impl EmbeddedIndex {
                 newest_created - REPLAY_MARGIN_MS
             }),
             _lock: lock,
+            counters: Default::default(),
         };
         if !stats.fresh && (stats.records > 2 * live + 10_000 || valid_len < std::fs::metadata(&path)?.len()) {
             index.compact()?;
@@ -294,6 +297,11 @@ fn shard_of(key: &[u8; 32]) -> usize {
 impl Index for EmbeddedIndex {
     fn engine(&self) -> &'static str {
         "embedded"
+    }
+
+    fn counters_add(&self, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        let v = self.counters.add(&ops);
+        Box::pin(async move { Ok(v) })
     }
 
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<IndexEntry>>> {

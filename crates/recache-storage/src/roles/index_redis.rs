@@ -222,6 +222,33 @@ impl Index for RedisIndex {
         "redis"
     }
 
+    /// Per counter `SET name 0 PX ttl NX` (a fresh counter gets its TTL, a
+    /// window ends when it ends) then `INCRBY`, pipelined: one round trip, on
+    /// any Redis from 2.6.12. The caller names a call's counters
+    /// with one hash tag, so a cluster sends the pipeline to one node.
+    fn counters_add(&self, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            if ops.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for op in &ops {
+                let name = format!("{}lim:{}", self.prefix, op.name);
+                pipe.cmd("SET")
+                    .arg(&name)
+                    .arg(0)
+                    .arg("PX")
+                    .arg(op.ttl_ms.max(1))
+                    .arg("NX")
+                    .ignore();
+                pipe.cmd("INCRBY").arg(&name).arg(op.by);
+            }
+            let mut c = self.conn().await?;
+            let values: Vec<i64> = pipe.query_async(&mut c).await.map_err(map_err)?;
+            Ok(values)
+        })
+    }
+
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<IndexEntry>>> {
         Box::pin(async move {
             let mut c = self.conn().await?;

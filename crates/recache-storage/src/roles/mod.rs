@@ -21,6 +21,7 @@ pub mod artifacts_object_store;
 /// into the release binary.
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod counters;
 pub mod factory;
 pub mod guarded;
 pub mod index_embedded;
@@ -118,6 +119,19 @@ pub trait Index: Send + Sync {
                 n += 1;
             }
             Ok(n)
+        })
+    }
+    /// Adds to the shared counters of tenant and key limits and returns their
+    /// new values, in one round trip (see `counters.rs`). Engines that keep
+    /// none answer an error.
+    fn counters_add(&self, ops: Vec<counters::CounterOp>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        let _ = ops;
+        let engine = self.engine();
+        Box::pin(async move {
+            Err(BackendError::Protocol {
+                backend: "index",
+                detail: format!("the {engine} index keeps no counters"),
+            })
         })
     }
     /// Many lookups at once (audits); engines override this to batch.

@@ -157,3 +157,58 @@ pub async fn index_wipe(index: &dyn Index) {
 pub async fn index_health(index: &dyn Index) {
     index.check().await.expect("a healthy index passes its check");
 }
+
+/// The limits' counters: added and read in one call, in order, apart by
+/// name; a counter ends with the TTL it was created with; concurrent adds
+/// all count.
+pub async fn index_counters(index: Arc<dyn Index>) {
+    use crate::roles::counters::CounterOp;
+    let tag = format!("{{conf-{}}}", crate::roles::now_ms());
+    let n = |s: &str| format!("{tag}:{s}");
+    let got = index
+        .counters_add(vec![
+            CounterOp::new(n("a"), 1, 60_000),
+            CounterOp::new(n("a"), 2, 60_000),
+            CounterOp::new(n("b"), 0, 60_000),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(got, [1, 3, 0]);
+    assert_eq!(
+        index
+            .counters_add(vec![CounterOp::new(n("a"), -1, 60_000)])
+            .await
+            .unwrap(),
+        [2]
+    );
+    index
+        .counters_add(vec![CounterOp::new(n("short"), 5, 200)])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        index
+            .counters_add(vec![CounterOp::new(n("short"), 1, 200)])
+            .await
+            .unwrap(),
+        [1],
+        "an expired counter starts again"
+    );
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let index = index.clone();
+            let name = n("c");
+            tokio::spawn(async move { index.counters_add(vec![CounterOp::new(name, 1, 60_000)]).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        index
+            .counters_add(vec![CounterOp::new(n("c"), 0, 60_000)])
+            .await
+            .unwrap(),
+        [20]
+    );
+}
