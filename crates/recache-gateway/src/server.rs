@@ -67,6 +67,11 @@ impl Gateway {
         let state = Arc::new(AppState {
             semantic,
             tenants: Tenants::from_config(&config),
+            limiter: Arc::new(crate::gateway::limits::Limiter::new(
+                config.limits.clone(),
+                cache.roles.index.clone(),
+                cache.clone(),
+            )),
             admin_token: config.admin_token(env),
             metrics_token: config.metrics_token(env),
             health: crate::gateway::ops::HealthRound::default(),
@@ -268,7 +273,24 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             }
         })
     };
-    let mut out = vec![hits, sweep, spool];
+    // Live replicas (the workers' heartbeat rows in metadata), for `[limits]
+    // on_counter_loss = "local-share"`; standalone warmer processes count too,
+    // which only makes each share smaller.
+    let replicas = {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let since = recache_storage::roles::now_ms() - 30_000;
+                if let Ok(ws) = s.recovery.queue.workers(since).await {
+                    let n = ws.len().max(1) as u64;
+                    s.limiter.replicas.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut out = vec![hits, sweep, spool, replicas];
     out.extend(crate::dashboard::spawn(state));
     out
 }

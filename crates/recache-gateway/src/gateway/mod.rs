@@ -12,6 +12,7 @@ pub mod admin_keys;
 pub mod auth;
 pub mod directives;
 pub mod flight;
+pub mod limits;
 pub mod ops;
 pub mod proxy;
 pub mod semantic;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     pub upstreams: Arc<Upstreams>,
     pub tenants: auth::Tenants,
+    /// Tenant and key limits (requests, tokens, concurrency, budgets).
+    pub limiter: Arc<limits::Limiter>,
     pub coalescer: Arc<flight::Coalescer>,
     pub admin_token: Option<String>,
     /// What `/metrics` and detailed health need (`None`: open).

@@ -193,11 +193,35 @@ async fn render_metrics(s: &AppState) -> Response {
         .sample(&[], spool.size_bytes());
     }
     render_ops_status(s, &mut body);
+    render_limits(s, &mut body);
     render_warmer(s, &mut body).await;
     if let Some(sem) = &s.semantic {
         sem.render_metrics(&mut body);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Refusals by limit, and admissions while the shared counters were out.
+fn render_limits(s: &AppState, body: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let l = &s.limiter;
+    let mut f = Family::counter(
+        body,
+        "recache_limit_refusals_total",
+        "Requests refused by a tenant or key limit, by the limit's code.",
+    );
+    for (code, n) in super::limits::CODES.iter().zip(&l.refusals) {
+        f.sample(&[("limit", code)], n.load(Relaxed));
+    }
+    Family::counter(
+        body,
+        "recache_limit_counter_fallbacks_total",
+        "Requests admitted while the shared limit counters were unreachable ([limits] on_counter_loss).",
+    )
+    .sample(
+        &[("mode", s.config.limits.on_counter_loss.as_str())],
+        l.fallbacks.load(Relaxed),
+    );
 }
 
 /// Backup and drill gauges (for the alert rules), from the status the gateway

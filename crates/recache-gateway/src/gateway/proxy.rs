@@ -288,11 +288,19 @@ fn url_pairs(q: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
+/// What serving a request learned that its response needs, whatever the outcome.
+#[derive(Default)]
+struct Served {
+    tenant: Option<Arc<Tenant>>,
+    /// The limits' verdict: `x-ratelimit-*` headers, concurrency slots held.
+    admission: Option<super::limits::Admission>,
+}
+
 async fn handle_call(state: Arc<AppState>, call: Call, headers: HeaderMap, body: Body) -> Response {
     let endpoint = call.endpoint;
     let start = Instant::now();
-    let mut tenant = None;
-    let (resp, status) = match serve(&state, &call, &headers, body, &mut tenant).await {
+    let mut served = Served::default();
+    let (mut resp, status) = match serve(&state, &call, &headers, body, &mut served).await {
         Ok(r) => r,
         Err(e) => {
             // What the client is not told (addresses, TLS and DNS messages) is logged.
@@ -302,8 +310,11 @@ async fn handle_call(state: Arc<AppState>, call: Call, headers: HeaderMap, body:
             (e.to_response_in(endpoint.dialect()), "ERROR")
         }
     };
-    if let Some(t) = tenant {
+    if let Some(t) = served.tenant {
         t.usage.record(status);
+    }
+    for (name, value) in served.admission.iter().flat_map(|a| a.headers.iter()) {
+        set_header(&mut resp, name, value);
     }
     let secs = start.elapsed().as_secs_f64();
     state
@@ -328,7 +339,7 @@ async fn serve(
     call: &Call,
     headers: &HeaderMap,
     body: Body,
-    who: &mut Option<Arc<super::auth::Tenant>>,
+    who: &mut Served,
 ) -> Result<(Response, &'static str), ApiError> {
     let endpoint = call.endpoint;
     let caller = state
@@ -336,7 +347,7 @@ async fn serve(
         .authenticate(headers, call.query_key.as_deref(), state.cache.roles.metadata.as_ref())
         .await?;
     let tenant = caller.tenant.clone();
-    *who = Some(tenant.clone());
+    who.tenant = Some(tenant.clone());
     let raw = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed = parse_body(call, &raw)?;
     let mut d = directives::parse(headers, state.config.cache.max_ttl_seconds)?;
@@ -350,6 +361,8 @@ async fn serve(
         .upstreams
         .route(dialect, &parsed.model)
         .ok_or_else(|| state.upstreams.route_error(dialect, &parsed.model))?;
+    super::limits::Limiter::check_allowed(&caller, &parsed.model, &upstream.name)?;
+    who.admission = Some(state.limiter.admit(&caller).await?);
     let forward = forward_headers(endpoint, headers);
     // The tenant's stable id, not its name: a renamed tenant keeps its entries,
     // a new tenant given an old name inherits nothing.
@@ -398,6 +411,10 @@ async fn serve(
     // `only-if-cached`: what the cache cannot answer is not bought (RFC 9111 §5.2.1.7).
     if d.only_if_cached {
         return Err(ApiError::NotCached);
+    }
+    // Over a token or spend limit: hits were served above, the provider is not called.
+    if let Some(e) = who.admission.as_mut().and_then(|a| a.provider_block.take()) {
+        return Err(state.limiter.count(e));
     }
     let status = if d.no_cache || d.no_store {
         CacheStatus::Bypass
@@ -449,6 +466,13 @@ async fn serve(
     };
     let rx = tx.subscribe();
     judge_shadow(tx.subscribe());
+    if let Some(adm) = who.admission.as_mut() {
+        let done = flight::body_when_done(tx.subscribe());
+        let model = parsed.model.clone();
+        state
+            .limiter
+            .settle_when_done(adm, done, endpoint, model, state.config.clone());
+    }
     tokio::spawn(flight::run(spec, tx, tape.clone(), guard));
     // A request cached never by its nature says why.
     let mark = |mut resp: Response| {
