@@ -243,3 +243,41 @@ async fn rpm_holds_across_two_replicas() {
     assert_eq!(admitted, 5, "rpm = 5 across both replicas");
     second.shutdown().await;
 }
+
+/// `FLUSHALL` empties the spend counters: they are re-seeded from metadata's
+/// `usage_hourly` before they are used, so the flush hands out no budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_gives_no_budget_windfall() {
+    let Some(redis) = common::servers::Server::redis() else {
+        return;
+    };
+    let Some(b) = Backends::real_with_redis(redis.url()).await else {
+        return;
+    };
+    let env = Env::on(b, StubConfig::default(), EXTRA).await;
+    assert_eq!(chat(&env, "sk-spend", "before the flush").await.cache(), "MISS");
+    let mut spent = false;
+    for _ in 0..40 {
+        if chat(&env, "sk-spend", "over budget?").await.status == 429 {
+            spent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(spent, "the budget is spent");
+    // The spend reaches usage_hourly with the hit flush (50 ms in tests).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = redis::Client::open(redis.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let after = chat(&env, "sk-spend", "after the flush").await;
+    assert_eq!(
+        (after.status, code(&after)),
+        (429, "budget_day_exceeded".to_string()),
+        "{}",
+        after.text
+    );
+}

@@ -45,6 +45,9 @@ enum Kind {
     Tokens,
     UsdDay,
     UsdMonth,
+    /// 1 on the first request of a day, or after the counters were lost:
+    /// the spend counters are then re-seeded from `usage_hourly`.
+    Seed,
 }
 
 /// What admitting a request decided.
@@ -290,12 +293,20 @@ impl Limiter {
                 32 * DAY_MS,
                 usd(l.budget_usd_month),
             );
+            let budgets = l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
+            want(
+                Kind::Seed,
+                format!("{}:seeded:{day}", s.base),
+                1,
+                2 * DAY_MS,
+                budgets.then_some(u64::MAX),
+            );
         }
         if ops.is_empty() {
             return Ok(Admission::default());
         }
         let names: Vec<String> = ops.iter().map(|o| o.name.clone()).collect();
-        let (values, local) = match self.add(ops.clone(), false).await {
+        let (mut values, local) = match self.add(ops.clone(), false).await {
             Ok(v) => {
                 self.switched(false);
                 (v, false)
@@ -313,6 +324,15 @@ impl Limiter {
                 }
             }
         };
+        if wanted
+            .iter()
+            .zip(&values)
+            .any(|((_, k, _), v)| *k == Kind::Seed && *v == 1)
+        {
+            let month_ms = month_start(y, m) * DAY_MS;
+            self.reseed(&t.id, (day * DAY_MS, month_ms), &wanted, &names, &mut values, local)
+                .await;
+        }
         let share = if local {
             self.replicas.load(Ordering::Relaxed).max(1)
         } else {
@@ -363,6 +383,7 @@ impl Limiter {
                         ));
                     }
                 }
+                Kind::Seed => {}
                 Kind::UsdDay | Kind::UsdMonth => {
                     adm.settle.push((*kind, name.clone()));
                     if v >= limit as i64 && adm.provider_block.is_none() {
@@ -418,6 +439,74 @@ impl Limiter {
             }
         }
         Ok(adm)
+    }
+
+    /// Raises the spend counters to what metadata's `usage_hourly` says the
+    /// tenant spent since the day's and the month's start (`from`), so a lost
+    /// counter (a Redis flush, a new replica counting locally) never hands
+    /// out a fresh budget. A key's budget is seeded with its tenant's spend:
+    /// usage is not kept per key, and more is the safe side. When metadata
+    /// cannot answer, the marker is taken back and the next request tries again.
+    async fn reseed(
+        &self,
+        tenant_id: &str,
+        from: (i64, i64),
+        wanted: &[(usize, Kind, u64)],
+        names: &[String],
+        values: &mut [i64],
+        local: bool,
+    ) {
+        let seeds: Vec<usize> = wanted
+            .iter()
+            .enumerate()
+            .filter(|(j, (_, k, _))| *k == Kind::Seed && values[*j] == 1)
+            .map(|(j, _)| j)
+            .collect();
+        let rows = match self.cache.roles.metadata.usage_since(from.1.min(from.0)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, tenant = tenant_id, "limits: spend not re-seeded (metadata); retried on the next request");
+                let undo = seeds
+                    .iter()
+                    .map(|j| CounterOp::new(names[*j].clone(), -1, 2 * DAY_MS as u64))
+                    .collect();
+                let _ = self.add(undo, local).await;
+                return;
+            }
+        };
+        let spent = |since: i64| -> i64 {
+            micro_usd(
+                rows.iter()
+                    .filter(|r| r.tenant == tenant_id && r.hour_ms >= since)
+                    .map(|r| r.usd_spent)
+                    .sum(),
+            )
+        };
+        let (day, month) = (spent(from.0), spent(from.1));
+        let scopes: Vec<usize> = seeds.iter().map(|j| wanted[*j].0).collect();
+        let mut ops = Vec::new();
+        for (j, (i, kind, _)) in wanted.iter().enumerate() {
+            let target = match kind {
+                Kind::UsdDay if scopes.contains(i) => day,
+                Kind::UsdMonth if scopes.contains(i) => month,
+                _ => continue,
+            };
+            let short = target - values[j];
+            if short > 0 {
+                values[j] += short;
+                let ttl = if *kind == Kind::UsdDay { 2 * DAY_MS } else { 32 * DAY_MS };
+                ops.push(CounterOp::new(names[j].clone(), short, ttl as u64));
+            }
+        }
+        if !ops.is_empty() {
+            tracing::info!(
+                tenant = tenant_id,
+                spent_day_usd = day as f64 / 1e6,
+                spent_month_usd = month as f64 / 1e6,
+                "limits: spend counters re-seeded from usage_hourly"
+            );
+            let _ = self.add(ops, local).await;
+        }
     }
 
     /// Counts a refusal by its code.
