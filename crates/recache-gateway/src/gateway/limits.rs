@@ -77,7 +77,7 @@ impl Drop for Release {
         let ops: Vec<CounterOp> = self
             .names
             .iter()
-            .map(|n| CounterOp::new(n.clone(), -1, SLOT_TTL_MS))
+            .map(|n| CounterOp::add_renew(n.clone(), -1, SLOT_TTL_MS))
             .collect();
         let (limiter, local) = (self.limiter.clone(), self.local);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -225,6 +225,16 @@ impl Limiter {
 
     /// Counts a request against its tenant's and key's limits.
     pub async fn admit(self: &Arc<Self>, caller: &Caller) -> Result<Admission, ApiError> {
+        let counted = |l: &Limits| {
+            l.rpm.is_some()
+                || l.tpm.is_some()
+                || l.max_concurrent.is_some()
+                || l.budget_usd_day.is_some()
+                || l.budget_usd_month.is_some()
+        };
+        if !counted(&caller.tenant.limits) && !caller.key.as_ref().is_some_and(|k| counted(&k.limits)) {
+            return Ok(Admission::default());
+        }
         let t = &caller.tenant;
         let tag = format!("{{t:{}}}", t.id);
         let mut scopes = vec![Scope {
@@ -251,54 +261,31 @@ impl Limiter {
         let mut wanted: Vec<(usize, Kind, u64)> = Vec::new();
         for (i, s) in scopes.iter().enumerate() {
             let l = s.limits;
-            let mut want = |kind, name: String, by, ttl: i64, limit: Option<u64>| {
+            let mut want = |kind, name: String, limit: Option<u64>| {
                 if let Some(limit) = limit {
-                    ops.push(CounterOp::new(name, by, ttl as u64));
+                    ops.push(match kind {
+                        Kind::Requests => CounterOp::add(name, 1, 2 * MINUTE_MS as u64),
+                        Kind::Concurrent => CounterOp::add_renew(name, 1, SLOT_TTL_MS),
+                        Kind::Seed => CounterOp::add(name, 1, 2 * DAY_MS as u64),
+                        Kind::Tokens | Kind::UsdDay | Kind::UsdMonth => CounterOp::read(name),
+                    });
                     wanted.push((i, kind, limit));
                 }
             };
-            want(
-                Kind::Requests,
-                format!("{}:rpm:{minute}", s.base),
-                1,
-                2 * MINUTE_MS,
-                l.rpm,
-            );
-            want(
-                Kind::Concurrent,
-                format!("{}:conc", s.base),
-                1,
-                SLOT_TTL_MS as i64,
-                l.max_concurrent,
-            );
-            want(
-                Kind::Tokens,
-                format!("{}:tpm:{minute}", s.base),
-                0,
-                2 * MINUTE_MS,
-                l.tpm,
-            );
+            want(Kind::Requests, format!("{}:rpm:{minute}", s.base), l.rpm);
+            want(Kind::Concurrent, format!("{}:conc", s.base), l.max_concurrent);
+            want(Kind::Tokens, format!("{}:tpm:{minute}", s.base), l.tpm);
             let usd = |b: Option<f64>| b.map(|x| micro_usd(x).max(0) as u64);
-            want(
-                Kind::UsdDay,
-                format!("{}:usd_day:{day}", s.base),
-                0,
-                2 * DAY_MS,
-                usd(l.budget_usd_day),
-            );
+            want(Kind::UsdDay, format!("{}:usd_day:{day}", s.base), usd(l.budget_usd_day));
             want(
                 Kind::UsdMonth,
                 format!("{}:usd_month:{y}{m:02}", s.base),
-                0,
-                32 * DAY_MS,
                 usd(l.budget_usd_month),
             );
             let budgets = l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
             want(
                 Kind::Seed,
                 format!("{}:seeded:{day}", s.base),
-                1,
-                2 * DAY_MS,
                 budgets.then_some(u64::MAX),
             );
         }
@@ -427,7 +414,7 @@ impl Limiter {
                 .iter()
                 .enumerate()
                 .filter(|(_, (_, k, _))| *k == Kind::Requests)
-                .map(|(j, _)| CounterOp::new(names[j].clone(), -1, 2 * MINUTE_MS as u64))
+                .map(|(j, _)| CounterOp::add(names[j].clone(), -1, 2 * MINUTE_MS as u64))
                 .collect();
             let me = self.clone();
             tokio::spawn(async move { me.add(undo, local).await });
@@ -468,7 +455,7 @@ impl Limiter {
                 tracing::warn!(error = %e, tenant = tenant_id, "limits: spend not re-seeded (metadata); retried on the next request");
                 let undo = seeds
                     .iter()
-                    .map(|j| CounterOp::new(names[*j].clone(), -1, 2 * DAY_MS as u64))
+                    .map(|j| CounterOp::add(names[*j].clone(), -1, 2 * DAY_MS as u64))
                     .collect();
                 let _ = self.add(undo, local).await;
                 return;
@@ -495,7 +482,7 @@ impl Limiter {
             if short > 0 {
                 values[j] += short;
                 let ttl = if *kind == Kind::UsdDay { 2 * DAY_MS } else { 32 * DAY_MS };
-                ops.push(CounterOp::new(names[j].clone(), short, ttl as u64));
+                ops.push(CounterOp::add(names[j].clone(), short, ttl as u64));
             }
         }
         if !ops.is_empty() {
@@ -552,11 +539,11 @@ impl Limiter {
         let ops: Vec<CounterOp> = names
             .iter()
             .map(|(kind, name)| match kind {
-                Kind::Tokens => CounterOp::new(name.clone(), tokens as i64, 2 * MINUTE_MS as u64),
-                Kind::UsdDay => CounterOp::new(name.clone(), micro_usd(usd), 2 * DAY_MS as u64),
-                _ => CounterOp::new(name.clone(), micro_usd(usd), 32 * DAY_MS as u64),
+                Kind::Tokens => CounterOp::add(name.clone(), tokens as i64, 2 * MINUTE_MS as u64),
+                Kind::UsdDay => CounterOp::add(name.clone(), micro_usd(usd), 2 * DAY_MS as u64),
+                _ => CounterOp::add(name.clone(), micro_usd(usd), 32 * DAY_MS as u64),
             })
-            .filter(|o| o.by != 0)
+            .filter(|o| !matches!(o.kind, recache_storage::roles::counters::CounterKind::Add { by: 0, .. }))
             .collect();
         if ops.is_empty() {
             return;

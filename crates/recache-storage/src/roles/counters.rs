@@ -10,21 +10,42 @@ use std::sync::Mutex;
 
 use super::now_ms;
 
-/// Adds `by` to the counter `name` (created at 0 with `ttl_ms` when absent);
-/// `by = 0` reads it.
+/// One operation on the counter `name`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CounterOp {
     pub name: String,
-    pub by: i64,
-    pub ttl_ms: u64,
+    pub kind: CounterKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    /// Adds `by` and answers the new value; a counter this creates lives
+    /// `ttl_ms` (a window's counter, named after its window, so one write).
+    Add { by: i64, ttl_ms: u64 },
+    /// Adds `by` and answers the new value, its life set to `ttl_ms` again
+    /// on every write (a counter that outlives windows: concurrency).
+    AddRenew { by: i64, ttl_ms: u64 },
+    /// Answers the value (0 when absent), writes nothing.
+    Read,
 }
 
 impl CounterOp {
-    pub fn new(name: impl Into<String>, by: i64, ttl_ms: u64) -> Self {
+    pub fn add(name: impl Into<String>, by: i64, ttl_ms: u64) -> Self {
         Self {
             name: name.into(),
-            by,
-            ttl_ms,
+            kind: CounterKind::Add { by, ttl_ms },
+        }
+    }
+    pub fn add_renew(name: impl Into<String>, by: i64, ttl_ms: u64) -> Self {
+        Self {
+            name: name.into(),
+            kind: CounterKind::AddRenew { by, ttl_ms },
+        }
+    }
+    pub fn read(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            kind: CounterKind::Read,
         }
     }
 }
@@ -47,12 +68,22 @@ impl MemoryCounters {
         }
         ops.iter()
             .map(|op| {
-                let slot = map.entry(op.name.clone()).or_insert((0, now + op.ttl_ms as i64));
-                if slot.1 <= now {
-                    *slot = (0, now + op.ttl_ms as i64);
+                let live = map.get(&op.name).filter(|(_, until)| *until > now).map(|(v, _)| *v);
+                match op.kind {
+                    CounterKind::Read => live.unwrap_or(0),
+                    CounterKind::Add { by, ttl_ms } | CounterKind::AddRenew { by, ttl_ms } => {
+                        let renew = matches!(op.kind, CounterKind::AddRenew { .. });
+                        let slot = map.entry(op.name.clone()).or_insert((0, now + ttl_ms as i64));
+                        if slot.1 <= now {
+                            *slot = (0, now + ttl_ms as i64);
+                        }
+                        if renew {
+                            slot.1 = now + ttl_ms as i64;
+                        }
+                        slot.0 += by;
+                        slot.0
+                    }
                 }
-                slot.0 += op.by;
-                slot.0
             })
             .collect()
     }

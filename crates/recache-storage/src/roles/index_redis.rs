@@ -222,30 +222,60 @@ impl Index for RedisIndex {
         "redis"
     }
 
-    /// Per counter `SET name 0 PX ttl NX` (a fresh counter gets its TTL, a
-    /// window ends when it ends) then `INCRBY`, pipelined: one round trip, on
-    /// any Redis from 2.6.12. The caller names a call's counters
-    /// with one hash tag, so a cluster sends the pipeline to one node.
+    /// One pipelined round trip, one command per counter: `INCRBY` (and,
+    /// when it created the counter, a `PEXPIRE` in a second round trip:
+    /// once per window), `INCRBY` + `PEXPIRE` for a renewed counter, `GET`
+    /// for a read. Works on any Redis from 2.6.12
+    /// and needs no scripts. The caller names a call's counters with one
+    /// hash tag, so a cluster sends the pipeline to one node.
     fn counters_add(&self, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        use super::counters::CounterKind;
         Box::pin(async move {
             if ops.is_empty() {
                 return Ok(Vec::new());
             }
+            let names: Vec<String> = ops.iter().map(|op| format!("{}lim:{}", self.prefix, op.name)).collect();
             let mut pipe = redis::pipe();
-            for op in &ops {
-                let name = format!("{}lim:{}", self.prefix, op.name);
-                pipe.cmd("SET")
-                    .arg(&name)
-                    .arg(0)
-                    .arg("PX")
-                    .arg(op.ttl_ms.max(1))
-                    .arg("NX")
-                    .ignore();
-                pipe.cmd("INCRBY").arg(&name).arg(op.by);
+            for (op, name) in ops.iter().zip(&names) {
+                match op.kind {
+                    CounterKind::Add { by, .. } => {
+                        pipe.cmd("INCRBY").arg(name).arg(by);
+                    }
+                    CounterKind::AddRenew { by, ttl_ms } => {
+                        pipe.cmd("INCRBY").arg(name).arg(by);
+                        pipe.cmd("PEXPIRE").arg(name).arg(ttl_ms.max(1)).ignore();
+                    }
+                    CounterKind::Read => {
+                        pipe.cmd("GET").arg(name);
+                    }
+                }
             }
             let mut c = self.conn().await?;
-            let values: Vec<i64> = pipe.query_async(&mut c).await.map_err(map_err)?;
-            Ok(values)
+            let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(map_err)?;
+            let mut out = Vec::with_capacity(ops.len());
+            let mut expire = redis::pipe();
+            let mut fresh = 0;
+            for ((op, name), v) in ops.iter().zip(&names).zip(replies) {
+                let n = match (&op.kind, v) {
+                    (_, redis::Value::Nil) => 0,
+                    (_, v) => redis::from_redis_value::<i64>(v).map_err(|e| BackendError::Protocol {
+                        backend: NAME,
+                        detail: format!("a limit counter: {e}"),
+                    })?,
+                };
+                if let CounterKind::Add { by, ttl_ms } = op.kind {
+                    if n == by {
+                        // This call created the counter: its window's life.
+                        expire.cmd("PEXPIRE").arg(name).arg(ttl_ms.max(1)).ignore();
+                        fresh += 1;
+                    }
+                }
+                out.push(n);
+            }
+            if fresh > 0 {
+                let () = expire.query_async(&mut c).await.map_err(map_err)?;
+            }
+            Ok(out)
         })
     }
 

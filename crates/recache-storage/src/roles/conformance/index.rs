@@ -165,50 +165,36 @@ pub async fn index_counters(index: Arc<dyn Index>) {
     use crate::roles::counters::CounterOp;
     let tag = format!("{{conf-{}}}", crate::roles::now_ms());
     let n = |s: &str| format!("{tag}:{s}");
-    let got = index
-        .counters_add(vec![
-            CounterOp::new(n("a"), 1, 60_000),
-            CounterOp::new(n("a"), 2, 60_000),
-            CounterOp::new(n("b"), 0, 60_000),
-        ])
-        .await
-        .unwrap();
+    let add = |ops: Vec<CounterOp>| {
+        let index = index.clone();
+        async move { index.counters_add(ops).await.unwrap() }
+    };
+    let got = add(vec![
+        CounterOp::add(n("a"), 1, 60_000),
+        CounterOp::add(n("a"), 2, 60_000),
+        CounterOp::read(n("b")),
+    ])
+    .await;
     assert_eq!(got, [1, 3, 0]);
-    assert_eq!(
-        index
-            .counters_add(vec![CounterOp::new(n("a"), -1, 60_000)])
-            .await
-            .unwrap(),
-        [2]
-    );
-    index
-        .counters_add(vec![CounterOp::new(n("short"), 5, 200)])
-        .await
-        .unwrap();
+    let got = add(vec![CounterOp::add(n("a"), -1, 60_000), CounterOp::read(n("a"))]).await;
+    assert_eq!(got, [2, 2]);
+    add(vec![
+        CounterOp::add(n("short"), 5, 200),
+        CounterOp::add_renew(n("renewed"), 5, 200),
+    ])
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_eq!(
-        index
-            .counters_add(vec![CounterOp::new(n("short"), 1, 200)])
-            .await
-            .unwrap(),
-        [1],
-        "an expired counter starts again"
-    );
+    let got = add(vec![CounterOp::add(n("short"), 1, 200), CounterOp::read(n("renewed"))]).await;
+    assert_eq!(got, [1, 0], "an expired counter starts again");
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let index = index.clone();
             let name = n("c");
-            tokio::spawn(async move { index.counters_add(vec![CounterOp::new(name, 1, 60_000)]).await.unwrap() })
+            tokio::spawn(async move { index.counters_add(vec![CounterOp::add(name, 1, 60_000)]).await.unwrap() })
         })
         .collect();
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(
-        index
-            .counters_add(vec![CounterOp::new(n("c"), 0, 60_000)])
-            .await
-            .unwrap(),
-        [20]
-    );
+    assert_eq!(add(vec![CounterOp::read(n("c"))]).await, [20]);
 }
