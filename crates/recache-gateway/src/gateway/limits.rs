@@ -117,6 +117,86 @@ fn refusal(code: &'static str, message: String, retry_after_s: u64) -> ApiError 
     }
 }
 
+/// The counters a request needs: per scope (the tenant, then its key),
+/// each counted limit's counter, and the time windows they are named after.
+struct Plan {
+    /// What a refusal names, per scope.
+    labels: Vec<String>,
+    ops: Vec<CounterOp>,
+    /// Per op: its scope, its kind, its limit.
+    wanted: Vec<(usize, Kind, u64)>,
+    minute: i64,
+    day: i64,
+    month: (i64, i64),
+    /// Days since 1970-01-01 of the next month's first day.
+    next_month: i64,
+}
+
+fn plan(caller: &Caller, now: i64) -> Plan {
+    let t = &caller.tenant;
+    let tag = format!("{{t:{}}}", t.id);
+    let mut scopes = vec![Scope {
+        label: format!("tenant '{}'", t.name),
+        base: format!("{tag}:t"),
+        limits: &t.limits,
+    }];
+    if let Some(k) = &caller.key {
+        scopes.push(Scope {
+            label: format!("key {}", k.id),
+            base: format!("{tag}:k:{}", k.id),
+            limits: &k.limits,
+        });
+    }
+    let (minute, day) = (now.div_euclid(MINUTE_MS), now.div_euclid(DAY_MS));
+    let (y, m) = civil(day);
+    let next_month = if m == 12 {
+        month_start(y + 1, 1)
+    } else {
+        month_start(y, m + 1)
+    };
+    let mut ops = Vec::new();
+    let mut wanted: Vec<(usize, Kind, u64)> = Vec::new();
+    for (i, s) in scopes.iter().enumerate() {
+        let l = s.limits;
+        let mut want = |kind, name: String, limit: Option<u64>| {
+            if let Some(limit) = limit {
+                ops.push(match kind {
+                    Kind::Requests => CounterOp::add(name, 1, 2 * MINUTE_MS as u64),
+                    Kind::Concurrent => CounterOp::add_renew(name, 1, SLOT_TTL_MS),
+                    Kind::Seed => CounterOp::add(name, 1, 2 * DAY_MS as u64),
+                    Kind::Tokens | Kind::UsdDay | Kind::UsdMonth => CounterOp::read(name),
+                });
+                wanted.push((i, kind, limit));
+            }
+        };
+        want(Kind::Requests, format!("{}:rpm:{minute}", s.base), l.rpm);
+        want(Kind::Concurrent, format!("{}:conc", s.base), l.max_concurrent);
+        want(Kind::Tokens, format!("{}:tpm:{minute}", s.base), l.tpm);
+        let usd = |b: Option<f64>| b.map(|x| micro_usd(x).max(0) as u64);
+        want(Kind::UsdDay, format!("{}:usd_day:{day}", s.base), usd(l.budget_usd_day));
+        want(
+            Kind::UsdMonth,
+            format!("{}:usd_month:{y}{m:02}", s.base),
+            usd(l.budget_usd_month),
+        );
+        let budgets = l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
+        want(
+            Kind::Seed,
+            format!("{}:seeded:{day}", s.base),
+            budgets.then_some(u64::MAX),
+        );
+    }
+    Plan {
+        labels: scopes.into_iter().map(|s| s.label).collect(),
+        ops,
+        wanted,
+        minute,
+        day,
+        month: (y, m),
+        next_month,
+    }
+}
+
 /// Days since 1970-01-01 to (year, month) (proleptic Gregorian, UTC).
 fn civil(days: i64) -> (i64, i64) {
     let z = days + 719_468;
@@ -235,81 +315,22 @@ impl Limiter {
         if !counted(&caller.tenant.limits) && !caller.key.as_ref().is_some_and(|k| counted(&k.limits)) {
             return Ok(Admission::default());
         }
-        let t = &caller.tenant;
-        let tag = format!("{{t:{}}}", t.id);
-        let mut scopes = vec![Scope {
-            label: format!("tenant '{}'", t.name),
-            base: format!("{tag}:t"),
-            limits: &t.limits,
-        }];
-        if let Some(k) = &caller.key {
-            scopes.push(Scope {
-                label: format!("key {}", k.id),
-                base: format!("{tag}:k:{}", k.id),
-                limits: &k.limits,
-            });
-        }
         let now = now_ms();
-        let (minute, day) = (now.div_euclid(MINUTE_MS), now.div_euclid(DAY_MS));
-        let (y, m) = civil(day);
-        let next_month = if m == 12 {
-            month_start(y + 1, 1)
-        } else {
-            month_start(y, m + 1)
-        };
-        let mut ops = Vec::new();
-        let mut wanted: Vec<(usize, Kind, u64)> = Vec::new();
-        for (i, s) in scopes.iter().enumerate() {
-            let l = s.limits;
-            let mut want = |kind, name: String, limit: Option<u64>| {
-                if let Some(limit) = limit {
-                    ops.push(match kind {
-                        Kind::Requests => CounterOp::add(name, 1, 2 * MINUTE_MS as u64),
-                        Kind::Concurrent => CounterOp::add_renew(name, 1, SLOT_TTL_MS),
-                        Kind::Seed => CounterOp::add(name, 1, 2 * DAY_MS as u64),
-                        Kind::Tokens | Kind::UsdDay | Kind::UsdMonth => CounterOp::read(name),
-                    });
-                    wanted.push((i, kind, limit));
-                }
-            };
-            want(Kind::Requests, format!("{}:rpm:{minute}", s.base), l.rpm);
-            want(Kind::Concurrent, format!("{}:conc", s.base), l.max_concurrent);
-            want(Kind::Tokens, format!("{}:tpm:{minute}", s.base), l.tpm);
-            let usd = |b: Option<f64>| b.map(|x| micro_usd(x).max(0) as u64);
-            want(Kind::UsdDay, format!("{}:usd_day:{day}", s.base), usd(l.budget_usd_day));
-            want(
-                Kind::UsdMonth,
-                format!("{}:usd_month:{y}{m:02}", s.base),
-                usd(l.budget_usd_month),
-            );
-            let budgets = l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
-            want(
-                Kind::Seed,
-                format!("{}:seeded:{day}", s.base),
-                budgets.then_some(u64::MAX),
-            );
-        }
+        let Plan {
+            labels,
+            ops,
+            wanted,
+            minute,
+            day,
+            month: (y, m),
+            next_month,
+        } = plan(caller, now);
         if ops.is_empty() {
             return Ok(Admission::default());
         }
         let names: Vec<String> = ops.iter().map(|o| o.name.clone()).collect();
-        let (mut values, local) = match self.add(ops.clone(), false).await {
-            Ok(v) => {
-                self.switched(false);
-                (v, false)
-            }
-            Err(()) => {
-                self.switched(true);
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                match self.cfg.on_counter_loss {
-                    CounterLoss::FailOpen => return Ok(Admission::default()),
-                    CounterLoss::FailClosed => {
-                        self.refusals[5].fetch_add(1, Ordering::Relaxed);
-                        return Err(ApiError::LimitsUnavailable);
-                    }
-                    CounterLoss::LocalShare => (self.local.add(&ops), true),
-                }
-            }
+        let Some((mut values, local)) = self.count_or_fall_back(&ops).await? else {
+            return Ok(Admission::default());
         };
         if wanted
             .iter()
@@ -317,8 +338,15 @@ impl Limiter {
             .any(|((_, k, _), v)| *k == Kind::Seed && *v == 1)
         {
             let month_ms = month_start(y, m) * DAY_MS;
-            self.reseed(&t.id, (day * DAY_MS, month_ms), &wanted, &names, &mut values, local)
-                .await;
+            self.reseed(
+                &caller.tenant.id,
+                (day * DAY_MS, month_ms),
+                &wanted,
+                &names,
+                &mut values,
+                local,
+            )
+            .await;
         }
         let share = if local {
             self.replicas.load(Ordering::Relaxed).max(1)
@@ -335,7 +363,7 @@ impl Limiter {
         let mut headers_tok: Option<(u64, i64)> = None;
         let mut slots = Vec::new();
         for (j, (i, kind, limit)) in wanted.iter().enumerate() {
-            let (v, name, label) = (values[j], &names[j], &scopes[*i].label);
+            let (v, name, label) = (values[j], &names[j], &labels[*i]);
             let limit = (*limit / share).max(1);
             let left = limit as i64 - v;
             match kind {
@@ -493,6 +521,30 @@ impl Limiter {
                 "limits: spend counters re-seeded from usage_hourly"
             );
             let _ = self.add(ops, local).await;
+        }
+    }
+
+    /// The counters' values from the shared counters, or, while they are out,
+    /// by `on_counter_loss`: this process's (`true`: counted locally), none
+    /// (fail-open: admit), or a 503 (fail-closed).
+    async fn count_or_fall_back(&self, ops: &[CounterOp]) -> Result<Option<(Vec<i64>, bool)>, ApiError> {
+        match self.add(ops.to_vec(), false).await {
+            Ok(v) => {
+                self.switched(false);
+                Ok(Some((v, false)))
+            }
+            Err(()) => {
+                self.switched(true);
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                match self.cfg.on_counter_loss {
+                    CounterLoss::FailOpen => Ok(None),
+                    CounterLoss::FailClosed => {
+                        self.refusals[5].fetch_add(1, Ordering::Relaxed);
+                        Err(ApiError::LimitsUnavailable)
+                    }
+                    CounterLoss::LocalShare => Ok(Some((self.local.add(ops), true))),
+                }
+            }
         }
     }
 

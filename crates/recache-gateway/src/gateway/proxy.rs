@@ -375,27 +375,10 @@ async fn serve(
     );
     let metrics = &state.cache.metrics;
 
-    let stale_window = d
-        .stale_if_error
-        .unwrap_or(tenant.stale_if_error)
-        .min(state.config.cache.max_stale_seconds);
-    let mut stale = None;
-    // The limits' counters and the lookup go to the index together (one
-    // multiplexed connection on Redis): a limit costs no extra wait.
-    let admit = state.limiter.admit(&caller);
-    if d.no_cache {
-        who.admission = Some(admit.await?);
-    } else {
-        let lookup = state.cache.lookup(key, &tenant.id, d.max_age, stale_window);
-        let (admitted, found) = tokio::join!(admit, lookup);
-        who.admission = Some(admitted?);
-        match found {
-            Some(hit) if hit.stale => stale = Some(hit),
-            None => {}
-            Some(hit) => return Ok((serve_hit(state, &tenant, &d, endpoint, &parsed, &hit, key), "HIT")),
-        }
+    let (fresh, stale) = admit_and_look_up(state, &caller, key, &d, who).await?;
+    if let Some(hit) = fresh {
+        return Ok((serve_hit(state, &tenant, &d, endpoint, &parsed, &hit, key), "HIT"));
     }
-
     let req = Request {
         state,
         endpoint,
@@ -501,6 +484,36 @@ async fn serve(
         mark(render_outcome(endpoint, &parsed, &outcome, status, key)?),
         status.as_str(),
     ))
+}
+
+/// The limits' admission and the exact lookup, side by side: the counters and
+/// the lookup go to the index together (one multiplexed connection on Redis),
+/// so a limit costs no extra wait. A fresh hit, and an expired entry kept for
+/// `stale-if-error`.
+async fn admit_and_look_up(
+    state: &Arc<AppState>,
+    caller: &super::auth::Caller,
+    key: CacheKey,
+    d: &directives::Directives,
+    who: &mut Served,
+) -> Result<(Option<recache_engine::cache::Hit>, Option<recache_engine::cache::Hit>), ApiError> {
+    let tenant = &caller.tenant;
+    let stale_window = d
+        .stale_if_error
+        .unwrap_or(tenant.stale_if_error)
+        .min(state.config.cache.max_stale_seconds);
+    let admit = state.limiter.admit(caller);
+    if d.no_cache {
+        who.admission = Some(admit.await?);
+        return Ok((None, None));
+    }
+    let lookup = state.cache.lookup(key, &tenant.id, d.max_age, stale_window);
+    let (admitted, found) = tokio::join!(admit, lookup);
+    who.admission = Some(admitted?);
+    Ok(match found {
+        Some(hit) if hit.stale => (None, Some(hit)),
+        fresh => (fresh, None),
+    })
 }
 
 /// An exact hit: counted (hits, tokens and USD saved, the tenant's usage) and rendered.

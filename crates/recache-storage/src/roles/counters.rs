@@ -94,16 +94,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn adds_reads_and_expires() {
+    fn adds_reads_renews_and_expires() {
         let c = MemoryCounters::default();
-        let op = |by, ttl| CounterOp::new("a", by, ttl);
-        assert_eq!(
-            c.add(&[op(1, 60_000), op(2, 60_000), CounterOp::new("b", 0, 60_000)]),
-            [1, 3, 0]
-        );
-        assert_eq!(c.add(&[op(0, 60_000)]), [3]);
-        assert_eq!(c.add(&[op(-1, 60_000)]), [2]);
-        assert_eq!(c.add(&[CounterOp::new("gone", 5, 0)]), [5]);
-        assert_eq!(c.add(&[CounterOp::new("gone", 0, 0)]), [0], "expired: starts again");
+        let op = |by| CounterOp::add("a", by, 60_000);
+        assert_eq!(c.add(&[op(1), op(2), CounterOp::read("b")]), [1, 3, 0]);
+        assert_eq!(c.add(&[CounterOp::read("a"), op(-1)]), [3, 2]);
+        assert_eq!(c.add(&[CounterOp::add("gone", 5, 0)]), [5]);
+        assert_eq!(c.add(&[CounterOp::read("gone")]), [0], "expired: starts again");
+        assert_eq!(c.add(&[CounterOp::add_renew("r", 2, 60_000)]), [2]);
     }
 }
