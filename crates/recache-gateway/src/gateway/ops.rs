@@ -215,7 +215,7 @@ fn render_limits(s: &AppState, body: &mut String) {
     }
     Family::counter(
         body,
-        "recache_limit_counter_fallbacks_total",
+        "recache_limit_fallback_admissions_total",
         "Requests admitted while the shared limit counters were unreachable ([limits] on_counter_loss).",
     )
     .sample(
