@@ -17,6 +17,7 @@ const BREAKERS: &str = "graceful degradation: a circuit breaker per cache backen
 const BACKUP: &str = "backups tested and recent enough for the RPO target";
 const DRILL: &str = "DR drills: each backend quarterly, a full restore twice a year";
 const DAY_MS: i64 = 86_400_000;
+const LIMITS: &str = "tenant controls: every team with its own key, rate limits and a budget";
 
 pub fn spool(config: &Config) -> Finding {
     let path = &config.metadata.spool_path;
@@ -147,6 +148,59 @@ pub(crate) fn breaker_settings(config: &Config) -> Finding {
             BREAKERS,
         )
     }
+}
+
+/// Tenants with no limit at all, and per-minute limits that `local-share`
+/// cannot split among `replicas` live replicas (each then admits at least 1).
+pub fn limits(config: &Config, replicas: u64) -> Finding {
+    let bare: Vec<&str> = config
+        .tenants
+        .iter()
+        .filter(|t| {
+            let l = t.limits();
+            l.rpm.is_none() && l.tpm.is_none() && l.budget_usd_day.is_none() && l.budget_usd_month.is_none()
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut unsplittable = Vec::new();
+    if config.limits.on_counter_loss == recache_core::config::CounterLoss::LocalShare && replicas > 1 {
+        for t in &config.tenants {
+            for (what, v) in [("rpm", t.rpm), ("tpm", t.tpm), ("max_concurrent", t.max_concurrent)] {
+                if v.is_some_and(|v| v < replicas) {
+                    unsplittable.push(format!("{}.{what} = {}", t.name, v.unwrap_or(0)));
+                }
+            }
+        }
+    }
+    let detail = format!(
+        "{} tenants, {} with no rate limit or budget; on_counter_loss = {}, {replicas} live replica(s)",
+        config.tenants.len(),
+        bare.len(),
+        config.limits.on_counter_loss.as_str()
+    );
+    if !unsplittable.is_empty() {
+        return Finding::warn(
+            "recache.limits",
+            detail,
+            format!(
+                "{} cannot be split among {replicas} replicas while Redis is out (local-share admits at least 1 each): raise them or use on_counter_loss = \"fail-closed\"",
+                unsplittable.join(", ")
+            ),
+            LIMITS,
+        );
+    }
+    if !bare.is_empty() {
+        return Finding::warn(
+            "recache.limits",
+            detail,
+            format!(
+                "no limits for {}: one client can spend without bound; set rpm and budget_usd_day under [[tenants]] or per key (recache keys create --rpm N --budget-usd-day X)",
+                bare.join(", ")
+            ),
+            LIMITS,
+        );
+    }
+    Finding::ok("recache.limits", detail, LIMITS)
 }
 
 pub fn backup(b: Option<&BackupStatus>, now: i64) -> Finding {
@@ -298,7 +352,11 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
     out.push(backup(recache_ops::status::backup(config).await.as_ref(), now));
     out.extend(backup_signing(config));
     match recache_storage::roles::factory::open_metadata(config).await {
-        Ok((meta, _)) => out.push(drill(&recache_ops::status::drills(meta.as_ref()).await, now)),
+        Ok((meta, queue)) => {
+            out.push(drill(&recache_ops::status::drills(meta.as_ref()).await, now));
+            let replicas = queue.workers(now - 30_000).await.map(|w| w.len()).unwrap_or(0).max(1);
+            out.push(limits(config, replicas as u64));
+        }
         Err(e) => out.push(Finding::warn(
             "recache.drill",
             format!("cannot open metadata: {e:#}"),
@@ -349,5 +407,20 @@ mod tests {
         let f = breakers_from(&ready);
         assert_eq!(f.status, Status::Fail);
         assert!(f.detail.contains("index"));
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let toml = "[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[[tenants]]\nname = \"a\"\nkeys = [\"k1\"]\nrpm = 2\n[[tenants]]\nname = \"b\"\nkeys = [\"k2\"]\n";
+        let (mut config, _) = Config::from_toml_str(toml, &Default::default()).unwrap();
+        let f = limits(&config, 1);
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.fix.contains("no limits for b"), "{}", f.fix);
+        let f = limits(&config, 3);
+        assert!(f.fix.contains("a.rpm = 2") && f.fix.contains("3 replicas"), "{}", f.fix);
+        config.tenants[1].budget_usd_day = Some(5.0);
+        assert_eq!(limits(&config, 1).status, Status::Ok);
+        config.limits.on_counter_loss = recache_core::config::CounterLoss::FailClosed;
+        assert_eq!(limits(&config, 3).status, Status::Ok);
     }
 }
