@@ -241,17 +241,23 @@ impl Limiter {
     /// The model and upstream allow-lists of the tenant and the key.
     pub fn check_allowed(caller: &Caller, model: &str, upstream: &str) -> Result<(), ApiError> {
         let t = &caller.tenant;
-        let scopes = std::iter::once((format!("tenant '{}'", t.name), &t.limits))
-            .chain(caller.key.iter().map(|k| (format!("key {}", k.id), &k.limits)));
-        for (who, l) in scopes {
+        // Named only on a refusal: every request passes through here.
+        let scopes = std::iter::once((None, &t.limits)).chain(caller.key.iter().map(|k| (Some(k), &k.limits)));
+        for (key, l) in scopes {
+            let who = || match key {
+                Some(k) => format!("key {}", k.id),
+                None => format!("tenant '{}'", t.name),
+            };
             if !l.allows_model(model) {
                 return Err(ApiError::NotAllowed(format!(
-                    "model '{model}' is not allowed for {who}"
+                    "model '{model}' is not allowed for {}",
+                    who()
                 )));
             }
             if !l.allows_upstream(upstream) {
                 return Err(ApiError::NotAllowed(format!(
-                    "upstream '{upstream}' (model '{model}') is not allowed for {who}"
+                    "upstream '{upstream}' (model '{model}') is not allowed for {}",
+                    who()
                 )));
             }
         }
