@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dialects::requests;
 use common::{Backends, Env};
@@ -44,17 +44,6 @@ fn warm_file() -> String {
         ),
     ]
     .join("\n")
-}
-
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn group<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -100,15 +89,8 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
         "team-c",
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    until("the warm job to succeed", async || {
-        let v = env.admin_json("/admin/jobs?limit=20").await;
-        v["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["kind"] == "warm" && j["state"] == "succeeded")
-    })
-    .await;
+    let warm = env.job_in_state("warm", "succeeded", Duration::from_secs(20)).await;
+    assert!(!warm.is_null(), "the warm job succeeds");
     assert_eq!(env.stub.calls(), 4, "each warmed request bought once");
 
     // Each is now a hit in its own shape, still without a provider call.
@@ -133,7 +115,7 @@ async fn every_dialect_is_warmed_served_only_if_cached_and_counted(b: Backends) 
 
     // Counted per dialect: openai has two endpoints (chat, responses).
     let mut report = Value::Null;
-    until("the usage to reach metadata", async || {
+    common::until(Duration::from_secs(20), "the usage to reach metadata", async || {
         let (code, r) = env.cli_json(&["report", "cost", "--since", "1h", "--by", "dialect"]);
         assert_eq!(code, 0, "{r}");
         report = r;

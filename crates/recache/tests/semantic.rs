@@ -578,20 +578,9 @@ poll_ms = 50
     // The warmer on: the job re-embeds the stored request, and paraphrases hit again.
     env.set_extra(&two_embedders("short", true));
     env.restart().await;
-    let mut done = Value::Null;
-    for _ in 0..200 {
-        let jobs = env.admin_json("/admin/jobs?limit=100").await;
-        if let Some(j) = jobs["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["kind"] == "rebuild-vectors" && j["state"] == "succeeded")
-        {
-            done = j.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let done = env
+        .job_in_state("rebuild-vectors", "succeeded", Duration::from_secs(10))
+        .await;
     assert!(done["result"]["embedded"].as_u64().unwrap_or(0) >= 1, "{done}");
     let p3 = ask(&env, KEY_A, &body(None, "How can I install Rust on Linux?"), &[]).await;
     assert_eq!(p3.cache(), "SEMANTIC_HIT");

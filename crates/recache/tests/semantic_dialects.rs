@@ -171,20 +171,9 @@ async fn rebuilt_vectors_keep_each_dialects_scope() {
     );
     env.set_extra(&config("short"));
     env.restart().await;
-    let mut done = Value::Null;
-    for _ in 0..400 {
-        let jobs = env.admin_json("/admin/jobs?limit=100").await;
-        if let Some(j) = jobs["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["kind"] == "rebuild-vectors" && j["state"] == "succeeded")
-        {
-            done = j.clone();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let done = env
+        .job_in_state("rebuild-vectors", "succeeded", std::time::Duration::from_secs(20))
+        .await;
     assert_eq!(
         (done["result"]["embedded"].as_u64(), done["result"]["skipped"].as_u64()),
         (Some(2), Some(1)),

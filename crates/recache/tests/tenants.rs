@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Backends, Env};
 use recache_stub_provider::StubConfig;
@@ -16,18 +16,6 @@ use serde_json::{json, Value};
 const EXTRA: &str = "[keys]\ncache_seconds = 1\n[[tenants]]\nname = \"team-k\"\n";
 
 on_both_backends!(keys_made_revoked_and_rotated);
-
-/// Polls `f` until it is true or `limit` passes; the time it took.
-async fn within(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f().await {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}");
-}
 
 async fn status(env: &Env, base: &str, key: &str, q: &str) -> u16 {
     let r = env
@@ -88,7 +76,7 @@ async fn keys_made_revoked_and_rotated(b: Backends) {
     // Revoked through the CLI: refused within the cache window (1 s here).
     let (code, out, err) = env.cli(&["keys", "revoke", &id]);
     assert_eq!(code, 0, "{out}{err}");
-    within(Duration::from_secs(4), "a revoked key refused", async || {
+    common::until(Duration::from_secs(4), "a revoked key refused", async || {
         status(&env, &env.base, &key, "after the revocation").await == 401
     })
     .await;
@@ -151,7 +139,7 @@ async fn keys_made_revoked_and_rotated(b: Backends) {
     assert_eq!(v["record"]["rotated_from"], old_id.as_str());
     assert_eq!(status(&env, &env.base, &new, "the new key").await, 200);
     assert_eq!(status(&env, &env.base, &old, "the old key in its grace").await, 200);
-    let took = within(
+    let took = common::until(
         Duration::from_secs(6),
         "the old key refused after its grace",
         async || status(&env, &env.base, &old, "after the grace").await == 401,
@@ -199,7 +187,7 @@ async fn a_revocation_reaches_the_other_replica_within_the_cache_window() {
     let (code, _) = admin(&env, reqwest::Method::DELETE, &format!("/admin/keys/{id}"), None).await;
     assert_eq!(code, 200);
     assert_eq!(status(&env, &env.base, &key, "three").await, 401);
-    let took = within(Duration::from_secs(4), "the other replica refuses it", async || {
+    let took = common::until(Duration::from_secs(4), "the other replica refuses it", async || {
         status(&env, &other, &key, "four").await == 401
     })
     .await;

@@ -9,9 +9,9 @@ mod common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{engines, Backends, Env};
+use common::{engines, until, Backends, Env};
 use recache_stub_provider::StubConfig;
 use serde_json::Value;
 
@@ -105,17 +105,6 @@ fn owned_by(job: &Value, child: &Child) -> bool {
     job["lease_owner"]
         .as_str()
         .is_some_and(|o| o.contains(&format!("-{}-", child.id())))
-}
-
-async fn until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f().await {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -9,6 +9,7 @@ pub mod servers;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use recache::config::Config;
 use recache::server::Gateway;
@@ -107,6 +108,19 @@ pub struct Env {
     pub http: reqwest::Client,
     extra: String,
     overrides: Vec<(String, String)>,
+}
+
+/// Polls `f` every 20 ms until it is true, and says how long that took;
+/// panics naming `what` when `limit` passes first.
+pub async fn until(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f().await {
+            return t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
 }
 
 /// The gateway config for a test.
@@ -284,6 +298,23 @@ impl Env {
             .await
             .unwrap();
         r.json().await.unwrap()
+    }
+
+    /// The first job of `kind` in `state` (from `/admin/jobs`), polled for
+    /// up to `limit`; `Null` when none got there.
+    pub async fn job_in_state(&self, kind: &str, state: &str, limit: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let jobs = self.admin_json("/admin/jobs?limit=100").await;
+            let found = jobs["jobs"]
+                .as_array()
+                .and_then(|a| a.iter().find(|j| j["kind"] == kind && j["state"] == state).cloned());
+            match found {
+                Some(j) => return j,
+                None if t.elapsed() >= limit => return Value::Null,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// `POST path` with the admin token and a JSON body: (status, JSON answer).
