@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How often a gateway writes its heartbeat row (live replicas: rows of the last three periods).
+const REPLICA_HEARTBEAT_SECONDS: u64 = 10;
+
 use anyhow::Context;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -273,19 +276,45 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             }
         })
     };
-    // Live replicas (the workers' heartbeat rows in metadata), for `[limits]
-    // on_counter_loss = "local-share"`; standalone warmer processes count too,
-    // which only makes each share smaller.
+    // Live replicas, for `[limits] on_counter_loss = "local-share"`: each
+    // gateway writes a heartbeat row in metadata's worker table (its owner
+    // starts with `gateway:`) and counts the rows seen in the last 30 s.
     let replicas = {
         let s = state.clone();
+        let owner = recache_storage::queue::worker::gateway_owner();
+        let started = recache_storage::roles::now_ms();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(Duration::from_secs(REPLICA_HEARTBEAT_SECONDS));
             loop {
                 tick.tick().await;
-                let since = recache_storage::roles::now_ms() - 30_000;
-                if let Ok(ws) = s.recovery.queue.workers(since).await {
-                    let n = ws.len().max(1) as u64;
-                    s.limiter.replicas.store(n, std::sync::atomic::Ordering::Relaxed);
+                let now = recache_storage::roles::now_ms();
+                let me = recache_storage::queue::WorkerInfo {
+                    owner: owner.clone(),
+                    host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_default(),
+                    pid: std::process::id() as i64,
+                    started_at_ms: started,
+                    seen_at_ms: now,
+                    paused: serde_json::json!({}),
+                };
+                if let Err(e) = s.recovery.queue.register_worker(me).await {
+                    tracing::debug!(error = %e, "limits: could not write this replica's heartbeat");
+                    continue;
+                }
+                if let Ok(ws) = s
+                    .recovery
+                    .queue
+                    .workers(now - 3 * REPLICA_HEARTBEAT_SECONDS as i64 * 1000)
+                    .await
+                {
+                    let n = ws
+                        .iter()
+                        .filter(|w| recache_storage::queue::worker::is_gateway(&w.owner))
+                        .count();
+                    s.limiter
+                        .replicas
+                        .store(n.max(1) as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         })

@@ -436,12 +436,13 @@ async fn restore(c: &Common, id: Option<String>, latest: bool, force: bool) -> R
     };
     print(c.format, &v, |v| {
         let mut out = format!(
-            "restore of {} from {}: {} in {:.1} s (the measured RTO of this restore)\n  {} entries ({} written), {} audit events, {} jobs; {} artifacts ({} copied, {} already there); {} pointers written ({} derived from their entries, {} without an entry skipped); vectors: {}\n",
+            "restore of {} from {}: {} in {:.1} s (the measured RTO of this restore)\n  {} entries ({} written), {} audit events, {} jobs, {} client keys ({} already there); {} artifacts ({} copied, {} already there); {} pointers written ({} derived from their entries, {} without an entry skipped); vectors: {}\n",
             v["set"].as_str().unwrap_or(""),
             v["target"].as_str().unwrap_or(""),
             if v["ok"].as_bool().unwrap_or(false) { "complete" } else { "INCOMPLETE" },
             v["seconds"].as_f64().unwrap_or(0.0),
             v["entries"], v["entries_written"], v["audit_events"], v["jobs"],
+            v["keys"], v["keys_present"],
             v["artifacts"], v["artifacts_copied"], v["artifacts_present"],
             v["pointers_written"], v["pointers_derived"], v["pointers_skipped"],
             v["vectors"].as_str().unwrap_or(""),

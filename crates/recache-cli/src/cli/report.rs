@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{env_map, load_config, ConfigArgs, EXIT_CONFIG, EXIT_PROBLEM};
+use recache_gateway::gateway::limits::LimitUse;
 use recache_storage::roles::{now_ms, UsageRow};
 
 #[derive(Args, Debug)]
@@ -167,6 +168,7 @@ async fn cost(a: CostArgs) -> i32 {
         }
     }
     let (groups, total) = group(&rows, a.by);
+    let (limits, limits_note) = limit_use(&config, meta.as_ref()).await;
     match a.format {
         ReportFormat::Json => println!(
             "{}",
@@ -176,6 +178,8 @@ async fn cost(a: CostArgs) -> i32 {
                 "by": by,
                 "groups": groups,
                 "total": total,
+                "limits": limits,
+                "limits_note": limits_note,
             }))
             .unwrap_or_default()
         ),
@@ -215,9 +219,128 @@ async fn cost(a: CostArgs) -> i32 {
                     g.usd_spent
                 );
             }
+            print_limits(&limits, limits_note.as_deref());
         }
     }
     0
+}
+
+/// Each tenant's and key's use against its limits now. On a Redis index the
+/// live counters the gateways count in; on the embedded index those live in
+/// the gateway's memory (its `/metrics` shows them), so only the tenants'
+/// budgets are given, from `usage_hourly` (the durable truth of spend).
+async fn limit_use(
+    config: &recache_core::config::Config,
+    meta: &dyn recache_storage::roles::Metadata,
+) -> (Vec<LimitUse>, Option<String>) {
+    use recache_gateway::gateway::{auth::Tenants, limits};
+    let tenants = Tenants::from_config(config).all();
+    let keys = meta.list_keys(None).await.unwrap_or_default();
+    if config.index.engine == recache_core::config::IndexEngine::Redis {
+        return match recache_storage::roles::factory::open_index(config).await {
+            Ok(index) => {
+                let read = |ops| {
+                    let index = index.clone();
+                    async move { index.counters_add(ops).await.map_err(|_| ()) }
+                };
+                let rows = limits::usage_of(&tenants, &keys, read).await;
+                (rows, None)
+            }
+            Err(e) => (Vec::new(), Some(format!("the limit counters cannot be read: {e:#}"))),
+        };
+    }
+    let now = now_ms();
+    let day = now - now.rem_euclid(86_400_000);
+    let month = month_start_ms(now);
+    let spent = match meta.usage_since(month.min(day)).await {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(format!("cannot read usage: {e}"))),
+    };
+    let mut out = Vec::new();
+    for t in &tenants {
+        let since = |from: i64| -> f64 {
+            spent
+                .iter()
+                .filter(|r| r.tenant == t.id && r.hour_ms >= from)
+                .map(|r| r.usd_spent)
+                .sum()
+        };
+        for (limit, max, from) in [
+            ("usd_per_day", t.limits.budget_usd_day, day),
+            ("usd_per_month", t.limits.budget_usd_month, month),
+        ] {
+            if let Some(max) = max {
+                out.push(LimitUse {
+                    tenant: t.name.clone(),
+                    key: String::new(),
+                    limit,
+                    used: since(from),
+                    max,
+                });
+            }
+        }
+    }
+    let note = "embedded index: requests, tokens, concurrency and key limits are counted in the gateway's memory (GET /metrics: recache_limit_used); tenant budgets from usage_hourly";
+    (out, Some(note.into()))
+}
+
+/// The first millisecond of `now_ms`'s month (UTC).
+fn month_start_ms(now_ms: i64) -> i64 {
+    let day = now_ms.div_euclid(86_400_000);
+    // Walk back to the 1st: at most 30 steps of one day.
+    let mut d = day;
+    while civil_day_of_month(d) != 1 {
+        d -= 1;
+    }
+    d * 86_400_000
+}
+
+/// The day of the month (1..=31) of days since 1970-01-01 (proleptic Gregorian).
+fn civil_day_of_month(days: i64) -> i64 {
+    let z = days + 719_468;
+    let doe = z - z.div_euclid(146_097) * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    doy - (153 * mp + 2) / 5 + 1
+}
+
+fn print_limits(rows: &[LimitUse], note: Option<&str>) {
+    if rows.is_empty() && note.is_none() {
+        return;
+    }
+    println!();
+    println!("limits, use now (this minute, day or month)");
+    if !rows.is_empty() {
+        println!(
+            "{:<24} {:<22} {:<20} {:>14} {:>14} {:>7}",
+            "tenant", "key", "limit", "used", "max", "use"
+        );
+    }
+    for u in rows {
+        let pct = if u.max > 0.0 { 100.0 * u.used / u.max } else { 0.0 };
+        let key = if u.key.is_empty() { "(tenant)" } else { &u.key };
+        println!(
+            "{:<24} {:<22} {:<20} {:>14} {:>14} {:>6.1}%",
+            u.tenant,
+            key,
+            u.limit,
+            fmt_amount(u.limit, u.used),
+            fmt_amount(u.limit, u.max),
+            pct
+        );
+    }
+    if let Some(n) = note {
+        println!("  note: {n}");
+    }
+}
+
+fn fmt_amount(limit: &str, x: f64) -> String {
+    if limit.starts_with("usd") {
+        format!("${x:.4}")
+    } else {
+        format!("{x:.0}")
+    }
 }
 
 #[cfg(test)]
@@ -252,5 +375,8 @@ mod tests {
         assert_eq!((g[0].group.as_str(), g[0].requests), ("openai", 6));
         assert_eq!((g[1].group.as_str(), g[1].requests), ("anthropic", 2));
         assert_eq!(csv_field("a,b"), "\"a,b\"");
+        // 2026-12-06 12:00 UTC: December starts on day 20788.
+        assert_eq!(month_start_ms(20_793 * 86_400_000 + 43_200_000), 20_788 * 86_400_000);
+        assert_eq!(civil_day_of_month(20_788), 1);
     }
 }

@@ -171,7 +171,8 @@ async fn status(a: StatusArgs) -> Result<i32, Exit> {
     let counts = q.counts().await.map_err(backend)?;
     let running = q.list(Some(JobState::Running), 100).await.map_err(backend)?;
     let dead = q.list(Some(JobState::Dead), 20).await.map_err(backend)?;
-    let workers = q.workers(now - 30_000).await.map_err(backend)?;
+    let mut workers = q.workers(now - 30_000).await.map_err(backend)?;
+    workers.retain(|w| !recache_storage::queue::worker::is_gateway(&w.owner));
     let done_hour = q.succeeded_since(now - 3_600_000).await.map_err(backend)?;
     let spent_hour = q.spend_since(now - 3_600_000).await.map_err(backend)?;
     let running_json: Vec<Value> = running

@@ -354,7 +354,12 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
     match recache_storage::roles::factory::open_metadata(config).await {
         Ok((meta, queue)) => {
             out.push(drill(&recache_ops::status::drills(meta.as_ref()).await, now));
-            let replicas = queue.workers(now - 30_000).await.map(|w| w.len()).unwrap_or(0).max(1);
+            let gateways = |ws: Vec<recache_storage::queue::WorkerInfo>| {
+                ws.iter()
+                    .filter(|w| recache_storage::queue::worker::is_gateway(&w.owner))
+                    .count()
+            };
+            let replicas = queue.workers(now - 30_000).await.map(gateways).unwrap_or(0).max(1);
             out.push(limits(config, replicas as u64));
         }
         Err(e) => out.push(Finding::warn(

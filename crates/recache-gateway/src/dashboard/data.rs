@@ -62,7 +62,7 @@ pub async fn build(s: &AppState) -> Value {
         "tokens_saved": m.tokens_saved.load(Ordering::Relaxed),
         "last_outage": history::last_outage(&samples),
     });
-    let (backends, warmer) = tokio::join!(backends(s), warmer(s));
+    let (backends, warmer, (keys, limits)) = tokio::join!(backends(s), warmer(s), keys_and_limits(s));
     let ops = s.dashboard.ops.get();
     json!({
         "now_ms": now.at_ms,
@@ -84,7 +84,25 @@ pub async fn build(s: &AppState) -> Value {
         "ops_read_at_ms": ops.read_at_ms,
         "tenants": tenants(s),
         "dialects": dialects(s),
+        "keys": keys,
+        "limits": limits,
     })
+}
+
+/// The metadata keys (digests never leave metadata) and each tenant's and
+/// live key's use against each limit now.
+async fn keys_and_limits(s: &AppState) -> (Value, Value) {
+    let limit = Duration::from_millis(500);
+    let keys = match tokio::time::timeout(limit, s.cache.roles.metadata.list_keys(None)).await {
+        Ok(Ok(k)) => k,
+        _ => Vec::new(),
+    };
+    let usage = match tokio::time::timeout(limit, s.limiter.usage(&s.tenants.all(), &keys)).await {
+        Ok(u) => json!(u),
+        Err(_) => json!([]),
+    };
+    let list: Vec<Value> = keys.iter().map(recache_ops::keys::record_json).collect();
+    (Value::Array(list), usage)
 }
 
 /// Answers, hit rate and money per dialect since this process started
@@ -180,7 +198,8 @@ async fn warmer(s: &AppState) -> Value {
     }
     let mut paused = serde_json::Map::new();
     let mut live = 0;
-    if let Ok(Ok(ws)) = workers {
+    if let Ok(Ok(mut ws)) = workers {
+        ws.retain(|w| !recache_storage::queue::worker::is_gateway(&w.owner));
         live = ws.len();
         for w in ws {
             if let Some(obj) = w.paused.as_object() {

@@ -193,7 +193,7 @@ async fn render_metrics(s: &AppState) -> Response {
         .sample(&[], spool.size_bytes());
     }
     render_ops_status(s, &mut body);
-    render_limits(s, &mut body);
+    render_limits(s, &mut body).await;
     render_warmer(s, &mut body).await;
     if let Some(sem) = &s.semantic {
         sem.render_metrics(&mut body);
@@ -201,8 +201,26 @@ async fn render_metrics(s: &AppState) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// Refusals by limit, and admissions while the shared counters were out.
-fn render_limits(s: &AppState, body: &mut String) {
+/// Each tenant's and live key's use against each limit, refusals by limit,
+/// and admissions while the shared counters were out.
+async fn render_limits(s: &AppState, body: &mut String) {
+    let use_now = limit_usage(s).await;
+    let mut f = Family::gauge(
+        body,
+        "recache_limit_used",
+        "Use of a tenant's or key's limit in its current window (requests or tokens this minute, requests in flight, USD this day or month).",
+    );
+    for u in &use_now {
+        f.sample(&[("tenant", &u.tenant), ("key", &u.key), ("limit", u.limit)], u.used);
+    }
+    let mut f = Family::gauge(
+        body,
+        "recache_limit_max",
+        "A tenant's or key's limit, in the unit of recache_limit_used.",
+    );
+    for u in &use_now {
+        f.sample(&[("tenant", &u.tenant), ("key", &u.key), ("limit", u.limit)], u.max);
+    }
     use std::sync::atomic::Ordering::Relaxed;
     let l = &s.limiter;
     let mut f = Family::counter(
@@ -213,6 +231,12 @@ fn render_limits(s: &AppState, body: &mut String) {
     for (code, n) in super::limits::CODES.iter().zip(&l.refusals) {
         f.sample(&[("limit", code)], n.load(Relaxed));
     }
+    Family::gauge(
+        body,
+        "recache_limit_replicas",
+        "Live gateway replicas (heartbeat rows in metadata): each holds limit / replicas while the shared counters are out (local-share).",
+    )
+    .sample(&[], l.replicas.load(Relaxed));
     Family::counter(
         body,
         "recache_limit_fallback_admissions_total",
@@ -222,6 +246,13 @@ fn render_limits(s: &AppState, body: &mut String) {
         &[("mode", s.config.limits.on_counter_loss.as_str())],
         l.fallbacks.load(Relaxed),
     );
+}
+
+/// Use against each limit now, for every tenant and every live metadata key
+/// (keys left out while metadata cannot list them).
+pub async fn limit_usage(s: &AppState) -> Vec<super::limits::LimitUse> {
+    let keys = s.cache.roles.metadata.list_keys(None).await.unwrap_or_default();
+    s.limiter.usage(&s.tenants.all(), &keys).await
 }
 
 /// Backup and drill gauges (for the alert rules), from the status the gateway
@@ -344,7 +375,8 @@ pub(crate) async fn admin_jobs(
             .await
             .map_err(internal)?;
         let counts = q_.counts().await.map_err(internal)?;
-        let workers = q_.workers(now_ms() - 30_000).await.map_err(internal)?;
+        let mut workers = q_.workers(now_ms() - 30_000).await.map_err(internal)?;
+        workers.retain(|w| !recache_storage::queue::worker::is_gateway(&w.owner));
         Ok(Json(json!({"jobs": jobs, "counts": counts, "workers": workers})).into_response())
     };
     run.await.unwrap_or_else(|e: ApiError| e.into_response())

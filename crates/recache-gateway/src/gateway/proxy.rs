@@ -402,8 +402,8 @@ async fn serve(
         return Err(ApiError::NotCached);
     }
     // Over a token or spend limit: hits were served above, the provider is not called.
-    if let Some(e) = who.admission.as_mut().and_then(|a| a.provider_block.take()) {
-        return Err(state.limiter.count(e));
+    if let Some(adm) = who.admission.as_mut() {
+        state.limiter.before_provider(adm).await?;
     }
     let status = if d.no_cache || d.no_store {
         CacheStatus::Bypass

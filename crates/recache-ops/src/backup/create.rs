@@ -108,7 +108,7 @@ impl PartWriter {
 
     fn stem_dir(&self) -> &'static str {
         match self.stem {
-            "entries" | "audit" | "jobs" => "metadata",
+            "entries" | "audit" | "jobs" | "keys" => "metadata",
             "pointers" => "index",
             "artifacts" => "artifacts",
             _ => "vectors",
@@ -210,6 +210,19 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
     scan.files.extend(entries.finish().await?);
     scan.files.extend(audit.finish().await?);
     scan.files.extend(jobs.finish().await?);
+    // Client keys: their digests, never a key (none is stored).
+    let keys: Vec<serde_json::Value> = roles
+        .metadata
+        .list_keys(None)
+        .await?
+        .iter()
+        .map(|k| k.to_backup_json())
+        .collect();
+    scan.part.keys = keys.len() as u64;
+    let mut part = PartWriter::new(target, dir, "keys", "jsonl");
+    part.push(keys.len() as u64, move |out| codec::json_lines(&keys, out))
+        .await?;
+    scan.files.extend(part.finish().await?);
     Ok(scan)
 }
 

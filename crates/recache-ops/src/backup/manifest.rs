@@ -86,6 +86,9 @@ pub struct MetadataPart {
     pub live_entries: u64,
     pub audit_events: u64,
     pub jobs: u64,
+    /// Client keys of metadata (`recache keys create`): digests only.
+    #[serde(default)]
+    pub keys: u64,
     /// Creation times of the entries.
     pub window: Window,
 }

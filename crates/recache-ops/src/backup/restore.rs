@@ -18,6 +18,7 @@ use super::{set_dir, BResult, BackupError};
 use recache_core::key::CacheKey;
 use recache_storage::queue::worker::JobCtx;
 use recache_storage::queue::Job;
+use recache_storage::roles::keys::KeyRecord;
 use recache_storage::roles::{ArtifactId, AuditEvent, EntryRecord, IndexEntry, Roles, SnapshotBatch};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -27,6 +28,11 @@ pub struct RestoreReport {
     pub entries_written: u64,
     pub audit_events: u64,
     pub jobs: u64,
+    /// Client keys of the set written (digests); a key the destination
+    /// already holds (by id) is kept as it is there, so a revocation made
+    /// after the set was taken stands.
+    pub keys: u64,
+    pub keys_present: u64,
     pub artifacts: u64,
     pub artifacts_copied: u64,
     pub artifacts_present: u64,
@@ -238,6 +244,20 @@ impl Restore<'_> {
                 .filter(|j| !matches!(j.kind.as_str(), super::run::BACKUP | super::run::BACKUP_RESTORE))
                 .collect();
             self.r.jobs += roles.metadata.import_snapshot(SnapshotBatch::Jobs(jobs)).await?;
+        }
+        for f in files(m, "metadata/keys-") {
+            let text = read_file(target, m, f).await?;
+            let rows: Vec<serde_json::Value> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+            for row in rows {
+                let k = KeyRecord::from_backup_json(row)
+                    .ok_or_else(|| bad(f, "a key without a well-formed digest".into()))?;
+                if roles.metadata.key_by_id(k.id.clone()).await?.is_some() {
+                    self.r.keys_present += 1;
+                } else {
+                    roles.metadata.create_key(k).await?;
+                    self.r.keys += 1;
+                }
+            }
         }
         Ok(())
     }

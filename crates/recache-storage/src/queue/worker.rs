@@ -111,6 +111,22 @@ pub(crate) fn worker_name(role: &str) -> String {
     )
 }
 
+/// A gateway's owner name in the worker table: its heartbeat row counts the
+/// live replicas (`[limits] on_counter_loss = "local-share"`), and is not a warmer.
+pub fn gateway_owner() -> String {
+    format!(
+        "gateway:{}-{}-{:08x}",
+        hostname(),
+        std::process::id(),
+        super::random_u64() & 0xffff_ffff
+    )
+}
+
+/// Whether a worker-table row is a gateway's heartbeat rather than a warmer's.
+pub fn is_gateway(owner: &str) -> bool {
+    owner.starts_with("gateway:")
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())

@@ -87,6 +87,21 @@ impl MemoryCounters {
             })
             .collect()
     }
+
+    /// Sets each `(name, value, ttl_ms)`: a copy of what the shared
+    /// counters answered, so counting here after they are lost starts from
+    /// it. A counter's life is kept when it is live, else starts at `ttl_ms`.
+    pub fn set(&self, values: impl IntoIterator<Item = (String, i64, u64)>) {
+        let now = now_ms();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, v, ttl_ms) in values {
+            let slot = map.entry(name).or_insert((0, now + ttl_ms as i64));
+            if slot.1 <= now {
+                slot.1 = now + ttl_ms as i64;
+            }
+            slot.0 = v;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +117,7 @@ mod tests {
         assert_eq!(c.add(&[CounterOp::add("gone", 5, 0)]), [5]);
         assert_eq!(c.add(&[CounterOp::read("gone")]), [0], "expired: starts again");
         assert_eq!(c.add(&[CounterOp::add_renew("r", 2, 60_000)]), [2]);
+        c.set([("a".to_string(), 7, 60_000), ("new".to_string(), 3, 60_000)]);
+        assert_eq!(c.add(&[op(1), CounterOp::read("new")]), [8, 3]);
     }
 }

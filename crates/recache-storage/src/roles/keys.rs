@@ -2,13 +2,13 @@
 //! is stored, with its tenant, its limits and its life (expiry, revocation).
 //! Both SQL engines implement [`KeyStore`] with the queries written once here.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{BoxFuture, Result};
 use recache_core::config::Limits;
 
 /// One key as stored (never the key itself).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// `key_` and 16 hex digits: how the key is named in lists, revocations and logs.
     pub id: String,
@@ -29,6 +29,24 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// The record with its digest, as a backup set holds it (`metadata/keys-*.jsonl`).
+    pub fn to_backup_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["digest"] = serde_json::Value::String(self.digest.clone());
+        v
+    }
+
+    /// A record of a backup set; `None` without a well-formed digest.
+    pub fn from_backup_json(v: serde_json::Value) -> Option<Self> {
+        let digest = v.get("digest")?.as_str()?.to_string();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut k: KeyRecord = serde_json::from_value(v).ok()?;
+        k.digest = digest;
+        Some(k)
+    }
+
     /// Whether it authenticates at `now_ms`.
     pub fn valid_at(&self, now_ms: i64) -> bool {
         self.revoked_at_ms.is_none() && self.expires_at_ms.is_none_or(|e| e > now_ms)

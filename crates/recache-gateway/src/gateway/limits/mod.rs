@@ -1,10 +1,11 @@
 //! Tenant and key limits on the request path ("Tenant controls" in
 //! `ARCHITECTURE.md`): requests per minute and concurrent requests are
-//! counted before the lookup (a hit counts); provider tokens per minute and
-//! USD per day and month are read then too, but only stop a request that
-//! needs the provider (a hit is free), and are settled from the provider's
-//! reported usage after the call. A tenant's counters and its keys' share one
-//! Redis hash slot, so one pipelined round trip admits a request.
+//! counted beside the lookup (a hit counts), and provider tokens per minute
+//! read there for the headers; USD per day and month are read only before a
+//! provider call (a hit is free, and pays for no spend read). Tokens and
+//! spend are settled from the provider's reported usage after the call. A
+//! tenant's counters and its keys' share one Redis hash slot, so one
+//! pipelined round trip admits a request.
 //!
 //! While the counters cannot be reached, `[limits] on_counter_loss` decides:
 //! `local-share` counts in this process against each limit divided by the
@@ -21,7 +22,11 @@ use recache_core::config::{CounterLoss, Limits, LimitsConfig};
 use recache_engine::cache::Cache;
 use recache_engine::error::ApiError;
 use recache_storage::roles::counters::{CounterOp, MemoryCounters};
+use recache_storage::roles::keys::KeyRecord;
 use recache_storage::roles::{now_ms, AuditEvent, Index};
+
+mod usage;
+pub use usage::{usage_of, LimitUse};
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
@@ -38,16 +43,59 @@ struct Scope<'a> {
 }
 
 /// The counters a request needs, in the order they are sent.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Requests,
     Concurrent,
     Tokens,
     UsdDay,
     UsdMonth,
-    /// 1 on the first request of a day, or after the counters were lost:
-    /// the spend counters are then re-seeded from `usage_hourly`.
+    /// 1 on the first provider call of a day, or after the counters were
+    /// lost: the spend counters are then re-seeded from `usage_hourly`.
     Seed,
+}
+
+/// One counter a request needs: whose (an index into the labels), which, its limit.
+#[derive(Clone)]
+struct Want {
+    scope: usize,
+    kind: Kind,
+    limit: u64,
+    op: CounterOp,
+}
+
+/// The windows a request's counters are named after.
+#[derive(Clone, Copy)]
+struct Clock {
+    now: i64,
+    minute: i64,
+    day: i64,
+    /// Days since 1970-01-01 of this month's and the next month's first day.
+    month_start: i64,
+    next_month: i64,
+}
+
+impl Clock {
+    fn at(now: i64) -> Self {
+        let (minute, day) = (now.div_euclid(MINUTE_MS), now.div_euclid(DAY_MS));
+        let (y, m) = civil(day);
+        let next_month = if m == 12 {
+            month_start(y + 1, 1)
+        } else {
+            month_start(y, m + 1)
+        };
+        Self {
+            now,
+            minute,
+            day,
+            month_start: month_start(y, m),
+            next_month,
+        }
+    }
+
+    fn minute_left_s(&self) -> u64 {
+        ((self.minute + 1) * MINUTE_MS - self.now).div_euclid(1000).max(1) as u64
+    }
 }
 
 /// What admitting a request decided.
@@ -56,13 +104,22 @@ pub struct Admission {
     /// `x-ratelimit-*` headers for the response.
     pub headers: Vec<(&'static str, String)>,
     /// Why the provider may not be called for this request (a hit still may be served).
-    pub provider_block: Option<ApiError>,
-    /// Counter names to settle after a provider call: (tokens per minute, USD per day, USD per month).
-    settle: Vec<(Kind, String)>,
+    provider_block: Option<ApiError>,
+    /// Counters to settle after a provider call (tokens per minute, USD per
+    /// day and per month), each with where it was counted (`true`: locally).
+    settle: Vec<(Kind, String, bool)>,
     /// Concurrency slots to give back when the request ends.
     release: Option<Release>,
-    /// Counted in this process (the shared counters were out).
-    local: bool,
+    /// The spend counters, read only before a provider call: a hit is free.
+    later: Option<Later>,
+}
+
+/// The spend counters a request reads only when it needs the provider.
+struct Later {
+    tenant_id: String,
+    labels: Vec<String>,
+    wants: Vec<Want>,
+    clock: Clock,
 }
 
 /// Gives concurrency slots back when dropped.
@@ -94,6 +151,8 @@ pub struct Limiter {
     /// Live replicas (heartbeat rows in metadata), for `local-share`.
     pub replicas: AtomicU64,
     degraded: AtomicBool,
+    /// Names the spend's seed markers (see [`plan`]).
+    seed_gen: AtomicU64,
     /// Refusals by limit code, and requests admitted while the counters were out.
     pub refusals: [AtomicU64; 6],
     pub fallbacks: AtomicU64,
@@ -117,22 +176,29 @@ fn refusal(code: &'static str, message: String, retry_after_s: u64) -> ApiError 
     }
 }
 
-/// The counters a request needs: per scope (the tenant, then its key),
-/// each counted limit's counter, and the time windows they are named after.
-struct Plan {
-    /// What a refusal names, per scope.
-    labels: Vec<String>,
-    ops: Vec<CounterOp>,
-    /// Per op: its scope, its kind, its limit.
-    wanted: Vec<(usize, Kind, u64)>,
-    minute: i64,
-    day: i64,
-    month: (i64, i64),
-    /// Days since 1970-01-01 of the next month's first day.
-    next_month: i64,
+/// Whether any limit of `l` is counted (the allow-lists are not).
+fn counted(l: &Limits) -> bool {
+    l.rpm.is_some()
+        || l.tpm.is_some()
+        || l.max_concurrent.is_some()
+        || l.budget_usd_day.is_some()
+        || l.budget_usd_month.is_some()
 }
 
-fn plan(caller: &Caller, now: i64) -> Plan {
+/// The counters a request needs: per scope (the tenant, then its key), each
+/// counted limit's counter, named after its window. `first` go with the
+/// lookup (requests, concurrency, tokens: what a hit answers to or its
+/// headers show); `later` only before a provider call (the spend), unless
+/// `spend_first` (a budget that also stops hits).
+struct Plan {
+    labels: Vec<String>,
+    first: Vec<Want>,
+    later: Vec<Want>,
+}
+
+/// `seed_gen` names the seed markers: it moves on when the shared counters
+/// come back, so each replica re-seeds the spend once after an outage.
+fn plan(caller: &Caller, clock: &Clock, spend_first: bool, seed_gen: u64) -> Plan {
     let t = &caller.tenant;
     let tag = format!("{{t:{}}}", t.id);
     let mut scopes = vec![Scope {
@@ -147,26 +213,30 @@ fn plan(caller: &Caller, now: i64) -> Plan {
             limits: &k.limits,
         });
     }
-    let (minute, day) = (now.div_euclid(MINUTE_MS), now.div_euclid(DAY_MS));
+    let (minute, day) = (clock.minute, clock.day);
     let (y, m) = civil(day);
-    let next_month = if m == 12 {
-        month_start(y + 1, 1)
-    } else {
-        month_start(y, m + 1)
-    };
-    let mut ops = Vec::new();
-    let mut wanted: Vec<(usize, Kind, u64)> = Vec::new();
+    let (mut first, mut later) = (Vec::new(), Vec::new());
     for (i, s) in scopes.iter().enumerate() {
         let l = s.limits;
         let mut want = |kind, name: String, limit: Option<u64>| {
-            if let Some(limit) = limit {
-                ops.push(match kind {
-                    Kind::Requests => CounterOp::add(name, 1, 2 * MINUTE_MS as u64),
-                    Kind::Concurrent => CounterOp::add_renew(name, 1, SLOT_TTL_MS),
-                    Kind::Seed => CounterOp::add(name, 1, 2 * DAY_MS as u64),
-                    Kind::Tokens | Kind::UsdDay | Kind::UsdMonth => CounterOp::read(name),
-                });
-                wanted.push((i, kind, limit));
+            let Some(limit) = limit else { return };
+            let op = match kind {
+                Kind::Requests => CounterOp::add(name, 1, 2 * MINUTE_MS as u64),
+                Kind::Concurrent => CounterOp::add_renew(name, 1, SLOT_TTL_MS),
+                Kind::Seed => CounterOp::add(name, 1, 2 * DAY_MS as u64),
+                Kind::Tokens | Kind::UsdDay | Kind::UsdMonth => CounterOp::read(name),
+            };
+            let spend = matches!(kind, Kind::UsdDay | Kind::UsdMonth | Kind::Seed);
+            let w = Want {
+                scope: i,
+                kind,
+                limit,
+                op,
+            };
+            if spend && !spend_first {
+                later.push(w);
+            } else {
+                first.push(w);
             }
         };
         want(Kind::Requests, format!("{}:rpm:{minute}", s.base), l.rpm);
@@ -182,18 +252,14 @@ fn plan(caller: &Caller, now: i64) -> Plan {
         let budgets = l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
         want(
             Kind::Seed,
-            format!("{}:seeded:{day}", s.base),
+            format!("{}:seeded:{day}:{seed_gen}", s.base),
             budgets.then_some(u64::MAX),
         );
     }
     Plan {
         labels: scopes.into_iter().map(|s| s.label).collect(),
-        ops,
-        wanted,
-        minute,
-        day,
-        month: (y, m),
-        next_month,
+        first,
+        later,
     }
 }
 
@@ -233,6 +299,7 @@ impl Limiter {
             local: MemoryCounters::default(),
             replicas: AtomicU64::new(1),
             degraded: AtomicBool::new(false),
+            seed_gen: AtomicU64::new(0),
             refusals: Default::default(),
             fallbacks: AtomicU64::new(0),
         }
@@ -286,6 +353,9 @@ impl Limiter {
                 "limits: the shared counters are unreachable; enforcing by [limits] on_counter_loss"
             );
         } else {
+            // What was spent meanwhile reached usage_hourly, not the shared
+            // counters: each tenant's spend is re-seeded once more.
+            self.seed_gen.fetch_add(1, Ordering::Relaxed);
             tracing::info!("limits: the shared counters answer again");
         }
         let cache = self.cache.clone();
@@ -309,72 +379,111 @@ impl Limiter {
         });
     }
 
-    /// Counts a request against its tenant's and key's limits.
+    /// Counts a request against its tenant's and key's limits: requests per
+    /// minute and concurrency now (a hit counts), tokens per minute read now
+    /// (for the headers); the spend only in [`Limiter::before_provider`].
     pub async fn admit(self: &Arc<Self>, caller: &Caller) -> Result<Admission, ApiError> {
-        let counted = |l: &Limits| {
-            l.rpm.is_some()
-                || l.tpm.is_some()
-                || l.max_concurrent.is_some()
-                || l.budget_usd_day.is_some()
-                || l.budget_usd_month.is_some()
-        };
         if !counted(&caller.tenant.limits) && !caller.key.as_ref().is_some_and(|k| counted(&k.limits)) {
             return Ok(Admission::default());
         }
-        let now = now_ms();
-        let Plan {
-            labels,
-            ops,
-            wanted,
-            minute,
-            day,
-            month: (y, m),
-            next_month,
-        } = plan(caller, now);
-        if ops.is_empty() {
-            return Ok(Admission::default());
+        let clock = Clock::at(now_ms());
+        let Plan { labels, first, later } = plan(
+            caller,
+            &clock,
+            !self.cfg.serve_hits_over_budget,
+            self.seed_gen.load(Ordering::Relaxed),
+        );
+        let mut adm = Admission::default();
+        if !later.is_empty() {
+            adm.later = Some(Later {
+                tenant_id: caller.tenant.id.clone(),
+                labels: labels.clone(),
+                wants: later,
+                clock,
+            });
         }
-        let names: Vec<String> = ops.iter().map(|o| o.name.clone()).collect();
-        let Some((mut values, local)) = self.count_or_fall_back(&ops).await? else {
-            return Ok(Admission::default());
+        if first.is_empty() {
+            return Ok(adm);
+        }
+        let Some((mut values, local)) = self.count_or_fall_back(&first, true).await? else {
+            return Ok(adm);
         };
-        if wanted
-            .iter()
-            .zip(&values)
-            .any(|((_, k, _), v)| *k == Kind::Seed && *v == 1)
-        {
-            let month_ms = month_start(y, m) * DAY_MS;
-            self.reseed(
-                &caller.tenant.id,
-                (day * DAY_MS, month_ms),
-                &wanted,
-                &names,
-                &mut values,
-                local,
-            )
+        self.reseed_if_due(&caller.tenant.id, &clock, &first, &mut values, local)
             .await;
+        let refused = self.judge(&mut adm, &labels, &first, &values, local, &clock);
+        if let Some(e) = refused {
+            // A refused request takes back what it counted.
+            let undo: Vec<CounterOp> = first
+                .iter()
+                .filter(|w| w.kind == Kind::Requests)
+                .map(|w| CounterOp::add(w.op.name.clone(), -1, 2 * MINUTE_MS as u64))
+                .collect();
+            let me = self.clone();
+            tokio::spawn(async move { me.add(undo, local).await });
+            return Err(self.count(e));
         }
+        if !self.cfg.serve_hits_over_budget {
+            if let Some(e) = adm.provider_block.take() {
+                return Err(self.count(e));
+            }
+        }
+        Ok(adm)
+    }
+
+    /// Before a provider call: the spend counters read (re-seeded on the
+    /// day's first call), and a 429 when a token or spend limit is reached.
+    pub async fn before_provider(self: &Arc<Self>, adm: &mut Admission) -> Result<(), ApiError> {
+        if let Some(Later {
+            tenant_id,
+            labels,
+            wants,
+            clock,
+        }) = adm.later.take()
+        {
+            if let Some((mut values, local)) = self.count_or_fall_back(&wants, false).await? {
+                self.reseed_if_due(&tenant_id, &clock, &wants, &mut values, local).await;
+                self.judge(adm, &labels, &wants, &values, local, &clock);
+            }
+        }
+        match adm.provider_block.take() {
+            Some(e) => Err(self.count(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Weighs counted values against their limits (each divided by the live
+    /// replicas when counted locally): the headers, the counters to settle,
+    /// the slots to give back and `provider_block` onto `adm`; a refusal of
+    /// the request itself (requests per minute, concurrency) returned.
+    fn judge(
+        self: &Arc<Self>,
+        adm: &mut Admission,
+        labels: &[String],
+        wants: &[Want],
+        values: &[i64],
+        local: bool,
+        clock: &Clock,
+    ) -> Option<ApiError> {
         let share = if local {
             self.replicas.load(Ordering::Relaxed).max(1)
         } else {
             1
         };
-        let mut adm = Admission {
-            local,
-            ..Admission::default()
-        };
-        let minute_left_s = ((minute + 1) * MINUTE_MS - now).div_euclid(1000).max(1) as u64;
+        let minute_left_s = clock.minute_left_s();
         let mut refused: Option<ApiError> = None;
         let mut headers_req: Option<(u64, i64)> = None;
         let mut headers_tok: Option<(u64, i64)> = None;
         let mut slots = Vec::new();
-        for (j, (i, kind, limit)) in wanted.iter().enumerate() {
-            let (v, name, label) = (values[j], &names[j], &labels[*i]);
-            let limit = (*limit / share).max(1);
+        let tighter = |h: Option<(u64, i64)>, limit: u64, left: i64| {
+            Some(h.map_or((limit, left), |(l, r)| (l.min(limit), r.min(left))))
+        };
+        for (w, &v) in wants.iter().zip(values) {
+            let (name, label) = (&w.op.name, &labels[w.scope]);
+            let limit = (w.limit / share).max(1);
             let left = limit as i64 - v;
-            match kind {
+            match w.kind {
                 Kind::Requests => {
-                    headers_req = Some(headers_req.map_or((limit, left), |(l, r)| (l.min(limit), r.min(left))));
+                    headers_req = tighter(headers_req, limit, left);
                     if v > limit as i64 && refused.is_none() {
                         refused = Some(refusal(
                             CODES[0],
@@ -394,8 +503,8 @@ impl Limiter {
                     }
                 }
                 Kind::Tokens => {
-                    headers_tok = Some(headers_tok.map_or((limit, left), |(l, r)| (l.min(limit), r.min(left))));
-                    adm.settle.push((Kind::Tokens, name.clone()));
+                    headers_tok = tighter(headers_tok, limit, left);
+                    adm.settle.push((Kind::Tokens, name.clone(), local));
                     if v >= limit as i64 && adm.provider_block.is_none() {
                         adm.provider_block = Some(refusal(
                             CODES[2],
@@ -406,12 +515,12 @@ impl Limiter {
                 }
                 Kind::Seed => {}
                 Kind::UsdDay | Kind::UsdMonth => {
-                    adm.settle.push((*kind, name.clone()));
+                    adm.settle.push((w.kind, name.clone(), local));
                     if v >= limit as i64 && adm.provider_block.is_none() {
-                        let (code, what, retry) = if *kind == Kind::UsdDay {
-                            (CODES[3], "day", ((day + 1) * DAY_MS - now) / 1000)
+                        let (code, what, retry) = if w.kind == Kind::UsdDay {
+                            (CODES[3], "day", ((clock.day + 1) * DAY_MS - clock.now) / 1000)
                         } else {
-                            (CODES[4], "month", (next_month * DAY_MS - now) / 1000)
+                            (CODES[4], "month", (clock.next_month * DAY_MS - clock.now) / 1000)
                         };
                         adm.provider_block = Some(refusal(
                             code,
@@ -442,24 +551,20 @@ impl Limiter {
             adm.headers
                 .push(("x-ratelimit-reset-tokens", format!("{minute_left_s}s")));
         }
-        if let Some(e) = refused {
-            // A refused request takes back what it counted.
-            let undo: Vec<CounterOp> = wanted
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, k, _))| *k == Kind::Requests)
-                .map(|(j, _)| CounterOp::add(names[j].clone(), -1, 2 * MINUTE_MS as u64))
-                .collect();
-            let me = self.clone();
-            tokio::spawn(async move { me.add(undo, local).await });
-            return Err(self.count(e));
+        refused
+    }
+
+    /// When a seed marker answered 1 (the day's first count, or the counters
+    /// were lost), the spend counters are raised to what `usage_hourly` says.
+    async fn reseed_if_due(&self, tenant_id: &str, clock: &Clock, wants: &[Want], values: &mut [i64], local: bool) {
+        if wants
+            .iter()
+            .zip(values.iter())
+            .any(|(w, v)| w.kind == Kind::Seed && *v == 1)
+        {
+            let from = (clock.day * DAY_MS, clock.month_start * DAY_MS);
+            self.reseed(tenant_id, from, wants, values, local).await;
         }
-        if !self.cfg.serve_hits_over_budget {
-            if let Some(e) = adm.provider_block.take() {
-                return Err(self.count(e));
-            }
-        }
-        Ok(adm)
     }
 
     /// Raises the spend counters to what metadata's `usage_hourly` says the
@@ -468,20 +573,9 @@ impl Limiter {
     /// out a fresh budget. A key's budget is seeded with its tenant's spend:
     /// usage is not kept per key, and more is the safe side. When metadata
     /// cannot answer, the marker is taken back and the next request tries again.
-    async fn reseed(
-        &self,
-        tenant_id: &str,
-        from: (i64, i64),
-        wanted: &[(usize, Kind, u64)],
-        names: &[String],
-        values: &mut [i64],
-        local: bool,
-    ) {
-        let seeds: Vec<usize> = wanted
-            .iter()
-            .enumerate()
-            .filter(|(j, (_, k, _))| *k == Kind::Seed && values[*j] == 1)
-            .map(|(j, _)| j)
+    async fn reseed(&self, tenant_id: &str, from: (i64, i64), wants: &[Want], values: &mut [i64], local: bool) {
+        let seeds: Vec<usize> = (0..wants.len())
+            .filter(|j| wants[*j].kind == Kind::Seed && values[*j] == 1)
             .collect();
         let rows = match self.cache.roles.metadata.usage_since(from.1.min(from.0)).await {
             Ok(r) => r,
@@ -489,7 +583,7 @@ impl Limiter {
                 tracing::warn!(error = %e, tenant = tenant_id, "limits: spend not re-seeded (metadata); retried on the next request");
                 let undo = seeds
                     .iter()
-                    .map(|j| CounterOp::add(names[*j].clone(), -1, 2 * DAY_MS as u64))
+                    .map(|j| CounterOp::add(wants[*j].op.name.clone(), -1, 2 * DAY_MS as u64))
                     .collect();
                 let _ = self.add(undo, local).await;
                 return;
@@ -503,20 +597,30 @@ impl Limiter {
                     .sum(),
             )
         };
-        let (day, month) = (spent(from.0), spent(from.1));
-        let scopes: Vec<usize> = seeds.iter().map(|j| wanted[*j].0).collect();
+        // Counting locally, this replica holds its share of the limit, and of the spend.
+        let share = if local {
+            self.replicas.load(Ordering::Relaxed).max(1) as i64
+        } else {
+            1
+        };
+        let (day, month) = (spent(from.0) / share, spent(from.1) / share);
+        let scopes: Vec<usize> = seeds.iter().map(|j| wants[*j].scope).collect();
         let mut ops = Vec::new();
-        for (j, (i, kind, _)) in wanted.iter().enumerate() {
-            let target = match kind {
-                Kind::UsdDay if scopes.contains(i) => day,
-                Kind::UsdMonth if scopes.contains(i) => month,
+        for (j, w) in wants.iter().enumerate() {
+            let target = match w.kind {
+                Kind::UsdDay if scopes.contains(&w.scope) => day,
+                Kind::UsdMonth if scopes.contains(&w.scope) => month,
                 _ => continue,
             };
             let short = target - values[j];
             if short > 0 {
                 values[j] += short;
-                let ttl = if *kind == Kind::UsdDay { 2 * DAY_MS } else { 32 * DAY_MS };
-                ops.push(CounterOp::add(names[j].clone(), short, ttl as u64));
+                let ttl = if w.kind == Kind::UsdDay {
+                    2 * DAY_MS
+                } else {
+                    32 * DAY_MS
+                };
+                ops.push(CounterOp::add(w.op.name.clone(), short, ttl as u64));
             }
         }
         if !ops.is_empty() {
@@ -533,25 +637,58 @@ impl Limiter {
     /// The counters' values from the shared counters, or, while they are out,
     /// by `on_counter_loss`: this process's (`true`: counted locally), none
     /// (fail-open: admit), or a 503 (fail-closed).
-    async fn count_or_fall_back(&self, ops: &[CounterOp]) -> Result<Option<(Vec<i64>, bool)>, ApiError> {
-        match self.add(ops.to_vec(), false).await {
+    /// `admitting`: this is a request's admission (counted as a fallback
+    /// admission while the counters are out), not its spend check.
+    async fn count_or_fall_back(&self, wants: &[Want], admitting: bool) -> Result<Option<(Vec<i64>, bool)>, ApiError> {
+        let ops: Vec<CounterOp> = wants.iter().map(|w| w.op.clone()).collect();
+        match self.add(ops.clone(), false).await {
             Ok(v) => {
                 self.switched(false);
+                if self.cfg.on_counter_loss == CounterLoss::LocalShare {
+                    self.shadow(wants, &v);
+                }
                 Ok(Some((v, false)))
             }
             Err(()) => {
                 self.switched(true);
-                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                if admitting {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
                 match self.cfg.on_counter_loss {
                     CounterLoss::FailOpen => Ok(None),
                     CounterLoss::FailClosed => {
                         self.refusals[5].fetch_add(1, Ordering::Relaxed);
                         Err(ApiError::LimitsUnavailable)
                     }
-                    CounterLoss::LocalShare => Ok(Some((self.local.add(ops), true))),
+                    CounterLoss::LocalShare => Ok(Some((self.local.add(&ops), true))),
                 }
             }
         }
+    }
+
+    /// Each counted limit's use now (see [`usage_of`]), read from where
+    /// admissions count: the shared counters, or this process's while they are out.
+    pub async fn usage(&self, tenants: &[Arc<super::auth::Tenant>], keys: &[KeyRecord]) -> Vec<LimitUse> {
+        let local = self.degraded.load(Ordering::Relaxed);
+        usage_of(tenants, keys, |ops| self.add(ops, local)).await
+    }
+
+    /// Keeps this replica's share of what the shared counters answered in its
+    /// own: counting here after they are lost starts from it, so a loss
+    /// hands out no fresh window (requests and tokens this minute, the
+    /// spend). Concurrency is not copied: slots in flight end on their own.
+    fn shadow(&self, wants: &[Want], values: &[i64]) {
+        let share = self.replicas.load(Ordering::Relaxed).max(1) as i64;
+        self.local.set(wants.iter().zip(values).filter_map(|(w, &v)| {
+            let (v, ttl) = match w.kind {
+                Kind::Requests | Kind::Tokens => ((v + share - 1) / share, 2 * MINUTE_MS),
+                Kind::UsdDay => ((v + share - 1) / share, 2 * DAY_MS),
+                Kind::UsdMonth => ((v + share - 1) / share, 32 * DAY_MS),
+                Kind::Seed => (v, 2 * DAY_MS),
+                Kind::Concurrent => return None,
+            };
+            Some((w.op.name.clone(), v, ttl as u64))
+        }));
     }
 
     /// Counts a refusal by its code.
@@ -576,7 +713,7 @@ impl Limiter {
         config: Arc<recache_core::config::Config>,
     ) {
         let release = adm.release.take();
-        let (names, local) = (std::mem::take(&mut adm.settle), adm.local);
+        let names = std::mem::take(&mut adm.settle);
         if names.is_empty() && release.is_none() {
             return;
         }
@@ -586,28 +723,31 @@ impl Limiter {
                 let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let t = recache_core::endpoint::Tokens::of(endpoint, &json);
                 let usd = t.cost_usd(&config.prices, &model);
-                me.settle(&names, local, t.prompt() + t.output, usd).await;
+                me.settle(&names, t.prompt() + t.output, usd).await;
             }
             drop(release);
         });
     }
 
-    /// A provider call's tokens and cost onto the counters.
-    async fn settle(&self, names: &[(Kind, String)], local: bool, tokens: u64, usd: f64) {
-        let ops: Vec<CounterOp> = names
-            .iter()
-            .map(|(kind, name)| match kind {
-                Kind::Tokens => CounterOp::add(name.clone(), tokens as i64, 2 * MINUTE_MS as u64),
-                Kind::UsdDay => CounterOp::add(name.clone(), micro_usd(usd), 2 * DAY_MS as u64),
-                _ => CounterOp::add(name.clone(), micro_usd(usd), 32 * DAY_MS as u64),
-            })
-            .filter(|o| !matches!(o.kind, recache_storage::roles::counters::CounterKind::Add { by: 0, .. }))
-            .collect();
-        if ops.is_empty() {
-            return;
-        }
-        if self.add(ops.clone(), local).await.is_err() && self.cfg.on_counter_loss == CounterLoss::LocalShare {
-            self.local.add(&ops);
+    /// A provider call's tokens and cost onto the counters they were read from.
+    async fn settle(&self, names: &[(Kind, String, bool)], tokens: u64, usd: f64) {
+        for local in [false, true] {
+            let ops: Vec<CounterOp> = names
+                .iter()
+                .filter(|(_, _, l)| *l == local)
+                .map(|(kind, name, _)| match kind {
+                    Kind::Tokens => CounterOp::add(name.clone(), tokens as i64, 2 * MINUTE_MS as u64),
+                    Kind::UsdDay => CounterOp::add(name.clone(), micro_usd(usd), 2 * DAY_MS as u64),
+                    _ => CounterOp::add(name.clone(), micro_usd(usd), 32 * DAY_MS as u64),
+                })
+                .filter(|o| !matches!(o.kind, recache_storage::roles::counters::CounterKind::Add { by: 0, .. }))
+                .collect();
+            if ops.is_empty() {
+                continue;
+            }
+            if self.add(ops.clone(), local).await.is_err() && self.cfg.on_counter_loss == CounterLoss::LocalShare {
+                self.local.add(&ops);
+            }
         }
     }
 }
