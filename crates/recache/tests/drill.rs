@@ -246,6 +246,21 @@ async fn index_down() {
     }
     assert!(m["spend_during_usd"].as_f64().unwrap() > 0.0, "misses were paid for");
     assert!(m["predicted_spend_usd"].as_f64().unwrap() > 0.0, "and predicted");
+    // The drill tenant's request limit is counted on the index: during the
+    // fault its requests were admitted by local-share, and none was refused.
+    assert!(
+        m["limits_admitted_without_counters"].as_u64().unwrap() > 0,
+        "admissions without the shared counters were counted: {m}"
+    );
+    assert_eq!(m["limits_refused"], 0, "{m}");
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["measure"] == "Requests admitted against the limits during the fault"),
+        "the report has the line"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,10 @@ name = "conc"
 keys = ["sk-conc"]
 max_concurrent = 1
 [[tenants]]
+name = "share"
+keys = ["sk-share"]
+rpm = 20
+[[tenants]]
 name = "allow"
 keys = ["sk-allow"]
 models = ["gpt-4o-mini", "gemini-*"]
@@ -280,4 +284,129 @@ async fn a_flushed_redis_gives_no_budget_windfall() {
         "{}",
         after.text
     );
+}
+
+/// A gateway's live replicas, as its `/metrics` says.
+async fn replicas_seen(http: &reqwest::Client, base: &str) -> u64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("recache_limit_replicas "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `sk-share` requests to `bases` in turn, `every` apart, for `secs`;
+/// answers how many were admitted (200), and how many got another answer.
+async fn paced(http: reqwest::Client, bases: Vec<String>, every: Duration, n: usize) -> (u32, Vec<u16>) {
+    let mut tick = tokio::time::interval(every);
+    let (mut ok, mut other) = (0, Vec::new());
+    for i in 0..n {
+        tick.tick().await;
+        let base = &bases[i % bases.len()];
+        // A bound on every request: a fault must never make one hang.
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("sk-share")
+            .timeout(Duration::from_secs(10))
+            .json(&chat_body(&format!("paced {i}"), false))
+            .send()
+            .await
+            .expect("an answer within 10 s");
+        match r.status().as_u16() {
+            200 => ok += 1,
+            s => other.push(s),
+        }
+    }
+    (ok, other)
+}
+
+/// Redis killed under load, `local-share` (the default): two replicas, each
+/// then counting its half of `rpm = 20` from its share of what Redis last
+/// said, admit within 10 % of 20 in the minute; every other answer is a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_local_share_holds() {
+    let Some(mut redis) = common::servers::Server::redis() else {
+        return;
+    };
+    let Some(b) = Backends::real_with_redis(redis.url()).await else {
+        return;
+    };
+    let env = Env::on(b, StubConfig::default(), EXTRA).await;
+    let vars = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+    let second = recache::server::Gateway::start(env.config(), &vars).await.unwrap();
+    let other = format!("http://{}", second.addr);
+    // Each replica learns of the other from its heartbeat row (every 10 s).
+    common::until(Duration::from_secs(25), "both replicas see two", async || {
+        replicas_seen(&env.http, &env.base).await == 2 && replicas_seen(&env.http, &other).await == 2
+    })
+    .await;
+    not_near_a_minute_boundary().await;
+    // 40 requests over 4 s, both replicas in turn; Redis dies after the first 8.
+    let load = tokio::spawn(paced(
+        env.http.clone(),
+        vec![env.base.clone(), other.clone()],
+        Duration::from_millis(100),
+        40,
+    ));
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    redis.kill9();
+    let (admitted, other_answers) = load.await.unwrap();
+    assert!(
+        (18..=22).contains(&admitted),
+        "admitted {admitted} of rpm = 20 across two replicas with Redis killed (within 10 %); others: {other_answers:?}"
+    );
+    assert!(other_answers.iter().all(|s| *s == 429), "{other_answers:?}");
+    assert!(
+        env.metric("recache_limit_fallback_admissions_total").await > 0.0,
+        "admissions without Redis are counted"
+    );
+    second.shutdown().await;
+}
+
+/// Redis killed with `fail-closed`: a limited tenant gets a 503 in its
+/// dialect at once, never a hang; a tenant without limits is still served;
+/// when Redis is back, the limited tenant is admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_at_once_without_redis() {
+    let Some(mut redis) = common::servers::Server::redis() else {
+        return;
+    };
+    let Some(b) = Backends::real_with_redis(redis.url()).await else {
+        return;
+    };
+    let extra = format!("{EXTRA}\n[limits]\non_counter_loss = \"fail-closed\"\n");
+    let env = Env::on(b, StubConfig::default(), &extra).await;
+    assert_eq!(chat(&env, "sk-share", "before").await.status, 200);
+    redis.kill9();
+    for i in 0..5 {
+        let r = env
+            .http
+            .post(format!("{}/v1/messages", env.base))
+            .header("x-api-key", "sk-share")
+            .header("anthropic-version", "2023-06-01")
+            .timeout(Duration::from_secs(10))
+            .json(&json!({"model": "claude-3-5-haiku-latest", "max_tokens": 16,
+                "messages": [{"role": "user", "content": format!("closed {i}")}]}))
+            .send()
+            .await
+            .expect("an answer within 10 s, never a hang");
+        assert_eq!(r.status(), 503);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error", "Anthropic's error shape: {v}");
+    }
+    let free = chat(&env, common::KEY_A, "a tenant without limits").await;
+    assert_eq!(free.status, 200, "{}", free.text);
+    redis.start();
+    common::until(Duration::from_secs(30), "admitted again once Redis is back", async || {
+        chat(&env, "sk-share", "after").await.status == 200
+    })
+    .await;
 }

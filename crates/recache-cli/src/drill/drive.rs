@@ -48,6 +48,9 @@ pub(super) struct Measured {
     pub fault_methods: Vec<String>,
     pub issues: Vec<String>,
     pub settings: Value,
+    /// From the fault to the repair: requests admitted while the shared limit
+    /// counters were out, and requests refused by a limit (`None`: not read).
+    pub limits: Option<(u64, u64)>,
 }
 
 /// One drill in progress.
@@ -86,6 +89,7 @@ struct Steady {
 struct Fault {
     t_fault: f64,
     t_repair: f64,
+    limits: Option<(u64, u64)>,
 }
 
 impl<'a> Drive<'a> {
@@ -160,6 +164,7 @@ impl<'a> Drive<'a> {
             fault_methods: self.fault_methods,
             issues: self.issues,
             settings,
+            limits: fault.limits,
         })
     }
 
@@ -332,6 +337,7 @@ impl<'a> Drive<'a> {
 
     /// The fault and its repair (nothing when the drill was aborted already).
     async fn fault(&mut self, load: &Load) -> Result<Fault, DrillError> {
+        let limits_before = self.subject.limit_counts().await;
         let t_fault = self.clock.t();
         let mut t_repair = t_fault;
         if self.aborted.is_none() {
@@ -344,7 +350,15 @@ impl<'a> Drive<'a> {
         if let Some(a) = &self.aborted {
             self.clock.log(format!("ABORT {a}; every fault undone"));
         }
-        Ok(Fault { t_fault, t_repair })
+        let limits = match (limits_before, self.subject.limit_counts().await) {
+            (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
+            _ => None,
+        };
+        Ok(Fault {
+            t_fault,
+            t_repair,
+            limits,
+        })
     }
 
     /// Makes the scenario's backends unreachable for `fault_seconds`, then

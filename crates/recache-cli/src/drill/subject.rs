@@ -21,6 +21,10 @@ use recache_storage::roles::Roles;
 /// The drill's own tenant in a managed gateway.
 pub const TENANT: &str = "drill";
 
+/// The drill tenant's requests per minute: counted on every request, far
+/// above any drill's rate.
+const DRILL_RPM: u64 = 100_000_000;
+
 pub struct Subject {
     pub base: String,
     /// The client key traffic is sent with.
@@ -120,6 +124,9 @@ impl Subject {
                 "sha256:{}",
                 recache_ops::backup::codec::sha256_hex(key.as_bytes())
             )],
+            // Counted, never reached: the drill measures what the limits'
+            // counters do while their engine is faulted.
+            rpm: Some(DRILL_RPM),
             ..TenantConfig::default()
         });
         // The recovery jobs run in this gateway; a full restore needs a backup target.
@@ -184,6 +191,36 @@ impl Subject {
             .as_ref()
             .map(|m| m.relays.values().filter(|r| r.name.starts_with("provider")).collect())
             .unwrap_or_default()
+    }
+
+    /// Requests admitted while the shared limit counters were out
+    /// (`[limits] on_counter_loss`), and requests refused by a limit, since
+    /// the gateway started: from the managed gateway itself, or a remote
+    /// one's `/metrics` (`None` when it cannot be read).
+    pub async fn limit_counts(&self) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(m) = &self.managed {
+            let l = &m.state().limiter;
+            let refused = l.refusals.iter().map(|n| n.load(Relaxed)).sum();
+            return Some((l.fallbacks.load(Relaxed), refused));
+        }
+        let r = self
+            .admin(self.http.get(format!("{}/metrics", self.base)))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        let text = r.error_for_status().ok()?.text().await.ok()?;
+        let sum = |family: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        Some((
+            sum("recache_limit_fallback_admissions_total"),
+            sum("recache_limit_refusals_total"),
+        ))
     }
 
     fn admin(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

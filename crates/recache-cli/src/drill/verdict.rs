@@ -273,6 +273,18 @@ fn traffic_rows(scenario: Scenario, m: &Measured, f: &Figures) -> Vec<Row> {
         value: Some(f.spend_during),
         pass: None,
     });
+    if matches!(scenario, Scenario::IndexDown | Scenario::IndexLoss) {
+        rows.push(reported(
+            "Requests admitted against the limits during the fault",
+            "requests admitted while the shared limit counters (on the index) were out, by [limits] on_counter_loss, \
+             and requests refused by a tenant or key limit, from the fault to the repair"
+                .into(),
+            m.limits
+                .map(|(admitted, refused)| format!("{admitted} admitted without the shared counters; {refused} refused by a limit"))
+                .unwrap_or_else(|| "not measured (the gateway's counters could not be read)".into()),
+            m.limits.map(|(admitted, _)| admitted as f64),
+        ));
+    }
     rows.push(reported(
         "Fill cost of the recovery",
         "USD paid after the fault to buy back answers that were cached before it, over the time to full warm-up (the RTO)".into(),
@@ -365,6 +377,7 @@ fn measures(m: &Measured, f: &Figures, targets: &Targets) -> serde_json::Value {
         "rto_seconds": f.rto, "rpo_seconds": m.rpo_seconds, "healthy_after_seconds": f.healthy_after,
         "recovered": f.rto.is_some(),
         "lost_entries": m.lost, "probed_entries": m.probed,
+        "limits_admitted_without_counters": m.limits.map(|l| l.0), "limits_refused": m.limits.map(|l| l.1),
         "integrity": m.integrity.as_ref().map(|(bad, scanned, counts)| json!({"problems": bad, "entries": scanned, "counts": counts})),
         "client_errors": f.errors.len(), "provider_errors": f.provider_errors, "requests": f.all.len(),
         "fault_to_open_seconds": f.opened.map(|t| t - m.t_fault),
