@@ -109,6 +109,21 @@ impl Cache {
         self.read_entry(key, tenant, None, 0, false).await
     }
 
+    /// [`Cache::lookup`] with a request's limit counters in the same index
+    /// round trip ([`recache_storage::roles::Index::get_counting`]): the hit,
+    /// and the counters' values.
+    pub async fn lookup_counting(
+        &self,
+        key: CacheKey,
+        tenant: &str,
+        (max_age, stale_window): (Option<u64>, u64),
+        ops: Vec<recache_storage::roles::counters::CounterOp>,
+    ) -> (Option<Hit>, recache_storage::roles::Result<Vec<i64>>) {
+        let (got, counted) = self.roles.index.get_counting(key, ops).await;
+        let hit = self.read_found(got, key, tenant, max_age, stale_window, true).await;
+        (hit, counted)
+    }
+
     async fn read_entry(
         &self,
         key: CacheKey,
@@ -117,7 +132,22 @@ impl Cache {
         stale_window: u64,
         count_hit: bool,
     ) -> Option<Hit> {
-        let entry = match self.roles.index.get(key).await {
+        let got = self.roles.index.get(key).await;
+        self.read_found(got, key, tenant, max_age, stale_window, count_hit)
+            .await
+    }
+
+    /// The entry the index answered (`got`), read and checked.
+    async fn read_found(
+        &self,
+        got: recache_storage::roles::Result<Option<IndexEntry>>,
+        key: CacheKey,
+        tenant: &str,
+        max_age: Option<u64>,
+        stale_window: u64,
+        count_hit: bool,
+    ) -> Option<Hit> {
+        let entry = match got {
             Ok(Some(e)) => e,
             Ok(None) => return None,
             Err(e) => {

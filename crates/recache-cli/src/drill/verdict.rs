@@ -280,7 +280,9 @@ fn traffic_rows(scenario: Scenario, m: &Measured, f: &Figures) -> Vec<Row> {
              and requests refused by a tenant or key limit, from the fault to the repair"
                 .into(),
             m.limits
-                .map(|(admitted, refused)| format!("{admitted} admitted without the shared counters; {refused} refused by a limit"))
+                .map(|(admitted, refused)| {
+                    format!("{admitted} admitted without the shared counters; {refused} refused by a limit")
+                })
                 .unwrap_or_else(|| "not measured (the gateway's counters could not be read)".into()),
             m.limits.map(|(admitted, _)| admitted as f64),
         ));

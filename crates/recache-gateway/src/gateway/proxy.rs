@@ -486,9 +486,9 @@ async fn serve(
     ))
 }
 
-/// The limits' admission and the exact lookup, side by side: the counters and
-/// the lookup go to the index together (one multiplexed connection on Redis),
-/// so a limit costs no extra wait. A fresh hit, and an expired entry kept for
+/// The limits' admission and the exact lookup together: the counters ride in
+/// the lookup's round trip to the index (one Redis pipeline; side by side in
+/// a cluster), so a limit costs no extra wait. A fresh hit, and an expired entry kept for
 /// `stale-if-error`.
 async fn admit_and_look_up(
     state: &Arc<AppState>,
@@ -502,14 +502,28 @@ async fn admit_and_look_up(
         .stale_if_error
         .unwrap_or(tenant.stale_if_error)
         .min(state.config.cache.max_stale_seconds);
-    let admit = state.limiter.admit(caller);
     if d.no_cache {
-        who.admission = Some(admit.await?);
+        who.admission = Some(state.limiter.admit(caller).await?);
         return Ok((None, None));
     }
-    let lookup = state.cache.lookup(key, &tenant.id, d.max_age, stale_window);
-    let (admitted, found) = tokio::join!(admit, lookup);
-    who.admission = Some(admitted?);
+    let pending = state.limiter.begin(caller);
+    let found = match pending.as_ref().and_then(|p| p.ops()) {
+        None => {
+            let found = state.cache.lookup(key, &tenant.id, d.max_age, stale_window).await;
+            who.admission = Some(match pending {
+                Some(p) => state.limiter.finish(p, Ok::<_, ApiError>(Vec::new())).await?,
+                None => Default::default(),
+            });
+            found
+        }
+        Some(ops) => {
+            let window = (d.max_age, stale_window);
+            let (found, counted) = state.cache.lookup_counting(key, &tenant.id, window, ops).await;
+            let p = pending.expect("ops come from a pending admission");
+            who.admission = Some(state.limiter.finish(p, counted).await?);
+            found
+        }
+    };
     Ok(match found {
         Some(hit) if hit.stale => (None, Some(hit)),
         fresh => (fresh, None),

@@ -93,6 +93,23 @@ impl Index for GuardedIndex {
     fn get(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<IndexEntry>>> {
         Box::pin(self.guard.call(self.inner.get(key)))
     }
+    /// One guarded call: the breaker and the time limit judge the lookup.
+    fn get_counting(
+        &self,
+        key: CacheKey,
+        ops: Vec<super::counters::CounterOp>,
+    ) -> BoxFuture<'_, (Result<Option<IndexEntry>>, Result<Vec<i64>>)> {
+        Box::pin(async move {
+            let joint = async {
+                let (got, counted) = self.inner.get_counting(key, ops).await;
+                got.map(|g| (g, counted))
+            };
+            match self.guard.call(joint).await {
+                Ok((got, counted)) => (Ok(got), counted),
+                Err(e) => (Err(e.clone()), Err(e)),
+            }
+        })
+    }
     fn put(&self, key: CacheKey, entry: IndexEntry) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.guard.call(self.inner.put(key, entry)))
     }

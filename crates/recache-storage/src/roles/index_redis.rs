@@ -112,6 +112,69 @@ impl RedisIndex {
         self
     }
 
+    /// The counters' commands onto `pipe`; their Redis names.
+    fn push_counters(&self, pipe: &mut redis::Pipeline, ops: &[super::counters::CounterOp]) -> Vec<String> {
+        use super::counters::CounterKind;
+        let names: Vec<String> = ops.iter().map(|op| format!("{}lim:{}", self.prefix, op.name)).collect();
+        for (op, name) in ops.iter().zip(&names) {
+            match op.kind {
+                CounterKind::Add { by, .. } => {
+                    pipe.cmd("INCRBY").arg(name).arg(by);
+                }
+                CounterKind::AddRenew { by, ttl_ms } => {
+                    pipe.cmd("INCRBY").arg(name).arg(by);
+                    pipe.cmd("PEXPIRE").arg(name).arg(ttl_ms.max(1)).ignore();
+                }
+                CounterKind::Read => {
+                    pipe.cmd("GET").arg(name);
+                }
+            }
+        }
+        names
+    }
+
+    /// The counters' values from their replies; a window's life set on the
+    /// counters this call created (a second round trip, once per window).
+    async fn counter_values(
+        &self,
+        c: &mut Conn,
+        ops: &[super::counters::CounterOp],
+        names: &[String],
+        replies: Vec<redis::Value>,
+    ) -> Result<Vec<i64>> {
+        use super::counters::CounterKind;
+        let mut out = Vec::with_capacity(ops.len());
+        let mut expire = redis::pipe();
+        let mut fresh = 0;
+        for ((op, name), v) in ops.iter().zip(names).zip(replies) {
+            let n = match v {
+                redis::Value::Nil => 0,
+                v => redis::from_redis_value::<i64>(v).map_err(|e| BackendError::Protocol {
+                    backend: NAME,
+                    detail: format!("a limit counter: {e}"),
+                })?,
+            };
+            if let CounterKind::Add { by, ttl_ms } = op.kind {
+                if n == by {
+                    // This call created the counter: its window's life.
+                    expire.cmd("PEXPIRE").arg(name).arg(ttl_ms.max(1)).ignore();
+                    fresh += 1;
+                }
+            }
+            out.push(n);
+        }
+        if out.len() != ops.len() {
+            return Err(BackendError::Protocol {
+                backend: NAME,
+                detail: format!("{} replies for {} limit counters", out.len(), ops.len()),
+            });
+        }
+        if fresh > 0 {
+            let () = expire.query_async(c).await.map_err(map_err)?;
+        }
+        Ok(out)
+    }
+
     fn key(&self, key: &CacheKey) -> String {
         format!("{}idx:{}", self.prefix, key.hex())
     }
@@ -229,53 +292,64 @@ impl Index for RedisIndex {
     /// and needs no scripts. The caller names a call's counters with one
     /// hash tag, so a cluster sends the pipeline to one node.
     fn counters_add(&self, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, Result<Vec<i64>>> {
-        use super::counters::CounterKind;
         Box::pin(async move {
             if ops.is_empty() {
                 return Ok(Vec::new());
             }
-            let names: Vec<String> = ops.iter().map(|op| format!("{}lim:{}", self.prefix, op.name)).collect();
             let mut pipe = redis::pipe();
-            for (op, name) in ops.iter().zip(&names) {
-                match op.kind {
-                    CounterKind::Add { by, .. } => {
-                        pipe.cmd("INCRBY").arg(name).arg(by);
-                    }
-                    CounterKind::AddRenew { by, ttl_ms } => {
-                        pipe.cmd("INCRBY").arg(name).arg(by);
-                        pipe.cmd("PEXPIRE").arg(name).arg(ttl_ms.max(1)).ignore();
-                    }
-                    CounterKind::Read => {
-                        pipe.cmd("GET").arg(name);
-                    }
-                }
-            }
+            let names = self.push_counters(&mut pipe, &ops);
             let mut c = self.conn().await?;
             let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(map_err)?;
-            let mut out = Vec::with_capacity(ops.len());
-            let mut expire = redis::pipe();
-            let mut fresh = 0;
-            for ((op, name), v) in ops.iter().zip(&names).zip(replies) {
-                let n = match (&op.kind, v) {
-                    (_, redis::Value::Nil) => 0,
-                    (_, v) => redis::from_redis_value::<i64>(v).map_err(|e| BackendError::Protocol {
-                        backend: NAME,
-                        detail: format!("a limit counter: {e}"),
-                    })?,
-                };
-                if let CounterKind::Add { by, ttl_ms } = op.kind {
-                    if n == by {
-                        // This call created the counter: its window's life.
-                        expire.cmd("PEXPIRE").arg(name).arg(ttl_ms.max(1)).ignore();
-                        fresh += 1;
-                    }
+            self.counter_values(&mut c, &ops, &names, replies).await
+        })
+    }
+
+    /// The lookup's `GET` first in the counters' pipeline: one round trip.
+    /// In a cluster the pointer and the counters live on different nodes,
+    /// so they go as two commands side by side.
+    fn get_counting(
+        &self,
+        key: CacheKey,
+        ops: Vec<super::counters::CounterOp>,
+    ) -> BoxFuture<'_, (Result<Option<IndexEntry>>, Result<Vec<i64>>)> {
+        Box::pin(async move {
+            let mut c = match self.conn().await {
+                Ok(c) => c,
+                Err(e) => return (Err(e.clone()), Err(e)),
+            };
+            if ops.is_empty() || c.is_cluster() {
+                return tokio::join!(self.get(key), self.counters_add(ops));
+            }
+            let mut pipe = redis::pipe();
+            let name = self.key(&key);
+            pipe.cmd("GET").arg(&name);
+            let names = self.push_counters(&mut pipe, &ops);
+            let mut replies: Vec<redis::Value> = match pipe.query_async(&mut c).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = map_err(e);
+                    return (Err(e.clone()), Err(e));
                 }
-                out.push(n);
+            };
+            if replies.is_empty() {
+                let e = BackendError::Protocol {
+                    backend: NAME,
+                    detail: "an empty reply to a pipeline".into(),
+                };
+                return (Err(e.clone()), Err(e));
             }
-            if fresh > 0 {
-                let () = expire.query_async(&mut c).await.map_err(map_err)?;
-            }
-            Ok(out)
+            let got = match replies.remove(0) {
+                redis::Value::Nil => Ok(None),
+                v => match parse::<Vec<u8>>(v) {
+                    Ok(v) => decode(&v).map(Some).ok_or_else(|| BackendError::Corrupt {
+                        backend: NAME,
+                        detail: format!("bad value for {name}"),
+                    }),
+                    Err(e) => Err(e),
+                },
+            };
+            let counted = self.counter_values(&mut c, &ops, &names, replies).await;
+            (got, counted)
         })
     }
 

@@ -134,6 +134,17 @@ pub trait Index: Send + Sync {
             })
         })
     }
+    /// The lookup of `key` and the counter operations `ops` together (a
+    /// request's limits beside its lookup): engines that can, in one round
+    /// trip (Redis: one pipeline). Answers the lookup's result and the
+    /// counters' (see [`Index::counters_add`]).
+    fn get_counting(
+        &self,
+        key: CacheKey,
+        ops: Vec<counters::CounterOp>,
+    ) -> BoxFuture<'_, (Result<Option<IndexEntry>>, Result<Vec<i64>>)> {
+        Box::pin(async move { tokio::join!(self.get(key), self.counters_add(ops)) })
+    }
     /// Many lookups at once (audits); engines override this to batch.
     fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
         Box::pin(async move {

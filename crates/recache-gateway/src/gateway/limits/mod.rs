@@ -114,6 +114,22 @@ pub struct Admission {
     later: Option<Later>,
 }
 
+/// An admission begun by [`Limiter::begin`].
+pub struct Pending {
+    adm: Admission,
+    labels: Vec<String>,
+    first: Vec<Want>,
+    clock: Clock,
+    tenant_id: String,
+}
+
+impl Pending {
+    /// The counter operations to send now (`None`: nothing to count).
+    pub fn ops(&self) -> Option<Vec<CounterOp>> {
+        (!self.first.is_empty()).then(|| self.first.iter().map(|w| w.op.clone()).collect())
+    }
+}
+
 /// The spend counters a request reads only when it needs the provider.
 struct Later {
     tenant_id: String,
@@ -383,8 +399,22 @@ impl Limiter {
     /// minute and concurrency now (a hit counts), tokens per minute read now
     /// (for the headers); the spend only in [`Limiter::before_provider`].
     pub async fn admit(self: &Arc<Self>, caller: &Caller) -> Result<Admission, ApiError> {
-        if !counted(&caller.tenant.limits) && !caller.key.as_ref().is_some_and(|k| counted(&k.limits)) {
+        let Some(p) = self.begin(caller) else {
             return Ok(Admission::default());
+        };
+        let shared = match p.ops() {
+            Some(ops) => self.index.counters_add(ops).await,
+            None => Ok(Vec::new()),
+        };
+        self.finish(p, shared).await
+    }
+
+    /// An admission begun: what to count, for the caller to send (with its
+    /// lookup, [`Pending::ops`]) and hand back to [`Limiter::finish`].
+    /// `None`: neither the tenant nor the key has a counted limit.
+    pub fn begin(&self, caller: &Caller) -> Option<Pending> {
+        if !counted(&caller.tenant.limits) && !caller.key.as_ref().is_some_and(|k| counted(&k.limits)) {
+            return None;
         }
         let clock = Clock::at(now_ms());
         let Plan { labels, first, later } = plan(
@@ -402,14 +432,39 @@ impl Limiter {
                 clock,
             });
         }
+        Some(Pending {
+            adm,
+            labels,
+            first,
+            clock,
+            tenant_id: caller.tenant.id.clone(),
+        })
+    }
+
+    /// Ends an admission with what the shared counters answered to
+    /// [`Pending::ops`] (`Err`: they could not be reached).
+    pub async fn finish<E: std::fmt::Display>(
+        self: &Arc<Self>,
+        p: Pending,
+        shared: Result<Vec<i64>, E>,
+    ) -> Result<Admission, ApiError> {
+        let Pending {
+            mut adm,
+            labels,
+            first,
+            clock,
+            tenant_id,
+        } = p;
         if first.is_empty() {
             return Ok(adm);
         }
-        let Some((mut values, local)) = self.count_or_fall_back(&first, true).await? else {
+        let shared = shared.map_err(|e| {
+            tracing::debug!(error = %e, "limits: the shared counters did not answer");
+        });
+        let Some((mut values, local)) = self.or_fall_back(&first, true, shared)? else {
             return Ok(adm);
         };
-        self.reseed_if_due(&caller.tenant.id, &clock, &first, &mut values, local)
-            .await;
+        self.reseed_if_due(&tenant_id, &clock, &first, &mut values, local).await;
         let refused = self.judge(&mut adm, &labels, &first, &values, local, &clock);
         if let Some(e) = refused {
             // A refused request takes back what it counted.
@@ -641,7 +696,19 @@ impl Limiter {
     /// admission while the counters are out), not its spend check.
     async fn count_or_fall_back(&self, wants: &[Want], admitting: bool) -> Result<Option<(Vec<i64>, bool)>, ApiError> {
         let ops: Vec<CounterOp> = wants.iter().map(|w| w.op.clone()).collect();
-        match self.add(ops.clone(), false).await {
+        let shared = self.add(ops, false).await;
+        self.or_fall_back(wants, admitting, shared)
+    }
+
+    /// What the shared counters answered, or, when they could not be
+    /// reached, what `on_counter_loss` says (see [`Limiter::count_or_fall_back`]).
+    fn or_fall_back(
+        &self,
+        wants: &[Want],
+        admitting: bool,
+        shared: Result<Vec<i64>, ()>,
+    ) -> Result<Option<(Vec<i64>, bool)>, ApiError> {
+        match shared {
             Ok(v) => {
                 self.switched(false);
                 if self.cfg.on_counter_loss == CounterLoss::LocalShare {
@@ -660,7 +727,10 @@ impl Limiter {
                         self.refusals[5].fetch_add(1, Ordering::Relaxed);
                         Err(ApiError::LimitsUnavailable)
                     }
-                    CounterLoss::LocalShare => Ok(Some((self.local.add(&ops), true))),
+                    CounterLoss::LocalShare => {
+                        let ops: Vec<CounterOp> = wants.iter().map(|w| w.op.clone()).collect();
+                        Ok(Some((self.local.add(&ops), true)))
+                    }
                 }
             }
         }

@@ -197,4 +197,25 @@ pub async fn index_counters(index: Arc<dyn Index>) {
         t.await.unwrap();
     }
     assert_eq!(add(vec![CounterOp::read(n("c"))]).await, [20]);
+    // A lookup with counters in its round trip: both answers, as apart.
+    let k = test_key(&format!("index-counting-{tag}"));
+    let (got, counted) = index
+        .get_counting(k, vec![CounterOp::add(n("d"), 1, 60_000), CounterOp::read(n("c"))])
+        .await;
+    assert_eq!(
+        (got.unwrap(), counted.unwrap()),
+        (None, vec![1, 20]),
+        "a miss and the counters"
+    );
+    let e = entry(7, 60_000);
+    index.put(k, e).await.unwrap();
+    let (got, counted) = index.get_counting(k, vec![CounterOp::add(n("d"), 1, 60_000)]).await;
+    assert_eq!(
+        (got.unwrap(), counted.unwrap()),
+        (Some(e), vec![2]),
+        "a hit and the counter"
+    );
+    let (got, counted) = index.get_counting(k, Vec::new()).await;
+    assert_eq!((got.unwrap(), counted.unwrap()), (Some(e), vec![]), "no counters");
+    index.delete(k).await.unwrap();
 }
