@@ -292,6 +292,12 @@ async fn restore_after_wipe(kind: Kind) {
     assert!(b.chats(0, 12).await.iter().all(|s| s == "MISS"));
     let calls = b.env.stub.calls();
     assert_eq!(calls, 12);
+    // A client key of metadata: the set carries its digest, never the key.
+    let (code, made, err) = b
+        .cli(&["keys", "create", "--tenant", "team-a", "--name", "backed-up"])
+        .await;
+    assert_eq!(code, 0, "{made} {err}");
+    let key = made["key"].as_str().unwrap().to_string();
     // With the gateway running (on embedded engines its workers take the backup).
     let (code, v, err) = b.cli(&["backup", "create"]).await;
     assert_eq!(code, 0, "create: {v} {err}");
@@ -309,6 +315,11 @@ async fn restore_after_wipe(kind: Kind) {
     assert_eq!(r["set"], set.as_str());
     assert_eq!(r["entries_written"], 13, "{r}");
     assert_eq!(r["artifacts_copied"], 13, "{r}");
+    assert_eq!(
+        (r["keys"].as_u64(), r["keys_present"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
     assert!(r["seconds"].as_f64().unwrap() > 0.0);
     // A second restore over the now non-empty stores is refused without --force.
     let (code, _, err) = b.cli(&["backup", "restore", &set]).await;
@@ -319,6 +330,12 @@ async fn restore_after_wipe(kind: Kind) {
     let statuses = b.chats(0, 12).await;
     assert!(statuses.iter().all(|s| s == "HIT"), "after restore: {statuses:?}");
     assert_eq!(b.env.stub.calls(), calls, "no provider call after the restore");
+    let restored = b.env.chat(&key, "backup question 0").await;
+    assert_eq!(
+        (restored.status, restored.cache()),
+        (200, "HIT"),
+        "the restored key works"
+    );
     let (code, a, err) = b.cli(&["audit", "--check", "all"]).await;
     assert_eq!(code, 0, "audit after restore: {a} {err}");
 

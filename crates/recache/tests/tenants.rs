@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 const EXTRA: &str = "[keys]\ncache_seconds = 1\n[[tenants]]\nname = \"team-k\"\n";
 
 on_both_backends!(keys_made_revoked_and_rotated);
+on_both_backends!(use_against_each_limit_is_seen);
 
 async fn status(env: &Env, base: &str, key: &str, q: &str) -> u16 {
     let r = env
@@ -193,4 +194,79 @@ async fn a_revocation_reaches_the_other_replica_within_the_cache_window() {
     .await;
     println!("revocation reached the other replica after {took:?} (cache_seconds = 1)");
     second.shutdown().await;
+}
+
+/// Use against each limit, per tenant and per key: in `/metrics`, the
+/// dashboard's data (with the keys, never a digest) and `report cost`.
+async fn use_against_each_limit_is_seen(b: Backends) {
+    let real = !matches!(b, Backends::Embedded);
+    let extra = format!("{EXTRA}[[tenants]]\nname = \"team-l\"\nrpm = 50\nbudget_usd_day = 2.0\n");
+    let env = Env::on(b, StubConfig::default(), &extra).await;
+    let (code, made) = env.cli_json(&["keys", "create", "--tenant", "team-l", "--name", "seen", "--rpm", "10"]);
+    assert_eq!(code, 0, "{made}");
+    let (key, id) = (
+        made["key"].as_str().unwrap().to_string(),
+        made["record"]["id"].as_str().unwrap().to_string(),
+    );
+    // Three requests in one minute.
+    let s = (recache::roles::now_ms() / 1000) % 60;
+    if s >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - s as u64)).await;
+    }
+    for i in 0..3 {
+        assert_eq!(status(&env, &env.base, &key, &format!("seen {i}")).await, 200);
+    }
+    let metrics = env.metrics_text().await;
+    let sample = |family: &str, key: &str, limit: &str| -> Option<f64> {
+        let head = format!("{family}{{tenant=\"team-l\",key=\"{key}\",limit=\"{limit}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(head.as_str())?.trim().parse().ok())
+    };
+    assert_eq!(
+        sample("recache_limit_used", &id, "requests_per_minute"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(sample("recache_limit_max", &id, "requests_per_minute"), Some(10.0));
+    assert_eq!(sample("recache_limit_used", "", "requests_per_minute"), Some(3.0));
+    assert_eq!(sample("recache_limit_max", "", "requests_per_minute"), Some(50.0));
+    assert_eq!(sample("recache_limit_max", "", "usd_per_day"), Some(2.0));
+
+    let data = env.admin_json("/dashboard/data").await;
+    let keys = data["keys"].as_array().unwrap();
+    assert!(
+        keys.iter().any(|k| k["id"] == id.as_str() && k["state"] == "active"),
+        "{data}"
+    );
+    assert!(
+        !data.to_string().contains(&recache::keys::digest(&key)),
+        "no digest on the dashboard"
+    );
+    let limits = data["limits"].as_array().unwrap();
+    assert!(
+        limits
+            .iter()
+            .any(|l| l["key"] == id.as_str() && l["limit"] == "requests_per_minute" && l["used"] == 3.0),
+        "{limits:?}"
+    );
+
+    let (code, report) = env.cli_json(&["report", "cost"]);
+    assert_eq!(code, 0, "{report}");
+    let rows = report["limits"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|l| l["tenant"] == "team-l" && l["limit"] == "usd_per_day" && l["max"] == 2.0),
+        "{report}"
+    );
+    if real {
+        // On Redis the report reads the live counters.
+        assert!(
+            rows.iter()
+                .any(|l| l["key"] == id.as_str() && l["limit"] == "requests_per_minute" && l["used"] == 3.0),
+            "{report}"
+        );
+    } else {
+        assert!(report["limits_note"].as_str().unwrap().contains("/metrics"), "{report}");
+    }
 }

@@ -91,15 +91,22 @@ impl MemoryCounters {
     /// Sets each `(name, value, ttl_ms)`: a copy of what the shared
     /// counters answered, so counting here after they are lost starts from
     /// it. A counter's life is kept when it is live, else starts at `ttl_ms`.
-    pub fn set(&self, values: impl IntoIterator<Item = (String, i64, u64)>) {
+    pub fn set<'a>(&self, values: impl IntoIterator<Item = (&'a str, i64, u64)>) {
         let now = now_ms();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for (name, v, ttl_ms) in values {
-            let slot = map.entry(name).or_insert((0, now + ttl_ms as i64));
-            if slot.1 <= now {
-                slot.1 = now + ttl_ms as i64;
+            // Called on every admission: a name is allocated only when new.
+            match map.get_mut(name) {
+                Some(slot) => {
+                    if slot.1 <= now {
+                        slot.1 = now + ttl_ms as i64;
+                    }
+                    slot.0 = v;
+                }
+                None => {
+                    map.insert(name.to_string(), (v, now + ttl_ms as i64));
+                }
             }
-            slot.0 = v;
         }
     }
 }
@@ -117,7 +124,7 @@ mod tests {
         assert_eq!(c.add(&[CounterOp::add("gone", 5, 0)]), [5]);
         assert_eq!(c.add(&[CounterOp::read("gone")]), [0], "expired: starts again");
         assert_eq!(c.add(&[CounterOp::add_renew("r", 2, 60_000)]), [2]);
-        c.set([("a".to_string(), 7, 60_000), ("new".to_string(), 3, 60_000)]);
+        c.set([("a", 7, 60_000), ("new", 3, 60_000)]);
         assert_eq!(c.add(&[op(1), CounterOp::read("new")]), [8, 3]);
     }
 }

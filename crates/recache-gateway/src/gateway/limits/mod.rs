@@ -757,7 +757,7 @@ impl Limiter {
                 Kind::Seed => (v, 2 * DAY_MS),
                 Kind::Concurrent => return None,
             };
-            Some((w.op.name.clone(), v, ttl as u64))
+            Some((w.op.name.as_str(), v, ttl as u64))
         }));
     }
 
