@@ -94,11 +94,7 @@ impl Index for GuardedIndex {
         Box::pin(self.guard.call(self.inner.get(key)))
     }
     /// One guarded call: the breaker and the time limit judge the lookup.
-    fn get_counting(
-        &self,
-        key: CacheKey,
-        ops: Vec<super::counters::CounterOp>,
-    ) -> BoxFuture<'_, (Result<Option<IndexEntry>>, Result<Vec<i64>>)> {
+    fn get_counting(&self, key: CacheKey, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, super::Counted> {
         Box::pin(async move {
             let joint = async {
                 let (got, counted) = self.inner.get_counting(key, ops).await;

@@ -307,11 +307,7 @@ impl Index for RedisIndex {
     /// The lookup's `GET` first in the counters' pipeline: one round trip.
     /// In a cluster the pointer and the counters live on different nodes,
     /// so they go as two commands side by side.
-    fn get_counting(
-        &self,
-        key: CacheKey,
-        ops: Vec<super::counters::CounterOp>,
-    ) -> BoxFuture<'_, (Result<Option<IndexEntry>>, Result<Vec<i64>>)> {
+    fn get_counting(&self, key: CacheKey, ops: Vec<super::counters::CounterOp>) -> BoxFuture<'_, super::Counted> {
         Box::pin(async move {
             let mut c = match self.conn().await {
                 Ok(c) => c,

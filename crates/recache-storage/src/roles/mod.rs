@@ -41,6 +41,9 @@ pub mod vectors_qdrant;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
+/// What [`Index::get_counting`] answers: the lookup's result, and the counters'.
+pub type Counted = (Result<Option<IndexEntry>>, Result<Vec<i64>>);
+
 /// SHA-256 of an artifact's bytes: its address in the artifact store.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ArtifactId(pub [u8; 32]);
@@ -138,11 +141,7 @@ pub trait Index: Send + Sync {
     /// request's limits beside its lookup): engines that can, in one round
     /// trip (Redis: one pipeline). Answers the lookup's result and the
     /// counters' (see [`Index::counters_add`]).
-    fn get_counting(
-        &self,
-        key: CacheKey,
-        ops: Vec<counters::CounterOp>,
-    ) -> BoxFuture<'_, (Result<Option<IndexEntry>>, Result<Vec<i64>>)> {
+    fn get_counting(&self, key: CacheKey, ops: Vec<counters::CounterOp>) -> BoxFuture<'_, Counted> {
         Box::pin(async move { tokio::join!(self.get(key), self.counters_add(ops)) })
     }
     /// Many lookups at once (audits); engines override this to batch.
