@@ -1,5 +1,12 @@
 use clap::Parser;
 
+/// mimalloc instead of glibc's allocator: on the request path, with the
+/// runtime's threads allocating and freeing across each other, glibc's arena
+/// locks and chunk consolidation cost about 6 µs per limited cache hit on 2
+/// cores (a profile in `docs/benchmarks.md`, "Cache hits with tenant limits on").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     quiet_on_closed_stdout();
     let cli = recache::cli::Cli::parse();

@@ -314,7 +314,10 @@ async fn handle_call(state: Arc<AppState>, call: Call, headers: HeaderMap, body:
         t.usage.record(status);
     }
     for (name, value) in served.admission.iter().flat_map(|a| a.headers.iter()) {
-        set_header(&mut resp, name, value);
+        // The names are lowercase constants (`x-ratelimit-*`).
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().insert(header::HeaderName::from_static(name), v);
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     state

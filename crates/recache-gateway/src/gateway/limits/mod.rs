@@ -34,15 +34,6 @@ const DAY_MS: i64 = 86_400_000;
 /// A concurrency slot a crashed replica never gave back is freed after this.
 const SLOT_TTL_MS: u64 = 600_000;
 
-/// Limits of one scope: the tenant's, or one key's.
-struct Scope<'a> {
-    /// `tenant team-a`, `key key_…`: what a refusal names.
-    label: String,
-    /// Counter names start with this (the tenant's hash tag first).
-    base: String,
-    limits: &'a Limits,
-}
-
 /// The counters a request needs, in the order they are sent.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -118,10 +109,9 @@ pub struct Admission {
 /// An admission begun by [`Limiter::begin`].
 pub struct Pending {
     adm: Admission,
-    labels: Vec<String>,
+    caller: Caller,
     first: Vec<Want>,
     clock: Clock,
-    tenant_id: String,
 }
 
 impl Pending {
@@ -133,9 +123,7 @@ impl Pending {
 
 /// The spend counters a request reads only when it needs the provider.
 struct Later {
-    tenant_id: String,
-    labels: Vec<String>,
-    wants: Vec<Want>,
+    caller: Caller,
     clock: Clock,
 }
 
@@ -202,82 +190,87 @@ fn counted(l: &Limits) -> bool {
         || l.budget_usd_month.is_some()
 }
 
-/// The counters a request needs: per scope (the tenant, then its key), each
-/// counted limit's counter, named after its window. `first` go with the
-/// lookup (requests, concurrency, tokens: what a hit answers to or its
-/// headers show); `later` only before a provider call (the spend), unless
-/// `spend_first` (a budget that also stops hits).
-struct Plan {
-    labels: Vec<String>,
-    first: Vec<Want>,
-    later: Vec<Want>,
+/// Which of a request's counters a plan holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Beside the lookup: requests, concurrency and tokens (what a hit
+    /// answers to, or its headers show).
+    Lookup,
+    /// Before a provider call: the spend, and the seed marker.
+    Provider,
+    /// Both (a budget that also stops hits; the use `/metrics` shows).
+    All,
 }
 
+/// What a refusal names: `tenant 'team-a'` (scope 0) or `key key_…` (scope 1).
+fn label(caller: &Caller, scope: usize) -> String {
+    match (&caller.key, scope) {
+        (Some(k), 1) => format!("key {}", k.id),
+        _ => format!("tenant '{}'", caller.tenant.name),
+    }
+}
+
+/// Whether the tenant or the key has a budget.
+fn has_budget(caller: &Caller) -> bool {
+    let b = |l: &Limits| l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
+    b(&caller.tenant.limits) || caller.key.as_ref().is_some_and(|k| b(&k.limits))
+}
+
+/// The counters of `phase` a request needs: per scope (the tenant, then its
+/// key), each counted limit's counter, named after its window under the
+/// tenant's hash tag. Names are made only for the limits that are set.
 /// `seed_gen` names the seed markers: it moves on when the shared counters
 /// come back, so each replica re-seeds the spend once after an outage.
-fn plan(caller: &Caller, clock: &Clock, spend_first: bool, seed_gen: u64) -> Plan {
+fn plan(caller: &Caller, clock: &Clock, phase: Phase, seed_gen: u64) -> Vec<Want> {
     let t = &caller.tenant;
-    let tag = format!("{{t:{}}}", t.id);
-    let mut scopes = vec![Scope {
-        label: format!("tenant '{}'", t.name),
-        base: format!("{tag}:t"),
-        limits: &t.limits,
-    }];
+    let mut scopes: Vec<(&Limits, Option<&str>)> = vec![(&t.limits, None)];
     if let Some(k) = &caller.key {
-        scopes.push(Scope {
-            label: format!("key {}", k.id),
-            base: format!("{tag}:k:{}", k.id),
-            limits: &k.limits,
-        });
+        scopes.push((&k.limits, Some(k.id.as_str())));
     }
     let (minute, day) = (clock.minute, clock.day);
-    let (y, m) = civil(day);
-    let (mut first, mut later) = (Vec::new(), Vec::new());
-    for (i, s) in scopes.iter().enumerate() {
-        let l = s.limits;
-        let mut want = |kind, name: String, limit: Option<u64>| {
-            let Some(limit) = limit else { return };
+    let mut out = Vec::new();
+    for (i, (l, key)) in scopes.into_iter().enumerate() {
+        let base = match key {
+            None => format!("{{t:{}}}:t", t.id),
+            Some(k) => format!("{{t:{}}}:k:{k}", t.id),
+        };
+        let mut want = |kind: Kind, limit: Option<u64>, name: &dyn Fn() -> String| {
+            let spend = matches!(kind, Kind::UsdDay | Kind::UsdMonth | Kind::Seed);
+            let wanted = match phase {
+                Phase::Lookup => !spend,
+                Phase::Provider => spend,
+                Phase::All => true,
+            };
+            let Some(limit) = limit.filter(|_| wanted) else { return };
+            let name = name();
             let op = match kind {
                 Kind::Requests => CounterOp::add(name, 1, 2 * MINUTE_MS as u64),
                 Kind::Concurrent => CounterOp::add_renew(name, 1, SLOT_TTL_MS),
                 Kind::Seed => CounterOp::add(name, 1, 2 * DAY_MS as u64),
                 Kind::Tokens | Kind::UsdDay | Kind::UsdMonth => CounterOp::read(name),
             };
-            let spend = matches!(kind, Kind::UsdDay | Kind::UsdMonth | Kind::Seed);
-            let w = Want {
+            out.push(Want {
                 scope: i,
                 kind,
                 limit,
                 op,
-            };
-            if spend && !spend_first {
-                later.push(w);
-            } else {
-                first.push(w);
-            }
+            });
         };
-        want(Kind::Requests, format!("{}:rpm:{minute}", s.base), l.rpm);
-        want(Kind::Concurrent, format!("{}:conc", s.base), l.max_concurrent);
-        want(Kind::Tokens, format!("{}:tpm:{minute}", s.base), l.tpm);
+        want(Kind::Requests, l.rpm, &|| format!("{base}:rpm:{minute}"));
+        want(Kind::Concurrent, l.max_concurrent, &|| format!("{base}:conc"));
+        want(Kind::Tokens, l.tpm, &|| format!("{base}:tpm:{minute}"));
         let usd = |b: Option<f64>| b.map(|x| micro_usd(x).max(0) as u64);
-        want(Kind::UsdDay, format!("{}:usd_day:{day}", s.base), usd(l.budget_usd_day));
-        want(
-            Kind::UsdMonth,
-            format!("{}:usd_month:{y}{m:02}", s.base),
-            usd(l.budget_usd_month),
-        );
+        want(Kind::UsdDay, usd(l.budget_usd_day), &|| format!("{base}:usd_day:{day}"));
+        want(Kind::UsdMonth, usd(l.budget_usd_month), &|| {
+            let (y, m) = civil(day);
+            format!("{base}:usd_month:{y}{m:02}")
+        });
         let budgets = l.budget_usd_day.is_some() || l.budget_usd_month.is_some();
-        want(
-            Kind::Seed,
-            format!("{}:seeded:{day}:{seed_gen}", s.base),
-            budgets.then_some(u64::MAX),
-        );
+        want(Kind::Seed, budgets.then_some(u64::MAX), &|| {
+            format!("{base}:seeded:{day}:{seed_gen}")
+        });
     }
-    Plan {
-        labels: scopes.into_iter().map(|s| s.label).collect(),
-        first,
-        later,
-    }
+    out
 }
 
 /// Days since 1970-01-01 to (year, month) (proleptic Gregorian, UTC).
@@ -418,27 +411,21 @@ impl Limiter {
             return None;
         }
         let clock = Clock::at(now_ms());
-        let Plan { labels, first, later } = plan(
-            caller,
-            &clock,
-            !self.cfg.serve_hits_over_budget,
-            self.seed_gen.load(Ordering::Relaxed),
-        );
+        let spend_first = !self.cfg.serve_hits_over_budget;
+        let phase = if spend_first { Phase::All } else { Phase::Lookup };
+        let first = plan(caller, &clock, phase, self.seed_gen.load(Ordering::Relaxed));
         let mut adm = Admission::default();
-        if !later.is_empty() {
+        if !spend_first && has_budget(caller) {
             adm.later = Some(Later {
-                tenant_id: caller.tenant.id.clone(),
-                labels: labels.clone(),
-                wants: later,
+                caller: caller.clone(),
                 clock,
             });
         }
         Some(Pending {
             adm,
-            labels,
+            caller: caller.clone(),
             first,
             clock,
-            tenant_id: caller.tenant.id.clone(),
         })
     }
 
@@ -451,10 +438,9 @@ impl Limiter {
     ) -> Result<Admission, ApiError> {
         let Pending {
             mut adm,
-            labels,
+            caller,
             first,
             clock,
-            tenant_id,
         } = p;
         if first.is_empty() {
             return Ok(adm);
@@ -465,8 +451,9 @@ impl Limiter {
         let Some((mut values, local)) = self.or_fall_back(&first, true, shared)? else {
             return Ok(adm);
         };
-        self.reseed_if_due(&tenant_id, &clock, &first, &mut values, local).await;
-        let refused = self.judge(&mut adm, &labels, &first, &values, local, &clock);
+        self.reseed_if_due(&caller.tenant.id, &clock, &first, &mut values, local)
+            .await;
+        let refused = self.judge(&mut adm, &caller, &first, &values, local, &clock);
         if let Some(e) = refused {
             // A refused request takes back what it counted.
             let undo: Vec<CounterOp> = first
@@ -489,16 +476,12 @@ impl Limiter {
     /// Before a provider call: the spend counters read (re-seeded on the
     /// day's first call), and a 429 when a token or spend limit is reached.
     pub async fn before_provider(self: &Arc<Self>, adm: &mut Admission) -> Result<(), ApiError> {
-        if let Some(Later {
-            tenant_id,
-            labels,
-            wants,
-            clock,
-        }) = adm.later.take()
-        {
+        if let Some(Later { caller, clock }) = adm.later.take() {
+            let wants = plan(&caller, &clock, Phase::Provider, self.seed_gen.load(Ordering::Relaxed));
             if let Some((mut values, local)) = self.count_or_fall_back(&wants, false).await? {
-                self.reseed_if_due(&tenant_id, &clock, &wants, &mut values, local).await;
-                self.judge(adm, &labels, &wants, &values, local, &clock);
+                self.reseed_if_due(&caller.tenant.id, &clock, &wants, &mut values, local)
+                    .await;
+                self.judge(adm, &caller, &wants, &values, local, &clock);
             }
         }
         match adm.provider_block.take() {
@@ -514,7 +497,7 @@ impl Limiter {
     fn judge(
         self: &Arc<Self>,
         adm: &mut Admission,
-        labels: &[String],
+        caller: &Caller,
         wants: &[Want],
         values: &[i64],
         local: bool,
@@ -534,7 +517,9 @@ impl Limiter {
             Some(h.map_or((limit, left), |(l, r)| (l.min(limit), r.min(left))))
         };
         for (w, &v) in wants.iter().zip(values) {
-            let (name, label) = (&w.op.name, &labels[w.scope]);
+            let name = &w.op.name;
+            // Named only on a refusal: every admission passes through here.
+            let label = || label(caller, w.scope);
             let limit = (w.limit / share).max(1);
             let left = limit as i64 - v;
             match w.kind {
@@ -543,7 +528,7 @@ impl Limiter {
                     if v > limit as i64 && refused.is_none() {
                         refused = Some(refusal(
                             CODES[0],
-                            format!("rate limit reached: {limit} requests per minute for {label} (rate_limit_requests); retry in {minute_left_s} s"),
+                            format!("rate limit reached: {limit} requests per minute for {} (rate_limit_requests); retry in {minute_left_s} s", label()),
                             minute_left_s,
                         ));
                     }
@@ -553,7 +538,7 @@ impl Limiter {
                     if v > limit as i64 && refused.is_none() {
                         refused = Some(refusal(
                             CODES[1],
-                            format!("{limit} requests at once for {label} already (concurrency_limit)"),
+                            format!("{limit} requests at once for {} already (concurrency_limit)", label()),
                             1,
                         ));
                     }
@@ -564,7 +549,7 @@ impl Limiter {
                     if v >= limit as i64 && adm.provider_block.is_none() {
                         adm.provider_block = Some(refusal(
                             CODES[2],
-                            format!("rate limit reached: {limit} provider tokens per minute for {label} (rate_limit_tokens); retry in {minute_left_s} s"),
+                            format!("rate limit reached: {limit} provider tokens per minute for {} (rate_limit_tokens); retry in {minute_left_s} s", label()),
                             minute_left_s,
                         ));
                     }
@@ -580,7 +565,11 @@ impl Limiter {
                         };
                         adm.provider_block = Some(refusal(
                             code,
-                            format!("budget reached: ${:.2} per {what} for {label} ({code}); cached answers are still served", limit as f64 / 1e6),
+                            format!(
+                                "budget reached: ${:.2} per {what} for {} ({code}); cached answers are still served",
+                                limit as f64 / 1e6,
+                                label()
+                            ),
                             retry.max(1) as u64,
                         ));
                     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{counted, plan, Caller, Clock, Kind};
+use super::{counted, plan, Caller, Clock, Kind, Phase};
 use recache_storage::roles::counters::CounterOp;
 use recache_storage::roles::keys::KeyRecord;
 use recache_storage::roles::now_ms;
@@ -54,9 +54,7 @@ where
         let mut wants = Vec::new();
         for (caller, scope) in &callers {
             let id = caller.key.as_ref().map(|k| k.id.clone()).unwrap_or_default();
-            let p = plan(caller, &clock, true, 0);
-            let mine = p
-                .first
+            let mine = plan(caller, &clock, Phase::All, 0)
                 .into_iter()
                 .filter(|w| w.scope == *scope && w.kind != Kind::Seed);
             wants.extend(mine.map(|w| (id.clone(), w)));
