@@ -90,19 +90,11 @@ pub async fn build(s: &AppState) -> Value {
 }
 
 /// The metadata keys (digests never leave metadata) and each tenant's and
-/// live key's use against each limit now.
+/// live key's use against each limit now (never waiting on a hung backend).
 async fn keys_and_limits(s: &AppState) -> (Value, Value) {
-    let limit = Duration::from_millis(500);
-    let keys = match tokio::time::timeout(limit, s.cache.roles.metadata.list_keys(None)).await {
-        Ok(Ok(k)) => k,
-        _ => Vec::new(),
-    };
-    let usage = match tokio::time::timeout(limit, s.limiter.usage(&s.tenants.all(), &keys)).await {
-        Ok(u) => json!(u),
-        Err(_) => json!([]),
-    };
+    let (usage, keys) = crate::gateway::ops::limit_usage(s).await;
     let list: Vec<Value> = keys.iter().map(recache_ops::keys::record_json).collect();
-    (Value::Array(list), usage)
+    (Value::Array(list), json!(usage))
 }
 
 /// Answers, hit rate and money per dialect since this process started

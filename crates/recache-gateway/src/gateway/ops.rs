@@ -204,7 +204,7 @@ async fn render_metrics(s: &AppState) -> Response {
 /// Each tenant's and live key's use against each limit, refusals by limit,
 /// and admissions while the shared counters were out.
 async fn render_limits(s: &AppState, body: &mut String) {
-    let use_now = limit_usage(s).await;
+    let (use_now, _) = limit_usage(s).await;
     let mut f = Family::gauge(
         body,
         "recache_limit_used",
@@ -248,11 +248,30 @@ async fn render_limits(s: &AppState, body: &mut String) {
     );
 }
 
-/// Use against each limit now, for every tenant and every live metadata key
-/// (keys left out while metadata cannot list them).
-pub async fn limit_usage(s: &AppState) -> Vec<super::limits::LimitUse> {
-    let keys = s.cache.roles.metadata.list_keys(None).await.unwrap_or_default();
-    s.limiter.usage(&s.tenants.all(), &keys).await
+/// How long `/metrics` and the dashboard wait for the key list and the
+/// counters: a hung backend must never hold a scrape (the last key list read
+/// stands in for metadata; no limit rows while the index does not answer).
+const LIMIT_READ: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Use against each limit now, for every tenant and every live metadata key,
+/// and the keys it was read for.
+pub async fn limit_usage(
+    s: &AppState,
+) -> (
+    Vec<super::limits::LimitUse>,
+    Vec<recache_storage::roles::keys::KeyRecord>,
+) {
+    let keys = match tokio::time::timeout(LIMIT_READ, s.cache.roles.metadata.list_keys(None)).await {
+        Ok(Ok(keys)) => {
+            s.limiter.remember_keys(keys.clone());
+            keys
+        }
+        _ => s.limiter.last_keys(),
+    };
+    let usage = tokio::time::timeout(LIMIT_READ, s.limiter.usage(&s.tenants.all(), &keys))
+        .await
+        .unwrap_or_default();
+    (usage, keys)
 }
 
 /// Backup and drill gauges (for the alert rules), from the status the gateway

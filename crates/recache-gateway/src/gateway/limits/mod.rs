@@ -158,6 +158,8 @@ pub struct Limiter {
     degraded: AtomicBool,
     /// Names the spend's seed markers (see [`plan`]).
     seed_gen: AtomicU64,
+    /// The metadata keys as last listed (what `/metrics` shows while metadata is slow).
+    keys_seen: std::sync::RwLock<Arc<Vec<KeyRecord>>>,
     /// Refusals by limit code, and requests admitted while the counters were out.
     pub refusals: [AtomicU64; 6],
     pub fallbacks: AtomicU64,
@@ -310,6 +312,7 @@ impl Limiter {
             replicas: AtomicU64::new(1),
             degraded: AtomicBool::new(false),
             seed_gen: AtomicU64::new(0),
+            keys_seen: Default::default(),
             refusals: Default::default(),
             fallbacks: AtomicU64::new(0),
         }
@@ -644,6 +647,20 @@ impl Limiter {
                 }
             }
         }
+    }
+
+    /// Keeps the metadata keys as listed now.
+    pub fn remember_keys(&self, keys: Vec<KeyRecord>) {
+        *self.keys_seen.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// The metadata keys as last listed.
+    pub fn last_keys(&self) -> Vec<KeyRecord> {
+        self.keys_seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .clone()
     }
 
     /// Each counted limit's use now (see [`usage_of`]), read from where
