@@ -11,4 +11,5 @@ pub mod endpoint;
 pub mod error;
 pub mod key;
 pub mod prom;
+pub mod seal;
 pub mod time;

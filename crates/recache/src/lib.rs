@@ -6,7 +6,7 @@
 //! and so on, whichever crate holds them.
 
 pub use recache_cli::{cli, doctor, drill};
-pub use recache_core::{artifact, breaker, config, endpoint, key, time};
+pub use recache_core::{artifact, breaker, config, endpoint, key, seal, time};
 pub use recache_engine::{batch, cache, error, metrics, semantic, spool, sse, upstream, usage};
 pub use recache_gateway::{dashboard, gateway, http, server};
 pub use recache_ops::{backup, keys, recovery, status};

@@ -56,6 +56,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_keys(meta.as_ref()).await;
+    c::metadata_data_keys(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
@@ -133,6 +134,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_keys(meta.as_ref()).await;
+    c::metadata_data_keys(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;

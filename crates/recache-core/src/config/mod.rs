@@ -2,12 +2,14 @@
 //! overrides, strict typed structs, validated before any I/O.
 
 pub mod drill;
+mod encryption;
 mod load;
 pub mod redis_url;
 mod tenants;
 #[cfg(test)]
 mod tests;
 
+pub use encryption::EncryptionConfig;
 pub use load::{key_hash, redact};
 pub use tenants::{CounterLoss, KeysConfig, Limits, LimitsConfig, TenantConfig};
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub keys: KeysConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
 }

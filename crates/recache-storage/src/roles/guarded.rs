@@ -209,6 +209,21 @@ impl super::keys::KeyStore for GuardedMetadata {
     }
 }
 
+impl super::data_keys::DataKeyStore for GuardedMetadata {
+    fn create_data_key(&self, key: super::data_keys::DataKeyRecord, retire_others: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.guard.call(self.inner.create_data_key(key, retire_others)))
+    }
+    fn list_data_keys(&self, tenant: Option<String>) -> BoxFuture<'_, Result<Vec<super::data_keys::DataKeyRecord>>> {
+        Box::pin(self.guard.call(self.inner.list_data_keys(tenant)))
+    }
+    fn rewrap_data_key(&self, id: String, wrapped: String, master_id: String) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.guard.call(self.inner.rewrap_data_key(id, wrapped, master_id)))
+    }
+    fn destroy_data_keys(&self, tenant: String, at_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call(self.inner.destroy_data_keys(tenant, at_ms)))
+    }
+}
+
 impl Metadata for GuardedMetadata {
     fn engine(&self) -> &'static str {
         self.inner.engine()

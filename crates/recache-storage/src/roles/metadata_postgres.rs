@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_usage.sql")),
     (5, include_str!("../../migrations/postgres/0005_usage_dialect.sql")),
     (6, include_str!("../../migrations/postgres/0006_api_keys.sql")),
+    (7, include_str!("../../migrations/postgres/0007_data_keys.sql")),
 ];
 
 /// The statements of a migration file (no statement in them contains `;`).
@@ -135,6 +136,7 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
+super::data_keys::data_key_store!(PostgresMetadata);
 super::keys::key_store!(PostgresMetadata);
 write_batch_query!(PostgresMetadata, "FOR UPDATE", true);
 snapshot_queries!(

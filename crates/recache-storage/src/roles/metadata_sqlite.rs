@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/sqlite/0004_usage.sql")),
     (5, include_str!("../../migrations/sqlite/0005_usage_dialect.sql")),
     (6, include_str!("../../migrations/sqlite/0006_api_keys.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_data_keys.sql")),
 ];
 
 /// SQLite allows one writer at a time, and a transaction that reads before
@@ -123,6 +124,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
+super::data_keys::data_key_store!(SqliteMetadata);
 super::keys::key_store!(SqliteMetadata);
 write_batch_query!(SqliteMetadata, "", false);
 snapshot_queries!(

@@ -22,11 +22,13 @@ pub mod artifacts_object_store;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod counters;
+pub mod data_keys;
 pub mod factory;
 pub mod guarded;
 pub mod index_embedded;
 pub mod index_redis;
 pub mod index_snapshot;
+pub mod keyring;
 pub mod keys;
 pub mod metadata_postgres;
 pub mod metadata_sql;
@@ -371,7 +373,7 @@ pub struct HitUpdate {
 }
 
 /// The metadata role: entry registry and audit log.
-pub trait Metadata: keys::KeyStore + Send + Sync {
+pub trait Metadata: keys::KeyStore + data_keys::DataKeyStore + Send + Sync {
     fn engine(&self) -> &'static str;
     /// Registers (or replaces) an entry; returns the artifact it replaced, if any.
     fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>>;

@@ -486,3 +486,60 @@ pub async fn metadata_concurrent_writers(meta: Arc<dyn Metadata>) {
 pub async fn metadata_health(meta: &dyn Metadata) {
     meta.check().await.expect("a healthy metadata store passes its check");
 }
+
+/// Data keys: stored wrapped, one active per tenant after a rotation, re-wrapped
+/// in place, destroyed per tenant (the rows stay, the wrapped keys go).
+pub async fn metadata_data_keys(meta: &dyn Metadata) {
+    use crate::roles::data_keys::DataKeyRecord;
+    let tag = now_ms();
+    let (t1, t2) = (format!("dk-a-{tag}"), format!("dk-b-{tag}"));
+    let key = |id: &str, tenant: &str, at: i64| DataKeyRecord {
+        id: format!("{id}-{tag}"),
+        tenant: tenant.to_string(),
+        wrapped: format!("wrapped-{id}"),
+        master_id: "m1".into(),
+        created_at_ms: at,
+        retired_at_ms: None,
+        destroyed_at_ms: None,
+    };
+    meta.create_data_key(key("dk_1", &t1, 1_000), true).await.unwrap();
+    meta.create_data_key(key("dk_9", &t2, 1_500), true).await.unwrap();
+    meta.create_data_key(key("dk_2", &t1, 2_000), true).await.unwrap();
+    let mine = meta.list_data_keys(Some(t1.clone())).await.unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(
+        mine[0].retired_at_ms,
+        Some(2_000),
+        "the older key retired by the new one"
+    );
+    assert!(mine[1].active() && mine[1].wrapped == "wrapped-dk_2");
+    assert!(meta
+        .rewrap_data_key(mine[1].id.clone(), "rewrapped".into(), "m2".into())
+        .await
+        .unwrap());
+    let again = meta.list_data_keys(Some(t1.clone())).await.unwrap();
+    assert_eq!(
+        (again[1].wrapped.as_str(), again[1].master_id.as_str()),
+        ("rewrapped", "m2")
+    );
+    assert_eq!(meta.destroy_data_keys(t1.clone(), 3_000).await.unwrap(), 2);
+    let gone = meta.list_data_keys(Some(t1.clone())).await.unwrap();
+    assert!(
+        gone.iter()
+            .all(|k| k.wrapped.is_empty() && k.destroyed_at_ms == Some(3_000)),
+        "{gone:?}"
+    );
+    assert!(
+        !meta
+            .rewrap_data_key(gone[1].id.clone(), "x".into(), "m3".into())
+            .await
+            .unwrap(),
+        "a destroyed key stays destroyed"
+    );
+    let other = meta.list_data_keys(Some(t2)).await.unwrap();
+    assert!(
+        other.len() == 1 && other[0].active() && other[0].wrapped == "wrapped-dk_9",
+        "another tenant untouched"
+    );
+    assert!(meta.list_data_keys(None).await.unwrap().len() >= 3);
+}
