@@ -16,6 +16,7 @@ use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::roles::{now_ms, ArtifactId, AuditEvent, EntryRecord, HitUpdate, IndexEntry, Roles};
 use crate::spool::{Spool, SpoolRecord};
+use recache_storage::roles::keyring::{self, KeyringError};
 
 /// A served entry.
 pub struct Hit {
@@ -187,7 +188,21 @@ impl Cache {
                 .await;
             return None;
         }
-        let decoded = match artifact::decode(&bytes) {
+        // Sealed at rest ([encryption]): opened with the tenant's data key.
+        let envelope = match keyring::open_artifact(self.roles.keyring.as_deref(), &bytes).await {
+            Ok(b) => b,
+            Err(KeyringError::Metadata(e)) => {
+                // The key could not be read now: a miss, the entry stays.
+                self.failed(&e, "metadata", "data key read");
+                return None;
+            }
+            Err(e) => {
+                self.integrity_problem(key, tenant, "artifact.unreadable", &entry, &e.to_string())
+                    .await;
+                return None;
+            }
+        };
+        let decoded = match artifact::decode(&envelope) {
             Ok(d) => d,
             Err(e) => {
                 self.integrity_problem(key, tenant, "artifact.undecodable", &entry, &e)
@@ -312,6 +327,20 @@ impl Cache {
             cost_usd: s.cost_usd,
         };
         let bytes = artifact::encode(&meta, s.canonical_request.as_bytes(), &s.body);
+        // Sealed before it is named: the id is the SHA-256 of what is stored.
+        let bytes = match &self.roles.keyring {
+            None => bytes,
+            Some(k) => match k.seal(&s.tenant, &bytes).await {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    self.metrics
+                        .store_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(key = %s.key, error = %e, "entry not stored (sealing failed); the answer was still served");
+                    return Err(sealing_failed(e));
+                }
+            },
+        };
         let id = ArtifactId::of(&bytes);
         let size = bytes.len() as u64;
         let result = self
@@ -361,7 +390,13 @@ impl Cache {
             expires_at_ms: expires,
             last_hit_at_ms: None,
             hit_count: 0,
-            request: Some(s.canonical_request.clone()),
+            request: Some(match &self.roles.keyring {
+                Some(k) => k
+                    .seal_text(&s.tenant, &s.canonical_request)
+                    .await
+                    .map_err(sealing_failed)?,
+                None => s.canonical_request.clone(),
+            }),
             artifact_missing: false,
         };
         let replaced = match self.writers.register(record.clone()).await {
@@ -464,5 +499,17 @@ impl Cache {
             }
         }
         (idx, artifacts.len(), deleted)
+    }
+}
+
+/// A sealing failure as a storage error: the write is refused, the backend
+/// is not unhealthy (no breaker counts it), unless metadata itself failed.
+fn sealing_failed(e: KeyringError) -> BackendError {
+    match e {
+        KeyringError::Metadata(e) => e,
+        e => BackendError::Rejected {
+            backend: "artifacts",
+            detail: format!("sealing: {e}"),
+        },
     }
 }

@@ -42,6 +42,7 @@ impl Gateway {
     /// Opens the roles and serves on `config.server.listen` (port 0 picks one).
     pub async fn start(config: Config, env: &HashMap<String, String>) -> anyhow::Result<Gateway> {
         let (roles, queue) = open_roles(&config).await?;
+        refuse_sealed_without_key(&roles).await?;
         let metrics = Arc::new(Metrics::default());
         let spool = recache_engine::spool::Spool::open(&config.metadata.spool_path)
             .with_context(|| {
@@ -322,4 +323,27 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
     let mut out = vec![hits, sweep, spool, replicas];
     out.extend(crate::dashboard::spawn(state));
     out
+}
+
+/// A gateway with sealed answers and no master key refuses to start: it could
+/// serve none of them and would store new ones in plain text beside them.
+async fn refuse_sealed_without_key(roles: &recache_storage::roles::Roles) -> anyhow::Result<()> {
+    if roles.keyring.is_some() {
+        return Ok(());
+    }
+    match roles.metadata.list_data_keys(None).await {
+        Ok(keys) => {
+            let live = keys.iter().filter(|k| k.destroyed_at_ms.is_none()).count();
+            if live > 0 {
+                anyhow::bail!(
+                    "metadata holds {live} tenant data key(s): the cache holds sealed answers, and no master key is configured (set [encryption] master_key_env or master_key_file)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check metadata for sealed answers at start-up");
+            Ok(())
+        }
+    }
 }

@@ -14,6 +14,77 @@ use recache::seal::{self, Key32};
 use recache_stub_provider::StubConfig;
 
 on_both_backends!(keyring_seals_rotates_and_erases);
+on_both_backends!(answers_are_sealed_at_rest);
+
+/// 32 bytes, base64: the test's master key.
+const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// With a master key, no prompt or answer text is in any stored artifact or
+/// metadata row; hits are served as before; the audit opens every artifact;
+/// a gateway without the key refuses to start on these stores.
+async fn answers_are_sealed_at_rest(b: Backends) {
+    let extra = "[encryption]\nmaster_key_env = \"RECACHE_TEST_MASTER_KEY\"\n";
+    let mut env = Env::on_with(b, StubConfig::default(), extra, &[("RECACHE_TEST_MASTER_KEY", MASTER)]).await;
+    let prompt = format!("zebra-secret-{}", recache::roles::now_ms());
+    let first = env.chat(common::KEY_A, &prompt).await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"), "{}", first.text);
+    let key = first.header("x-recache-key").to_string();
+    let hit = common::until(
+        std::time::Duration::from_secs(10),
+        "the sealed answer is a hit",
+        async || env.chat(common::KEY_A, &prompt).await.cache() == "HIT",
+    )
+    .await;
+    println!("hit after {hit:?}");
+    let again = env.chat(common::KEY_A, &prompt).await;
+    assert_eq!(again.content(), first.content(), "the same answer, opened");
+
+    // Raw bytes: every stored artifact is sealed and none holds the prompt.
+    use recache::roles::Artifacts;
+    let store = env.raw_artifacts();
+    let listed = store.list().await.unwrap();
+    assert!(!listed.is_empty());
+    for a in listed {
+        let raw = store.get(a.id).await.unwrap().unwrap();
+        assert!(seal::is_sealed(&raw), "artifact {} is sealed", a.id.hex());
+        assert!(
+            !raw.windows(prompt.len()).any(|w| w == prompt.as_bytes()),
+            "no prompt in {}",
+            a.id.hex()
+        );
+    }
+    // Metadata rows: the stored request is sealed too.
+    let plain_rows = env
+        .metadata_sql(&format!(
+            "UPDATE entries SET hit_count = hit_count WHERE request_json LIKE '%{prompt}%'"
+        ))
+        .await;
+    assert_eq!(plain_rows, 0, "no metadata row holds the prompt");
+    let sealed_rows = env
+        .metadata_sql("UPDATE entries SET hit_count = hit_count WHERE request_json LIKE 'rce1:%'")
+        .await;
+    assert!(sealed_rows >= 1, "the stored request is sealed");
+
+    // The audit opens and checks every artifact (the CLI reads the key from the same variable).
+    let (code, out, err) = env.cli(&["audit", "--check", "artifact-integrity"]);
+    assert_eq!(code, 0, "audit: {out}{err}");
+    assert!(out.contains("1 verified") || out.contains("verified"), "{out}");
+
+    // Without the master key, a gateway on these stores refuses to start.
+    if let Some(gw) = env.gw.take() {
+        gw.shutdown().await;
+    }
+    let mut keyless = env.config();
+    keyless.encryption = Default::default();
+    let vars = [("RECACHE_ADMIN_TOKEN".to_string(), "admin-secret".to_string())].into();
+    let refused = recache::server::Gateway::start(keyless, &vars)
+        .await
+        .err()
+        .expect("refused");
+    let why = format!("{refused:#}");
+    assert!(why.contains("no master key"), "{why}");
+    assert!(!key.is_empty());
+}
 
 async fn keyring_seals_rotates_and_erases(b: Backends) {
     let env = Env::on(b, StubConfig::default(), "").await;
@@ -82,4 +153,109 @@ async fn keyring_seals_rotates_and_erases(b: Backends) {
     assert_eq!(open_artifact(None, &plain).await.unwrap(), plain);
     let e = open_artifact(None, &other_tenant).await.unwrap_err().to_string();
     assert!(e.contains("no master key"), "{e}");
+}
+
+/// Runs the CLI off the runtime's threads (a backup waits for the gateway's workers).
+async fn cli_json(env: &Env, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    a.extend(["--format".into(), "json".into(), "--config".into()]);
+    a.push(env.config_file().display().to_string());
+    let vars: Vec<(String, String)> = [("RECACHE_TEST_MASTER_KEY".to_string(), MASTER.to_string())].into();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+            .args(&a)
+            .envs(vars)
+            .env("RECACHE_ADMIN_TOKEN", "admin-secret")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A backup set of sealed answers carries the tenants' data keys, wrapped
+/// only: restored into empty stores (with the master key), every answer is a
+/// hit again, and no file of the set holds the prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_set_restores_with_its_keys() {
+    let targets = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[encryption]\nmaster_key_env = \"RECACHE_TEST_MASTER_KEY\"\n[backup]\ntarget = \"{}\"\n[warmer]\npoll_ms = 50\n",
+        targets.path().display()
+    );
+    let mut env = Env::on_with(
+        Backends::Embedded,
+        StubConfig::default(),
+        &extra,
+        &[("RECACHE_TEST_MASTER_KEY", MASTER)],
+    )
+    .await;
+    let prompt = format!("okapi-secret-{}", recache::roles::now_ms());
+    assert_eq!(env.chat(common::KEY_A, &prompt).await.cache(), "MISS");
+    common::until(std::time::Duration::from_secs(10), "a hit", async || {
+        env.chat(common::KEY_A, &prompt).await.cache() == "HIT"
+    })
+    .await;
+    let calls = env.stub.calls();
+    let (code, v, err) = cli_json(&env, &["backup", "create"]).await;
+    assert_eq!(code, 0, "create: {v} {err}");
+    // No file of the set holds the prompt (compressed or not, it would be plain inside).
+    for f in walk(targets.path()) {
+        let raw = std::fs::read(&f).unwrap();
+        let mut text = Vec::new();
+        if f.extension().is_some_and(|e| e == "gz") {
+            use std::io::Read;
+            let _ = flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut text);
+        } else {
+            text = raw;
+        }
+        assert!(
+            !text.windows(prompt.len()).any(|w| w == prompt.as_bytes()),
+            "the prompt in {}",
+            f.display()
+        );
+    }
+    if let Some(gw) = env.gw.take() {
+        gw.shutdown().await;
+    }
+    for p in [
+        "index",
+        "artifacts",
+        "metadata.db",
+        "metadata.db-wal",
+        "metadata.db-shm",
+        "spool.jsonl",
+    ] {
+        let p = env.path(p);
+        let _ = std::fs::remove_dir_all(&p);
+        let _ = std::fs::remove_file(&p);
+    }
+    let (code, r, err) = cli_json(&env, &["backup", "restore", "--latest"]).await;
+    assert_eq!(code, 0, "restore: {r} {err}");
+    assert_eq!(r["data_keys"], 1, "the tenant's data key, wrapped: {r}");
+    env.start().await;
+    let after = env.chat(common::KEY_A, &prompt).await;
+    assert_eq!(after.cache(), "HIT", "{}", after.text);
+    assert_eq!(env.stub.calls(), calls, "no provider call after the restore");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -163,12 +163,6 @@ impl Config {
         self.validate_vectors()?;
         self.validate_limits()?;
         self.validate_encryption(env)?;
-        if self.encryption.enabled() {
-            // Said until the request path seals (issue 26): a key alone protects nothing yet.
-            warnings.push(
-                "[encryption]: the master key is read, but this version does not seal stored answers yet; they are stored in plain text".into(),
-            );
-        }
         self.validate_semantic()?;
         self.validate_upstreams(env)?;
         self.validate_tenants(&mut warnings)?;

@@ -108,7 +108,7 @@ impl PartWriter {
 
     fn stem_dir(&self) -> &'static str {
         match self.stem {
-            "entries" | "audit" | "jobs" | "keys" => "metadata",
+            "entries" | "audit" | "jobs" | "keys" | "data_keys" => "metadata",
             "pointers" => "index",
             "artifacts" => "artifacts",
             _ => "vectors",
@@ -221,6 +221,14 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
     scan.part.keys = keys.len() as u64;
     let mut part = PartWriter::new(target, dir, "keys", "jsonl");
     part.push(keys.len() as u64, move |out| codec::json_lines(&keys, out))
+        .await?;
+    scan.files.extend(part.finish().await?);
+    // The tenants' data keys, wrapped by the master key only: a set restores
+    // only with it; an erased tenant's key is in it destroyed.
+    let data_keys = roles.metadata.list_data_keys(None).await?;
+    scan.part.data_keys = data_keys.len() as u64;
+    let mut part = PartWriter::new(target, dir, "data_keys", "jsonl");
+    part.push(data_keys.len() as u64, move |out| codec::json_lines(&data_keys, out))
         .await?;
     scan.files.extend(part.finish().await?);
     Ok(scan)

@@ -89,6 +89,9 @@ pub struct MetadataPart {
     /// Client keys of metadata (`recache keys create`): digests only.
     #[serde(default)]
     pub keys: u64,
+    /// Tenants' data keys (`[encryption]`), wrapped by the master key only.
+    #[serde(default)]
+    pub data_keys: u64,
     /// Creation times of the entries.
     pub window: Window,
 }

@@ -18,6 +18,7 @@ use super::{set_dir, BResult, BackupError};
 use recache_core::key::CacheKey;
 use recache_storage::queue::worker::JobCtx;
 use recache_storage::queue::Job;
+use recache_storage::roles::data_keys::DataKeyRecord;
 use recache_storage::roles::keys::KeyRecord;
 use recache_storage::roles::{ArtifactId, AuditEvent, EntryRecord, IndexEntry, Roles, SnapshotBatch};
 
@@ -33,6 +34,9 @@ pub struct RestoreReport {
     /// after the set was taken stands.
     pub keys: u64,
     pub keys_present: u64,
+    /// Tenants' data keys written (wrapped); one the destination holds stays
+    /// as it is there (so an erasure made after the set stands).
+    pub data_keys: u64,
     pub artifacts: u64,
     pub artifacts_copied: u64,
     pub artifacts_present: u64,
@@ -244,6 +248,21 @@ impl Restore<'_> {
                 .filter(|j| !matches!(j.kind.as_str(), super::run::BACKUP | super::run::BACKUP_RESTORE))
                 .collect();
             self.r.jobs += roles.metadata.import_snapshot(SnapshotBatch::Jobs(jobs)).await?;
+        }
+        let held: HashSet<String> = roles
+            .metadata
+            .list_data_keys(None)
+            .await?
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        for f in files(m, "metadata/data_keys-") {
+            let text = read_file(target, m, f).await?;
+            let rows: Vec<DataKeyRecord> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+            for k in rows.into_iter().filter(|k| !held.contains(&k.id)) {
+                roles.metadata.create_data_key(k, false).await?;
+                self.r.data_keys += 1;
+            }
         }
         for f in files(m, "metadata/keys-") {
             let text = read_file(target, m, f).await?;

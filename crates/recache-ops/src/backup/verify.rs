@@ -314,6 +314,7 @@ async fn scratch_restore(
         vectors: Arc::new(recache_storage::roles::vectors_disabled::DisabledVectors),
         metadata: metadata.clone(),
         breakers: Vec::new(),
+        keyring: None,
     };
     let report = restore_into(&roles, target, m, parallel, ctx).await?;
     v.restored_entries = report.entries;

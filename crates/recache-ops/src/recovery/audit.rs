@@ -22,6 +22,7 @@ use super::Recovery;
 use recache_core::artifact;
 use recache_core::key::CacheKey;
 use recache_storage::queue::worker::{JobCtx, JobError};
+use recache_storage::roles::keyring::open_artifact;
 use recache_storage::roles::{now_ms, ArtifactId, EntryRecord, Index, IndexEntry};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -343,7 +344,10 @@ impl Recovery {
                         ),
                     ),
                     Some(bytes) => {
-                        if let Err(why) = verify_artifact(e, &bytes) {
+                        let envelope = open_artifact(self.cache.roles.keyring.as_deref(), &bytes)
+                            .await
+                            .map_err(|err| format!("the sealed artifact does not open: {err}"));
+                        if let Err(why) = verify_artifact(e, &bytes, envelope) {
                             r.add(max, finding("corrupt_artifact", Some(e), None, None, why));
                         }
                     }
@@ -488,12 +492,17 @@ fn orphan_artifacts(listing: &ArtifactListing, r: &mut AuditReport, scope: &Scop
     }
 }
 
-/// Checks an artifact's bytes against its entry: hash, envelope, key and tenant.
-pub(crate) fn verify_artifact(e: &EntryRecord, bytes: &bytes::Bytes) -> Result<(), String> {
+/// Checks an artifact's stored bytes against its entry: hash, then the
+/// envelope (`envelope`: the bytes opened, when sealed), key and tenant.
+pub(crate) fn verify_artifact(
+    e: &EntryRecord,
+    bytes: &bytes::Bytes,
+    envelope: Result<bytes::Bytes, String>,
+) -> Result<(), String> {
     if ArtifactId::of(bytes) != e.artifact {
         return Err("SHA-256 of the stored bytes does not match the artifact id".into());
     }
-    let d = artifact::decode(bytes)?;
+    let d = artifact::decode(&envelope?)?;
     if d.meta.key != e.key.hex() || d.meta.tenant != e.tenant {
         return Err("the envelope belongs to another key or tenant".into());
     }

@@ -15,6 +15,7 @@ use recache_core::endpoint::Endpoint;
 use recache_core::key::CacheKey;
 use recache_storage::queue::worker::{JobCtx, JobError};
 use recache_storage::queue::Job;
+use recache_storage::roles::keyring::{open_artifact, open_text};
 use recache_storage::roles::BoxFuture;
 use recache_storage::roles::{now_ms, ArtifactId, AuditEvent, EntryRecord};
 
@@ -238,7 +239,8 @@ impl Recovery {
             let got = futures_util::future::join_all(reads).await;
             for (id, bytes) in chunk.iter().zip(got) {
                 let Some(bytes) = bytes? else { continue };
-                match entry_from_artifact(*id, &bytes) {
+                let envelope = open_artifact(roles.keyring.as_deref(), &bytes).await.ok();
+                match envelope.and_then(|env| entry_from_artifact(*id, &bytes, &env)) {
                     Some(e) if e.expires_at_ms + retain > now => batch.push(e),
                     Some(_) => expired += 1,
                     None => unreadable += 1,
@@ -381,11 +383,16 @@ impl Recovery {
 
     /// Buys an entry's answer again with its stored request and original TTL.
     async fn buy_entry(&self, e: &EntryRecord, job_id: i64) -> Result<Bought, JobError> {
-        let Some(request) = e.request.as_deref() else {
+        let Some(stored) = e.request.as_deref() else {
             return Ok(Bought::Refused(
                 "no stored request (entry registered before recovery support)".into(),
             ));
         };
+        let request = match open_text(self.cache.roles.keyring.as_deref(), stored).await {
+            Ok(r) => r,
+            Err(err) => return Ok(Bought::Refused(format!("the stored request cannot be read: {err}"))),
+        };
+        let request = request.as_str();
         let Some(endpoint) = Endpoint::from_name(&e.endpoint) else {
             return Ok(Bought::Refused(format!("unknown endpoint '{}'", e.endpoint)));
         };
@@ -418,13 +425,18 @@ struct Purchases {
     errors: Vec<String>,
 }
 
-/// An entry row rebuilt from an artifact envelope, if the bytes are a
-/// well-formed recache artifact with the id they are stored under.
-pub(crate) fn entry_from_artifact(id: ArtifactId, bytes: &bytes::Bytes) -> Option<EntryRecord> {
+/// An entry row rebuilt from an artifact envelope, if the stored bytes are a
+/// well-formed recache artifact with the id they are stored under
+/// (`envelope`: the stored bytes opened, when they are sealed).
+pub(crate) fn entry_from_artifact(
+    id: ArtifactId,
+    bytes: &bytes::Bytes,
+    envelope: &bytes::Bytes,
+) -> Option<EntryRecord> {
     if ArtifactId::of(bytes) != id {
         return None;
     }
-    let d = artifact::decode(bytes).ok()?;
+    let d = artifact::decode(envelope).ok()?;
     Some(EntryRecord {
         key: CacheKey::from_hex(&d.meta.key)?,
         tenant: d.meta.tenant,

@@ -9,6 +9,7 @@ use super::Recovery;
 use recache_core::artifact;
 use recache_core::key::CacheKey;
 use recache_storage::queue::worker::{JobCtx, JobError};
+use recache_storage::roles::keyring::open_artifact;
 use recache_storage::roles::{now_ms, ArtifactId, AuditEvent};
 
 impl Recovery {
@@ -103,7 +104,8 @@ impl Recovery {
             let Some(bytes) = roles.artifacts.get(*id).await? else {
                 continue;
             };
-            if let Ok(d) = artifact::decode(&bytes) {
+            let envelope = open_artifact(roles.keyring.as_deref(), &bytes).await;
+            if let Some(d) = envelope.ok().and_then(|b| artifact::decode(&b).ok()) {
                 let live = d.meta.expires_at_ms + self.retain_ms() > now;
                 let key = CacheKey::from_hex(&d.meta.key);
                 if live && ArtifactId::of(&bytes) == *id {

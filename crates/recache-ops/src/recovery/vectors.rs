@@ -18,6 +18,7 @@ use recache_core::key::CacheKey;
 use recache_engine::semantic::engine::Skip;
 use recache_storage::queue::worker::{JobCtx, JobError};
 use recache_storage::queue::NewJob;
+use recache_storage::roles::keyring::{open_artifact, open_text};
 use recache_storage::roles::{now_ms, EntryRecord, VectorPoint};
 
 fn u(v: &Value, k: &str) -> u64 {
@@ -44,13 +45,17 @@ fn proven_headers(e: &EntryRecord, endpoint: Endpoint, body: &Value) -> Option<V
 impl Recovery {
     /// The stored canonical request of an entry: its metadata copy, else the artifact's envelope.
     async fn stored_request(&self, e: &EntryRecord) -> Result<Option<String>, JobError> {
+        let keyring = self.cache.roles.keyring.as_deref();
         if let Some(r) = &e.request {
-            return Ok(Some(r.clone()));
+            return Ok(open_text(keyring, r).await.ok());
         }
         let Some(bytes) = self.cache.roles.artifacts.get(e.artifact).await? else {
             return Ok(None);
         };
-        Ok(artifact::decode(&bytes)
+        let Ok(envelope) = open_artifact(keyring, &bytes).await else {
+            return Ok(None);
+        };
+        Ok(artifact::decode(&envelope)
             .ok()
             .map(|d| String::from_utf8_lossy(&d.request).into_owned()))
     }

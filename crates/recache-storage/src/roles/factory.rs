@@ -176,12 +176,14 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
         inner: metadata,
         guard: Guard::new(bm.clone(), ms(config.metadata.timeout_ms)),
     });
+    let keyring = super::keyring::Keyring::new(config.encryption.keys.clone(), metadata.clone());
     let roles = Roles {
         index,
         artifacts,
         vectors: open_vectors(config, bv.clone(), access)?,
         metadata,
         breakers: vec![bi, ba, bv, bm],
+        keyring,
     };
     // Report each backend in the background: start-up never waits on a slow or hung one.
     // (Only for processes that serve or work; the CLI's reports say what matters to them.)

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use recache_core::seal::{self, Key32, SealError};
 
@@ -16,6 +17,9 @@ use super::{now_ms, Metadata};
 
 /// What a sealed artifact is bound to, beside its key.
 const ARTIFACT_AAD: &[u8] = b"recache artifact v1";
+/// What a sealed text of metadata is bound to, and how it starts.
+const TEXT_AAD: &[u8] = b"recache stored request v1";
+const TEXT_PREFIX: &str = "rce1:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -162,6 +166,17 @@ impl Keyring {
         Ok(Bytes::from(seal::open(stored, ARTIFACT_AAD, |_| Some(key.as_ref()))?))
     }
 
+    /// Seals a text kept in metadata (the stored canonical request):
+    /// `rce1:` and the sealed blob in base64.
+    pub async fn seal_text(&self, tenant: &str, text: &str) -> Result<String, KeyringError> {
+        let (id, key) = self.active_key(tenant).await?;
+        let blob = seal::seal(&key, &id, TEXT_AAD, text.as_bytes());
+        Ok(format!(
+            "{TEXT_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        ))
+    }
+
     /// Re-wraps every data key not wrapped by the current master key (a
     /// master rotation: the previous master key opens them, the current one
     /// wraps them again). Answers (re-wrapped, already current).
@@ -232,4 +247,23 @@ pub async fn open_artifact(keyring: Option<&Keyring>, stored: &Bytes) -> Result<
         ))),
         None => Ok(stored.clone()),
     }
+}
+
+/// A text kept in metadata as it was written: opened when sealed
+/// ([`Keyring::seal_text`]), as it is when not.
+pub async fn open_text(keyring: Option<&Keyring>, text: &str) -> Result<String, KeyringError> {
+    let Some(b64) = text.strip_prefix(TEXT_PREFIX) else {
+        return Ok(text.to_string());
+    };
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| KeyringError::Seal(SealError::Truncated))?;
+    let Some(k) = keyring else {
+        return Err(KeyringError::Seal(SealError::BadKey(
+            "the stored request is sealed and no master key is configured ([encryption] master_key_env)".into(),
+        )));
+    };
+    let key = k.key(seal::key_id_of(&blob)?).await?;
+    let plain = seal::open(&blob, TEXT_AAD, |_| Some(key.as_ref()))?;
+    String::from_utf8(plain).map_err(|_| KeyringError::Seal(SealError::Forged))
 }

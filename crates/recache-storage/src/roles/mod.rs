@@ -530,6 +530,9 @@ pub struct Roles {
     pub vectors: Arc<dyn Vectors>,
     pub metadata: Arc<dyn Metadata>,
     pub breakers: Vec<Arc<crate::breaker::Breaker>>,
+    /// The tenants' data keys when a master key is configured (`[encryption]`):
+    /// artifacts and stored requests are sealed on write, opened on read.
+    pub keyring: Option<Arc<keyring::Keyring>>,
 }
 
 /// Health of one role, as `/health/ready` and `recache health` report it.
