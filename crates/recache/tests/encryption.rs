@@ -70,6 +70,42 @@ async fn answers_are_sealed_at_rest(b: Backends) {
     assert_eq!(code, 0, "audit: {out}{err}");
     assert!(out.contains("1 verified") || out.contains("verified"), "{out}");
 
+    // Rotations: a tenant's new key for new answers, then a new master key.
+    let (code, st, err) = cli_json(&env, &["encryption", "status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(st["keys"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(st["keys"][0]["tenant"], "team-a");
+    assert!(!st.to_string().contains(MASTER));
+    let (code, rot, err) = cli_json(&env, &["encryption", "rotate-tenant", "--tenant", "team-a"]).await;
+    assert_eq!(code, 0, "{rot} {err}");
+    let (_, st, _) = cli_json(&env, &["encryption", "status"]).await;
+    let states: Vec<&str> = st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["retired", "active"], "{st}");
+    const NEW_MASTER: &str = "Hx4dHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=";
+    let rotating = [
+        ("RECACHE_TEST_MASTER_KEY", NEW_MASTER),
+        ("RECACHE_TEST_OLD_MASTER_KEY", MASTER),
+        (
+            "RECACHE_ENCRYPTION__PREVIOUS_MASTER_KEY_ENV",
+            "RECACHE_TEST_OLD_MASTER_KEY",
+        ),
+    ];
+    let (code, v, err) = cli_json_with(&env, &["encryption", "rotate-master"], &rotating).await;
+    assert_eq!(code, 0, "{v} {err}");
+    assert_eq!(v["rewrapped"], 2, "{v}");
+    let (_, st, _) = cli_json_with(
+        &env,
+        &["encryption", "status"],
+        &[("RECACHE_TEST_MASTER_KEY", NEW_MASTER)],
+    )
+    .await;
+    assert_eq!(st["not_under_current_master"], 0, "{st}");
+
     // Without the master key, a gateway on these stores refuses to start.
     if let Some(gw) = env.gw.take() {
         gw.shutdown().await;
@@ -83,6 +119,22 @@ async fn answers_are_sealed_at_rest(b: Backends) {
         .expect("refused");
     let why = format!("{refused:#}");
     assert!(why.contains("no master key"), "{why}");
+    // With only the new master key, the answer sealed before both rotations is a hit.
+    let mut renewed = env.config();
+    renewed.encryption.keys = vec![Key32::from_base64(NEW_MASTER).unwrap()];
+    let gw = recache::server::Gateway::start(renewed, &vars)
+        .await
+        .expect("starts with the new key");
+    let r = env
+        .http
+        .post(format!("http://{}/v1/chat/completions", gw.addr))
+        .bearer_auth(common::KEY_A)
+        .json(&common::chat_body(&prompt, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-recache-status"], "HIT");
+    gw.shutdown().await;
     assert!(!key.is_empty());
 }
 
@@ -157,10 +209,14 @@ async fn keyring_seals_rotates_and_erases(b: Backends) {
 
 /// Runs the CLI off the runtime's threads (a backup waits for the gateway's workers).
 async fn cli_json(env: &Env, args: &[&str]) -> (i32, serde_json::Value, String) {
+    cli_json_with(env, args, &[("RECACHE_TEST_MASTER_KEY", MASTER)]).await
+}
+
+async fn cli_json_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
     let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     a.extend(["--format".into(), "json".into(), "--config".into()]);
     a.push(env.config_file().display().to_string());
-    let vars: Vec<(String, String)> = [("RECACHE_TEST_MASTER_KEY".to_string(), MASTER.to_string())].into();
+    let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
             .args(&a)

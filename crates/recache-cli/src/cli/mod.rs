@@ -14,6 +14,7 @@ pub mod bench_dialect;
 pub mod bench_semantic;
 pub mod doctor;
 pub mod drill;
+pub mod encryption;
 pub mod health;
 pub mod keys;
 pub mod ops;
@@ -65,6 +66,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Client keys kept in metadata: create (printed once), list, revoke, rotate.
     Keys(keys::KeysArgs),
+    /// Answers sealed at rest: status of the tenants' data keys, rotate-master, rotate-tenant.
+    Encryption(encryption::EncryptionArgs),
     /// Reports from metadata: `report cost` (requests, hits, tokens, USD saved and spent per group).
     Report(report::ReportArgs),
 }
@@ -149,6 +152,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Drill(a) => drill::run(a).await,
         Command::Doctor(a) => doctor::run(a).await,
         Command::Keys(a) => keys::run(a).await,
+        Command::Encryption(a) => encryption::run(a).await,
         Command::Report(a) => report::run(a).await,
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -14,6 +15,9 @@ use recache_core::seal::{self, Key32, SealError};
 
 use super::data_keys::DataKeyRecord;
 use super::{now_ms, Metadata};
+
+/// How long a tenant's active key is used before metadata is asked again.
+const ACTIVE_FOR: Duration = Duration::from_secs(60);
 
 /// What a sealed artifact is bound to, beside its key.
 const ARTIFACT_AAD: &[u8] = b"recache artifact v1";
@@ -38,8 +42,9 @@ pub struct Keyring {
     meta: Arc<dyn Metadata>,
     /// Unwrapped data keys by id.
     keys: RwLock<HashMap<String, Arc<Key32>>>,
-    /// Each tenant's active data key id.
-    active: RwLock<HashMap<String, String>>,
+    /// Each tenant's active data key id, and when it was read: re-read after
+    /// [`ACTIVE_FOR`], so a rotation made elsewhere reaches every replica.
+    active: RwLock<HashMap<String, (String, Instant)>>,
     /// One key made at a time (two first writes of a tenant make one key).
     making: tokio::sync::Mutex<()>,
 }
@@ -82,7 +87,7 @@ impl Keyring {
             self.active
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(rec.tenant.clone(), rec.id.clone());
+                .insert(rec.tenant.clone(), (rec.id.clone(), Instant::now()));
         }
         Ok(key)
     }
@@ -96,7 +101,25 @@ impl Keyring {
         if let Some(found) = self.cached_active(tenant) {
             return Ok(found);
         }
-        let recs = self.meta.list_data_keys(Some(tenant.to_string())).await?;
+        let recs = match self.meta.list_data_keys(Some(tenant.to_string())).await {
+            Ok(recs) => recs,
+            Err(e) => {
+                // Metadata is out: the key in use stays in use (a rotation waits).
+                let stale = self
+                    .active
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(tenant)
+                    .cloned();
+                let key = stale.and_then(|(id, _)| {
+                    Some((
+                        id.clone(),
+                        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(&id)?.clone(),
+                    ))
+                });
+                return key.ok_or(KeyringError::Metadata(e));
+            }
+        };
         if let Some(rec) = recs.iter().rev().find(|r| r.active()) {
             let key = self.remember(rec)?;
             return Ok((rec.id.clone(), key));
@@ -105,12 +128,10 @@ impl Keyring {
     }
 
     fn cached_active(&self, tenant: &str) -> Option<(String, Arc<Key32>)> {
-        let id = self
-            .active
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)?
-            .clone();
+        let id = match self.active.read().unwrap_or_else(|e| e.into_inner()).get(tenant) {
+            Some((id, at)) if at.elapsed() < ACTIVE_FOR => id.clone(),
+            _ => return None,
+        };
         let key = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(&id)?.clone();
         Some((id, key))
     }
