@@ -15,6 +15,7 @@ use recache_stub_provider::StubConfig;
 
 on_both_backends!(keyring_seals_rotates_and_erases);
 on_both_backends!(answers_are_sealed_at_rest);
+on_both_backends!(sealed_streams_hit_and_a_flipped_byte_is_never_served);
 
 /// 32 bytes, base64: the test's master key.
 const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -314,4 +315,66 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A streamed answer is sealed and served as a hit like a JSON one; a byte
+/// flipped in a sealed artifact is a counted integrity failure, never served.
+async fn sealed_streams_hit_and_a_flipped_byte_is_never_served(b: Backends) {
+    let extra = "[encryption]\nmaster_key_env = \"RECACHE_TEST_MASTER_KEY\"\n";
+    // Without the memory tier, which would keep serving the hot answer from memory.
+    let vars = [
+        ("RECACHE_TEST_MASTER_KEY", MASTER),
+        ("RECACHE_ARTIFACTS__MEMORY_CACHE_MB", "0"),
+    ];
+    let env = Env::on_with(b, StubConfig::default(), extra, &vars).await;
+    let stream = |q: String| {
+        let env = &env;
+        async move {
+            env.post(
+                "/v1/chat/completions",
+                Some(common::KEY_A),
+                &common::chat_body(&q, true),
+                &[],
+            )
+            .await
+        }
+    };
+    let q = format!("streamed-secret-{}", recache::roles::now_ms());
+    let first = stream(q.clone()).await;
+    assert_eq!((first.status, first.cache()), (200, "MISS"), "{}", first.text);
+    common::until(
+        std::time::Duration::from_secs(10),
+        "the sealed stream is a hit",
+        async || stream(q.clone()).await.cache() == "HIT",
+    )
+    .await;
+    assert!(
+        stream(q.clone()).await.text.contains("data: [DONE]"),
+        "replayed as a stream"
+    );
+
+    // Every stored artifact is sealed; flip one byte of each.
+    use recache::roles::Artifacts;
+    let store = env.raw_artifacts();
+    let listed = store.list().await.unwrap();
+    assert!(!listed.is_empty());
+    for a in listed {
+        let raw = store.get(a.id).await.unwrap().unwrap();
+        assert!(seal::is_sealed(&raw));
+        let mut bad = raw.to_vec();
+        let at = bad.len() - 20;
+        bad[at] ^= 0x40;
+        store.put(a.id, Bytes::from(bad)).await.unwrap();
+    }
+    let before = env.metric("cache_integrity_failures_total").await;
+    let calls = env.stub.calls();
+    let after = stream(q.clone()).await;
+    assert_eq!(
+        (after.status, after.cache()),
+        (200, "MISS"),
+        "never served: {}",
+        after.text
+    );
+    assert_eq!(env.stub.calls(), calls + 1, "bought again from the provider");
+    assert!(env.metric("cache_integrity_failures_total").await > before, "counted");
 }
