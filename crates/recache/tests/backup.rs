@@ -320,6 +320,7 @@ async fn restore_after_wipe(kind: Kind) {
         (Some(1), Some(0)),
         "{r}"
     );
+    assert!(r["usage_rows"].as_u64().unwrap() >= 1, "usage_hourly comes back: {r}");
     assert!(r["seconds"].as_f64().unwrap() > 0.0);
     // A second restore over the now non-empty stores is refused without --force.
     let (code, _, err) = b.cli(&["backup", "restore", &set]).await;

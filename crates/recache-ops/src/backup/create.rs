@@ -108,7 +108,7 @@ impl PartWriter {
 
     fn stem_dir(&self) -> &'static str {
         match self.stem {
-            "entries" | "audit" | "jobs" | "keys" | "data_keys" => "metadata",
+            "entries" | "audit" | "jobs" | "keys" | "data_keys" | "usage" => "metadata",
             "pointers" => "index",
             "artifacts" => "artifacts",
             _ => "vectors",
@@ -229,6 +229,13 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
     scan.part.data_keys = data_keys.len() as u64;
     let mut part = PartWriter::new(target, dir, "data_keys", "jsonl");
     part.push(data_keys.len() as u64, move |out| codec::json_lines(&data_keys, out))
+        .await?;
+    scan.files.extend(part.finish().await?);
+    // The hourly usage counters (`report cost`, the spend limits' durable truth).
+    let usage = roles.metadata.usage_since(0).await?;
+    scan.part.usage_rows = usage.len() as u64;
+    let mut part = PartWriter::new(target, dir, "usage", "jsonl");
+    part.push(usage.len() as u64, move |out| codec::json_lines(&usage, out))
         .await?;
     scan.files.extend(part.finish().await?);
     Ok(scan)

@@ -92,6 +92,9 @@ pub struct MetadataPart {
     /// Tenants' data keys (`[encryption]`), wrapped by the master key only.
     #[serde(default)]
     pub data_keys: u64,
+    /// Hourly usage rows (`usage_hourly`).
+    #[serde(default)]
+    pub usage_rows: u64,
     /// Creation times of the entries.
     pub window: Window,
 }

@@ -20,7 +20,7 @@ use recache_storage::queue::worker::JobCtx;
 use recache_storage::queue::Job;
 use recache_storage::roles::data_keys::DataKeyRecord;
 use recache_storage::roles::keys::KeyRecord;
-use recache_storage::roles::{ArtifactId, AuditEvent, EntryRecord, IndexEntry, Roles, SnapshotBatch};
+use recache_storage::roles::{ArtifactId, AuditEvent, EntryRecord, IndexEntry, Roles, SnapshotBatch, UsageRow};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RestoreReport {
@@ -37,6 +37,9 @@ pub struct RestoreReport {
     /// Tenants' data keys written (wrapped); one the destination holds stays
     /// as it is there (so an erasure made after the set stands).
     pub data_keys: u64,
+    /// Hourly usage rows written; none when the destination had usage of its
+    /// own (the counters add up, so a set is never added twice).
+    pub usage_rows: u64,
     pub artifacts: u64,
     pub artifacts_copied: u64,
     pub artifacts_present: u64,
@@ -262,6 +265,17 @@ impl Restore<'_> {
             for k in rows.into_iter().filter(|k| !held.contains(&k.id)) {
                 roles.metadata.create_data_key(k, false).await?;
                 self.r.data_keys += 1;
+            }
+        }
+        let usage_files: Vec<&FileEntry> = files(m, "metadata/usage-").collect();
+        if !usage_files.is_empty() && roles.metadata.usage_since(0).await?.is_empty() {
+            for f in usage_files {
+                let text = read_file(target, m, f).await?;
+                let rows: Vec<UsageRow> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+                for chunk in rows.chunks(1000) {
+                    roles.metadata.record_usage(chunk.to_vec()).await?;
+                    self.r.usage_rows += chunk.len() as u64;
+                }
             }
         }
         for f in files(m, "metadata/keys-") {

@@ -202,6 +202,7 @@ pub async fn run_restore(
         "entries": report.entries, "entries_written": report.entries_written,
         "audit_events": report.audit_events, "jobs": report.jobs,
         "keys": report.keys, "keys_present": report.keys_present, "data_keys": report.data_keys,
+        "usage_rows": report.usage_rows,
         "artifacts": report.artifacts, "artifacts_copied": report.artifacts_copied,
         "artifacts_present": report.artifacts_present,
         "entries_without_artifact": report.entries_without_artifact,
