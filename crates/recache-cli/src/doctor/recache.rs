@@ -18,6 +18,7 @@ const BACKUP: &str = "backups tested and recent enough for the RPO target";
 const DRILL: &str = "DR drills: each backend quarterly, a full restore twice a year";
 const DAY_MS: i64 = 86_400_000;
 const LIMITS: &str = "tenant controls: every team with its own key, rate limits and a budget";
+const ENCRYPTION: &str = "data protection: answers sealed at rest per tenant, keys wrapped by a master key, rotated";
 
 pub fn spool(config: &Config) -> Finding {
     let path = &config.metadata.spool_path;
@@ -152,6 +153,47 @@ pub(crate) fn breaker_settings(config: &Config) -> Finding {
 
 /// Tenants with no limit at all, and per-minute limits that `local-share`
 /// cannot split among `replicas` live replicas (each then admits at least 1).
+/// Sealing at rest: off, or on with every live data key under the current
+/// master key (a rotation left half done, or a previous key no longer needed,
+/// is a warning; sealed data without a master key is a failure).
+pub fn encryption(config: &Config, keys: &[recache_storage::roles::data_keys::DataKeyRecord]) -> Finding {
+    let live: Vec<_> = keys.iter().filter(|k| k.destroyed_at_ms.is_none()).collect();
+    let Some(current) = config.encryption.keys.first().map(|k| k.fingerprint()) else {
+        if live.is_empty() {
+            return Finding::ok(
+                "recache.encryption",
+                "off: answers are stored as the provider sent them",
+                ENCRYPTION,
+            );
+        }
+        return Finding::fail(
+            "recache.encryption",
+            format!("metadata holds {} data key(s) and no master key is configured", live.len()),
+            "set [encryption] master_key_env (or master_key_file) to the master key: gateways refuse to start without it",
+            ENCRYPTION,
+        );
+    };
+    let stale = live.iter().filter(|k| k.master_id != current).count();
+    let detail = format!("on: {} live data key(s), master key {current}", live.len());
+    if stale > 0 {
+        return Finding::warn(
+            "recache.encryption",
+            detail,
+            format!("{stale} data key(s) are wrapped by another master key: run recache encryption rotate-master with previous_master_key_env set"),
+            ENCRYPTION,
+        );
+    }
+    if config.encryption.previous_master_key_env.is_some() {
+        return Finding::warn(
+            "recache.encryption",
+            detail,
+            "every data key is under the current master key: drop [encryption] previous_master_key_env",
+            ENCRYPTION,
+        );
+    }
+    Finding::ok("recache.encryption", detail, ENCRYPTION)
+}
+
 pub fn limits(config: &Config, replicas: u64) -> Finding {
     let bare: Vec<&str> = config
         .tenants
@@ -361,6 +403,15 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
             };
             let replicas = queue.workers(now - 30_000).await.map(gateways).unwrap_or(0).max(1);
             out.push(limits(config, replicas as u64));
+            match meta.list_data_keys(None).await {
+                Ok(keys) => out.push(encryption(config, &keys)),
+                Err(e) => out.push(Finding::warn(
+                    "recache.encryption",
+                    format!("cannot list the data keys: {e}"),
+                    "check [metadata]",
+                    ENCRYPTION,
+                )),
+            }
         }
         Err(e) => out.push(Finding::warn(
             "recache.drill",
@@ -427,5 +478,46 @@ mod tests {
         assert_eq!(limits(&config, 1).status, Status::Ok);
         config.limits.on_counter_loss = recache_core::config::CounterLoss::FailClosed;
         assert_eq!(limits(&config, 3).status, Status::Ok);
+    }
+
+    #[test]
+    fn encryption_is_checked() {
+        use recache_core::seal::Key32;
+        use recache_storage::roles::data_keys::DataKeyRecord;
+        let toml = "[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        let (mut config, _) = Config::from_toml_str(toml, &Default::default()).unwrap();
+        let (m1, m2) = (Key32::random(), Key32::random());
+        let key = |master: &Key32| DataKeyRecord {
+            id: "dk_1".into(),
+            tenant: "t".into(),
+            wrapped: "w".into(),
+            master_id: master.fingerprint(),
+            created_at_ms: 1,
+            retired_at_ms: None,
+            destroyed_at_ms: None,
+        };
+        assert_eq!(encryption(&config, &[]).status, Status::Ok, "off");
+        assert_eq!(
+            encryption(&config, &[key(&m1)]).status,
+            Status::Fail,
+            "sealed data, no key"
+        );
+        config.encryption.keys = vec![m1.clone()];
+        assert_eq!(encryption(&config, &[key(&m1)]).status, Status::Ok);
+        config.encryption.keys = vec![m2.clone(), m1.clone()];
+        config.encryption.previous_master_key_env = Some("OLD".into());
+        let f = encryption(&config, &[key(&m1)]);
+        assert!(f.status == Status::Warn && f.fix.contains("rotate-master"), "{}", f.fix);
+        let f = encryption(&config, &[key(&m2)]);
+        assert!(f.status == Status::Warn && f.fix.contains("drop"), "{}", f.fix);
+        let mut gone = key(&m1);
+        gone.destroyed_at_ms = Some(2);
+        config.encryption.keys = vec![m2];
+        config.encryption.previous_master_key_env = None;
+        assert_eq!(
+            encryption(&config, &[gone]).status,
+            Status::Ok,
+            "a destroyed key needs no master"
+        );
     }
 }
