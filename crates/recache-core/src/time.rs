@@ -64,9 +64,43 @@ pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
 
+/// Days since 1970-01-01 to (year, month) (proleptic Gregorian, UTC).
+pub fn civil(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+/// Days since 1970-01-01 of the first day of (year, month).
+pub fn month_start(y: i64, m: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calendar() {
+        // 2026-12-06 is day 20793 of December 2026, which starts on day 20788; January 2027 on 20819.
+        assert_eq!(civil(20_793), (2026, 12));
+        assert_eq!(month_start(2026, 12), 20_788);
+        assert_eq!(month_start(2027, 1), 20_819);
+        assert_eq!(month_start(2024, 2), 19_754);
+        assert_eq!(civil(0), (1970, 1));
+        assert_eq!(civil(month_start(2024, 2) + 28), (2024, 2), "29 February 2024");
+    }
 
     #[test]
     fn timestamps_are_utc_and_sortable() {

@@ -286,23 +286,8 @@ async fn limit_use(
 
 /// The first millisecond of `now_ms`'s month (UTC).
 fn month_start_ms(now_ms: i64) -> i64 {
-    let day = now_ms.div_euclid(86_400_000);
-    // Walk back to the 1st: at most 30 steps of one day.
-    let mut d = day;
-    while civil_day_of_month(d) != 1 {
-        d -= 1;
-    }
-    d * 86_400_000
-}
-
-/// The day of the month (1..=31) of days since 1970-01-01 (proleptic Gregorian).
-fn civil_day_of_month(days: i64) -> i64 {
-    let z = days + 719_468;
-    let doe = z - z.div_euclid(146_097) * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    doy - (153 * mp + 2) / 5 + 1
+    let (y, m) = recache_core::time::civil(now_ms.div_euclid(86_400_000));
+    recache_core::time::month_start(y, m) * 86_400_000
 }
 
 fn print_limits(rows: &[LimitUse], note: Option<&str>) {
@@ -377,6 +362,5 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         // 2026-12-06 12:00 UTC: December starts on day 20788.
         assert_eq!(month_start_ms(20_793 * 86_400_000 + 43_200_000), 20_788 * 86_400_000);
-        assert_eq!(civil_day_of_month(20_788), 1);
     }
 }
