@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::ops::{print, Exit};
-use super::{env_map, init_logging, load_config, ConfigArgs, OutputFormat};
-use recache_core::config::{Config, LogFormat};
+use super::{ConfigArgs, OutputFormat};
+use recache_core::config::Config;
 use recache_storage::roles::keyring::Keyring;
 use recache_storage::roles::{now_ms, AuditEvent, Metadata};
 
@@ -58,15 +58,6 @@ pub async fn run(args: EncryptionArgs) -> i32 {
     super::ops::exit_code("encryption", res)
 }
 
-async fn open(args: &ConfigArgs) -> Result<(Config, Arc<dyn Metadata>), Exit> {
-    let config = load_config(args, &env_map()).map_err(|e| Exit::config(e.to_string()))?;
-    init_logging(LogFormat::Text, "warn");
-    let (meta, _) = recache_storage::roles::factory::open_metadata(&config)
-        .await
-        .map_err(|e| Exit::problem(format!("{e:#}")))?;
-    Ok((config, meta))
-}
-
 fn keyring(config: &Config, meta: Arc<dyn Metadata>) -> Result<Arc<Keyring>, Exit> {
     Keyring::new(config.encryption.keys.clone(), meta)
         .ok_or_else(|| Exit::config("no master key is configured ([encryption] master_key_env or master_key_file)"))
@@ -89,7 +80,7 @@ async fn audit(meta: &dyn Metadata, action: &str, tenant: Option<String>, detail
 }
 
 async fn status(a: FormatArgs) -> Result<i32, Exit> {
-    let (config, meta) = open(&a.config).await?;
+    let (config, meta) = super::ops::open_metadata(&a.config).await?;
     let current = config.encryption.keys.first().map(|k| k.fingerprint());
     let keys = meta
         .list_data_keys(None)
@@ -148,7 +139,7 @@ async fn status(a: FormatArgs) -> Result<i32, Exit> {
 }
 
 async fn rotate_master(a: FormatArgs) -> Result<i32, Exit> {
-    let (config, meta) = open(&a.config).await?;
+    let (config, meta) = super::ops::open_metadata(&a.config).await?;
     let ring = keyring(&config, meta.clone())?;
     let (rewrapped, already) = ring.rewrap_all().await.map_err(|e| Exit::problem(e.to_string()))?;
     let v = json!({"master_id": ring.master_id(), "rewrapped": rewrapped, "already_current": already});
@@ -165,7 +156,7 @@ async fn rotate_master(a: FormatArgs) -> Result<i32, Exit> {
 }
 
 async fn rotate_tenant(a: TenantArgs) -> Result<i32, Exit> {
-    let (config, meta) = open(&a.config).await?;
+    let (config, meta) = super::ops::open_metadata(&a.config).await?;
     let tenant = config.tenants.iter().find(|t| t.name == a.tenant).ok_or_else(|| {
         Exit::config(format!(
             "tenant '{}' is not in the configuration ([[tenants]])",

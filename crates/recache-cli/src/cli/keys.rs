@@ -6,13 +6,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use std::sync::Arc;
-
 use super::ops::{print, Exit};
-use super::{env_map, init_logging, load_config, ConfigArgs, OutputFormat};
-use recache_core::config::{Config, Limits, LogFormat};
+use super::{ConfigArgs, OutputFormat};
+use recache_core::config::Limits;
 use recache_ops::keys::{self, Created, KeyError, NewKey};
-use recache_storage::roles::Metadata;
 
 #[derive(Args, Debug)]
 pub struct KeysArgs {
@@ -110,15 +107,6 @@ pub async fn run(args: KeysArgs) -> i32 {
     super::ops::exit_code("keys", res)
 }
 
-async fn open(args: &ConfigArgs) -> Result<(Config, Arc<dyn Metadata>), Exit> {
-    let config = load_config(args, &env_map()).map_err(|e| Exit::config(e.to_string()))?;
-    init_logging(LogFormat::Text, "warn");
-    let (meta, _) = recache_storage::roles::factory::open_metadata(&config)
-        .await
-        .map_err(|e| Exit::problem(format!("{e:#}")))?;
-    Ok((config, meta))
-}
-
 fn key_error(e: KeyError) -> Exit {
     match e {
         KeyError::Invalid(_) | KeyError::NotFound(_) => Exit::config(e.to_string()),
@@ -145,7 +133,7 @@ fn created_text(v: &Value) -> String {
 
 async fn create(a: CreateArgs) -> Result<i32, Exit> {
     let expires_in = a.expires.as_deref().map(|s| duration("--expires", s)).transpose()?;
-    let (config, meta) = open(&a.config).await?;
+    let (config, meta) = super::ops::open_metadata(&a.config).await?;
     let req = NewKey {
         tenant: a.tenant,
         name: a.name,
@@ -169,7 +157,7 @@ async fn create(a: CreateArgs) -> Result<i32, Exit> {
 }
 
 async fn list(a: ListArgs) -> Result<i32, Exit> {
-    let (_, meta) = open(&a.config).await?;
+    let (_, meta) = super::ops::open_metadata(&a.config).await?;
     let all = meta
         .list_keys(a.tenant.clone())
         .await
@@ -197,7 +185,7 @@ async fn list(a: ListArgs) -> Result<i32, Exit> {
 }
 
 async fn revoke(a: IdArgs) -> Result<i32, Exit> {
-    let (config, meta) = open(&a.config).await?;
+    let (config, meta) = super::ops::open_metadata(&a.config).await?;
     let k = keys::revoke(meta.as_ref(), &a.id, "cli").await.map_err(key_error)?;
     let cache = config.keys.cache_seconds;
     print(a.format, &keys::record_json(&k), |v| {
@@ -212,7 +200,7 @@ async fn revoke(a: IdArgs) -> Result<i32, Exit> {
 
 async fn rotate(a: RotateArgs) -> Result<i32, Exit> {
     let grace = duration("--grace", &a.grace)?;
-    let (config, meta) = open(&a.config).await?;
+    let (config, meta) = super::ops::open_metadata(&a.config).await?;
     let created = keys::rotate(meta.as_ref(), &config, &a.id, grace, "cli")
         .await
         .map_err(key_error)?;

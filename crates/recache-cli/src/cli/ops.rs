@@ -111,3 +111,22 @@ pub fn pairs(v: &serde_json::Value) -> String {
         None => v.to_string(),
     }
 }
+
+/// The configuration and metadata for a command that works on metadata alone
+/// (`keys`, `encryption`): a config error exits 2, an unreachable store 1.
+pub async fn open_metadata(
+    args: &super::ConfigArgs,
+) -> Result<
+    (
+        recache_core::config::Config,
+        std::sync::Arc<dyn recache_storage::roles::Metadata>,
+    ),
+    Exit,
+> {
+    let config = super::load_config(args, &super::env_map()).map_err(|e| Exit::config(e.to_string()))?;
+    super::init_logging(recache_core::config::LogFormat::Text, "warn");
+    let (meta, _) = recache_storage::roles::factory::open_metadata(&config)
+        .await
+        .map_err(|e| Exit::problem(format!("{e:#}")))?;
+    Ok((config, meta))
+}
