@@ -40,6 +40,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A point in time given on a command line, as ms since the epoch: an
+/// RFC 3339 time (`2026-12-01T09:30:00Z`), a UTC date (`2026-12-01`), or an
+/// age (`7d`, `12h`: that long before `now_ms`).
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_millis());
+    }
+    match parse_duration(s) {
+        Ok(age) => Ok(now_ms - age.as_millis() as i64),
+        Err(_) => Err(format!(
+            "'{s}' is not a time: give an RFC 3339 time (2026-12-01T09:30:00Z), a date (2026-12-01) or an age (7d, 12h)"
+        )),
+    }
+}
+
 fn utc(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
@@ -90,6 +109,15 @@ pub fn month_start(y: i64, m: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_on_a_command_line() {
+        assert_eq!(parse_time("1970-01-02", 0), Ok(86_400_000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z", 0), Ok(1_000));
+        assert_eq!(parse_time("1970-01-01T01:00:01+01:00", 0), Ok(1_000));
+        assert_eq!(parse_time("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
+        assert!(parse_time("yesterday", 0).unwrap_err().contains("RFC 3339"));
+    }
 
     #[test]
     fn calendar() {

@@ -134,6 +134,55 @@ impl Spool {
             .sum()
     }
 
+    /// How many spooled entry registrations `matches` takes (a dry-run purge).
+    pub fn count_entries(&self, matches: impl Fn(&EntryRecord) -> bool) -> u64 {
+        [&self.path, &self.replaying]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|text| {
+                text.lines()
+                    .filter(|l| matches!(serde_json::from_str(l), Ok(SpoolRecord::Entry(e)) if matches(&e)))
+                    .count() as u64
+            })
+            .sum()
+    }
+
+    /// Removes the spooled entry registrations `take` matches (a purge) and
+    /// returns them; audit events and other entries stay. Both files are
+    /// rewritten in place of the old ones (write, then rename).
+    pub async fn take_entries(&self, take: impl Fn(&EntryRecord) -> bool) -> std::io::Result<Vec<EntryRecord>> {
+        let _no_replay = self.replay_lock.lock().await;
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = Vec::new();
+        for path in [&self.path, &self.replaying] {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let mut kept = String::with_capacity(text.len());
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<SpoolRecord>(line) {
+                    Ok(SpoolRecord::Entry(e)) if take(&e) => taken.push(e),
+                    _ => {
+                        kept.push_str(line);
+                        kept.push('\n');
+                    }
+                }
+            }
+            if kept.len() == text.len() {
+                continue;
+            }
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".purge");
+            std::fs::write(&tmp, &kept)?;
+            std::fs::rename(&tmp, path)?;
+            let _ = self.size.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s.saturating_sub((text.len() - kept.len()) as u64))
+            });
+        }
+        *guard = None; // appends reopen the rewritten file
+        Ok(taken)
+    }
+
     /// Replays everything spooled into `metadata`. On an error the records
     /// not yet confirmed stay spooled for the next attempt.
     pub async fn replay(&self, metadata: &dyn Metadata) -> Result<Replayed, BackendError> {
@@ -199,6 +248,25 @@ mod tests {
         let mut e = crate::roles::conformance::sample_entry(crate::key::CacheKey([i; 32]), ArtifactId([i; 32]), 0, 1);
         e.request = Some("x".repeat(200));
         SpoolRecord::Entry(e)
+    }
+
+    #[tokio::test]
+    async fn take_entries_removes_only_what_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool.jsonl")).unwrap();
+        for i in 0..4 {
+            spool.append(&entry(i)).unwrap();
+            spool.append(&audit(i as u32)).unwrap();
+        }
+        let before = spool.size_bytes();
+        let taken = spool.take_entries(|e| e.key.0[0] % 2 == 1).await.unwrap();
+        assert_eq!(taken.iter().map(|e| e.key.0[0]).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(spool.pending(), 6, "two entries gone, audit events kept");
+        assert!(spool.size_bytes() < before);
+        spool.append(&entry(9)).unwrap();
+        assert_eq!(spool.pending(), 7, "appends go on after the rewrite");
+        assert!(spool.take_entries(|_| false).await.unwrap().is_empty());
+        assert_eq!(spool.count_entries(|e| e.key.0[0] == 9), 1);
     }
 
     fn audit(i: u32) -> SpoolRecord {

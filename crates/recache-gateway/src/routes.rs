@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-use crate::gateway::{admin_keys, ops, proxy, AppState, Endpoint};
+use crate::gateway::{admin_entries, admin_keys, ops, proxy, AppState, Endpoint};
 use recache_engine::error::ApiError;
 
 async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -77,6 +77,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/keys", get(admin_keys::list).post(admin_keys::create))
         .route("/admin/keys/{id}", delete(admin_keys::revoke))
         .route("/admin/keys/{id}/rotate", post(admin_keys::rotate))
+        .route("/admin/entries", delete(admin_entries::purge_entries))
         .route("/admin/audit", get(ops::admin_audit))
         .route("/admin/breakers", get(ops::admin_breakers))
         .route("/admin/semantic", get(ops::admin_semantic))

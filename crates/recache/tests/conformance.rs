@@ -16,6 +16,7 @@ async fn embedded_index_conformance() {
     let (index, _) = EmbeddedIndex::open(dir.path()).unwrap();
     let dyn_index: Arc<dyn Index> = index.clone();
     c::index_put_get_overwrite_delete(dyn_index.as_ref()).await;
+    c::index_delete_many(dyn_index.as_ref()).await;
     c::index_expiry(dyn_index.as_ref()).await;
     c::index_concurrent_writers(dyn_index.clone()).await;
     c::index_counters(dyn_index.clone()).await;
@@ -57,6 +58,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_keys(meta.as_ref()).await;
     c::metadata_data_keys(meta.as_ref()).await;
+    c::metadata_select_and_delete(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
@@ -73,6 +75,7 @@ async fn redis_index_conformance() {
     let prefix = format!("{}:", engines::unique("conf"));
     let index: Arc<dyn Index> = Arc::new(RedisIndex::new(&url, &prefix, Duration::from_secs(2)).unwrap());
     c::index_put_get_overwrite_delete(index.as_ref()).await;
+    c::index_delete_many(index.as_ref()).await;
     c::index_expiry(index.as_ref()).await;
     c::index_concurrent_writers(index.clone()).await;
     c::index_counters(index.clone()).await;
@@ -135,6 +138,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_keys(meta.as_ref()).await;
     c::metadata_data_keys(meta.as_ref()).await;
+    c::metadata_select_and_delete(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;

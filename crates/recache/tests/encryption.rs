@@ -214,28 +214,8 @@ async fn cli_json(env: &Env, args: &[&str]) -> (i32, serde_json::Value, String) 
 }
 
 async fn cli_json_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
-    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    a.extend(["--format".into(), "json".into(), "--config".into()]);
-    a.push(env.config_file().display().to_string());
     let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
-            .args(&a)
-            .envs(vars)
-            .env("RECACHE_ADMIN_TOKEN", "admin-secret")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let v = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        v,
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    env.cli_async(args, &vars).await
 }
 
 /// A backup set of sealed answers carries the tenants' data keys, wrapped
@@ -265,7 +245,7 @@ async fn an_encrypted_set_restores_with_its_keys() {
     let (code, v, err) = cli_json(&env, &["backup", "create"]).await;
     assert_eq!(code, 0, "create: {v} {err}");
     // No file of the set holds the prompt (compressed or not, it would be plain inside).
-    for f in walk(targets.path()) {
+    for f in common::backups::files_under(targets.path()) {
         let raw = std::fs::read(&f).unwrap();
         let mut text = Vec::new();
         if f.extension().is_some_and(|e| e == "gz") {
@@ -302,19 +282,6 @@ async fn an_encrypted_set_restores_with_its_keys() {
     let after = env.chat(common::KEY_A, &prompt).await;
     assert_eq!(after.cache(), "HIT", "{}", after.text);
     assert_eq!(env.stub.calls(), calls, "no provider call after the restore");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// A streamed answer is sealed and served as a hit like a JSON one; a byte

@@ -337,27 +337,12 @@ async fn expired_entries_are_swept_from_every_role() {
         &[("x-recache-ttl", "1")],
     )
     .await;
-    let artifacts = || walk(&env.path("artifacts/sha256")).len();
+    let artifacts = || common::backups::files_under(&env.path("artifacts/sha256")).len();
     assert_eq!(artifacts(), 1);
     // Expired at 1 s, kept 2 s more for stale-if-error, then swept (every second).
     tokio::time::sleep(Duration::from_millis(5000)).await;
     assert_eq!(env.metric("cache_index_entries").await, 0.0, "index swept");
     assert_eq!(artifacts(), 0, "artifact deleted");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 async fn cache_control_directives(b: Backends) {

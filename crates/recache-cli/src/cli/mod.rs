@@ -18,6 +18,7 @@ pub mod encryption;
 pub mod health;
 pub mod keys;
 pub mod ops;
+pub mod purge;
 pub mod repair;
 pub mod report;
 pub mod semantic;
@@ -68,6 +69,10 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Answers sealed at rest: status of the tenants' data keys, rotate-master, rotate-tenant.
     Encryption(encryption::EncryptionArgs),
+    /// Delete a tenant's entries (by namespace, model, age, key prefix) from every store, as a resumable job.
+    Purge(purge::PurgeArgs),
+    /// Erase a tenant: purge its entries and destroy its data keys, so its answers in older backups cannot be opened.
+    Erase(purge::EraseArgs),
     /// Reports from metadata: `report cost` (requests, hits, tokens, USD saved and spent per group).
     Report(report::ReportArgs),
 }
@@ -154,5 +159,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Keys(a) => keys::run(a).await,
         Command::Encryption(a) => encryption::run(a).await,
         Command::Report(a) => report::run(a).await,
+        Command::Purge(a) => purge::run_purge(a).await,
+        Command::Erase(a) => purge::run_erase(a).await,
     }
 }

@@ -8,6 +8,7 @@ use recache_core::config::Config;
 use recache_engine::cache::Cache;
 use recache_engine::upstream::Upstreams;
 
+pub mod admin_entries;
 pub mod admin_keys;
 pub mod auth;
 pub mod directives;

@@ -223,14 +223,11 @@ async fn export_metadata(roles: &Roles, target: &Target, dir: &str, now: i64) ->
     part.push(keys.len() as u64, move |out| codec::json_lines(&keys, out))
         .await?;
     scan.files.extend(part.finish().await?);
-    // The tenants' data keys, wrapped by the master key only: a set restores
-    // only with it; an erased tenant's key is in it destroyed.
+    // The tenants' data keys, wrapped by the master key only, go to the
+    // target's key file beside the sets (see `keyfile`): an erasure rewrites
+    // that one file, and every older set of the tenant becomes unreadable.
     let data_keys = roles.metadata.list_data_keys(None).await?;
-    scan.part.data_keys = data_keys.len() as u64;
-    let mut part = PartWriter::new(target, dir, "data_keys", "jsonl");
-    part.push(data_keys.len() as u64, move |out| codec::json_lines(&data_keys, out))
-        .await?;
-    scan.files.extend(part.finish().await?);
+    scan.part.data_keys = super::keyfile::write_merged(target, data_keys).await?.0;
     // The hourly usage counters (`report cost`, the spend limits' durable truth).
     let usage = roles.metadata.usage_since(0).await?;
     scan.part.usage_rows = usage.len() as u64;
@@ -593,6 +590,9 @@ pub(crate) async fn copy_set(
         }
         to.put(&rel, bytes).await?;
     }
+    // The keys that open the set travel with it (merged: a key destroyed on
+    // either side stays destroyed).
+    super::keyfile::write_merged(to, super::keyfile::read(from).await?).await?;
     write_manifest(to, m).await?;
     Ok(copied)
 }

@@ -89,7 +89,8 @@ pub struct MetadataPart {
     /// Client keys of metadata (`recache keys create`): digests only.
     #[serde(default)]
     pub keys: u64,
-    /// Tenants' data keys (`[encryption]`), wrapped by the master key only.
+    /// Tenants' data keys (`[encryption]`) in the target's key file when the
+    /// set was made (`keys/data-keys.jsonl`, beside the sets; see `keyfile`).
     #[serde(default)]
     pub data_keys: u64,
     /// Hourly usage rows (`usage_hourly`).

@@ -19,6 +19,8 @@ use recache_storage::roles::BackendError;
 pub mod canary;
 pub mod codec;
 pub mod create;
+pub mod erase;
+pub mod keyfile;
 pub mod list;
 pub mod manifest;
 pub mod prune;

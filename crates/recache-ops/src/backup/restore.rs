@@ -18,7 +18,6 @@ use super::{set_dir, BResult, BackupError};
 use recache_core::key::CacheKey;
 use recache_storage::queue::worker::JobCtx;
 use recache_storage::queue::Job;
-use recache_storage::roles::data_keys::DataKeyRecord;
 use recache_storage::roles::keys::KeyRecord;
 use recache_storage::roles::{ArtifactId, AuditEvent, EntryRecord, IndexEntry, Roles, SnapshotBatch, UsageRow};
 
@@ -34,9 +33,13 @@ pub struct RestoreReport {
     /// after the set was taken stands.
     pub keys: u64,
     pub keys_present: u64,
-    /// Tenants' data keys written (wrapped); one the destination holds stays
-    /// as it is there (so an erasure made after the set stands).
+    /// Tenants' data keys written (wrapped, from the target's key file); one
+    /// the destination holds stays as it is there.
     pub data_keys: u64,
+    /// Entries sealed with a key that no longer opens (destroyed by an
+    /// erasure after the set was taken): not restored, counted per tenant.
+    pub entries_unreadable: u64,
+    pub unreadable_tenants: std::collections::BTreeMap<String, u64>,
     /// Hourly usage rows written; none when the destination had usage of its
     /// own (the counters add up, so a set is never added twice).
     pub usage_rows: u64,
@@ -206,11 +209,13 @@ impl Restore<'_> {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        self.data_keys().await?;
+        let mut opens: HashMap<String, bool> = HashMap::new();
         for f in files(m, "metadata/entries-") {
             let text = read_file(target, m, f).await?;
             let rows: Vec<EntryRecord> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
             for chunk in rows.chunks(5000) {
-                let mut chunk = chunk.to_vec();
+                let mut chunk = self.readable(chunk.to_vec(), &mut opens).await?;
                 for e in &mut chunk {
                     if listed.contains(&e.artifact) {
                         self.wanted.insert(e.artifact, e.response_bytes);
@@ -252,21 +257,6 @@ impl Restore<'_> {
                 .collect();
             self.r.jobs += roles.metadata.import_snapshot(SnapshotBatch::Jobs(jobs)).await?;
         }
-        let held: HashSet<String> = roles
-            .metadata
-            .list_data_keys(None)
-            .await?
-            .into_iter()
-            .map(|k| k.id)
-            .collect();
-        for f in files(m, "metadata/data_keys-") {
-            let text = read_file(target, m, f).await?;
-            let rows: Vec<DataKeyRecord> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
-            for k in rows.into_iter().filter(|k| !held.contains(&k.id)) {
-                roles.metadata.create_data_key(k, false).await?;
-                self.r.data_keys += 1;
-            }
-        }
         let usage_files: Vec<&FileEntry> = files(m, "metadata/usage-").collect();
         if !usage_files.is_empty() && roles.metadata.usage_since(0).await?.is_empty() {
             for f in usage_files {
@@ -293,6 +283,74 @@ impl Restore<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The data keys of the target's key file the destination lacks (a set
+    /// carries none: see `keyfile`). A key destroyed there stays destroyed.
+    async fn data_keys(&mut self) -> BResult<()> {
+        let meta = &self.roles.metadata;
+        let held: HashSet<String> = meta.list_data_keys(None).await?.into_iter().map(|k| k.id).collect();
+        for k in super::keyfile::read(self.target).await? {
+            if !held.contains(&k.id) {
+                meta.create_data_key(k, false).await?;
+                self.r.data_keys += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves out (and counts) the entries whose stored request is sealed
+    /// with a key that does not open: destroyed by an erasure, or not in the
+    /// key file. Sealed entries and no master key at all: refused.
+    async fn readable(
+        &mut self,
+        rows: Vec<EntryRecord>,
+        opens: &mut HashMap<String, bool>,
+    ) -> BResult<Vec<EntryRecord>> {
+        use recache_storage::roles::keyring::text_key_id;
+        let mut out = Vec::with_capacity(rows.len());
+        for e in rows {
+            let Some(id) = e.request.as_deref().and_then(text_key_id) else {
+                out.push(e);
+                continue;
+            };
+            let ok = match opens.get(&id) {
+                Some(ok) => *ok,
+                None => {
+                    let Some(k) = self.roles.keyring.as_ref() else {
+                        return Err(BackupError::Config(format!(
+                            "set {} holds answers sealed at rest: it restores only with the master key \
+                             ([encryption] master_key_env or master_key_file)",
+                            self.m.id
+                        )));
+                    };
+                    use recache_core::seal::SealError;
+                    use recache_storage::roles::keyring::KeyringError;
+                    let ok = match k.key(&id).await {
+                        Ok(_) => true,
+                        Err(KeyringError::Destroyed(_)) | Err(KeyringError::Seal(SealError::UnknownKey(_))) => false,
+                        Err(KeyringError::Metadata(e)) => return Err(e.into()),
+                        Err(e) => {
+                            return Err(BackupError::Config(format!(
+                                "data key {id} does not open with the configured master key: {e}"
+                            )))
+                        }
+                    };
+                    if !ok {
+                        tracing::warn!(key = %id, tenant = %e.tenant, "restore: entries sealed with a key that no longer opens are left out");
+                    }
+                    opens.insert(id, ok);
+                    ok
+                }
+            };
+            if ok {
+                out.push(e);
+            } else {
+                self.r.entries_unreadable += 1;
+                *self.r.unreadable_tenants.entry(e.tenant.clone()).or_default() += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Step 2: the artifacts the destination lacks, hash-checked.

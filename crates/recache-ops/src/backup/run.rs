@@ -233,7 +233,10 @@ pub const JOB_KINDS: [Registered; 2] = [
 /// `recovery` with the backup job kinds registered: every process that runs
 /// jobs (the gateway's workers, `recache warmer`, the CLI's local runs) opens its recovery through this.
 pub fn with_backup_jobs(recovery: Recovery) -> Recovery {
-    JOB_KINDS.into_iter().fold(recovery, Recovery::register)
+    JOB_KINDS
+        .into_iter()
+        .chain([super::erase::JOB_KIND])
+        .fold(recovery, Recovery::register)
 }
 
 fn run_registered<'a>(

@@ -29,13 +29,14 @@ pub const REBUILD_VECTORS: &str = "rebuild-vectors";
 
 /// The kinds recovery itself runs. Layers built on it (backups) add theirs
 /// with [`Recovery::register`]; [`Recovery::kinds`] lists them all.
-pub const BUILTIN: [&str; 6] = [
+pub const BUILTIN: [&str; 7] = [
     REBUILD_INDEX,
     RECONCILE_METADATA,
     REFETCH,
     REFRESH_STALE,
     WARM,
     REBUILD_VECTORS,
+    super::purge::PURGE,
 ];
 
 /// Runs one job of a registered kind.
@@ -58,6 +59,7 @@ fn builtin_needs(kind: &str) -> Vec<&'static str> {
         REFETCH | REFRESH_STALE => vec!["metadata", "artifacts", "index"],
         WARM => vec!["artifacts", "index"],
         REBUILD_VECTORS => vec!["metadata", "vectors"],
+        super::purge::PURGE => vec!["metadata", "index", "artifacts", "vectors"],
         _ => vec!["metadata"],
     }
 }
@@ -70,6 +72,8 @@ pub fn default_priority(kind: &str) -> i64 {
         REFRESH_STALE => 50,
         REFETCH => 40,
         REBUILD_VECTORS => 30,
+        // Asked for by an operator, and what it deletes must not be served.
+        super::purge::PURGE => 95,
         _ => 0,
     }
 }
@@ -120,6 +124,12 @@ impl Recovery {
             REFRESH_STALE => self.refresh_stale(job.payload.clone(), ctx).await?,
             WARM => self.warm(job.payload.clone(), ctx).await?,
             REBUILD_VECTORS => self.rebuild_vectors(job.payload.clone(), ctx).await?,
+            // A purge writes its own audit event (with the tenant).
+            super::purge::PURGE => {
+                let mut result = self.purge(job.payload.clone(), ctx).await?;
+                result["seconds"] = json!(started.elapsed().as_secs_f64());
+                return Ok(result);
+            }
             other => match self.registered.iter().find(|k| k.kind == other) {
                 // A registered kind keeps its own records (a backup writes its set's audit events).
                 Some(k) => {

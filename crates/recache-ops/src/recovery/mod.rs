@@ -31,6 +31,7 @@ pub mod gaps;
 pub mod jobs;
 pub mod listing;
 pub mod local;
+pub mod purge;
 pub mod repair;
 pub mod vectors;
 pub mod warm;

@@ -112,6 +112,9 @@ impl Index for GuardedIndex {
     fn delete(&self, key: CacheKey) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.guard.call(self.inner.delete(key)))
     }
+    fn delete_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.delete_many(keys)))
+    }
     fn purge_expired(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
         // A sweep walks the whole index: not bounded by the per-call timeout.
         self.inner.purge_expired(before_ms)
@@ -277,6 +280,20 @@ impl Metadata for GuardedMetadata {
     }
     fn insert_missing_entries(&self, entries: Vec<EntryRecord>) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.guard.call_bulk(self.inner.insert_missing_entries(entries)))
+    }
+    fn select_entries(
+        &self,
+        filter: super::filter::EntryFilter,
+        after: Option<CacheKey>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<EntryRecord>>> {
+        Box::pin(self.guard.call_bulk(self.inner.select_entries(filter, after, limit)))
+    }
+    fn count_selected(&self, filter: super::filter::EntryFilter) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.count_selected(filter)))
+    }
+    fn delete_entries(&self, entries: Vec<(CacheKey, ArtifactId)>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.delete_entries(entries)))
     }
     fn set_artifact_missing(&self, keys: Vec<CacheKey>, missing: bool) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.guard.call_bulk(self.inner.set_artifact_missing(keys, missing)))

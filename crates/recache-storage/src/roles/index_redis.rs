@@ -390,6 +390,36 @@ impl Index for RedisIndex {
         })
     }
 
+    /// One pipelined round trip of `DEL`s (side by side in a cluster).
+    fn delete_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("DEL").arg(self.key(k));
+            }
+            let mut c = self.conn().await?;
+            let replies: Vec<i64> = if c.is_cluster() {
+                futures_util::stream::iter(pipe.cmd_iter().cloned())
+                    .map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<i64>(&mut c).await }
+                    })
+                    .buffer_unordered(64)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(map_err)?
+            } else {
+                pipe.query_async(&mut c).await.map_err(map_err)?
+            };
+            Ok(replies.iter().sum::<i64>() as u64)
+        })
+    }
+
     fn purge_expired(&self, _before_ms: i64) -> BoxFuture<'_, Result<u64>> {
         // Every key was written with PX: Redis expires them itself.
         Box::pin(async { Ok(0) })

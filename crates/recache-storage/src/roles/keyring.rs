@@ -270,6 +270,17 @@ pub async fn open_artifact(keyring: Option<&Keyring>, stored: &Bytes) -> Result<
     }
 }
 
+/// The id of the key a text kept in metadata is sealed with (`None`: plain).
+pub fn text_key_id(text: &str) -> Option<String> {
+    let b64 = text.strip_prefix(TEXT_PREFIX)?;
+    // The id sits in the first bytes: decoding a short head is enough.
+    let head: String = b64.chars().take(64).collect();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(&head[..head.len() / 4 * 4])
+        .ok()?;
+    seal::key_id_of(&blob).ok().map(str::to_string)
+}
+
 /// A text kept in metadata as it was written: opened when sealed
 /// ([`Keyring::seal_text`]), as it is when not.
 pub async fn open_text(keyring: Option<&Keyring>, text: &str) -> Result<String, KeyringError> {

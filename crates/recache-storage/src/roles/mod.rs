@@ -24,6 +24,7 @@ pub mod conformance;
 pub mod counters;
 pub mod data_keys;
 pub mod factory;
+pub mod filter;
 pub mod guarded;
 pub mod index_embedded;
 pub mod index_redis;
@@ -145,6 +146,17 @@ pub trait Index: Send + Sync {
     /// counters' (see [`Index::counters_add`]).
     fn get_counting(&self, key: CacheKey, ops: Vec<counters::CounterOp>) -> BoxFuture<'_, Counted> {
         Box::pin(async move { tokio::join!(self.get(key), self.counters_add(ops)) })
+    }
+    /// Deletes many pointers (purges); engines override this to batch.
+    /// Returns how many existed.
+    fn delete_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut n = 0;
+            for k in keys {
+                n += self.delete(k).await? as u64;
+            }
+            Ok(n)
+        })
     }
     /// Many lookups at once (audits); engines override this to batch.
     fn get_many(&self, keys: Vec<CacheKey>) -> BoxFuture<'_, Result<Vec<Option<IndexEntry>>>> {
@@ -428,6 +440,19 @@ pub trait Metadata: keys::KeyStore + data_keys::DataKeyStore + Send + Sync {
     /// left alone: they were written after the backup, so they are newer.
     /// Returns the rows written.
     fn import_snapshot(&self, batch: SnapshotBatch) -> BoxFuture<'_, Result<u64>>;
+    /// Entries `filter` takes, in key order after `after`, without their
+    /// stored request (purges and erasures page through them).
+    fn select_entries(
+        &self,
+        filter: filter::EntryFilter,
+        after: Option<CacheKey>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<EntryRecord>>>;
+    /// How many entries `filter` takes.
+    fn count_selected(&self, filter: filter::EntryFilter) -> BoxFuture<'_, Result<u64>>;
+    /// Deletes each entry that still has the artifact named beside it (an
+    /// entry written again since it was selected stays). Returns rows deleted.
+    fn delete_entries(&self, entries: Vec<(CacheKey, ArtifactId)>) -> BoxFuture<'_, Result<u64>>;
 }
 
 /// One page of a metadata snapshot (see [`Metadata::export_snapshot`]).

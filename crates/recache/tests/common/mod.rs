@@ -2,6 +2,7 @@
 //! with the gateway's data in a temporary directory.
 #![allow(dead_code)]
 
+pub mod backups;
 pub mod dialects;
 pub mod engines;
 pub mod servers;
@@ -378,6 +379,34 @@ impl Env {
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// [`Env::cli`] with `--format json`, off the runtime's threads (the
+    /// command may wait for this gateway's workers), with `vars` set as well:
+    /// (exit code, the parsed report or null, stderr).
+    pub async fn cli_async(&self, args: &[&str], vars: &[(String, String)]) -> (i32, Value, String) {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(["--format".into(), "json".into(), "--config".into()]);
+        a.push(self.config_file().display().to_string());
+        let mut all: Vec<(String, String)> = self.overrides.clone();
+        all.extend(vars.iter().cloned());
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+                .args(&a)
+                .envs(all)
+                .env("RUST_LOG", "warn")
+                .env("RECACHE_ADMIN_TOKEN", "admin-secret")
+                .output()
+                .expect("recache runs")
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     }

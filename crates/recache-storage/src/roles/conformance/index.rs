@@ -219,3 +219,19 @@ pub async fn index_counters(index: Arc<dyn Index>) {
     assert_eq!((got.unwrap(), counted.unwrap()), (Some(e), vec![]), "no counters");
     index.delete(k).await.unwrap();
 }
+
+pub async fn index_delete_many(index: &dyn Index) {
+    let keys: Vec<_> = (0..5).map(|i| test_key(&format!("index-delete-many-{i}"))).collect();
+    for k in &keys[..4] {
+        index.put(*k, entry(3, 60_000)).await.unwrap();
+    }
+    assert_eq!(index.delete_many(Vec::new()).await.unwrap(), 0);
+    assert_eq!(
+        index.delete_many(keys.clone()).await.unwrap(),
+        4,
+        "counts the keys that existed"
+    );
+    for k in &keys {
+        assert_eq!(index.get(*k).await.unwrap(), None);
+    }
+}

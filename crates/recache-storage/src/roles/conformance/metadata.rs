@@ -543,3 +543,98 @@ pub async fn metadata_data_keys(meta: &dyn Metadata) {
     );
     assert!(meta.list_data_keys(None).await.unwrap().len() >= 3);
 }
+
+/// Purges select by tenant, namespace, model, creation time and key prefix,
+/// page by page in key order; a delete spares an entry written again since.
+pub async fn metadata_select_and_delete(meta: &dyn Metadata) {
+    use crate::roles::filter::EntryFilter;
+    let tenant = format!("purge-{}", test_key("purge-tenant").hex());
+    let mut rows = Vec::new();
+    for i in 0..12u8 {
+        let mut e = record(&format!("purge-{i}"), 100 + i, 60_000);
+        e.tenant = tenant.clone();
+        e.namespace = if i % 2 == 0 { "even" } else { "odd" }.into();
+        e.model = if i < 6 { "m-small" } else { "m-large" }.into();
+        e.created_at_ms = 1_000 + i as i64;
+        rows.push(e);
+    }
+    let mut other = record("purge-other", 99, 60_000);
+    other.tenant = format!("{tenant}-other");
+    other.namespace = "even".into();
+    meta.write_batch(rows.iter().cloned().chain([other.clone()]).collect(), Vec::new())
+        .await
+        .unwrap();
+    let count = |f: EntryFilter| async move { meta.count_selected(f).await.unwrap() };
+    let by_tenant = EntryFilter::tenant(&tenant);
+    assert_eq!(count(by_tenant.clone()).await, 12, "a tenant's entries, no other's");
+    let even = EntryFilter {
+        namespace: Some("even".into()),
+        ..by_tenant.clone()
+    };
+    assert_eq!(count(even.clone()).await, 6, "by namespace");
+    let f = EntryFilter {
+        model: Some("m-large".into()),
+        ..even.clone()
+    };
+    assert_eq!(count(f).await, 3, "by namespace and model");
+    let f = EntryFilter {
+        before_ms: Some(1_004),
+        ..by_tenant.clone()
+    };
+    assert_eq!(count(f).await, 4, "created before");
+    let k = rows[3].key.hex();
+    let f = EntryFilter {
+        key_prefix: Some(k[..20].to_uppercase()),
+        ..by_tenant.clone()
+    };
+    assert_eq!(count(f.clone()).await, 1, "by key prefix (any case)");
+    assert_eq!(meta.select_entries(f, None, 10).await.unwrap()[0].key, rows[3].key);
+
+    // Pages in key order, each after the last key of the one before.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = meta.select_entries(even.clone(), after, 4).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.iter().all(|e| even.matches(e)), "the filter in memory agrees");
+        assert!(page.iter().all(|e| e.request.is_none()), "pages leave the request out");
+        after = page.last().map(|e| e.key);
+        seen.extend(page.into_iter().map(|e| e.key));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|k| k.hex());
+    assert_eq!((seen.len(), &seen), (6, &sorted), "six keys, in order, once each");
+
+    // A delete names the artifact it saw: an entry stored again is spared.
+    let mut rewritten = rows[0].clone();
+    rewritten.artifact = ArtifactId([200; 32]);
+    meta.upsert_entry(rewritten).await.unwrap();
+    let pairs: Vec<_> = rows
+        .iter()
+        .filter(|e| e.namespace == "even")
+        .map(|e| (e.key, e.artifact))
+        .collect();
+    assert_eq!(meta.delete_entries(pairs.clone()).await.unwrap(), 5);
+    assert_eq!(
+        meta.delete_entries(pairs).await.unwrap(),
+        0,
+        "deleting twice deletes nothing"
+    );
+    assert_eq!(count(even).await, 1, "the rewritten entry stays");
+    assert_eq!(count(by_tenant.clone()).await, 7);
+    assert!(
+        meta.get_entry(other.key).await.unwrap().is_some(),
+        "another tenant untouched"
+    );
+    let rest: Vec<_> = meta
+        .select_entries(by_tenant, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.artifact))
+        .collect();
+    assert_eq!(meta.delete_entries(rest).await.unwrap(), 7);
+    meta.delete_entry(other.key).await.unwrap();
+}
