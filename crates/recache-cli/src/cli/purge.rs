@@ -99,10 +99,12 @@ fn report_text(kind: &str, v: &Value) -> String {
     if let Some(n) = v["data_keys_destroyed"].as_u64() {
         out.push_str(&format!("data keys destroyed: {n}\n"));
         if let Some(files) = v["key_files"].as_object().filter(|m| !m.is_empty()) {
-            for (label, f) in files {
+            for (which, f) in files {
                 out.push_str(&format!(
-                    "key file on {label}: rewritten ({} keys, {} destroyed)\n",
-                    f["keys"], f["destroyed"]
+                    "key file on the {which} target ({}): rewritten ({} keys, {} destroyed)\n",
+                    f["target"].as_str().unwrap_or(""),
+                    f["keys"],
+                    f["destroyed"]
                 ));
             }
         } else {

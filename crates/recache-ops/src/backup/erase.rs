@@ -60,11 +60,11 @@ async fn erase(recovery: &Recovery, mut p: Value, ctx: &dyn JobCtx) -> Result<Va
         .is_some_and(|t| !t.trim().is_empty())
     {
         let t = Targets::open(recovery.config.clone(), &recovery.env).map_err(|e| JobError::Fatal(e.to_string()))?;
-        for target in std::iter::once(&t.primary).chain(t.dr.as_ref()) {
+        for (which, target) in std::iter::once(("primary", &t.primary)).chain(t.dr.as_ref().map(|d| ("dr", d))) {
             let (rows, gone) = super::keyfile::write_merged(target, keys.clone())
                 .await
                 .map_err(|e| JobError::Failed(format!("the key file on {}: {e}", target.label)))?;
-            targets_out[target.label.as_str()] = json!({"keys": rows, "destroyed": gone});
+            targets_out[which] = json!({"target": target.label, "keys": rows, "destroyed": gone});
         }
     }
     let mut out = purged;

@@ -170,7 +170,19 @@ pub async fn run_restore(
     let mut problems = report.problems.clone();
     // Counts below the manifest's are a failure, not a success.
     let entries = roles.metadata.count_entries().await?;
-    if entries < m.roles.metadata.entries {
+    if report.entries_unreadable > 0 {
+        let who: Vec<String> = report
+            .unreadable_tenants
+            .iter()
+            .map(|(t, n)| format!("{t}: {n}"))
+            .collect();
+        warnings.push(format!(
+            "{} entries left out: sealed with a data key that no longer opens (erased tenants; {})",
+            report.entries_unreadable,
+            who.join(", ")
+        ));
+    }
+    if entries + report.entries_unreadable < m.roles.metadata.entries {
         problems.push(format!(
             "metadata holds {entries} entries after the restore; the set has {}",
             m.roles.metadata.entries
@@ -206,6 +218,7 @@ pub async fn run_restore(
         "artifacts": report.artifacts, "artifacts_copied": report.artifacts_copied,
         "artifacts_present": report.artifacts_present,
         "entries_without_artifact": report.entries_without_artifact,
+        "entries_unreadable": report.entries_unreadable, "unreadable_tenants": report.unreadable_tenants,
         "pointers": report.pointers, "pointers_written": report.pointers_written,
         "pointers_skipped": report.pointers_skipped, "pointers_derived": report.pointers_derived, "vectors": vectors, "vectors_written": report.vectors_written,
         "entries_after": entries, "pointers_after": pointers,

@@ -353,6 +353,24 @@ impl Env {
         }
     }
 
+    /// `SELECT COUNT(*) FROM {from_where}` on the metadata store: reads
+    /// only, so it takes no row lock a running job could deadlock with.
+    pub async fn metadata_count(&self, from_where: &str) -> i64 {
+        use sqlx::Connection;
+        let sql = format!("SELECT COUNT(*) FROM {from_where}");
+        match &self.backends {
+            Backends::Embedded | Backends::SqliteRedis { .. } => {
+                let url = format!("sqlite://{}", self.path("metadata.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(&sql).fetch_one(&mut c).await.unwrap()
+            }
+            Backends::Real { postgres, .. } => {
+                let mut c = sqlx::PgConnection::connect(postgres).await.unwrap();
+                sqlx::query_scalar(&sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+
     /// Writes the gateway's config to a file, for the CLI.
     pub fn config_file(&self) -> PathBuf {
         let p = self.path("recache.toml");
