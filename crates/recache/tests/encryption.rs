@@ -16,6 +16,7 @@ use recache_stub_provider::StubConfig;
 on_both_backends!(keyring_seals_rotates_and_erases);
 on_both_backends!(answers_are_sealed_at_rest);
 on_both_backends!(sealed_streams_hit_and_a_flipped_byte_is_never_served);
+on_both_backends!(semantic_warm_and_refetch_work_sealed);
 
 /// 32 bytes, base64: the test's master key.
 const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -344,4 +345,115 @@ async fn sealed_streams_hit_and_a_flipped_byte_is_never_served(b: Backends) {
     );
     assert_eq!(env.stub.calls(), calls + 1, "bought again from the provider");
     assert!(env.metric("cache_integrity_failures_total").await > before, "counted");
+}
+
+/// With answers sealed and `[semantic] store_text = false`: a paraphrase is a
+/// semantic hit (the guards read the question from the sealed artifact), no
+/// file of the gateway's holds the question, a warmed request is a hit, and
+/// an answer bought back by `repair --missing-artifacts` is sealed again.
+async fn semantic_warm_and_refetch_work_sealed(b: Backends) {
+    let model = common::engines::model_dir().expect("the embedding model (bash scripts/fetch-model.sh)");
+    let extra = format!(
+        "[encryption]\nmaster_key_env = \"RECACHE_TEST_MASTER_KEY\"\n[warmer]\npoll_ms = 50\n\
+         [semantic]\nstore_text = false\nembed_timeout_ms = 10000\n[semantic.embedders.local]\nkind = \"local\"\npath = \"{}\"\n\
+         [[semantic.rules]]\ntenant = \"team-a\"\nenabled = true\n",
+        model.display()
+    );
+    let vars = [
+        ("RECACHE_TEST_MASTER_KEY", MASTER),
+        ("RECACHE_VECTORS__ENGINE", "embedded"),
+        ("RECACHE_ARTIFACTS__MEMORY_CACHE_MB", "0"),
+    ];
+    let mut env = Env::on_with(b, StubConfig::default(), &extra, &vars).await;
+    let tag = recache::roles::now_ms();
+    let question = format!("How do I reset the password of my quokka account {tag}?");
+    let first = env.chat(common::KEY_A, &question).await;
+    assert_eq!(first.cache(), "MISS");
+    let key = first.header("x-recache-key").to_string();
+    common::until(std::time::Duration::from_secs(10), "registered", async || {
+        env.admin_entry(&key).await["indexed"] == serde_json::Value::Bool(true)
+    })
+    .await;
+    let para = format!("How can I reset the password of my quokka account {tag}?");
+    let hit = common::until(std::time::Duration::from_secs(10), "a semantic hit", async || {
+        env.chat(common::KEY_A, &para).await.cache() == "SEMANTIC_HIT"
+    })
+    .await;
+    println!("semantic hit after {hit:?}");
+    // No file of the gateway's (index, vectors, metadata, artifacts, spool) holds the question.
+    let needle = format!("quokka account {tag}");
+    for f in common::backups::files_under(&env.path("")) {
+        if f.extension().is_some_and(|e| e == "toml") {
+            continue;
+        }
+        let raw = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the question in {}",
+            f.display()
+        );
+    }
+
+    // Warm: a warmed request is a hit, its answer sealed like the rest.
+    let warm = env.path("warm.jsonl");
+    let warm_q = format!("warm quokka {tag}");
+    std::fs::write(&warm, format!("{}\n", common::chat_body(&warm_q, false))).unwrap();
+    let (code, v, err) = env
+        .cli_async(
+            &[
+                "warmer",
+                "enqueue",
+                "--file",
+                warm.to_str().unwrap(),
+                "--tenant",
+                "team-a",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code, 0, "warm: {v} {err}");
+    // Asked only once the warm job has succeeded: an earlier ask would store it itself.
+    common::until(
+        std::time::Duration::from_secs(30),
+        "the warm job to succeed",
+        async || {
+            let jobs = env.admin_json("/admin/jobs?limit=20").await;
+            jobs["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["kind"] == "warm" && j["state"] == "succeeded")
+        },
+    )
+    .await;
+    let warmed = env.chat(common::KEY_A, &warm_q).await;
+    assert_eq!(warmed.cache(), "HIT", "{}", warmed.text);
+
+    // Refetch: the artifact is lost, bought back once, sealed again, served.
+    use recache::roles::{ArtifactId, Artifacts};
+    let store = env.raw_artifacts();
+    let id = ArtifactId::from_hex(env.admin_entry(&key).await["entry"]["artifact"].as_str().unwrap()).unwrap();
+    assert!(store.delete(id).await.unwrap());
+    let calls = env.stub.calls();
+    // Run by the CLI itself (the gateway stopped): see the note in docs/operations.md
+    // on a repair handed to the gateway's workers.
+    if let Some(gw) = env.gw.take() {
+        gw.shutdown().await;
+    }
+    let (code, r, err) = env.cli_async(&["repair", "--missing-artifacts"], &[]).await;
+    assert_eq!(code, 0, "refetch: {r} {err}");
+    assert_eq!(env.stub.calls() - calls, 1, "{r}");
+    let rebought = env
+        .metadata_count(&format!(
+            "entries WHERE cache_key = '{key}' AND artifact_sha256 <> '{}' AND artifact_missing = 0",
+            id.hex()
+        ))
+        .await;
+    assert_eq!(rebought, 1, "the entry names its new artifact: {r}");
+    for a in store.list().await.unwrap() {
+        let raw = store.get(a.id).await.unwrap().unwrap();
+        assert!(seal::is_sealed(&raw), "the bought-back answer is sealed");
+    }
+    env.start().await;
+    assert_eq!(env.chat(common::KEY_A, &question).await.cache(), "HIT");
 }

@@ -557,6 +557,11 @@ pub struct SemanticConfig {
     pub max_threshold: f32,
     /// Answers whose texts embed at least this similar count as the same answer.
     pub answer_similarity: f32,
+    /// Keep each question's text beside its vector (the guards compare it
+    /// with a new question). `false`: no question text is kept in the vector
+    /// store; the guards read it from the (sealed) artifact, one read per
+    /// candidate. See "Data protection" in `docs/operations.md`.
+    pub store_text: bool,
     pub embedders: BTreeMap<String, EmbedderConfig>,
     pub rules: Vec<SemanticRule>,
 }
@@ -591,6 +596,7 @@ impl Default for SemanticConfig {
             threshold_step: 0.01,
             max_threshold: 0.995,
             answer_similarity: 0.95,
+            store_text: true,
             embedders,
             rules: Vec::new(),
         }

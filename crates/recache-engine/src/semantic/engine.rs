@@ -54,6 +54,8 @@ pub struct Prepared {
     pub vector: Vec<f32>,
     pub collection: String,
     pub policy: Policy,
+    /// `[semantic] store_text`: whether the point keeps `text`.
+    pub keep_text: bool,
 }
 
 /// Why a request gets no embedding.
@@ -71,7 +73,11 @@ impl Prepared {
             key,
             scope: self.scope.clone(),
             tenant: self.tenant.clone(),
-            text: self.text.clone(),
+            text: if self.keep_text {
+                self.text.clone()
+            } else {
+                String::new()
+            },
             expires_at_ms,
             vector: self.vector.clone(),
         }
@@ -404,6 +410,7 @@ impl Semantic {
             vector,
             collection: loaded.info.collection.clone(),
             policy,
+            keep_text: self.cfg.store_text,
         })
     }
 
@@ -499,11 +506,19 @@ impl Semantic {
             if m.score < threshold {
                 break;
             }
-            match guard::check(&p.text, &m.text) {
+            // Without a stored text (`store_text = false`), the stored request's.
+            let text = match m.text.is_empty() {
+                true => match self.stored_text(m.key).await {
+                    Some(t) => t,
+                    None => continue,
+                },
+                false => m.text,
+            };
+            match guard::check(&p.text, &text) {
                 Ok(()) => out.candidates.push(Candidate {
                     key: m.key,
                     score: m.score,
-                    text: m.text,
+                    text,
                 }),
                 Err(why) => {
                     out.refused = true;
@@ -520,6 +535,23 @@ impl Semantic {
             }
         }
         out
+    }
+
+    /// The final user text of an entry's stored request, read from its
+    /// artifact (opened when sealed); `None` when the entry or its artifact is
+    /// gone or unreadable (the candidate is passed over).
+    async fn stored_text(&self, key: CacheKey) -> Option<String> {
+        let roles = &self.cache.roles;
+        let entry = roles.index.get(key).await.ok()??;
+        let stored = roles.artifacts.get(entry.artifact).await.ok()??;
+        let envelope = crate::roles::keyring::open_artifact(roles.keyring.as_deref(), &stored)
+            .await
+            .ok()?;
+        let d = crate::artifact::decode(&envelope).ok()?;
+        let body: serde_json::Value = serde_json::from_slice(&d.request).ok()?;
+        scope::split(&d.meta.endpoint, &body, f64::INFINITY, usize::MAX)
+            .ok()
+            .map(|s| s.text)
     }
 
     /// Counts how a lookup ended: `served` is the candidate answered with (or,
