@@ -40,6 +40,8 @@ fn help_everywhere() {
         vec!["warmer", "retry", "--help"],
         vec!["audit", "--help"],
         vec!["repair", "--help"],
+        vec!["purge", "--help"],
+        vec!["erase", "--help"],
     ] {
         let out = recache().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

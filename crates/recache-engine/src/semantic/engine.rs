@@ -508,7 +508,7 @@ impl Semantic {
             }
             // Without a stored text (`store_text = false`), the stored request's.
             let text = match m.text.is_empty() {
-                true => match self.stored_text(m.key).await {
+                true => match scope::stored_text(&self.cache, m.key).await {
                     Some(t) => t,
                     None => continue,
                 },
@@ -535,23 +535,6 @@ impl Semantic {
             }
         }
         out
-    }
-
-    /// The final user text of an entry's stored request, read from its
-    /// artifact (opened when sealed); `None` when the entry or its artifact is
-    /// gone or unreadable (the candidate is passed over).
-    async fn stored_text(&self, key: CacheKey) -> Option<String> {
-        let roles = &self.cache.roles;
-        let entry = roles.index.get(key).await.ok()??;
-        let stored = roles.artifacts.get(entry.artifact).await.ok()??;
-        let envelope = crate::roles::keyring::open_artifact(roles.keyring.as_deref(), &stored)
-            .await
-            .ok()?;
-        let d = crate::artifact::decode(&envelope).ok()?;
-        let body: serde_json::Value = serde_json::from_slice(&d.request).ok()?;
-        scope::split(&d.meta.endpoint, &body, f64::INFINITY, usize::MAX)
-            .ok()
-            .map(|s| s.text)
     }
 
     /// Counts how a lookup ended: `served` is the candidate answered with (or,

@@ -242,6 +242,23 @@ pub(crate) fn scope_hash(p: &ScopeParts<'_>, rest: &Value) -> String {
     hex::encode(h.finalize())
 }
 
+/// The final user text of an entry's stored request, read from its
+/// artifact (opened when sealed); `None` when the entry or its artifact is
+/// gone or unreadable (the candidate is passed over).
+pub async fn stored_text(cache: &crate::cache::Cache, key: crate::key::CacheKey) -> Option<String> {
+    let roles = &cache.roles;
+    let entry = roles.index.get(key).await.ok()??;
+    let stored = roles.artifacts.get(entry.artifact).await.ok()??;
+    let envelope = crate::roles::keyring::open_artifact(roles.keyring.as_deref(), &stored)
+        .await
+        .ok()?;
+    let d = crate::artifact::decode(&envelope).ok()?;
+    let body: serde_json::Value = serde_json::from_slice(&d.request).ok()?;
+    split(&d.meta.endpoint, &body, f64::INFINITY, usize::MAX)
+        .ok()
+        .map(|s| s.text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,6 +136,7 @@ impl PostgresMetadata {
 }
 
 recovery_queries!(PostgresMetadata);
+super::metadata_purge::purge_queries!(PostgresMetadata);
 super::data_keys::data_key_store!(PostgresMetadata);
 super::keys::key_store!(PostgresMetadata);
 write_batch_query!(PostgresMetadata, "FOR UPDATE", true);

@@ -124,6 +124,7 @@ impl SqliteMetadata {
 }
 
 recovery_queries!(SqliteMetadata);
+super::metadata_purge::purge_queries!(SqliteMetadata);
 super::data_keys::data_key_store!(SqliteMetadata);
 super::keys::key_store!(SqliteMetadata);
 write_batch_query!(SqliteMetadata, "", false);

@@ -32,6 +32,7 @@ pub mod index_snapshot;
 pub mod keyring;
 pub mod keys;
 pub mod metadata_postgres;
+pub mod metadata_purge;
 pub mod metadata_sql;
 pub mod metadata_sqlite;
 pub mod redis_topology;
