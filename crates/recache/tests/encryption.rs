@@ -264,18 +264,7 @@ async fn an_encrypted_set_restores_with_its_keys() {
     if let Some(gw) = env.gw.take() {
         gw.shutdown().await;
     }
-    for p in [
-        "index",
-        "artifacts",
-        "metadata.db",
-        "metadata.db-wal",
-        "metadata.db-shm",
-        "spool.jsonl",
-    ] {
-        let p = env.path(p);
-        let _ = std::fs::remove_dir_all(&p);
-        let _ = std::fs::remove_file(&p);
-    }
+    common::backups::wipe_embedded(&env);
     let (code, r, err) = cli_json(&env, &["backup", "restore", "--latest"]).await;
     assert_eq!(code, 0, "restore: {r} {err}");
     assert_eq!(r["data_keys"], 1, "the tenant's data key, wrapped: {r}");

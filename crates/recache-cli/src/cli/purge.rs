@@ -15,7 +15,6 @@ use super::{ConfigArgs, OutputFormat};
 use recache_ops::backup::erase::ERASE;
 use recache_ops::recovery::purge::{self, PURGE, STORES};
 use recache_ops::recovery::Recovery;
-use recache_storage::queue::JobState;
 use recache_storage::roles::factory::IndexAccess;
 use recache_storage::roles::filter::EntryFilter;
 
@@ -185,18 +184,7 @@ async fn run_job(config: &ConfigArgs, kind: &'static str, payload: Value, format
     if let Some(w) = worker {
         let _ = w.await;
     }
-    let j = jobs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Exit::problem("the job vanished"))?;
-    if !finished || j.state != JobState::Succeeded {
-        return Err(Exit::problem(format!(
-            "{kind} job #{} ended {}: {}",
-            j.id,
-            j.state.as_str(),
-            j.last_error.unwrap_or_default()
-        )));
-    }
+    let j = super::warmer::succeeded(jobs, finished, &format!("{kind} job"))?;
     let mut v = j.result.unwrap_or_default();
     v["job"] = json!(j.id);
     Ok(v)

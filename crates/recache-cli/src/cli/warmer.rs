@@ -543,13 +543,19 @@ pub(crate) async fn run_in_gateway(
 ) -> Result<Job, Exit> {
     let e = r.queue.enqueue(job).await.map_err(|e| Exit::problem(e.to_string()))?;
     let (jobs, finished) = wait_jobs(r, &[e.id], timeout_s, bar).await?;
+    succeeded(jobs, finished, "job")
+}
+
+/// The one job [`wait_jobs`] waited for, once it succeeded; any other end is
+/// an error naming it (`what`: how to call it, e.g. `purge job`).
+pub(crate) fn succeeded(jobs: Vec<Job>, finished: bool, what: &str) -> Result<Job, Exit> {
     let j = jobs
         .into_iter()
         .next()
         .ok_or_else(|| Exit::problem("the job vanished"))?;
     if !finished || j.state != JobState::Succeeded {
         return Err(Exit::problem(format!(
-            "job #{} ended {}: {}",
+            "{what} #{} ended {}: {}",
             j.id,
             j.state.as_str(),
             j.last_error.clone().unwrap_or_default()

@@ -16,7 +16,7 @@ use crate::recovery::purge::filter_of;
 use crate::recovery::Recovery;
 use recache_storage::queue::worker::{JobCtx, JobError};
 use recache_storage::queue::Job;
-use recache_storage::roles::{now_ms, AuditEvent, BoxFuture};
+use recache_storage::roles::{now_ms, BoxFuture};
 
 pub const ERASE: &str = "erase";
 
@@ -70,17 +70,6 @@ async fn erase(recovery: &Recovery, mut p: Value, ctx: &dyn JobCtx) -> Result<Va
     let mut out = purged;
     out["data_keys_destroyed"] = json!(destroyed);
     out["key_files"] = targets_out;
-    recovery
-        .cache
-        .audit(AuditEvent {
-            id: recache_engine::cache::event_id(),
-            at_ms: now_ms(),
-            tenant: Some(f.tenant.clone()),
-            actor: p["actor"].as_str().unwrap_or("cli").to_string(),
-            action: ERASE.into(),
-            cache_key: None,
-            detail: json!({"job": ctx.job_id(), "result": out}),
-        })
-        .await;
+    recovery.audit_tenant_job(ERASE, &f.tenant, &p, ctx, &out).await;
     Ok(out)
 }

@@ -105,18 +105,24 @@ impl Recovery {
         if p["audit"] == json!(false) {
             return Ok(out); // the caller (an erasure) writes one event for the whole
         }
+        self.audit_tenant_job(PURGE, &f.tenant, &p, ctx, &out).await;
+        Ok(out)
+    }
+
+    /// The audit event of a tenant's purge or erasure: who asked (the
+    /// payload's `actor`), the job and its counts; never content.
+    pub async fn audit_tenant_job(&self, action: &str, tenant: &str, p: &Value, ctx: &dyn JobCtx, out: &Value) {
         self.cache
             .audit(AuditEvent {
                 id: recache_engine::cache::event_id(),
                 at_ms: now_ms(),
-                tenant: Some(f.tenant.clone()),
+                tenant: Some(tenant.to_string()),
                 actor: p["actor"].as_str().unwrap_or("cli").to_string(),
-                action: PURGE.into(),
+                action: action.into(),
                 cache_key: None,
                 detail: json!({"job": ctx.job_id(), "result": out}),
             })
             .await;
-        Ok(out)
     }
 
     /// Deletes what `entries` name from the index, the vectors and the

@@ -133,20 +133,7 @@ impl Bk {
     pub async fn wipe(&mut self) {
         self.stop().await;
         match self.kind {
-            Kind::Embedded => {
-                for p in [
-                    "index",
-                    "artifacts",
-                    "metadata.db",
-                    "metadata.db-wal",
-                    "metadata.db-shm",
-                    "spool.jsonl",
-                ] {
-                    let p = self.env.path(p);
-                    let _ = std::fs::remove_dir_all(&p);
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
+            Kind::Embedded => wipe_embedded(&self.env),
             Kind::Real => {
                 let Backends::Real { redis, .. } = &self.env.backends else {
                     unreachable!()
@@ -185,6 +172,23 @@ impl Bk {
         });
         out.sort();
         out
+    }
+}
+
+/// Removes the embedded stores' files (the index, the artifacts, metadata
+/// and the spool) of a stopped gateway.
+pub fn wipe_embedded(env: &Env) {
+    for p in [
+        "index",
+        "artifacts",
+        "metadata.db",
+        "metadata.db-wal",
+        "metadata.db-shm",
+        "spool.jsonl",
+    ] {
+        let p = env.path(p);
+        let _ = std::fs::remove_dir_all(&p);
+        let _ = std::fs::remove_file(&p);
     }
 }
 
