@@ -59,6 +59,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_keys(meta.as_ref()).await;
     c::metadata_data_keys(meta.as_ref()).await;
     c::metadata_select_and_delete(meta.as_ref()).await;
+    c::metadata_replace_artifacts(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;
@@ -139,6 +140,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_keys(meta.as_ref()).await;
     c::metadata_data_keys(meta.as_ref()).await;
     c::metadata_select_and_delete(meta.as_ref()).await;
+    c::metadata_replace_artifacts(meta.as_ref()).await;
     c::metadata_snapshot_round_trip(meta.as_ref()).await;
     c::metadata_recovery_queries(meta.as_ref()).await;
     c::metadata_concurrent_writers(meta.clone()).await;

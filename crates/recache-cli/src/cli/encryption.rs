@@ -1,5 +1,6 @@
-//! `recache encryption status|rotate-master|rotate-tenant`: the tenants' data
-//! keys ("Data protection" in `ARCHITECTURE.md`). No key is ever printed.
+//! `recache encryption status|rotate-master|rotate-tenant|reseal`: the
+//! tenants' data keys and the answers sealed with them ("Data protection" in
+//! `ARCHITECTURE.md`). No key is ever printed.
 
 use std::sync::Arc;
 
@@ -28,6 +29,24 @@ pub enum EncryptionCommand {
     RotateMaster(FormatArgs),
     /// A new data key for a tenant's new answers; older ones stay readable with the retired key.
     RotateTenant(TenantArgs),
+    /// Seal the answers stored before encryption was on (or with a tenant's
+    /// retired key) with each tenant's active key, in place. Runs as a
+    /// resumable job: run it again after any stop to finish it.
+    Reseal(ResealArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ResealArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Only this tenant's entries (its id, as in `recache purge`); all by default.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Entries per page (each page is checkpointed).
+    #[arg(long, default_value_t = recache_ops::recovery::reseal::PAGE, hide = true)]
+    pub page_size: u32,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +73,7 @@ pub async fn run(args: EncryptionArgs) -> i32 {
         EncryptionCommand::Status(a) => status(a).await,
         EncryptionCommand::RotateMaster(a) => rotate_master(a).await,
         EncryptionCommand::RotateTenant(a) => rotate_tenant(a).await,
+        EncryptionCommand::Reseal(a) => reseal(a).await,
     };
     super::ops::exit_code("encryption", res)
 }
@@ -182,6 +202,37 @@ async fn rotate_tenant(a: TenantArgs) -> Result<i32, Exit> {
             v["tenant"].as_str().unwrap_or(""),
             v["key"].as_str().unwrap_or("")
         )
+    });
+    Ok(0)
+}
+
+async fn reseal(a: ResealArgs) -> Result<i32, Exit> {
+    let config = super::load_config(&a.config, &super::env_map()).map_err(|e| Exit::config(e.to_string()))?;
+    if !config.encryption.enabled() {
+        return Err(Exit::config(
+            "a reseal needs a master key ([encryption] master_key_env or master_key_file)",
+        ));
+    }
+    let payload = json!({"filter": {"tenant": a.tenant}, "page": a.page_size, "actor": "cli"});
+    let v = super::purge::run_job(&a.config, recache_ops::recovery::reseal::RESEAL, payload, a.format).await?;
+    print(a.format, &v, |v| {
+        let mut out = format!(
+            "reseal: {} entries scanned; {} sealed again, {} already sealed with their tenant's key\n",
+            v["scanned"], v["resealed"], v["already_sealed"]
+        );
+        for (k, what) in [
+            ("changed_meanwhile", "stored again meanwhile (kept as stored)"),
+            ("missing", "with no artifact (see `recache audit`)"),
+            (
+                "unusable",
+                "left as they are: their artifact does not check out (see `recache audit`)",
+            ),
+        ] {
+            if v[k].as_u64().unwrap_or(0) > 0 {
+                out.push_str(&format!("{} entries {what}\n", v[k]));
+            }
+        }
+        out
     });
     Ok(0)
 }

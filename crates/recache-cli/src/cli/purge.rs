@@ -159,7 +159,12 @@ fn local_spool_count(r: &Recovery, f: &EntryFilter) -> u64 {
 
 /// Queues the job (or joins the live one for the same filter), runs it
 /// here unless a gateway owns the stores, and waits for its end.
-async fn run_job(config: &ConfigArgs, kind: &'static str, payload: Value, format: OutputFormat) -> Result<Value, Exit> {
+pub(super) async fn run_job(
+    config: &ConfigArgs,
+    kind: &'static str,
+    payload: Value,
+    format: OutputFormat,
+) -> Result<Value, Exit> {
     let bar = format == OutputFormat::Text;
     let (r, here) = match open(config, IndexAccess::Write, "warn").await {
         Ok(r) => (r, true),

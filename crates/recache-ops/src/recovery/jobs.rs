@@ -29,7 +29,7 @@ pub const REBUILD_VECTORS: &str = "rebuild-vectors";
 
 /// The kinds recovery itself runs. Layers built on it (backups) add theirs
 /// with [`Recovery::register`]; [`Recovery::kinds`] lists them all.
-pub const BUILTIN: [&str; 7] = [
+pub const BUILTIN: [&str; 8] = [
     REBUILD_INDEX,
     RECONCILE_METADATA,
     REFETCH,
@@ -37,6 +37,7 @@ pub const BUILTIN: [&str; 7] = [
     WARM,
     REBUILD_VECTORS,
     super::purge::PURGE,
+    super::reseal::RESEAL,
 ];
 
 /// Runs one job of a registered kind.
@@ -60,6 +61,7 @@ fn builtin_needs(kind: &str) -> Vec<&'static str> {
         WARM => vec!["artifacts", "index"],
         REBUILD_VECTORS => vec!["metadata", "vectors"],
         super::purge::PURGE => vec!["metadata", "index", "artifacts", "vectors"],
+        super::reseal::RESEAL => vec!["metadata", "index", "artifacts"],
         _ => vec!["metadata"],
     }
 }
@@ -74,6 +76,8 @@ pub fn default_priority(kind: &str) -> i64 {
         REBUILD_VECTORS => 30,
         // Asked for by an operator, and what it deletes must not be served.
         super::purge::PURGE => 95,
+        // A migration in the background: after every repair.
+        super::reseal::RESEAL => 10,
         _ => 0,
     }
 }
@@ -124,9 +128,12 @@ impl Recovery {
             REFRESH_STALE => self.refresh_stale(job.payload.clone(), ctx).await?,
             WARM => self.warm(job.payload.clone(), ctx).await?,
             REBUILD_VECTORS => self.rebuild_vectors(job.payload.clone(), ctx).await?,
-            // A purge writes its own audit event (with the tenant).
-            super::purge::PURGE => {
-                let mut result = self.purge(job.payload.clone(), ctx).await?;
+            // A purge and a reseal write their own audit events (with the tenant).
+            super::purge::PURGE | super::reseal::RESEAL => {
+                let mut result = match job.kind.as_str() {
+                    super::purge::PURGE => self.purge(job.payload.clone(), ctx).await?,
+                    _ => self.reseal(job.payload.clone(), ctx).await?,
+                };
                 result["seconds"] = json!(started.elapsed().as_secs_f64());
                 return Ok(result);
             }

@@ -33,6 +33,7 @@ pub mod listing;
 pub mod local;
 pub mod purge;
 pub mod repair;
+pub mod reseal;
 pub mod vectors;
 pub mod warm;
 pub mod watch;

@@ -295,6 +295,9 @@ impl Metadata for GuardedMetadata {
     fn delete_entries(&self, entries: Vec<(CacheKey, ArtifactId)>) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.guard.call_bulk(self.inner.delete_entries(entries)))
     }
+    fn replace_artifacts(&self, swaps: Vec<super::ArtifactSwap>) -> BoxFuture<'_, Result<Vec<bool>>> {
+        Box::pin(self.guard.call_bulk(self.inner.replace_artifacts(swaps)))
+    }
     fn set_artifact_missing(&self, keys: Vec<CacheKey>, missing: bool) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.guard.call_bulk(self.inner.set_artifact_missing(keys, missing)))
     }

@@ -127,6 +127,12 @@ impl Keyring {
         self.make_key(tenant, false).await
     }
 
+    /// Forgets which key is each tenant's active one, so the next seal reads
+    /// it from metadata (a reseal starts so, after a rotation made elsewhere).
+    pub fn forget_active(&self) {
+        self.active.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn cached_active(&self, tenant: &str) -> Option<(String, Arc<Key32>)> {
         let id = match self.active.read().unwrap_or_else(|e| e.into_inner()).get(tenant) {
             Some((id, at)) if at.elapsed() < ACTIVE_FOR => id.clone(),

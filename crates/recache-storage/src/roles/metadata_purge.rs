@@ -8,7 +8,7 @@
 pub const FILTER_WHERE: &str = "tenant = $1 AND ($2 = 0 OR namespace = $3) AND ($4 = 0 OR model = $5) \
      AND created_at_ms < $6 AND cache_key >= $7 AND cache_key < $8 AND cache_key > $9";
 
-/// `q_select` and `q_delete_entries` for an engine type that provides
+/// `q_select`, `q_delete_entries` and `q_replace_artifacts` for an engine type that provides
 /// `sql(&str)`, `ready()`, `reader()` and `writer()`.
 macro_rules! purge_queries {
     ($ty:ty) => {
@@ -78,6 +78,31 @@ macro_rules! purge_queries {
                 }
                 tx.commit().await.map_err(map_err)?;
                 Ok(n)
+            }
+
+            async fn q_replace_artifacts(&self, swaps: Vec<super::ArtifactSwap>) -> Result<Vec<bool>> {
+                self.ready().await?;
+                let sql = Self::sql(
+                    "UPDATE entries SET artifact_sha256 = $1, response_bytes = $2, request_json = $3 \
+                     WHERE cache_key = $4 AND artifact_sha256 = $5",
+                );
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
+                let mut changed = Vec::with_capacity(swaps.len());
+                for s in &swaps {
+                    let n = sqlx::query(&sql)
+                        .bind(s.new.hex())
+                        .bind(s.response_bytes as i64)
+                        .bind(s.request.clone())
+                        .bind(s.key.hex())
+                        .bind(s.old.hex())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .rows_affected();
+                    changed.push(n > 0);
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(changed)
             }
         }
     };

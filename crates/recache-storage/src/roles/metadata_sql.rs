@@ -445,6 +445,9 @@ macro_rules! recovery_methods {
         fn delete_entries(&self, entries: Vec<(CacheKey, ArtifactId)>) -> BoxFuture<'_, Result<u64>> {
             Box::pin(self.q_delete_entries(entries))
         }
+        fn replace_artifacts(&self, swaps: Vec<super::ArtifactSwap>) -> BoxFuture<'_, Result<Vec<bool>>> {
+            Box::pin(self.q_replace_artifacts(swaps))
+        }
         fn set_artifact_missing(&self, keys: Vec<CacheKey>, missing: bool) -> BoxFuture<'_, Result<u64>> {
             Box::pin(self.q_set_missing(keys, missing))
         }

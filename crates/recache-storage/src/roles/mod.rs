@@ -454,6 +454,23 @@ pub trait Metadata: keys::KeyStore + data_keys::DataKeyStore + Send + Sync {
     /// Deletes each entry that still has the artifact named beside it (an
     /// entry written again since it was selected stays). Returns rows deleted.
     fn delete_entries(&self, entries: Vec<(CacheKey, ArtifactId)>) -> BoxFuture<'_, Result<u64>>;
+    /// Points each entry that still has the swap's `old` artifact at its
+    /// `new` one, with its size and stored request, keeping every other
+    /// column (hit counts, times) as it is: a reseal rewrites answers in
+    /// place. Returns, per swap, whether the entry was changed (an entry
+    /// written again since it was read is left alone).
+    fn replace_artifacts(&self, swaps: Vec<ArtifactSwap>) -> BoxFuture<'_, Result<Vec<bool>>>;
+}
+
+/// One entry's artifact replaced by another of the same answer (see
+/// [`Metadata::replace_artifacts`]).
+#[derive(Clone, Debug)]
+pub struct ArtifactSwap {
+    pub key: CacheKey,
+    pub old: ArtifactId,
+    pub new: ArtifactId,
+    pub response_bytes: u64,
+    pub request: Option<String>,
 }
 
 /// One page of a metadata snapshot (see [`Metadata::export_snapshot`]).

@@ -638,3 +638,57 @@ pub async fn metadata_select_and_delete(meta: &dyn Metadata) {
     assert_eq!(meta.delete_entries(rest).await.unwrap(), 7);
     meta.delete_entry(other.key).await.unwrap();
 }
+
+/// A reseal's swap: the entry that still has the old artifact points at the
+/// new one, with its size and request, and keeps its hit counts; an entry
+/// written again meanwhile is left alone.
+pub async fn metadata_replace_artifacts(meta: &dyn Metadata) {
+    let a = record("swap-a", 31, 60_000);
+    let b = record("swap-b", 32, 60_000);
+    for e in [&a, &b] {
+        meta.upsert_entry(e.clone()).await.unwrap();
+    }
+    meta.record_hits(vec![HitUpdate {
+        key: a.key,
+        count: 7,
+        last_hit_ms: a.created_at_ms + 5,
+    }])
+    .await
+    .unwrap();
+    // b is stored again (another answer) after the reseal read it.
+    let mut b2 = b.clone();
+    b2.artifact = ArtifactId([34; 32]);
+    meta.upsert_entry(b2.clone()).await.unwrap();
+    let swap = |e: &EntryRecord, new: u8| ArtifactSwap {
+        key: e.key,
+        old: e.artifact,
+        new: ArtifactId([new; 32]),
+        response_bytes: 99,
+        request: Some("sealed request".into()),
+    };
+    let changed = meta.replace_artifacts(vec![swap(&a, 41), swap(&b, 42)]).await.unwrap();
+    assert_eq!(
+        changed,
+        vec![true, false],
+        "only the entry that still had the old artifact"
+    );
+    let got = meta.get_entry(a.key).await.unwrap().unwrap();
+    assert_eq!(got.artifact, ArtifactId([41; 32]));
+    assert_eq!(got.response_bytes, 99);
+    assert_eq!(got.request.as_deref(), Some("sealed request"));
+    assert_eq!(got.hit_count, 7, "hit counts are kept");
+    assert_eq!(got.last_hit_at_ms, Some(a.created_at_ms + 5));
+    assert_eq!(got.created_at_ms, a.created_at_ms);
+    assert_eq!(got.expires_at_ms, a.expires_at_ms);
+    let other = meta.get_entry(b.key).await.unwrap().unwrap();
+    assert_eq!(other.artifact, b2.artifact, "the entry written again is left alone");
+    assert_eq!(other.request, b2.request);
+    assert_eq!(
+        meta.replace_artifacts(vec![swap(&a, 41)]).await.unwrap(),
+        vec![false],
+        "twice changes nothing"
+    );
+    for e in [&a, &b] {
+        meta.delete_entry(e.key).await.unwrap();
+    }
+}

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::{
-    now_ms, ArtifactId, Artifacts, AuditEvent, EntryRecord, HitUpdate, Index, IndexEntry, Metadata, VectorPoint,
-    Vectors,
+    now_ms, ArtifactId, ArtifactSwap, Artifacts, AuditEvent, EntryRecord, HitUpdate, Index, IndexEntry, Metadata,
+    VectorPoint, Vectors,
 };
 use crate::key::{cache_key, CacheKey};
 
