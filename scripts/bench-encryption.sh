@@ -6,10 +6,16 @@
 # at 1 and 16 connections; this VM drifts between runs, so the ratio is the
 # median of the five paired ratios (each sealed run over the plain run just
 # before it). Target: sealed hit throughput at least 0.9 of plain.
-# Usage: bash scripts/bench-encryption.sh [SECONDS]   (default 5 per run; loopback only, ~2 minutes)
+# Then the reseal rate: RESEAL_ENTRIES (default 20000) plain entries, each
+# with its artifact, seeded into embedded stores of their own, sealed in place
+# by `recache encryption reseal`; beside it the floor of the same run, the
+# rate at which `bench seed` wrote those entries (one artifact write and one
+# metadata row each; a reseal reads, seals, writes, swaps and deletes).
+# Usage: bash scripts/bench-encryption.sh [SECONDS]   (default 5 per run; loopback only, ~3 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
+RESEAL_ENTRIES=${RESEAL_ENTRIES:-20000}
 cargo build --release -p recache -p recache-stub-provider >&2
 B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
 W=$(mktemp -d)
@@ -43,8 +49,8 @@ config plain $PLAIN_PORT ""
 config sealed $SEALED_PORT "[encryption]
 master_key_env = \"BENCH_MASTER_KEY\""
 RUST_LOG=warn $B serve --config $W/plain/gw.toml >$W/plain.log 2>&1 & PP=$!
-BENCH_MASTER_KEY=$(python3 -c "import base64,os;print(base64.b64encode(os.urandom(32)).decode())") \
-  RUST_LOG=warn $B serve --config $W/sealed/gw.toml >$W/sealed.log 2>&1 & XP=$!
+export BENCH_MASTER_KEY=$(python3 -c "import base64,os;print(base64.b64encode(os.urandom(32)).decode())")
+RUST_LOG=warn $B serve --config $W/sealed/gw.toml >$W/sealed.log 2>&1 & XP=$!
 for p in $PLAIN_PORT $SEALED_PORT; do
   until curl -sf http://127.0.0.1:$p/health/live >/dev/null; do sleep 0.05; done
 done
@@ -95,4 +101,22 @@ for c in (1, 16):
     print("| %d | %.0f | %.0f | %.2f | %s | %.3f / %.3f | %.3f / %.3f | %d | %s |" % (
         c, pt, st, ratio, " ".join("%.2f" % x for x in pairs), p[2]["latency_ms"]["p50"], p[2]["latency_ms"]["p99"],
         s[2]["latency_ms"]["p50"], s[2]["latency_ms"]["p99"], errs, ok))
+PY
+
+# The reseal rate, next to the seeding rate of the same entries.
+config migrate "$(port)" ""
+$B bench seed --config $W/migrate/gw.toml --artifacts --tenant bench --entries "$RESEAL_ENTRIES" > $W/seed.txt 2>/dev/null
+printf '[encryption]\nmaster_key_env = "BENCH_MASTER_KEY"\n' >> $W/migrate/gw.toml
+RUST_LOG=warn $B encryption reseal --config $W/migrate/gw.toml --format json > $W/reseal.json
+python3 - "$W/seed.txt" "$W/reseal.json" "$RESEAL_ENTRIES" <<PY
+import json, re, sys
+seed = open(sys.argv[1]).read()
+secs = float(re.search(r"in ([0-9.]+)s", seed).group(1))
+n = int(sys.argv[3])
+r = json.load(open(sys.argv[2]))
+assert r["resealed"] == n, r
+print()
+print("| entries | seed (floor) entries/s | reseal entries/s | reseal / seed | reseal seconds (job, with the 2 s grace) |")
+print("|---|---|---|---|---|")
+print("| %d | %.0f | %.0f | %.2f | %.1f (%.1f) |" % (n, n / secs, r["entries_per_second"], r["entries_per_second"] / (n / secs), r["seconds_this_run"], r["seconds"]))
 PY

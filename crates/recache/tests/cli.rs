@@ -42,6 +42,8 @@ fn help_everywhere() {
         vec!["repair", "--help"],
         vec!["purge", "--help"],
         vec!["erase", "--help"],
+        vec!["encryption", "reseal", "--help"],
+        vec!["semantic", "eval", "--help"],
     ] {
         let out = recache().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -22,6 +22,7 @@ pub mod purge;
 pub mod repair;
 pub mod report;
 pub mod semantic;
+mod semantic_eval;
 pub mod serve;
 pub mod warmer;
 

@@ -1,4 +1,5 @@
-//! `recache semantic report` and `recache vectors init|list`.
+//! `recache semantic report` (`semantic eval` is in `semantic_eval.rs`) and
+//! `recache vectors init|list`.
 
 use std::time::Duration;
 
@@ -22,6 +23,11 @@ pub enum SemanticCommand {
     /// running gateway (the counters live there); exit 1 when a tenant's
     /// measured rate is over its error budget.
     Report(ReportArgs),
+    /// Recall on paraphrases and false hits on near-misses of a labelled
+    /// pairs file, at each threshold from 0.70 to 0.98, with and without the
+    /// guards, and the guards' refusals by class: the curve to choose a
+    /// threshold by. Runs the embedder here; no gateway needed.
+    Eval(super::semantic_eval::EvalArgs),
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +76,7 @@ pub struct ListArgs {
 pub(crate) async fn run_semantic(a: SemanticArgs) -> i32 {
     match a.command {
         SemanticCommand::Report(r) => report(r).await,
+        SemanticCommand::Eval(e) => super::semantic_eval::run(e).await,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod budget;
 mod counters;
 pub mod embedder;
 pub mod engine;
+pub mod eval;
 pub mod guard;
 pub mod judge;
 pub mod scope;
