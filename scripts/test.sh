@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 bash scripts/fetch-model.sh >&2
 # The model is there now: a test that needs it fails without it, never skips.
 export RECACHE_TEST_MODEL=1
+# WordNet for the lexical guards: with it installed, its tests must run.
+bash scripts/fetch-wordnet.sh >/dev/null
+export RECACHE_TEST_WORDNET=1
 # The provider SDKs the dialect tests use as clients, in their own venv: with it
 # there, the SDK tests must run.
 RECACHE_SDK_PYTHON="$(bash scripts/sdk-venv.sh)"

@@ -92,6 +92,24 @@ fn eval_prints_the_curve_of_a_labelled_file() {
     assert!(out.contains("0 paraphrases served"), "{out}");
     assert!(out.contains("threshold  recall"), "{out}");
 
+    // The lexical guards, with WordNet (required when RECACHE_TEST_WORDNET=1).
+    let (code, out, err) = recache(&[
+        "semantic", "eval", "--config", cfg, "--pairs", file, "--guards", "lexical", "--format", "json",
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["guards"], "lexical");
+    let wordnet = std::path::Path::new("/usr/share/wordnet/index.noun").exists();
+    assert!(
+        wordnet || std::env::var("RECACHE_TEST_WORDNET").as_deref() != Ok("1"),
+        "RECACHE_TEST_WORDNET=1 but no WordNet (bash scripts/fetch-wordnet.sh)"
+    );
+    if wordnet {
+        assert_eq!(v["lexicon"], "/usr/share/wordnet", "{v}");
+    }
+    assert_eq!(v["at"]["paraphrases_served"], 1, "{v}");
+    assert_eq!(v["at"]["near_misses_served"], 0, "{v}");
+
     // A bad file: exit 2, its line named.
     std::fs::write(
         &pairs,

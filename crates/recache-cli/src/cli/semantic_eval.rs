@@ -31,8 +31,24 @@ pub struct EvalArgs {
     /// The threshold the summary, refusals and kinds are given at (default: [semantic] threshold).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// The guards: `strict` (what the gateway runs) or `lexical` (with the
+    /// WordNet lexicon of `[semantic] lexicon`; measured, not served).
+    #[arg(long, value_enum, default_value = "strict")]
+    pub guards: Guards,
+    /// Senses of a word the lexicon compares, most frequent first (0: all).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub senses: usize,
+    /// Count a verb and its direct hypernym as synonyms (measuring).
+    #[arg(long, hide = true)]
+    pub verb_hypernyms: bool,
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guards {
+    Strict,
+    Lexical,
 }
 
 pub async fn run(a: EvalArgs) -> i32 {
@@ -105,25 +121,34 @@ async fn eval_cmd(a: EvalArgs) -> Result<i32, Exit> {
         b.finish_and_clear();
     }
     let embed_secs = started.elapsed().as_secs_f64();
+    let lexical = a.guards == Guards::Lexical;
+    let lexicon = match lexical {
+        true => recache_engine::semantic::lexicon::open(&config.semantic.lexicon, a.senses, a.verb_hypernyms),
+        false => None,
+    };
     let scored: Vec<eval::Scored> = pairs
         .iter()
         .map(|p| {
             let sim = recache_embed::cosine(&vectors[p.a.as_str()], &vectors[p.b.as_str()]);
-            eval::score(p.clone(), sim)
+            eval::score(p.clone(), sim, lexical, lexicon.as_deref())
         })
         .collect();
     let mut v = eval::report(&scored, threshold);
     v["scored"] = json!(eval::details(&scored));
     v["file"] = json!(a.pairs.display().to_string());
     v["embedder"] = json!({"name": name, "fingerprint": embedder.fingerprint()});
+    v["guards"] = json!(if lexical { "lexical" } else { "strict" });
+    v["lexicon"] = json!(lexicon.as_ref().map(|_| config.semantic.lexicon.display().to_string()));
     v["embedding"] = json!({"texts": texts.len(), "seconds": embed_secs,
         "ms_per_text": if texts.is_empty() { 0.0 } else { embed_secs * 1000.0 / texts.len() as f64 }});
     print(a.format, &v, |v| {
         format!(
-            "{} with embedder {} ({})\n{}",
+            "{} with embedder {} ({}), {} guards, lexicon {}\n{}",
             v["file"].as_str().unwrap_or(""),
             name,
             v["embedder"]["fingerprint"].as_str().unwrap_or(""),
+            v["guards"].as_str().unwrap_or(""),
+            v["lexicon"].as_str().unwrap_or("none"),
             eval::report_text(v)
         )
     });

@@ -562,6 +562,11 @@ pub struct SemanticConfig {
     /// store; the guards read it from the (sealed) artifact, one read per
     /// candidate. See "Data protection" in `docs/operations.md`.
     pub store_text: bool,
+    /// WordNet 3.0's database (Debian's `wordnet-base`), which tells the
+    /// lexical guards which substituted words are synonyms (`recache semantic
+    /// eval --guards lexical`; the gateway runs the strict guards). Empty: no
+    /// lexicon. See "The evaluation corpus" in `docs/semantic.md`.
+    pub lexicon: PathBuf,
     pub embedders: BTreeMap<String, EmbedderConfig>,
     pub rules: Vec<SemanticRule>,
 }
@@ -597,6 +602,7 @@ impl Default for SemanticConfig {
             max_threshold: 0.995,
             answer_similarity: 0.95,
             store_text: true,
+            lexicon: PathBuf::from("/usr/share/wordnet"),
             embedders,
             rules: Vec::new(),
         }

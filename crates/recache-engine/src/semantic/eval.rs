@@ -65,8 +65,12 @@ pub struct Scored {
     pub guard: Result<(), Refusal>,
 }
 
-pub fn score(pair: Pair, similarity: f32) -> Scored {
-    let guard = guard::check(&pair.b, &pair.a);
+/// `lexical`: the lexical guards (with `lexicon`, if any) instead of the strict ones.
+pub fn score(pair: Pair, similarity: f32, lexical: bool, lexicon: Option<&super::lexicon::Lexicon>) -> Scored {
+    let guard = match lexical {
+        true => super::guard_lexical::check(&pair.b, &pair.a, lexicon),
+        false => guard::check(&pair.b, &pair.a),
+    };
     Scored {
         pair,
         similarity,
@@ -274,10 +278,14 @@ mod tests {
                     "How can I reset my password?",
                 ),
                 0.97,
+                false,
+                None,
             ),
             score(
                 pair(Label::Paraphrase, "politeness", "Explain DNS.", "Please explain DNS."),
                 0.80,
+                false,
+                None,
             ),
             score(
                 pair(
@@ -287,10 +295,14 @@ mod tests {
                     "How do I disable logging?",
                 ),
                 0.95,
+                false,
+                None,
             ),
             score(
                 pair(Label::NearMiss, "number", "Is port 8080 open?", "Is port 9090 open?"),
                 0.75,
+                false,
+                None,
             ),
         ];
         assert!(scored[0].guard.is_ok());

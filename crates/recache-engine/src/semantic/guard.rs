@@ -83,7 +83,7 @@ pub fn check(new: &str, stored: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn without_question_words(content: &[String]) -> Vec<String> {
+pub(super) fn without_question_words(content: &[String]) -> Vec<String> {
     content
         .iter()
         .filter(|w| !QUESTION_WORDS.contains(&w.as_str()))
@@ -91,7 +91,7 @@ fn without_question_words(content: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn counts(words: &[String]) -> HashMap<&str, usize> {
+pub(super) fn counts(words: &[String]) -> HashMap<&str, usize> {
     let mut m = HashMap::new();
     for w in words {
         *m.entry(w.as_str()).or_insert(0) += 1;
@@ -99,7 +99,7 @@ fn counts(words: &[String]) -> HashMap<&str, usize> {
     m
 }
 
-const QUESTION_WORDS: &[&str] = &["what", "why", "how", "when", "where", "who", "whom", "whose", "which"];
+pub(super) const QUESTION_WORDS: &[&str] = &["what", "why", "how", "when", "where", "who", "whom", "whose", "which"];
 
 fn question_words(content: &[String]) -> Vec<&str> {
     content
@@ -110,7 +110,7 @@ fn question_words(content: &[String]) -> Vec<&str> {
 }
 
 /// Words that carry no content for the near-miss guard.
-const STOPWORDS: &[&str] = &[
+pub(super) const STOPWORDS: &[&str] = &[
     "a", "an", "the", "i", "me", "my", "mine", "we", "us", "our", "you", "your", "yours", "it", "its", "this", "that",
     "these", "those", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "can", "could",
     "would", "should", "will", "shall", "may", "might", "must", "have", "has", "had", "to", "of", "in", "on", "at",
@@ -123,12 +123,12 @@ const NEGATIONS: &[&str] = &[
     "not", "no", "never", "none", "nothing", "nobody", "nowhere", "nor", "neither", "without", "cannot",
 ];
 
-fn is_negation(word: &str) -> bool {
+pub(super) fn is_negation(word: &str) -> bool {
     NEGATIONS.contains(&word) || word.ends_with("n't") || word.ends_with("n’t")
 }
 
 /// Words that may start a sentence without being a name.
-fn common_at_start(lower: &str) -> bool {
+pub(super) fn common_at_start(lower: &str) -> bool {
     STOPWORDS.contains(&lower)
         || QUESTION_WORDS.contains(&lower)
         || NEGATIONS.contains(&lower)
@@ -173,7 +173,7 @@ struct Analysed {
     content: Vec<String>,
 }
 
-fn is_quote(c: char) -> Option<char> {
+pub(super) fn is_quote(c: char) -> Option<char> {
     match c {
         '"' => Some('"'),
         '`' => Some('`'),
@@ -255,7 +255,7 @@ impl Analysed {
 }
 
 /// A light plural/tense fold, so `passwords` and `password` are one word.
-fn stem(w: &str) -> String {
+pub(super) fn stem(w: &str) -> String {
     for suffix in ["ing", "ed", "es", "s"] {
         if w.len() > suffix.len() + 3 && w.ends_with(suffix) {
             return w[..w.len() - suffix.len()].to_string();
@@ -264,7 +264,7 @@ fn stem(w: &str) -> String {
     w.to_string()
 }
 
-fn is_code_like(token: &str) -> bool {
+pub(super) fn is_code_like(token: &str) -> bool {
     let chars: Vec<char> = token.chars().collect();
     if chars.len() == 1 {
         // Single-letter variables: anything but the words "a" and "I" ("i" in lowercase text).

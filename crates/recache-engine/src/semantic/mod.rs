@@ -14,7 +14,10 @@ pub mod embedder;
 pub mod engine;
 pub mod eval;
 pub mod guard;
+pub mod guard_lexical;
 pub mod judge;
+pub mod lexicon;
+pub mod normalise;
 pub mod scope;
 
 pub use engine::{Candidate, Policy, Prepared, Semantic};
