@@ -54,6 +54,10 @@ pub struct Cache {
     pub usage: crate::usage::Usage,
     /// The store path's batched writes.
     writers: Writers,
+    /// When the first entry stored without its pointer (the index was out)
+    /// was stored, in ms; 0: none waiting. The recovery watch writes their
+    /// pointers from metadata once the index is back, then clears it.
+    pub unindexed_since: std::sync::atomic::AtomicI64,
 }
 
 /// A unique audit event id: time, process and a per-process sequence.
@@ -87,6 +91,7 @@ impl Cache {
             retain_stale,
             hits: Mutex::new(HashMap::new()),
             usage: crate::usage::Usage::default(),
+            unindexed_since: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -233,6 +238,16 @@ impl Cache {
         })
     }
 
+    /// Whether the index breaker is open (or held open): no pointer can be written.
+    fn index_out(&self) -> bool {
+        self.roles.breaker("index").is_some_and(|b| {
+            matches!(
+                b.state(),
+                crate::breaker::BreakerState::Open | crate::breaker::BreakerState::ForcedOpen
+            )
+        })
+    }
+
     /// Counts an integrity failure, drops the bad pointer and audits it.
     async fn integrity_problem(&self, key: CacheKey, tenant: &str, action: &str, entry: &IndexEntry, detail: &str) {
         self.metrics
@@ -298,19 +313,6 @@ impl Cache {
     /// so a crash leaves an orphan artifact for audit, never a dangling key.
     /// Returns the entry's expiry (ms), which its vector, if any, shares.
     pub async fn store(&self, s: StoreInput) -> Result<i64, BackendError> {
-        // With the index breaker open no key could point at the artifact: skip
-        // the writes (and the orphans they would leave) until the index is back.
-        if self.roles.breaker("index").is_some_and(|b| {
-            matches!(
-                b.state(),
-                crate::breaker::BreakerState::Open | crate::breaker::BreakerState::ForcedOpen
-            )
-        }) {
-            self.metrics
-                .store_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(BackendError::CircuitOpen { backend: "index" });
-        }
         let created = now_ms();
         let expires = created + s.ttl.as_millis() as i64;
         let meta = ArtifactMeta {
@@ -419,6 +421,24 @@ impl Cache {
                 None
             }
         };
+        // With the index out, the answer is kept all the same: artifact and
+        // metadata are written, and the recovery watch writes its pointer from
+        // metadata when the index is back (`reindex_since`), so an answer
+        // bought during the outage is bought once. The answer it replaced
+        // stays until then (the index may still point at it).
+        if self.index_out() {
+            self.metrics
+                .stored_unindexed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.unindexed_since.compare_exchange(
+                0,
+                created,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tracing::debug!(key = %s.key, "index out: entry stored, its pointer written when the index is back");
+            return Ok(());
+        }
         self.writers
             .index(s.key, record.index_entry())
             .await

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub stale_served: AtomicU64,
     pub stores: AtomicU64,
     pub store_failures: AtomicU64,
+    /// Entries stored while the index was out: their pointers wait for the index.
+    pub stored_unindexed: AtomicU64,
     pub integrity_failures: AtomicU64,
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
@@ -176,7 +178,7 @@ impl Metrics {
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(4096);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 13] = [
             ("cache_hits_total", "Requests answered from the cache.", l(&self.hits)),
             (
                 "cache_misses_total",
@@ -203,6 +205,11 @@ impl Metrics {
                 "cache_store_failures_total",
                 "Entries that could not be written.",
                 l(&self.store_failures),
+            ),
+            (
+                "cache_stored_unindexed_total",
+                "Entries stored while the index was out; their pointers are written from metadata when it is back.",
+                l(&self.stored_unindexed),
             ),
             (
                 "cache_integrity_failures_total",

@@ -142,6 +142,15 @@ pub async fn run(r: Arc<Recovery>, every: Duration, mut shutdown: watch::Receive
                 }
                 _ => {}
             }
+            // Entries stored while the index was out get their pointers, however
+            // short the outage was (the watch may not have seen the breaker open).
+            let pending = r.cache.unindexed_since.load(Ordering::Relaxed);
+            if pending > 0 && b.state() == BreakerState::Closed && reindex_since(&r, pending - 1000).await.is_some() {
+                let _ = r
+                    .cache
+                    .unindexed_since
+                    .compare_exchange(pending, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
         }
         if !r.config.warmer.refresh_stale_on_recovery {
             continue;
