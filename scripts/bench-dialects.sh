@@ -9,15 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
-cargo build --release -p recache -p recache-stub-provider >&2
-B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
-W=$(mktemp -d)
-port() { python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])"; }
+source scripts/lib-bench.sh
+bench_build recache recache-stub-provider
 STUB_PORT=$(port); FLOOR_PORT=$(port); GW_PORT=$(port)
-$S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
-$S --floor --listen 127.0.0.1:$FLOOR_PORT >/dev/null 2>&1 & FP=$!
-GP=
-trap 'kill $SP $FP $GP 2>/dev/null; rm -rf $W' EXIT
+bench_bg $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1
+bench_bg $S --floor --listen 127.0.0.1:$FLOOR_PORT >/dev/null 2>&1
 cat > $W/gw.toml <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
@@ -46,16 +42,12 @@ models = ["gemini-*"]
 name = "bench"
 keys = ["sk-bench"]
 TOML
-RUST_LOG=warn $B serve --config $W/gw.toml >$W/serve.log 2>&1 & GP=$!
-until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do sleep 0.05; done
-until curl -s -o /dev/null http://127.0.0.1:$FLOOR_PORT/; do sleep 0.05; done
+RUST_LOG=warn bench_bg $B serve --config $W/gw.toml >$W/serve.log 2>&1
+wait_live $GW_PORT
+wait_http $FLOOR_PORT
 run() { # name url dialect connections
   $B bench load --url "$2" --key sk-bench --mode hit --dialect "$3" --connections "$4" --duration "$SECS" --format json > "$W/$1.json"
-  python3 - "$W/$1.json" "$1" >&2 <<PY
-import json, sys
-r = json.load(open(sys.argv[1])); l = r["latency_ms"]
-print("  %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, errors %s, %s" % (sys.argv[2], r["throughput_rps"], l["p50"], l["p99"], r["errors"], r["cache_status"]))
-PY
+  report_run "$W/$1.json" "$1"
 }
 DIALECTS="chat responses messages gemini"
 for c in 1 16; do

@@ -16,14 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
 RESEAL_ENTRIES=${RESEAL_ENTRIES:-20000}
-cargo build --release -p recache -p recache-stub-provider >&2
-B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
-W=$(mktemp -d)
-port() { python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])"; }
+source scripts/lib-bench.sh
+bench_build recache recache-stub-provider
 STUB_PORT=$(port); PLAIN_PORT=$(port); SEALED_PORT=$(port)
-$S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
-PP=; XP=
-trap 'kill $SP $PP $XP 2>/dev/null; rm -rf $W' EXIT
+bench_bg $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1
 config() { # dir port extra
   mkdir -p "$W/$1"
   cat > "$W/$1/gw.toml" <<TOML
@@ -48,19 +44,14 @@ TOML
 config plain $PLAIN_PORT ""
 config sealed $SEALED_PORT "[encryption]
 master_key_env = \"BENCH_MASTER_KEY\""
-RUST_LOG=warn $B serve --config $W/plain/gw.toml >$W/plain.log 2>&1 & PP=$!
+RUST_LOG=warn bench_bg $B serve --config $W/plain/gw.toml >$W/plain.log 2>&1
 export BENCH_MASTER_KEY=$(python3 -c "import base64,os;print(base64.b64encode(os.urandom(32)).decode())")
-RUST_LOG=warn $B serve --config $W/sealed/gw.toml >$W/sealed.log 2>&1 & XP=$!
-for p in $PLAIN_PORT $SEALED_PORT; do
-  until curl -sf http://127.0.0.1:$p/health/live >/dev/null; do sleep 0.05; done
-done
+RUST_LOG=warn bench_bg $B serve --config $W/sealed/gw.toml >$W/sealed.log 2>&1
+wait_live $PLAIN_PORT
+wait_live $SEALED_PORT
 run() { # name port connections
   $B bench load --url http://127.0.0.1:$2 --key sk-bench --mode hit --connections "$3" --duration "$SECS" --format json > "$W/$1.json"
-  python3 - "$W/$1.json" "$1" >&2 <<PY
-import json, sys
-r = json.load(open(sys.argv[1])); l = r["latency_ms"]
-print("  %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, errors %s, %s" % (sys.argv[2], r["throughput_rps"], l["p50"], l["p99"], r["errors"], r["cache_status"]))
-PY
+  report_run "$W/$1.json" "$1"
 }
 $B bench load --url http://127.0.0.1:$PLAIN_PORT --key sk-bench --mode hit --connections 16 --duration 1 >/dev/null
 $B bench load --url http://127.0.0.1:$SEALED_PORT --key sk-bench --mode hit --connections 16 --duration 1 >/dev/null

@@ -16,9 +16,8 @@ cargo build --release -p recache -p recache-stub-provider >&2
 exec bash scripts/with-engines.sh bash -c '
 set -euo pipefail
 SECS='"$SECS"'
-B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
-W=$(mktemp -d)
-port() { python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])"; }
+source scripts/lib-bench.sh
+bench_bins
 STUB_PORT=$(port); GW_PORT=$(port)
 cat > $W/gw.toml <<TOML
 [server]
@@ -45,9 +44,8 @@ rpm = 100000000
 tpm = 100000000
 budget_usd_day = 1000000.0
 TOML
-$S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
-RUST_LOG=warn $B serve --config $W/gw.toml >$W/serve.log 2>&1 & GP=$!
-trap "kill $SP $GP 2>/dev/null; rm -rf $W" EXIT
+bench_bg $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1
+RUST_LOG=warn bench_bg $B serve --config $W/gw.toml >$W/serve.log 2>&1; GP=$!
 until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do kill -0 $GP 2>/dev/null || { cat $W/serve.log >&2; exit 1; }; sleep 0.05; done
 run() { # name key connections
   $B bench load --url http://127.0.0.1:$GW_PORT --key "$2" --mode hit --connections "$3" --duration "$SECS" --format json > "$W/$1.json"
