@@ -36,7 +36,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value = "strict")]
     pub guards: Guards,
     /// Senses of a word the lexicon compares, most frequent first (0: all).
-    #[arg(long, default_value_t = 0, hide = true)]
+    #[arg(long, default_value_t = 1, hide = true)]
     pub senses: usize,
     /// Count a verb and its direct hypernym as synonyms (measuring).
     #[arg(long, hide = true)]

@@ -202,13 +202,16 @@ impl Lexicon {
         !self.bases(word).is_empty()
     }
 
-    /// One canonical form of the word: its first base (noun first), or itself.
+    /// One canonical form of the word: the base of a noun or verb inflection
+    /// (`passwords`, `frozen`, `thawed`), else the word itself. An adjective's
+    /// comparative keeps its own form (`better` is not `good`).
     pub fn lemma(&self, word: &str) -> String {
-        self.bases(word)
+        let w = word.to_lowercase();
+        self.bases(&w)
             .into_iter()
-            .next()
+            .find(|(p, b)| *p <= 1 && *b != w)
             .map(|(_, b)| b)
-            .unwrap_or_else(|| word.to_lowercase())
+            .unwrap_or(w)
     }
 
     fn synsets(&self, word: &str) -> Vec<SynsetId> {
