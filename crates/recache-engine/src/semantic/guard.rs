@@ -74,8 +74,8 @@ pub fn check(new: &str, stored: &str) -> Result<(), Refusal> {
     if ca == cb {
         return Err(Refusal::SwappedTerms);
     }
-    let removed: usize = ca.iter().map(|(w, n)| n.saturating_sub(*cb.get(w).unwrap_or(&0))).sum();
-    let added: usize = cb.iter().map(|(w, n)| n.saturating_sub(*ca.get(w).unwrap_or(&0))).sum();
+    let (removed, added) = difference(&ca, &cb);
+    let (removed, added) = (removed.len(), added.len());
     let shared = wa.len() - removed;
     if removed > 0 && added > 0 && removed <= 2 && added <= 2 && shared >= 1 {
         return Err(Refusal::SubstitutedWords);
@@ -89,6 +89,18 @@ pub(super) fn without_question_words(content: &[String]) -> Vec<String> {
         .filter(|w| !QUESTION_WORDS.contains(&w.as_str()))
         .cloned()
         .collect()
+}
+
+/// The words `a` has more often than `b` (removed) and `b` more often than
+/// `a` (added), each as many times as it is missing: the substitution
+/// between two questions' content words.
+pub(super) fn difference<'a>(a: &HashMap<&'a str, usize>, b: &HashMap<&'a str, usize>) -> (Vec<&'a str>, Vec<&'a str>) {
+    let missing = |x: &HashMap<&'a str, usize>, y: &HashMap<&'a str, usize>| {
+        x.iter()
+            .flat_map(|(w, n)| std::iter::repeat_n(*w, n.saturating_sub(*y.get(w).unwrap_or(&0))))
+            .collect::<Vec<&'a str>>()
+    };
+    (missing(a, b), missing(b, a))
 }
 
 pub(super) fn counts(words: &[String]) -> HashMap<&str, usize> {

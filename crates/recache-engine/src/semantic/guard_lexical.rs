@@ -19,7 +19,7 @@
 //! safe enough to serve: the gateway keeps the strict guards (`guard.rs`).
 
 use super::guard::{
-    common_at_start, counts, is_code_like, is_negation, is_quote, stem, without_question_words, Refusal,
+    common_at_start, counts, difference, is_code_like, is_negation, is_quote, stem, without_question_words, Refusal,
     QUESTION_WORDS, STOPWORDS,
 };
 use super::lexicon::Lexicon;
@@ -59,15 +59,7 @@ pub fn check(new: &str, stored: &str, lex: Option<&Lexicon>) -> Result<(), Refus
     if wa == wb {
         return Ok(());
     }
-    let (ca, cb) = (counts(&wa), counts(&wb));
-    let mut removed: Vec<&str> = Vec::new();
-    for (w, n) in &ca {
-        removed.extend(std::iter::repeat_n(*w, n.saturating_sub(*cb.get(w).unwrap_or(&0))));
-    }
-    let mut added: Vec<&str> = Vec::new();
-    for (w, n) in &cb {
-        added.extend(std::iter::repeat_n(*w, n.saturating_sub(*ca.get(w).unwrap_or(&0))));
-    }
+    let (mut removed, mut added) = difference(&counts(&wa), &counts(&wb));
     let shared = wa.len() - removed.len();
     if let Some(lex) = lex {
         // A word and its synonym are one word.
