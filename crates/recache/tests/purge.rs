@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::backups::{setup_with, Kind};
@@ -198,25 +197,7 @@ async fn a_killed_purge_resumes_and_finishes(b: Backends) {
     assert_eq!(code, 0, "seed: {err}");
     let others = rows(&env, "tenant <> 'bulk'").await;
     assert_eq!(rows(&env, "tenant = 'bulk'").await, N);
-    let purge = |log: &str| {
-        Command::new(env!("CARGO_BIN_EXE_recache"))
-            .args([
-                "purge",
-                "--tenant",
-                "bulk",
-                "--page-size",
-                "10",
-                "--format",
-                "json",
-                "--config",
-            ])
-            .arg(env.config_file())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(env.path(log)).unwrap())
-            .spawn()
-            .unwrap()
-    };
+    let purge = |log: &str| env.spawn_cli(&["purge", "--tenant", "bulk", "--page-size", "10"], &[], log);
     let mut first = purge("purge-1.log");
     until(Duration::from_secs(60), "the purge to be under way", async || {
         assert!(first.try_wait().unwrap().is_none(), "the purge ended before the kill");

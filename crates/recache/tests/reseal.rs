@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{until, Backends, Env, KEY_A};
@@ -169,23 +168,11 @@ async fn a_killed_reseal_resumes_and_finishes(b: Backends) {
     env.set_extra(&format!("{WARMER}{ENCRYPTION}"));
     let sealed = async || env.metadata_count("entries WHERE request_json LIKE 'rce1:%'").await as u64;
     let reseal = |log: &str| {
-        Command::new(env!("CARGO_BIN_EXE_recache"))
-            .args([
-                "encryption",
-                "reseal",
-                "--page-size",
-                "10",
-                "--format",
-                "json",
-                "--config",
-            ])
-            .arg(env.config_file())
-            .env("RECACHE_TEST_MASTER_KEY", MASTER)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(env.path(log)).unwrap())
-            .spawn()
-            .unwrap()
+        env.spawn_cli(
+            &["encryption", "reseal", "--page-size", "10"],
+            &[("RECACHE_TEST_MASTER_KEY", MASTER)],
+            log,
+        )
     };
     let mut first = reseal("reseal-1.log");
     until(Duration::from_secs(60), "the reseal to be under way", async || {

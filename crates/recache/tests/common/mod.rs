@@ -429,6 +429,24 @@ impl Env {
         )
     }
 
+    /// Starts `recache ARGS --format json --config <this gateway's config>`
+    /// in the background (the env overrides and `vars` set, `RUST_LOG=info`),
+    /// its stdout piped and its stderr written to `log` in the test's
+    /// directory: a command the test kills part-way, or waits for.
+    pub fn spawn_cli(&self, args: &[&str], vars: &[(&str, &str)], log: &str) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+            .args(args)
+            .args(["--format", "json", "--config"])
+            .arg(self.config_file())
+            .envs(self.overrides.iter().cloned())
+            .envs(vars.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(self.path(log)).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
     /// Like [`Env::cli`] with `--format json`: the parsed report.
     pub fn cli_json(&self, args: &[&str]) -> (i32, Value) {
         let mut a = args.to_vec();
