@@ -409,7 +409,7 @@ async fn semantic_and_warm_work_sealed(b: Backends) {
             let jobs = env.admin_json("/admin/jobs?limit=20").await;
             jobs["jobs"]
                 .as_array()
-                .unwrap()
+                .unwrap_or_else(|| panic!("/admin/jobs: {jobs}"))
                 .iter()
                 .any(|j| j["kind"] == "warm" && j["state"] == "succeeded")
         },
