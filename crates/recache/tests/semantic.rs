@@ -459,13 +459,24 @@ async fn labelled_pairs_no_near_miss_is_ever_served(b: Backends, v: VectorStore)
     let Some(env) = env_on(b, v, StubConfig::default(), "").await else {
         return;
     };
-    assert_pair_set(&env, "").await;
+    assert_pair_set(&env, "", include_str!("data/semantic_pairs.jsonl"), 50).await;
 }
 
-/// Asks every pair of the labelled set through `env`, prints the paraphrase hit
-/// rate and the near-miss false-hit rate, and fails if any near-miss is served.
-async fn assert_pair_set(env: &Env, label: &str) {
-    let text = include_str!("data/semantic_pairs.jsonl");
+/// Issue #27's acceptance, through the gateway with its default (lexical)
+/// guards: the held-out test half of the evaluation corpus, each pair in its
+/// own namespace. No near-miss is served; at least 70 % of paraphrases are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_out_half_through_the_gateway() {
+    let Some(env) = env_on(Backends::Embedded, VectorStore::Embedded, StubConfig::default(), "").await else {
+        return;
+    };
+    assert_pair_set(&env, " (held-out half)", include_str!("data/semantic_test.jsonl"), 70).await;
+}
+
+/// Asks every pair of a labelled set through `env`, prints the paraphrase hit
+/// rate and the near-miss false-hit rate, and fails if any near-miss is
+/// served or fewer than `min_pct` % of the paraphrases are.
+async fn assert_pair_set(env: &Env, label: &str, text: &str, min_pct: u32) {
     let (mut para, mut para_hits, mut near, mut near_hits) = (0, 0, 0, 0);
     let mut served = Vec::new();
     let mut missed = Vec::new();
@@ -504,7 +515,10 @@ async fn assert_pair_set(env: &Env, label: &str) {
         println!("  paraphrase not matched: {m}");
     }
     assert!(served.is_empty(), "near-misses served: {served:#?}");
-    assert!(para_hits * 2 >= para, "paraphrase hit rate too low: {para_hits}/{para}");
+    assert!(
+        para_hits * 100 >= para * min_pct,
+        "paraphrase hit rate under {min_pct} %: {para_hits}/{para}"
+    );
 }
 
 /// A new embedder fingerprint gets its own empty collection: no hit from the old
@@ -720,7 +734,13 @@ async fn int8_embedder_agrees_with_f32() {
         "{rep}"
     );
     assert!(i8m.name().ends_with("-i8"), "{}", i8m.name());
-    assert_pair_set(&env, &format!(" ({})", f32m.name())).await;
+    assert_pair_set(
+        &env,
+        &format!(" ({})", f32m.name()),
+        include_str!("data/semantic_pairs.jsonl"),
+        50,
+    )
+    .await;
 }
 
 /// Issue 22, M2: the embedding cache is per tenant. Team B sending a text team

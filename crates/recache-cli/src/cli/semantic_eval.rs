@@ -14,7 +14,7 @@ use serde_json::json;
 use super::ops::{print, Exit};
 use super::{env_map, load_config, ConfigArgs, OutputFormat};
 use recache_engine::semantic::embedder::{Embedder, LocalEmbedder, ProviderEmbedder};
-use recache_engine::semantic::eval;
+use recache_engine::semantic::{eval, normalise};
 use recache_engine::upstream::Upstreams;
 
 #[derive(Args, Debug)]
@@ -93,8 +93,17 @@ async fn eval_cmd(a: EvalArgs) -> Result<i32, Exit> {
             Arc::new(ProviderEmbedder::new(&cfg, &upstreams).map_err(|e| Exit::config(format!("{e:#}")))?)
         }
     };
+    let lexical = a.guards == Guards::Lexical;
+    // With the lexical guards, a pair that spelling normalisation changes
+    // (an acronym and its words, a unit's abbreviation) is also compared as
+    // normalised, as the gateway does (`normalise::rescored`).
+    let normalised: Vec<Option<(String, String)>> = pairs
+        .iter()
+        .map(|p| lexical.then(|| normalise::changed(&p.b, &p.a)).flatten())
+        .collect();
     // Each distinct text once.
     let mut texts: Vec<&str> = pairs.iter().flat_map(|p| [p.a.as_str(), p.b.as_str()]).collect();
+    texts.extend(normalised.iter().flatten().flat_map(|(x, y)| [x.as_str(), y.as_str()]));
     texts.sort_unstable();
     texts.dedup();
     let bar = (a.format == OutputFormat::Text).then(|| {
@@ -121,15 +130,21 @@ async fn eval_cmd(a: EvalArgs) -> Result<i32, Exit> {
         b.finish_and_clear();
     }
     let embed_secs = started.elapsed().as_secs_f64();
-    let lexical = a.guards == Guards::Lexical;
     let lexicon = match lexical {
         true => recache_engine::semantic::lexicon::open(&config.semantic.lexicon, a.senses, a.verb_hypernyms),
         false => None,
     };
     let scored: Vec<eval::Scored> = pairs
         .iter()
-        .map(|p| {
-            let sim = recache_embed::cosine(&vectors[p.a.as_str()], &vectors[p.b.as_str()]);
+        .zip(&normalised)
+        .map(|(p, n)| {
+            let raw = recache_embed::cosine(&vectors[p.a.as_str()], &vectors[p.b.as_str()]);
+            let sim = match n {
+                Some((x, y)) if raw >= normalise::RESCORE_FLOOR => {
+                    raw.max(recache_embed::cosine(&vectors[x.as_str()], &vectors[y.as_str()]))
+                }
+                _ => raw,
+            };
             eval::score(p.clone(), sim, lexical, lexicon.as_deref())
         })
         .collect();

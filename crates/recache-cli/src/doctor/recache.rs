@@ -18,6 +18,8 @@ const BACKUP: &str = "backups tested and recent enough for the RPO target";
 const DRILL: &str = "DR drills: each backend quarterly, a full restore twice a year";
 const DAY_MS: i64 = 86_400_000;
 const LIMITS: &str = "tenant controls: every team with its own key, rate limits and a budget";
+const GUARDS: &str =
+    "semantic matching: near-miss guards that know synonyms (WordNet), so paraphrases hit and twists do not";
 const ENCRYPTION: &str = "data protection: answers sealed at rest per tenant, keys wrapped by a master key, rotated";
 
 pub fn spool(config: &Config) -> Finding {
@@ -156,6 +158,39 @@ pub(crate) fn breaker_settings(config: &Config) -> Finding {
 /// Sealing at rest: off, or on with every live data key under the current
 /// master key (a rotation left half done, or a previous key no longer needed,
 /// is a warning; sealed data without a master key is a failure).
+/// The semantic guards: off, strict, or lexical with or without WordNet.
+pub fn semantic_guards(config: &Config) -> Option<Finding> {
+    let s = &config.semantic;
+    if !s.enabled && !s.rules.iter().any(|r| r.enabled == Some(true)) {
+        return None;
+    }
+    if s.guards == "strict" {
+        return Some(Finding::warn(
+            "recache.semantic_guards",
+            "strict guards: every substituted word is another question (about 25 % of paraphrases hit)",
+            "set [semantic] guards = \"lexical\" (docs/semantic.md, \"The lexical guards\")",
+            GUARDS,
+        ));
+    }
+    let dir = &s.lexicon;
+    let ok = ["index.noun", "index.verb", "data.adj", "verb.exc"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+    Some(match ok {
+        true => Finding::ok(
+            "recache.semantic_guards",
+            format!("lexical guards with WordNet at {}", dir.display()),
+            GUARDS,
+        ),
+        false => Finding::warn(
+            "recache.semantic_guards",
+            format!("lexical guards without WordNet (nothing at {})", dir.display()),
+            "install Debian's wordnet-base (bash scripts/fetch-wordnet.sh) or set [semantic] lexicon: without it every substituted word is another question",
+            GUARDS,
+        ),
+    })
+}
+
 pub fn encryption(config: &Config, keys: &[recache_storage::roles::data_keys::DataKeyRecord]) -> Finding {
     let live: Vec<_> = keys.iter().filter(|k| k.destroyed_at_ms.is_none()).collect();
     let Some(current) = config.encryption.keys.first().map(|k| k.fingerprint()) else {
@@ -393,6 +428,7 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
     let now = now_ms();
     out.push(backup(recache_ops::status::backup(config).await.as_ref(), now));
     out.extend(backup_signing(config));
+    out.extend(semantic_guards(config));
     match recache_storage::roles::factory::open_metadata(config).await {
         Ok((meta, queue)) => {
             out.push(drill(&recache_ops::status::drills(meta.as_ref()).await, now));
@@ -519,5 +555,23 @@ mod tests {
             Status::Ok,
             "a destroyed key needs no master"
         );
+    }
+
+    #[test]
+    fn semantic_guards_are_checked() {
+        let toml = "[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        let (mut config, _) = Config::from_toml_str(toml, &Default::default()).unwrap();
+        assert!(semantic_guards(&config).is_none(), "semantic matching off");
+        config.semantic.enabled = true;
+        let dir = tempfile::tempdir().unwrap();
+        config.semantic.lexicon = dir.path().to_path_buf();
+        let f = semantic_guards(&config).unwrap();
+        assert!(f.status == Status::Warn && f.fix.contains("wordnet-base"), "{}", f.fix);
+        for name in ["index.noun", "index.verb", "data.adj", "verb.exc"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(semantic_guards(&config).unwrap().status, Status::Ok);
+        config.semantic.guards = "strict".into();
+        assert_eq!(semantic_guards(&config).unwrap().status, Status::Warn);
     }
 }

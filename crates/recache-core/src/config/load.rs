@@ -76,6 +76,9 @@ impl Config {
         if !modes(&s.mode) {
             return err(format!("semantic.mode: '{}' (expected live or shadow)", s.mode));
         }
+        if !matches!(s.guards.as_str(), "strict" | "lexical") {
+            return err(format!("semantic.guards: '{}' (expected strict or lexical)", s.guards));
+        }
         let unit = |name: &str, v: f64| {
             if (0.0..=1.0).contains(&v) {
                 Ok(())

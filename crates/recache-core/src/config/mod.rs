@@ -562,9 +562,12 @@ pub struct SemanticConfig {
     /// store; the guards read it from the (sealed) artifact, one read per
     /// candidate. See "Data protection" in `docs/operations.md`.
     pub store_text: bool,
+    /// The near-miss guards: `strict` (a substituted word is another
+    /// question) or `lexical` (a substituted synonym is the same question,
+    /// with WordNet from `lexicon`). See "The decision" in `docs/semantic.md`.
+    pub guards: String,
     /// WordNet 3.0's database (Debian's `wordnet-base`), which tells the
-    /// lexical guards which substituted words are synonyms (`recache semantic
-    /// eval --guards lexical`; the gateway runs the strict guards). Empty: no
+    /// lexical guards which substituted words are synonyms. Empty: no
     /// lexicon. See "The evaluation corpus" in `docs/semantic.md`.
     pub lexicon: PathBuf,
     pub embedders: BTreeMap<String, EmbedderConfig>,
@@ -602,6 +605,7 @@ impl Default for SemanticConfig {
             max_threshold: 0.995,
             answer_similarity: 0.95,
             store_text: true,
+            guards: "lexical".into(),
             lexicon: PathBuf::from("/usr/share/wordnet"),
             embedders,
             rules: Vec::new(),

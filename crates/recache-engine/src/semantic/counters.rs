@@ -69,6 +69,8 @@ pub struct SemanticMetrics {
     pub(super) checks: [AtomicU64; 4],
     pub embed_errors: AtomicU64,
     pub embed_cache_hits: AtomicU64,
+    /// Candidates scored again on their normalised texts (lexical guards).
+    pub rescored: AtomicU64,
     pub vectors_stored: AtomicU64,
     pub vector_store_errors: AtomicU64,
     pub threshold_raises: AtomicU64,
@@ -161,6 +163,11 @@ impl SemanticMetrics {
                 "cache_semantic_embed_cache_hits_total",
                 "Embeddings answered from the recent-text cache (no inference).",
                 &self.embed_cache_hits,
+            ),
+            (
+                "cache_semantic_rescored_total",
+                "Candidates below the threshold scored again on their normalised texts (an acronym and its words; lexical guards).",
+                &self.rescored,
             ),
             (
                 "cache_semantic_vector_store_errors_total",

@@ -14,8 +14,10 @@ use super::budget::{Budget, Counts, Event, ScopeStats};
 pub use super::counters::{Lookup, SemanticMetrics};
 use super::counters::{INELIGIBLE, LOOKUPS, REFUSALS};
 use super::embedder::{collection_for, Embedder, LocalEmbedder, ProviderEmbedder};
-use super::guard::{self, Refusal};
+use super::guard::Refusal;
+use super::guard_lexical::Guards;
 use super::judge;
+use super::recent::RecentVectors;
 use super::scope::{self, Ineligible};
 use crate::breaker::{Breaker, BreakerStatus};
 use crate::cache::{event_id, Cache};
@@ -154,48 +156,13 @@ pub struct Semantic {
     ready: Mutex<HashSet<String>>,
     /// Recent embeddings by (fingerprint, text) digest.
     recent: RecentVectors,
+    guards: Guards,
 }
 
 /// An embedder with what is derived from it once, at load: fingerprint and collection.
 struct Loaded {
     embedder: Arc<dyn Embedder>,
     info: EmbedderInfo,
-}
-
-/// Embeddings by digest, and the digests in insertion order.
-type RecentMap = (
-    std::collections::HashMap<u128, Arc<[f32]>>,
-    std::collections::VecDeque<u128>,
-);
-
-/// A bounded map of recent embeddings (oldest out first).
-struct RecentVectors {
-    inner: Mutex<RecentMap>,
-    cap: usize,
-}
-
-impl RecentVectors {
-    fn new(cap: usize) -> Self {
-        Self {
-            inner: Mutex::new(Default::default()),
-            cap,
-        }
-    }
-    fn get(&self, k: u128) -> Option<Vec<f32>> {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.get(&k).map(|v| v.to_vec())
-    }
-    fn put(&self, k: u128, v: Vec<f32>) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0.insert(k, v.into()).is_none() {
-            g.1.push_back(k);
-        }
-        while g.1.len() > self.cap {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-    }
 }
 
 /// The settings in force for a tenant and namespace, or `None` when semantic
@@ -311,6 +278,7 @@ impl Semantic {
             cache,
             ready: Mutex::new(HashSet::new()),
             recent: RecentVectors::new(4096),
+            guards: Guards::open(&config.semantic).await,
         });
         for (collection, dimension) in me.active_collections() {
             // Best effort: a vector store that is down now gets its collection on first write.
@@ -502,8 +470,12 @@ impl Semantic {
             refused: false,
             unavailable: false,
         };
-        for m in matches {
-            if m.score < threshold {
+        let mut rescored = false;
+        for mut m in matches {
+            // Below the threshold, one candidate may be scored again on its
+            // normalised text (`rescore`); the others end the search.
+            let again = m.score < threshold;
+            if again && (rescored || m.score < super::normalise::RESCORE_FLOOR || !self.guards.normalises()) {
                 break;
             }
             // Without a stored text (`store_text = false`), the stored request's.
@@ -512,9 +484,16 @@ impl Semantic {
                     Some(t) => t,
                     None => continue,
                 },
-                false => m.text,
+                false => std::mem::take(&mut m.text),
             };
-            match guard::check(&p.text, &text) {
+            if again {
+                rescored = true;
+                match self.rescore(p, &text).await {
+                    Some(score) if score >= threshold => m.score = score,
+                    _ => continue,
+                }
+            }
+            match self.guards.check(&p.text, &text) {
                 Ok(()) => out.candidates.push(Candidate {
                     key: m.key,
                     score: m.score,
@@ -535,6 +514,19 @@ impl Semantic {
             }
         }
         out
+    }
+
+    /// The similarity of a new question and a stored one, each normalised
+    /// for the other (`normalise::changed`: an acronym and its words, a unit's
+    /// abbreviation), when normalisation changes either: a small model scores
+    /// `What is an ETF?` far from `What is an exchange-traded fund?`.
+    async fn rescore(&self, p: &Prepared, stored: &str) -> Option<f32> {
+        let (x, y) = super::normalise::changed(&p.text, stored)?;
+        let loaded = self.embedders.get(&p.policy.embedder)?;
+        let vx = self.embed(&p.tenant, loaded, x).await.ok()?;
+        let vy = self.embed(&p.tenant, loaded, y).await.ok()?;
+        self.metrics.rescored.fetch_add(1, Ordering::Relaxed);
+        Some(recache_embed::cosine(&vx, &vy))
     }
 
     /// Counts how a lookup ended: `served` is the candidate answered with (or,

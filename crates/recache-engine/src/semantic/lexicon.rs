@@ -12,6 +12,9 @@ use std::path::Path;
 
 /// Part of speech, as WordNet's files name them.
 const POS: [(char, &str); 4] = [('n', "noun"), ('v', "verb"), ('a', "adj"), ('r', "adv")];
+/// Indexes into [`POS`].
+pub const NOUN: usize = 0;
+pub const VERB: usize = 1;
 
 /// A synset: its part of speech (index into [`POS`]) in the top byte, its
 /// byte offset in `data.<pos>` below (offsets are under 2^24).
@@ -214,9 +217,17 @@ impl Lexicon {
             .unwrap_or(w)
     }
 
-    fn synsets(&self, word: &str) -> Vec<SynsetId> {
+    /// The senses compared for a word: with a part of speech (`pos`, an index
+    /// into [`POS`]) in which the word has senses, only those; else every
+    /// part of speech's.
+    fn synsets(&self, word: &str, pos: Option<usize>) -> Vec<SynsetId> {
+        let bases = self.bases(word);
+        let only = pos.filter(|p| bases.iter().any(|(q, _)| q == p));
         let mut out = Vec::new();
-        for (p, base) in self.bases(word) {
+        for (p, base) in bases {
+            if only.is_some_and(|o| o != p) {
+                continue;
+            }
             if let Some(s) = self.lemmas.get(&base) {
                 let take = if self.senses == 0 { s[p].len() } else { self.senses };
                 out.extend(s[p].iter().take(take).copied());
@@ -228,7 +239,13 @@ impl Lexicon {
     /// Whether two words can mean the same: they share a sense, or (for
     /// adjectives) one sense is "similar to" the other's.
     pub fn synonyms(&self, a: &str, b: &str) -> bool {
-        let (sa, sb) = (self.synsets(a), self.synsets(b));
+        self.synonyms_as(a, None, b, None)
+    }
+
+    /// [`Lexicon::synonyms`], each word read in its part of speech where one is
+    /// known (`NOUN`, `VERB`: from its place in the question).
+    pub fn synonyms_as(&self, a: &str, pa: Option<usize>, b: &str, pb: Option<usize>) -> bool {
+        let (sa, sb) = (self.synsets(a, pa), self.synsets(b, pb));
         if sa.iter().any(|s| sb.contains(s)) {
             return true;
         }

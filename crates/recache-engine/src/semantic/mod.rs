@@ -18,6 +18,7 @@ pub mod guard_lexical;
 pub mod judge;
 pub mod lexicon;
 pub mod normalise;
+mod recent;
 pub mod scope;
 
 pub use engine::{Candidate, Policy, Prepared, Semantic};

@@ -49,6 +49,20 @@ pub fn pair(a: &str, b: &str) -> (String, String) {
     (a2, b2)
 }
 
+/// Candidates scored below this are never scored again on their normalised
+/// texts (the gateway does it for one candidate per lookup, the best).
+pub const RESCORE_FLOOR: f32 = 0.4;
+
+/// The normalised pair ([`pair`]) when normalisation changed either text
+/// (beyond spacing): the gateway then compares the two normalised texts'
+/// embeddings too, since a small model scores `API` far from `application
+/// programming interface`.
+pub fn changed(a: &str, b: &str) -> Option<(String, String)> {
+    let (na, nb) = pair(a, b);
+    let same = |x: &str, y: &str| x.split_whitespace().eq(y.split_whitespace());
+    (!same(&na, a) || !same(&nb, b)).then_some((na, nb))
+}
+
 fn expand(text: &str) -> String {
     let mut out = Vec::new();
     for raw in text.split_whitespace() {
