@@ -58,7 +58,17 @@ pub struct Cache {
     /// was stored, in ms; 0: none waiting. The recovery watch writes their
     /// pointers from metadata once the index is back, then clears it.
     pub unindexed_since: std::sync::atomic::AtomicI64,
+    /// Stores of one key register their entry and write its pointer one at a
+    /// time (a lock per stripe of keys), so the last row and the last pointer
+    /// name the same answer: two answers bought for one key close together
+    /// (the second asked before the first was stored) would otherwise leave
+    /// the pointer on the first and the row on the second, whose store then
+    /// deletes the first's artifact.
+    store_locks: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Cache::store_locks`].
+const STORE_STRIPES: usize = 256;
 
 /// A unique audit event id: time, process and a per-process sequence.
 pub fn event_id() -> String {
@@ -92,6 +102,7 @@ impl Cache {
             hits: Mutex::new(HashMap::new()),
             usage: crate::usage::Usage::default(),
             unindexed_since: std::sync::atomic::AtomicI64::new(0),
+            store_locks: (0..STORE_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -401,6 +412,8 @@ impl Cache {
             }),
             artifact_missing: false,
         };
+        let stripe = u16::from_le_bytes([s.key.0[0], s.key.0[1]]) as usize % STORE_STRIPES;
+        let _one_at_a_time = self.store_locks[stripe].lock().await;
         let replaced = match self.writers.register(record.clone()).await {
             Ok(r) => r,
             Err(e) => {

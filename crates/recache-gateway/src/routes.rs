@@ -82,6 +82,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/admin/breakers", get(ops::admin_breakers))
         .route("/admin/semantic", get(ops::admin_semantic))
         .route("/admin/jobs", get(ops::admin_jobs).post(ops::admin_enqueue))
+        .route("/admin/jobs/{id}", get(ops::admin_job))
         .route("/admin/breakers/{backend}/{action}", post(ops::admin_breaker_action))
         .merge(crate::dashboard::routes())
         .fallback(not_found)

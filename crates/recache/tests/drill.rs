@@ -537,3 +537,109 @@ async fn a_running_gateway_is_drilled_through_its_admin_api() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+/// Runs a small drill against the running gateway of `env` (`--url`); returns (exit code, report).
+async fn drill_url(env: &common::Env, scenario: &str, out: &Path) -> (i32, Value) {
+    let (base, config, out, scenario) = (
+        env.base.clone(),
+        env.config_file(),
+        out.to_path_buf(),
+        scenario.to_string(),
+    );
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
+            .args(["drill", "run", "--url", &base, "--scenario", &scenario, "--rps", "20"])
+            .args([
+                "--duration",
+                "10s",
+                "--steady",
+                "3s",
+                "--fault-seconds",
+                "3",
+                "--entries",
+                "40",
+            ])
+            .args(["--fraction", "0.3", "--format", "json", "--out"])
+            .arg(&out)
+            .arg("--config")
+            .arg(&config)
+            .env("RECACHE_ADMIN_TOKEN", "admin-secret")
+            .env("RECACHE_DRILL_KEY", common::KEY_A)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    (code, v)
+}
+
+/// Losses and a full restore against a running gateway (`--url`): the
+/// gateway destroys its own stores with a `drill-wipe` job (which its config
+/// must allow), restores with a `backup-restore` job, and the audit after is
+/// clean. A gateway whose config does not allow it refuses the wipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losses_and_full_restore_through_the_admin_api() {
+    let backups = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{DESTRUCTIVE}[backup]\ntarget = \"{}\"\n[breaker]\nopen_seconds = 1\n[drill]\nrecovery_timeout = \"60s\"\n",
+        backups.path().display()
+    );
+    let env = common::Env::on_with(
+        Backends::Embedded,
+        StubConfig::default(),
+        &extra,
+        &[("RECACHE_DRILL_KEY", common::KEY_A)],
+    )
+    .await;
+    for scenario in ["index-loss", "full-restore"] {
+        let out = env.path(&format!("report-{scenario}"));
+        let (code, v) = drill_url(&env, scenario, &out).await;
+        assert_eq!(v["mode"], "remote");
+        check(&format!("{scenario} (--url)"), code, &v, &out);
+        let timeline = v["timeline"].to_string();
+        println!("{scenario} (--url): {timeline}");
+        let wiped = match scenario {
+            "index-loss" => "FAULT index wiped: ",
+            _ => "FAULT every store wiped: ",
+        };
+        let n: u64 = timeline
+            .split(wiped)
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{scenario}: the gateway's wipe job reported what it destroyed: {timeline}"));
+        assert!(n > 0, "{scenario}: pointers destroyed: {timeline}");
+        if scenario == "full-restore" {
+            assert!(timeline.contains("REPAIR backup"), "{timeline}");
+        }
+    }
+    // The gateway checks its own config: without allow_destructive the wipe job is refused.
+    let plain = common::Env::on_with(Backends::Embedded, StubConfig::default(), "", &[]).await;
+    let body = serde_json::json!({"kind": "drill-wipe", "payload": {"stores": ["index"]}});
+    let (code, job) = plain.admin_post("/admin/jobs", &body).await;
+    assert_eq!(code, 200, "{job}");
+    let path = format!("/admin/jobs/{}", job["job"]);
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = plain.admin_json(&path).await;
+        if last["job"]["state"] == "dead" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["job"]["state"], "dead", "{last}");
+    assert!(
+        last["job"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("allow_destructive"),
+        "{last}"
+    );
+}

@@ -428,7 +428,7 @@ async fn restore(c: &Common, id: Option<String>, latest: bool, force: bool) -> R
     let v = match open_stores(c).await? {
         Some(r) => {
             let ctx = LocalCtx::new("restore", c.format == OutputFormat::Text);
-            let res = run_restore(&r, &t, w, &id, force, ctx.as_ref()).await;
+            let res = run_restore(&r, &t, w, &id, force, None, ctx.as_ref()).await;
             ctx.finish();
             res.map_err(berr)?
         }

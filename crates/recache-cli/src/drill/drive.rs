@@ -21,6 +21,7 @@ use super::scenario::{Kind, Scenario};
 use super::subject::Subject;
 use super::workload::{self, Outcome, Sample, Workload};
 use recache_core::config::{Config, IndexEngine};
+use recache_ops::backup::run::{BACKUP, BACKUP_RESTORE};
 use recache_storage::roles::now_ms;
 
 /// Everything measured, before it becomes a report.
@@ -213,17 +214,34 @@ impl<'a> Drive<'a> {
     /// A full restore restores the newest verified backup: one is taken now.
     /// Returns the set and when it was taken.
     async fn backup_before(&mut self) -> Result<(String, i64), DrillError> {
-        let recovery = self.subject.recovery().expect("managed").clone();
-        let targets = recache_ops::backup::Targets::open(self.subject.config.clone(), self.env)
-            .map_err(|e| DrillError::Failed(anyhow::anyhow!("backup target: {e}")))?;
-        let ctx = recache_ops::recovery::local::LocalCtx::new("backup", false);
-        let opts = recache_ops::backup::create::CreateOptions {
-            trigger: "manual".into(),
-            full: false,
+        // Seeding at full speed can trip a breaker (a slow write): the backup waits for them.
+        wait_closed(
+            self.subject,
+            &["index", "artifacts", "metadata"],
+            Duration::from_secs(90),
+        )
+        .await;
+        let failed = |e: String| DrillError::Failed(anyhow::anyhow!("the backup before the drill failed: {e}"));
+        let r = match self.subject.recovery() {
+            Some(recovery) => {
+                let targets = recache_ops::backup::Targets::open(self.subject.config.clone(), self.env)
+                    .map_err(|e| DrillError::Failed(anyhow::anyhow!("backup target: {e}")))?;
+                let ctx = recache_ops::recovery::local::LocalCtx::new("backup", false);
+                let opts = recache_ops::backup::create::CreateOptions {
+                    trigger: "manual".into(),
+                    full: false,
+                };
+                recache_ops::backup::run::run_create(recovery, &targets, &opts, ctx.as_ref())
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            }
+            // A running gateway takes it with its own workers.
+            None => self
+                .subject
+                .run_job(BACKUP, json!({"trigger": "manual"}), JOB_LIMIT)
+                .await
+                .map_err(|e| failed(format!("{e:#}")))?,
         };
-        let r = recache_ops::backup::run::run_create(&recovery, &targets, &opts, ctx.as_ref())
-            .await
-            .map_err(|e| DrillError::Failed(anyhow::anyhow!("the backup before the drill failed: {e}")))?;
         if r["ok"] != json!(true) {
             return Err(DrillError::Failed(anyhow::anyhow!(
                 "the backup before the drill failed its verification: {r}"
@@ -394,10 +412,9 @@ impl<'a> Drive<'a> {
     /// Destroys one store's data and starts (or leaves to the gateway) its repair.
     async fn loss(&mut self) -> Result<f64, DrillError> {
         let (subject, o) = (self.subject, self.o);
-        let roles = subject.roles().expect("losses run managed");
         Ok(match o.scenario {
             Scenario::IndexLoss => {
-                let n = loss::wipe_index(roles).await?;
+                let n = self.destroy(&["index"], 1.0).await?["index"].as_u64().unwrap_or(0);
                 self.fault_methods
                     .push("index: every pointer and the generation marker deleted".into());
                 self.clock.log(format!("FAULT index wiped: {n} keys deleted"));
@@ -415,7 +432,8 @@ impl<'a> Drive<'a> {
                 }
             }
             Scenario::ArtifactsLoss => {
-                let (n, total) = loss::delete_artifacts(roles, o.fraction).await?;
+                let v = self.destroy(&["artifacts"], o.fraction).await?;
+                let (n, total) = (&v["artifacts"]["deleted"], &v["artifacts"]["listed"]);
                 self.fault_methods
                     .push(format!("artifacts: {} of the objects deleted", pct(o.fraction)));
                 self.clock.log(format!("FAULT {n} of {total} artifacts deleted"));
@@ -428,7 +446,9 @@ impl<'a> Drive<'a> {
                 ))
             }
             _ => {
-                let n = loss::wipe_metadata(roles).await?;
+                let n = self.destroy(&["metadata"], 1.0).await?["metadata"]
+                    .as_u64()
+                    .unwrap_or(0);
                 self.fault_methods.push("metadata: every entry row deleted".into());
                 self.clock.log(format!("FAULT metadata wiped: {n} entry rows deleted"));
                 let job = subject
@@ -442,21 +462,51 @@ impl<'a> Drive<'a> {
         })
     }
 
+    /// Destroys data in `stores` (in that order; `fraction` of the artifacts):
+    /// in this process for a managed gateway, as the gateway's own
+    /// `drill-wipe` job for a running one (which its config must allow).
+    /// Returns what was destroyed per store, as the job reports it.
+    async fn destroy(&self, stores: &[&str], fraction: f64) -> Result<Value, DrillError> {
+        let Some(roles) = self.subject.roles() else {
+            let payload = json!({"stores": stores, "fraction": fraction});
+            return self
+                .subject
+                .run_job(recache_ops::drills::wipe::DRILL_WIPE, payload, JOB_LIMIT)
+                .await
+                .map_err(DrillError::Failed);
+        };
+        let mut out = serde_json::Map::new();
+        for s in stores {
+            let v = match *s {
+                "vectors" => json!(loss::wipe_vectors(roles).await?),
+                "metadata" => json!(loss::wipe_metadata(roles).await?),
+                "index" => json!(loss::wipe_index(roles).await?),
+                _ => {
+                    let (deleted, listed) = loss::delete_artifacts(roles, fraction).await?;
+                    json!({"deleted": deleted, "listed": listed})
+                }
+            };
+            out.insert(s.to_string(), v);
+        }
+        Ok(Value::Object(out))
+    }
+
     /// Wipes every store, then restores the newest verified backup into them.
     async fn restore(&mut self) -> Result<f64, DrillError> {
         let subject = self.subject;
-        let roles = subject.roles().expect("restores run managed");
-        let recovery = subject.recovery().expect("managed").clone();
         self.fault_methods
             .push("every store wiped, then the newest verified backup restored".into());
         // All four stores are lost at one instant: the index breaker is held open
         // while they are wiped, so no answer is stored half-way (into a store
         // already wiped and one not yet).
         subject.force_open("index", 600).await?;
-        let v = loss::wipe_vectors(roles).await?;
-        let m = loss::wipe_metadata(roles).await?;
-        let i = loss::wipe_index(roles).await?;
-        let (a, _) = loss::delete_artifacts(roles, 1.0).await?;
+        // Stores begun before this instant may still land in the wiped
+        // stores: the restore reconciles what was written since.
+        let lost_at = now_ms() - 5_000;
+        let w = self
+            .destroy(&["vectors", "metadata", "index", "artifacts"], 1.0)
+            .await?;
+        let (v, m, i, a) = (&w["vectors"], &w["metadata"], &w["index"], &w["artifacts"]["deleted"]);
         subject.reset("index").await?;
         self.clock.log(format!(
             "FAULT every store wiped: {i} index keys, {a} artifacts, {m} entry rows, {v} vectors \
@@ -476,9 +526,33 @@ impl<'a> Drive<'a> {
         let r = loop {
             attempt += 1;
             wait_closed(subject, &["index", "artifacts", "metadata"], Duration::from_secs(90)).await;
-            let ctx = recache_ops::recovery::local::LocalCtx::new("restore", false);
-            let which = recache_ops::backup::Which::Primary;
-            match recache_ops::backup::run::run_restore(&recovery, &targets, which, &set, true, ctx.as_ref()).await {
+            let run = match subject.recovery() {
+                Some(recovery) => {
+                    let ctx = recache_ops::recovery::local::LocalCtx::new("restore", false);
+                    let which = recache_ops::backup::Which::Primary;
+                    recache_ops::backup::run::run_restore(
+                        recovery,
+                        &targets,
+                        which,
+                        &set,
+                        true,
+                        Some(lost_at),
+                        ctx.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                // A running gateway restores with its own workers.
+                None => subject
+                    .run_job(
+                        BACKUP_RESTORE,
+                        json!({"set": set, "force": true, "reconcile_since_ms": lost_at}),
+                        JOB_LIMIT,
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            };
+            match run {
                 Ok(r) => break r,
                 Err(e) if attempt < 3 => {
                     self.clock
@@ -497,11 +571,15 @@ impl<'a> Drive<'a> {
         }
         Ok(self.clock.log(format!(
             "REPAIR backup {set} restored in {:.1} s: {} entries, {} artifacts copied, {} pointers; \
+             {} entries written meanwhile reconciled ({} put back from the set, {} dropped); \
              traffic warms what the set lacks",
             r["seconds"].as_f64().unwrap_or(0.0),
             r["entries_written"],
             r["artifacts_copied"],
-            r["pointers_written"]
+            r["pointers_written"],
+            r["reconciled"]["entries"],
+            r["reconciled"]["replaced"],
+            r["reconciled"]["dropped"]
         )))
     }
 
@@ -610,6 +688,9 @@ impl<'a> Drive<'a> {
         integrity
     }
 }
+
+/// How long a job on a running gateway (backup, wipe, restore) may take.
+const JOB_LIMIT: Duration = Duration::from_secs(1800);
 
 /// Waits (at most `limit`) until the breakers of `backends` are closed.
 async fn wait_closed(subject: &Subject, backends: &[&str], limit: Duration) {

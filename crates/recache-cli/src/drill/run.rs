@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::drive::Drive;
 use super::measure::{self, counted_error, in_range};
 use super::report::{Event, Report};
-use super::scenario::{Kind, Scenario};
+use super::scenario::Scenario;
 use super::subject::Subject;
 use super::workload::Sample;
 use super::{history, verdict};
@@ -102,13 +102,6 @@ pub(crate) fn preflight(config: &Config, o: &Options) -> Result<(), DrillError> 
                 engine_name(config, b)
             ));
         }
-    }
-    if o.url.is_some() && o.scenario.kind() != Kind::Outage {
-        return refuse(format!(
-            "{} runs against a managed gateway only (--managed): the drill destroys and restores the stores \
-             while it controls the gateway in front of them",
-            o.scenario.name()
-        ));
     }
     if o.url.is_some() && o.key.is_none() {
         return refuse("--url needs a client key for the traffic (see --key-env)".into());

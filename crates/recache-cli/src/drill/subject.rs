@@ -285,6 +285,36 @@ impl Subject {
         v["job"].as_i64().ok_or_else(|| anyhow!("no job id in {v}"))
     }
 
+    /// Enqueues a job on the gateway and waits (at most `limit`) until it
+    /// has finished: its result, or an error with the job's last error.
+    pub async fn run_job(&self, kind: &str, payload: Value, limit: Duration) -> anyhow::Result<Value> {
+        let id = self.enqueue(kind, payload).await?;
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let v = self
+                .admin_json(self.http.get(format!("{}/admin/jobs/{id}", self.base)))
+                .await?;
+            let job = &v["job"];
+            match job["state"].as_str() {
+                Some("succeeded") => return Ok(job["result"].clone()),
+                Some("dead") => {
+                    return Err(anyhow!(
+                        "{kind} job #{id} failed: {}",
+                        job["last_error"].as_str().unwrap_or("no error given")
+                    ))
+                }
+                _ if std::time::Instant::now() > until => {
+                    return Err(anyhow!(
+                        "{kind} job #{id} still {} after {} s",
+                        job["state"].as_str().unwrap_or("?"),
+                        limit.as_secs()
+                    ))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
     /// Jobs queued or running.
     pub(crate) async fn live_jobs(&self) -> anyhow::Result<u64> {
         let v = self

@@ -401,6 +401,27 @@ pub(crate) async fn admin_jobs(
     run.await.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
+/// `GET /admin/jobs/{id}`: one job, with its state and result (what a
+/// caller that enqueued it waits on).
+pub(crate) async fn admin_job(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Response {
+    let run = async {
+        check_admin(&s, &headers)?;
+        match s.recovery.queue.get(id).await {
+            Ok(Some(job)) => Ok(Json(json!({"job": job})).into_response()),
+            Ok(None) => Err(ApiError::NotFound {
+                method: "GET".into(),
+                path: format!("/admin/jobs/{id}"),
+            }),
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        }
+    };
+    run.await.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueBody {

@@ -57,6 +57,14 @@ pub struct RestoreReport {
     pub pointers_derived: u64,
     pub vectors: String,
     pub vectors_written: u64,
+    /// A restore under traffic (step 5): entries written since the stores
+    /// were lost, checked against their artifact; pointers rewritten from
+    /// their row, rows whose artifact was gone put back from the set (or
+    /// dropped, when the set has none for the key).
+    pub reconciled_entries: u64,
+    pub reconciled_pointers: u64,
+    pub reconciled_replaced: u64,
+    pub reconciled_dropped: u64,
     pub seconds: f64,
     /// Seconds per step: metadata, artifacts, vectors, index.
     pub steps: Vec<(&'static str, f64)>,
@@ -135,11 +143,14 @@ async fn restore_vectors(
 /// Restores set `m` from `target` into `roles`. Problems that leave the
 /// restore incomplete are returned in the report (the caller decides the
 /// verdict); a set file that fails its hash stops the restore.
+/// `reconcile_since_ms`: traffic may have written entries since then (the
+/// stores were lost then, and a gateway kept serving): step 5 reconciles them.
 pub(crate) async fn restore_into(
     roles: &Roles,
     target: &Target,
     m: &Manifest,
     parallel: usize,
+    reconcile_since_ms: Option<i64>,
     ctx: &dyn JobCtx,
 ) -> BResult<RestoreReport> {
     let started = Instant::now();
@@ -171,6 +182,11 @@ pub(crate) async fn restore_into(
     let step = Instant::now();
     run.index().await?;
     run.r.steps.push(("index", step.elapsed().as_secs_f64()));
+    if let Some(since) = reconcile_since_ms {
+        let step = Instant::now();
+        run.reconcile(since, parallel).await?;
+        run.r.steps.push(("reconcile", step.elapsed().as_secs_f64()));
+    }
     let mut r = run.r;
     r.seconds = started.elapsed().as_secs_f64();
     tracing::info!(set = %m.id, steps = ?r.steps, "restore: done");
@@ -443,6 +459,84 @@ impl Restore<'_> {
             self.r.pointers_derived += roles.index.put_many(chunk.to_vec(), true).await?;
         }
         let _ = roles.index.flush().await;
+        Ok(())
+    }
+}
+
+impl Restore<'_> {
+    /// Step 5, after a restore under traffic: the entries written since
+    /// `since_ms` raced the loss and the restore. A store begun before the
+    /// wipe may have left a row (and a pointer) whose artifact the wipe then
+    /// deleted; a restored pointer may name the set's answer where traffic
+    /// has since stored a new one. Each such entry's artifact is read: where
+    /// it is there, the pointer is rewritten from the row; where it is gone,
+    /// the row is dropped and the set's row for the key (whose artifact step
+    /// 2 copied) is put back with its pointer.
+    async fn reconcile(&mut self, since_ms: i64, parallel: usize) -> BResult<()> {
+        let roles = self.roles;
+        let entries = roles
+            .metadata
+            .live_entries(since_ms, recache_storage::roles::now_ms())
+            .await?;
+        self.r.reconciled_entries = entries.len() as u64;
+        let checked: Vec<_> = futures_util::stream::iter(entries)
+            .map(|(k, e)| async move {
+                let there = roles.artifacts.get(e.artifact).await.map(|b| b.is_some());
+                (k, e, there)
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await;
+        let mut gone = Vec::new();
+        for (k, e, there) in checked {
+            if !there? {
+                gone.push((k, e.artifact));
+            }
+        }
+        if !gone.is_empty() {
+            self.put_back(gone).await?;
+        }
+        // Then every pointer of an entry written since agrees with its row.
+        let (_, written) = crate::recovery::watch::settle_pointers(roles, since_ms).await?;
+        self.r.reconciled_pointers = written;
+        Ok(())
+    }
+
+    /// Drops the rows (and pointers) whose artifact is gone, and puts back
+    /// the set's rows for their keys with their pointers.
+    async fn put_back(&mut self, gone: Vec<(CacheKey, ArtifactId)>) -> BResult<()> {
+        let roles = self.roles;
+        tracing::warn!(
+            entries = gone.len(),
+            "restore: entries written during the restore lost their artifact; putting the set's rows back"
+        );
+        let keys: HashSet<CacheKey> = gone.iter().map(|(k, _)| *k).collect();
+        roles.metadata.delete_entries(gone).await?;
+        for k in &keys {
+            roles.index.delete(*k).await?;
+        }
+        let now = recache_storage::roles::now_ms();
+        let mut opens: HashMap<String, bool> = HashMap::new();
+        let mut back: HashSet<CacheKey> = HashSet::new();
+        for f in files(self.m, "metadata/entries-") {
+            let text = read_file(self.target, self.m, f).await?;
+            let rows: Vec<EntryRecord> = codec::parse_json_lines(&text).map_err(|e| bad(f, e))?;
+            let rows: Vec<EntryRecord> = rows.into_iter().filter(|e| keys.contains(&e.key)).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let rows = self.readable(rows, &mut opens).await?;
+            let pointers: Vec<(CacheKey, IndexEntry)> = rows
+                .iter()
+                .filter(|e| self.wanted.contains_key(&e.artifact) && e.expires_at_ms > now)
+                .map(|e| (e.key, e.index_entry()))
+                .collect();
+            back.extend(rows.iter().map(|e| e.key));
+            roles.metadata.import_snapshot(SnapshotBatch::Entries(rows)).await?;
+            roles.index.put_many(pointers, false).await?;
+        }
+        self.r.reconciled_replaced = back.len() as u64;
+        self.r.reconciled_dropped = (keys.len() - back.len()) as u64;
         Ok(())
     }
 }

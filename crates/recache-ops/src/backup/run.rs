@@ -109,12 +109,17 @@ pub async fn resolve(targets: &Targets, which: Which, id: Option<&str>, usable: 
 }
 
 /// Restores set `id` into the configured stores.
+/// `reconcile_since_ms`: when the stores were lost while a gateway kept
+/// serving (a drill's wipe); entries written since then are reconciled after
+/// the restore (`restore::Restore::reconcile`). `None`: the two minutes
+/// before the restore began.
 pub async fn run_restore(
     recovery: &Recovery,
     targets: &Targets,
     which: Which,
     id: &str,
     force: bool,
+    reconcile_since_ms: Option<i64>,
     ctx: &dyn JobCtx,
 ) -> BResult<Value> {
     let roles = &recovery.cache.roles;
@@ -166,7 +171,8 @@ pub async fn run_restore(
         }
         warnings.push(why);
     }
-    let report = restore_into(roles, target, &m, targets.config.backup.parallel, ctx).await?;
+    let since = reconcile_since_ms.unwrap_or_else(|| recache_storage::roles::now_ms() - 120_000);
+    let report = restore_into(roles, target, &m, targets.config.backup.parallel, Some(since), ctx).await?;
     let mut problems = report.problems.clone();
     // Counts below the manifest's are a failure, not a success.
     let entries = roles.metadata.count_entries().await?;
@@ -221,6 +227,8 @@ pub async fn run_restore(
         "entries_unreadable": report.entries_unreadable, "unreadable_tenants": report.unreadable_tenants,
         "pointers": report.pointers, "pointers_written": report.pointers_written,
         "pointers_skipped": report.pointers_skipped, "pointers_derived": report.pointers_derived, "vectors": vectors, "vectors_written": report.vectors_written,
+        "reconciled": {"entries": report.reconciled_entries, "pointers": report.reconciled_pointers,
+            "replaced": report.reconciled_replaced, "dropped": report.reconciled_dropped},
         "entries_after": entries, "pointers_after": pointers,
         "steps": report.steps.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "problems": problems, "warnings": warnings,
@@ -248,7 +256,7 @@ pub const JOB_KINDS: [Registered; 2] = [
 pub fn with_backup_jobs(recovery: Recovery) -> Recovery {
     JOB_KINDS
         .into_iter()
-        .chain([super::erase::JOB_KIND])
+        .chain([super::erase::JOB_KIND, crate::drills::wipe::JOB_KIND])
         .fold(recovery, Recovery::register)
 }
 
@@ -327,6 +335,7 @@ pub(crate) async fn run_job(recovery: &Recovery, kind: &str, payload: &Value, ct
                 which,
                 &id,
                 payload["force"].as_bool().unwrap_or(false),
+                payload["reconcile_since_ms"].as_i64(),
                 ctx,
             )
             .await

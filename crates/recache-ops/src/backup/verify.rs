@@ -321,7 +321,7 @@ async fn scratch_restore(
             metadata.clone() as Arc<dyn recache_storage::roles::Metadata>,
         ),
     };
-    let report = restore_into(&roles, target, m, parallel, ctx).await?;
+    let report = restore_into(&roles, target, m, parallel, None, ctx).await?;
     v.restored_entries = report.entries;
     v.unreadable_entries = report.entries_unreadable;
     v.problems.extend(report.problems.iter().cloned());

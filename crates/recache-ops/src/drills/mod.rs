@@ -9,6 +9,7 @@ use recache_storage::roles::{now_ms, AuditEvent, Metadata};
 use scenario::{Scenario, ALL};
 
 pub mod scenario;
+pub mod wipe;
 
 pub const ACTION: &str = "drill.run";
 const DAY_MS: i64 = 86_400_000;

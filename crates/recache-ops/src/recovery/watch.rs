@@ -87,20 +87,11 @@ pub async fn check_index(r: &Recovery) -> Option<i64> {
 /// points to the answer they replaced. Their pointers are rewritten from
 /// metadata (no provider call). Returns the pointers written.
 pub(crate) async fn reindex_since(r: &Recovery, from_ms: i64) -> Option<u64> {
-    let roles = &r.cache.roles;
-    let entries = match roles.metadata.live_entries(from_ms, now_ms()).await {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "after the index outage: cannot read the entries stored meanwhile");
-            return None;
-        }
-    };
-    let n = entries.len();
-    match roles.index.put_many(entries, false).await {
-        Ok(written) => {
-            if n > 0 {
+    match settle_pointers(&r.cache.roles, from_ms).await {
+        Ok((entries, written)) => {
+            if written > 0 {
                 tracing::info!(
-                    entries = n,
+                    entries,
                     written,
                     "index back: pointers of the entries stored during the outage rewritten from metadata"
                 );
@@ -112,6 +103,43 @@ pub(crate) async fn reindex_since(r: &Recovery, from_ms: i64) -> Option<u64> {
             None
         }
     }
+}
+
+/// Makes the pointer of every live entry created since `from_ms` name the
+/// artifact its row names: the rows are read, then their pointers, and those
+/// that differ are rewritten from the rows; again (three rounds at most, 300 ms
+/// apart) while any differed, since a store may have changed a row between
+/// the two reads. A store in flight writes its row, then its pointer, so a
+/// pointer rewritten from a row it has just written is the one it writes
+/// next. Returns (entries looked at, pointers written).
+pub(crate) async fn settle_pointers(
+    roles: &recache_storage::roles::Roles,
+    from_ms: i64,
+) -> recache_storage::roles::Result<(u64, u64)> {
+    let (mut entries, mut written) = (0, 0);
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let rows = roles.metadata.live_entries(from_ms, now_ms()).await?;
+        entries = entries.max(rows.len() as u64);
+        let mut differ = Vec::new();
+        for chunk in rows.chunks(1000) {
+            let pointers = roles.index.get_many(chunk.iter().map(|(k, _)| *k).collect()).await?;
+            for ((k, e), p) in chunk.iter().zip(pointers) {
+                if p.is_none_or(|p| p.artifact != e.artifact) {
+                    differ.push((*k, *e));
+                }
+            }
+        }
+        if differ.is_empty() {
+            break;
+        }
+        for chunk in differ.chunks(5000) {
+            written += roles.index.put_many(chunk.to_vec(), false).await?;
+        }
+    }
+    Ok((entries, written))
 }
 
 pub async fn run(r: Arc<Recovery>, every: Duration, mut shutdown: watch::Receiver<bool>) {
