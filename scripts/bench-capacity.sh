@@ -7,18 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
-cargo build --release -p recache -p recache-stub-provider >&2
-exec bash scripts/with-engines.sh bash -c '
-set -euo pipefail
-SECS='"$SECS"'
-B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
-W=$(mktemp -d)
-port() { python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])"; }
+if [ -z "${RECACHE_BENCH_INNER:-}" ]; then
+  cargo build --release -p recache -p recache-stub-provider >&2
+  RECACHE_BENCH_INNER=1 exec bash scripts/with-engines.sh bash "$0" "$SECS"
+fi
+source scripts/lib-bench.sh
+bench_bins
 STUB_PORT=$(port); GW_PORT=$(port)
 TICKS=$(getconf CLK_TCK)
-$S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
-GP=
-trap '"'"'kill $SP $GP 2>/dev/null; rm -rf $W'"'"' EXIT
+bench_bg $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1
 common() { printf "[server]\nlisten = \"127.0.0.1:%s\"\n[[upstreams]]\nname = \"stub\"\nbase_url = \"http://127.0.0.1:%s/v1\"\n[[tenants]]\nname = \"bench\"\nkeys = [\"sk-bench\"]\n" $GW_PORT $STUB_PORT; }
 { common; printf "[index]\npath = \"%s/e/index\"\n[artifacts]\npath = \"%s/e/artifacts\"\n[metadata]\npath = \"%s/e/metadata.db\"\n" $W $W $W; } > $W/embedded.toml
 CONFIGS=embedded
@@ -34,8 +31,9 @@ pg_stats() { [ "$1" = engines ] && psql -qtA "$PG" -c "SELECT xact_commit, tup_i
 redis_mem() { [ "$1" = engines ] && echo "$(redis-cli -u "$RECACHE_TEST_REDIS_URL" info memory | tr -d "\r" | awk -F: "/^used_memory:/{print \$2}") $(redis-cli -u "$RECACHE_TEST_REDIS_URL" dbsize)" || echo "0 0"; }
 s3_objects() { [ "$1" = engines ] && find "$RECACHE_TEST_S3_DATA" -path "*capacity/sha256*" -type f 2>/dev/null | wc -l || find $W/e/artifacts -type f | wc -l; }
 for cfg in $CONFIGS; do
-  RUST_LOG=warn $B serve --config $W/$cfg.toml >$W/serve-$cfg.log 2>&1 & GP=$!
-  until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do sleep 0.05; done
+  bench_bg env RUST_LOG=warn $B serve --config $W/$cfg.toml >$W/serve-$cfg.log 2>&1
+  GP=$!
+  wait_live $GW_PORT
   for mode in miss hit; do
     for c in 1 16; do
       sleep 1.5 # hit counters and stores of the previous run settle
@@ -54,6 +52,5 @@ print("| %s | %s | %d | %.0f | %.0f | %s | %s | %.2f | %s | %.0f |" % (cfg, mode
 PY
     done
   done
-  kill $GP; wait $GP 2>/dev/null || true; GP=
+  kill $GP; wait $GP 2>/dev/null || true
 done | { echo "| engines | mode | conns | req/s | gateway CPU us/request | Redis commands/request | PG transactions / rows per request | new artifacts per request | Redis bytes per new key | gateway RSS MB |"; echo "|---|---|---|---|---|---|---|---|---|---|"; cat; }
-'

@@ -5,13 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=${1:-32}; SECS=${2:-8}
-cargo build --release -p recache -p recache-stub-provider >&2
-exec bash scripts/with-engines.sh bash -c '
-set -euo pipefail
-C='"$C"'; SECS='"$SECS"'
-B=$PWD/target/release/recache; S=$PWD/target/release/recache-stub
-W=$(mktemp -d); STUB_PORT=$(python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])")
-GW_PORT=$(python3 -c "import socket;s=socket.socket();s.bind((\"127.0.0.1\",0));print(s.getsockname()[1])")
+if [ -z "${RECACHE_BENCH_INNER:-}" ]; then
+  cargo build --release -p recache -p recache-stub-provider >&2
+  RECACHE_BENCH_INNER=1 exec bash scripts/with-engines.sh bash "$0" "$C" "$SECS"
+fi
+source scripts/lib-bench.sh
+bench_bins
+STUB_PORT=$(port); GW_PORT=$(port)
 psql -q "$RECACHE_TEST_POSTGRES_URL" -c "CREATE DATABASE bench" >/dev/null
 PG_BENCH=${RECACHE_TEST_POSTGRES_URL%/*}/bench
 cat > $W/recache.toml <<TOML
@@ -35,19 +35,18 @@ base_url = "http://127.0.0.1:$STUB_PORT/v1"
 name = "bench"
 keys = ["sk-bench"]
 TOML
-$S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1 & SP=$!
-RUST_LOG=warn $B serve --config $W/recache.toml >$W/serve.log 2>&1 & GP=$!
-# Single quotes: $GP is read when the trap runs (the gateway is restarted below).
-trap '"'"'kill $SP $GP 2>/dev/null; rm -rf $W'"'"' EXIT
-until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do sleep 0.05; done
+bench_bg $S --listen 127.0.0.1:$STUB_PORT >/dev/null 2>&1
+bench_bg env RUST_LOG=warn $B serve --config $W/recache.toml >$W/serve.log 2>&1
+GP=$!
+wait_live $GW_PORT
 L="$B bench load --url http://127.0.0.1:$GW_PORT --key sk-bench"
 echo "== gateway hits on Redis+S3+PostgreSQL, 1 connection"; $L --mode hit --connections 1 --duration 5
 echo "== gateway hits on Redis+S3+PostgreSQL, $C connections"; $L --mode hit --connections $C --duration $SECS --format json > $W/gw.json
 cat $W/gw.json
 echo "== gateway hits, memory tier off (every hit reads Redis and S3), $C connections"
 kill $GP; wait $GP 2>/dev/null || true
-RECACHE_ARTIFACTS__MEMORY_CACHE_MB=0 RUST_LOG=warn $B serve --config $W/recache.toml >$W/serve2.log 2>&1 & GP=$!
-until curl -sf http://127.0.0.1:$GW_PORT/health/live >/dev/null; do sleep 0.05; done
+bench_bg env RECACHE_ARTIFACTS__MEMORY_CACHE_MB=0 RUST_LOG=warn $B serve --config $W/recache.toml >$W/serve2.log 2>&1
+wait_live $GW_PORT
 $L --mode hit --connections $C --duration $SECS --format json > $W/gw2.json; cat $W/gw2.json
 echo "== gateway misses on Redis+S3+PostgreSQL, $C connections"; $L --mode miss --connections $C --duration 5
 PORT=${RECACHE_TEST_REDIS_URL##*:}
@@ -61,4 +60,3 @@ a=gw["throughput_rps"]; b=gw2["throughput_rps"]
 print("ratio (memory tier on):  gateway %.0f hits/s / redis GET %.0f/s = %.1f%%" % (a, rb, a/rb*100))
 print("ratio (memory tier off): gateway %.0f hits/s / redis GET %.0f/s = %.1f%%" % (b, rb, b/rb*100))
 PY
-'

@@ -13,9 +13,8 @@ if [ -z "${RECACHE_TEST_REDIS_URL:-}" ]; then
   cargo build --release -p recache >&2
   exec bash scripts/with-engines.sh bash "$0" "$ENTRIES"
 fi
-B=$PWD/target/release/recache
-W=$(mktemp -d /tmp/recache-bench-recovery.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+source scripts/lib-bench.sh
+bench_bins
 T='/usr/bin/time -f "    wall %e s, peak RSS %M KB"'
 common() {
   cat <<TOML

@@ -58,17 +58,25 @@ pub struct Cache {
     /// was stored, in ms; 0: none waiting. The recovery watch writes their
     /// pointers from metadata once the index is back, then clears it.
     pub unindexed_since: std::sync::atomic::AtomicI64,
-    /// Stores of one key register their entry and write its pointer one at a
-    /// time (a lock per stripe of keys), so the last row and the last pointer
-    /// name the same answer: two answers bought for one key close together
-    /// (the second asked before the first was stored) would otherwise leave
-    /// the pointer on the first and the row on the second, whose store then
-    /// deletes the first's artifact.
-    store_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Keys whose answer is being stored. One store per key at a time, so
+    /// the last row and the last pointer name the same answer: two answers
+    /// bought for one key close together (the second asked before the first
+    /// was stored) could otherwise leave the pointer on the first and the row
+    /// on the second, whose store then deletes the first's artifact. The
+    /// second answer is served and not stored: no store waits on another
+    /// (stored misses/s at 16 connections measured the same with and without
+    /// it; "Full restore under traffic, reconciled" in `docs/benchmarks.md`).
+    in_flight: Mutex<std::collections::HashSet<CacheKey>>,
 }
 
-/// Stripes of [`Cache::store_locks`].
-const STORE_STRIPES: usize = 256;
+/// A key's place in [`Cache::in_flight`], given up when the store ends.
+struct InFlight<'a>(&'a Cache, CacheKey);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
+}
 
 /// A unique audit event id: time, process and a per-process sequence.
 pub fn event_id() -> String {
@@ -102,7 +110,7 @@ impl Cache {
             hits: Mutex::new(HashMap::new()),
             usage: crate::usage::Usage::default(),
             unindexed_since: std::sync::atomic::AtomicI64::new(0),
-            store_locks: (0..STORE_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            in_flight: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -325,6 +333,14 @@ impl Cache {
     /// Returns the entry's expiry (ms), which its vector, if any, shares.
     pub async fn store(&self, s: StoreInput) -> Result<i64, BackendError> {
         let created = now_ms();
+        if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(s.key) {
+            self.metrics
+                .stores_skipped_in_flight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(key = %s.key, "answer not stored: another answer for this key is being stored");
+            return Ok(created + s.ttl.as_millis() as i64);
+        }
+        let _in_flight = InFlight(self, s.key);
         let expires = created + s.ttl.as_millis() as i64;
         let meta = ArtifactMeta {
             key: s.key.hex(),
@@ -412,8 +428,6 @@ impl Cache {
             }),
             artifact_missing: false,
         };
-        let stripe = u16::from_le_bytes([s.key.0[0], s.key.0[1]]) as usize % STORE_STRIPES;
-        let _one_at_a_time = self.store_locks[stripe].lock().await;
         let replaced = match self.writers.register(record.clone()).await {
             Ok(r) => r,
             Err(e) => {

@@ -119,6 +119,8 @@ pub struct Metrics {
     pub store_failures: AtomicU64,
     /// Entries stored while the index was out: their pointers wait for the index.
     pub stored_unindexed: AtomicU64,
+    /// Answers not stored because a store of the same key was in flight.
+    pub stores_skipped_in_flight: AtomicU64,
     pub integrity_failures: AtomicU64,
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
@@ -178,7 +180,7 @@ impl Metrics {
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(4096);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             ("cache_hits_total", "Requests answered from the cache.", l(&self.hits)),
             (
                 "cache_misses_total",
@@ -205,6 +207,11 @@ impl Metrics {
                 "cache_store_failures_total",
                 "Entries that could not be written.",
                 l(&self.store_failures),
+            ),
+            (
+                "cache_stores_skipped_in_flight_total",
+                "Answers not stored because another answer for the same key was being stored (that one is kept).",
+                l(&self.stores_skipped_in_flight),
             ),
             (
                 "cache_stored_unindexed_total",
