@@ -74,7 +74,11 @@ struct InFlight<'a>(&'a Cache, CacheKey);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
     }
 }
 

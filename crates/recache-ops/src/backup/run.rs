@@ -111,8 +111,8 @@ pub async fn resolve(targets: &Targets, which: Which, id: Option<&str>, usable: 
 /// Restores set `id` into the configured stores.
 /// `reconcile_since_ms`: when the stores were lost while a gateway kept
 /// serving (a drill's wipe); entries written since then are reconciled after
-/// the restore (`restore::Restore::reconcile`). `None`: the two minutes
-/// before the restore began.
+/// the restore (`restore::Restore::reconcile`). `None`: since the restore
+/// began (rows the set restores keep their older creation times).
 pub async fn run_restore(
     recovery: &Recovery,
     targets: &Targets,
@@ -125,6 +125,7 @@ pub async fn run_restore(
     let roles = &recovery.cache.roles;
     let target = targets.get(which)?;
     let started = std::time::Instant::now();
+    let begun_ms = recache_storage::roles::now_ms();
     let found = list::load(target, id)
         .await?
         .ok_or_else(|| BackupError::Invalid(format!("set {id} has no manifest (unfinished, or no such set)")))?;
@@ -171,7 +172,7 @@ pub async fn run_restore(
         }
         warnings.push(why);
     }
-    let since = reconcile_since_ms.unwrap_or_else(|| recache_storage::roles::now_ms() - 120_000);
+    let since = reconcile_since_ms.unwrap_or(begun_ms);
     let report = restore_into(roles, target, &m, targets.config.backup.parallel, Some(since), ctx).await?;
     let mut problems = report.problems.clone();
     // Counts below the manifest's are a failure, not a success.
