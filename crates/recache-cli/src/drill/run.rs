@@ -375,6 +375,9 @@ mod tests {
         // A running gateway destroys its own data (its drill-wipe job checks its own config too).
         assert!(preflight(&config, &remote).is_ok());
         remote.key = None;
-        assert!(preflight(&config, &remote).unwrap_err().to_string().contains("--key-env"));
+        assert!(preflight(&config, &remote)
+            .unwrap_err()
+            .to_string()
+            .contains("--key-env"));
     }
 }
