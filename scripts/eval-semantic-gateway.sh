@@ -9,7 +9,7 @@
 # Usage: bash scripts/eval-semantic-gateway.sh [PAIRS.jsonl...]
 #   (default: the test half and the regression set; loopback only, ~2 minutes)
 #   GUARDS=strict|lexical (default lexical), THRESHOLD (default the config's),
-#   RECACHE_BIN (default target/release/recache, built here)
+#   RECACHE_BIN (default target/release/recache, built here), DETAIL=1 (every pair's outcome)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GUARDS=${GUARDS:-lexical}

@@ -343,6 +343,20 @@ mod tests {
     }
 
     #[test]
+    fn the_part_of_speech_a_place_gives_decides() {
+        let Some(l) = lexicon() else {
+            return;
+        };
+        let l = l.with_senses(1);
+        // `a store` is `a shop`; to store beans is not to shop for them.
+        assert!(l.synonyms_as("store", Some(NOUN), "shop", Some(NOUN)));
+        assert!(!l.synonyms_as("store", Some(VERB), "shop", Some(VERB)));
+        // A part of speech the word lacks is no restriction.
+        assert!(l.synonyms_as("purchase", Some(VERB), "buy", Some(VERB)));
+        assert!(l.synonyms_as("big", Some(NOUN), "large", None));
+    }
+
+    #[test]
     fn base_forms_follow_morphy() {
         let Some(l) = lexicon() else {
             return;

@@ -214,6 +214,18 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_pair_is_told() {
+        let (a, b) = changed("What is an ETF?", "What is an exchange-traded fund?").unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("What is an ETF?", "What is an ETF?"));
+        assert!(
+            changed("What is an ETF?", "What is an  ETF?").is_none(),
+            "spacing is no change"
+        );
+        assert!(changed("How do I bake bread?", "How do I bake rolls?").is_none());
+        assert!(changed("How many tsp in a tbsp?", "x").is_some());
+    }
+
+    #[test]
     fn abbreviations_become_words() {
         assert_eq!(
             pair("How many tsp are in a tbsp?", "x").0,
