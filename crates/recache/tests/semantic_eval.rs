@@ -50,7 +50,9 @@ fn eval_prints_the_curve_of_a_labelled_file() {
     .unwrap();
     let cfg = config.to_str().unwrap();
     let file = pairs.to_str().unwrap();
-    let (code, out, err) = recache(&["semantic", "eval", "--config", cfg, "--pairs", file, "--format", "json"]);
+    let (code, out, err) = recache(&[
+        "semantic", "eval", "--config", cfg, "--pairs", file, "--guards", "strict", "--format", "json",
+    ]);
     assert_eq!(code, 0, "{out} {err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pairs"]["paraphrases"], 1);
@@ -86,16 +88,17 @@ fn eval_prints_the_curve_of_a_labelled_file() {
         file,
         "--threshold",
         "0.995",
+        "--guards",
+        "strict",
     ]);
     assert_eq!(code, 0);
     assert!(out.contains("at threshold 0.99"), "{out}");
     assert!(out.contains("0 paraphrases served"), "{out}");
     assert!(out.contains("threshold  recall"), "{out}");
 
-    // The lexical guards, with WordNet (required when RECACHE_TEST_WORDNET=1).
-    let (code, out, err) = recache(&[
-        "semantic", "eval", "--config", cfg, "--pairs", file, "--guards", "lexical", "--format", "json",
-    ]);
+    // Without --guards, the config's ([semantic] guards, lexical by default):
+    // the lexical guards, with WordNet (required when RECACHE_TEST_WORDNET=1).
+    let (code, out, err) = recache(&["semantic", "eval", "--config", cfg, "--pairs", file, "--format", "json"]);
     assert_eq!(code, 0, "{out} {err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["guards"], "lexical");

@@ -31,10 +31,10 @@ pub struct EvalArgs {
     /// The threshold the summary, refusals and kinds are given at (default: [semantic] threshold).
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// The guards: `strict` (what the gateway runs) or `lexical` (with the
-    /// WordNet lexicon of `[semantic] lexicon`; measured, not served).
-    #[arg(long, value_enum, default_value = "strict")]
-    pub guards: Guards,
+    /// The guards: `lexical` (with the WordNet lexicon of `[semantic]
+    /// lexicon`) or `strict` (default: `[semantic] guards`, what the gateway runs).
+    #[arg(long, value_enum)]
+    pub guards: Option<Guards>,
     /// Senses of a word the lexicon compares, most frequent first (0: all).
     #[arg(long, default_value_t = 1, hide = true)]
     pub senses: usize,
@@ -93,7 +93,10 @@ async fn eval_cmd(a: EvalArgs) -> Result<i32, Exit> {
             Arc::new(ProviderEmbedder::new(&cfg, &upstreams).map_err(|e| Exit::config(format!("{e:#}")))?)
         }
     };
-    let lexical = a.guards == Guards::Lexical;
+    let lexical = match a.guards {
+        Some(g) => g == Guards::Lexical,
+        None => config.semantic.guards == "lexical",
+    };
     // With the lexical guards, a pair that spelling normalisation changes
     // (an acronym and its words, a unit's abbreviation) is also compared as
     // normalised, as the gateway does (`normalise::rescored`).
