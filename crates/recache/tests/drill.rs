@@ -452,53 +452,7 @@ async fn a_running_gateway_is_drilled_through_its_admin_api() {
     )
     .await;
     let out = env.path("report");
-    let base = env.base.clone();
-    let (code, stdout, stderr) = {
-        let config = env.config_file();
-        let out = out.clone();
-        tokio::task::spawn_blocking(move || {
-            let o = std::process::Command::new(env!("CARGO_BIN_EXE_recache"))
-                .args([
-                    "drill",
-                    "run",
-                    "--url",
-                    &base,
-                    "--scenario",
-                    "index-down",
-                    "--rps",
-                    "20",
-                    "--duration",
-                    "8s",
-                ])
-                .args([
-                    "--steady",
-                    "3s",
-                    "--fault-seconds",
-                    "2",
-                    "--entries",
-                    "30",
-                    "--format",
-                    "json",
-                    "--out",
-                ])
-                .arg(&out)
-                .arg("--config")
-                .arg(&config)
-                .env("RECACHE_ADMIN_TOKEN", "admin-secret")
-                .env("RECACHE_DRILL_KEY", common::KEY_A)
-                .env_remove("RUST_LOG")
-                .output()
-                .unwrap();
-            (
-                o.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&o.stdout).to_string(),
-                String::from_utf8_lossy(&o.stderr).to_string(),
-            )
-        })
-        .await
-        .unwrap()
-    };
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let (code, v) = drill_url(&env, "index-down", &out).await;
     assert_eq!(v["mode"], "remote");
     assert!(
         v["settings"]["fault"][0].as_str().unwrap().contains("breaker"),
