@@ -43,6 +43,27 @@ async fn local_artifacts_conformance() {
     c::artifacts_health(store.as_ref()).await;
 }
 
+/// The embedded engine's segmented store: small segments, so the suite
+/// crosses sealed segments; its large payload is one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segmented_artifacts_conformance() {
+    use recache::roles::artifacts_segments::{SegmentArtifacts, SegmentOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SegmentOptions {
+        segment_bytes: 2048,
+        max_item_bytes: 64 * 1024,
+        compact_ratio: 0.5,
+    };
+    let store: Arc<dyn Artifacts> = Arc::new(SegmentArtifacts::open(dir.path(), "pfx", opts, true).unwrap());
+    c::artifacts_round_trip(store.as_ref()).await;
+    c::artifacts_put_many(store.as_ref()).await;
+    c::artifacts_large_payload(store.as_ref()).await;
+    c::artifacts_concurrent_writers(store.clone()).await;
+    c::artifacts_health(store.as_ref()).await;
+    store.reclaim().await.unwrap();
+    c::artifacts_round_trip(store.as_ref()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_metadata_conformance() {
     let dir = tempfile::tempdir().unwrap();

@@ -43,7 +43,6 @@ async fn answers_are_sealed_at_rest(b: Backends) {
     assert_eq!(again.content(), first.content(), "the same answer, opened");
 
     // Raw bytes: every stored artifact is sealed and none holds the prompt.
-    use recache::roles::Artifacts;
     let store = env.raw_artifacts();
     let listed = store.list().await.unwrap();
     assert!(!listed.is_empty());
@@ -312,17 +311,13 @@ async fn sealed_streams_hit_and_a_flipped_byte_is_never_served(b: Backends) {
     );
 
     // Every stored artifact is sealed; flip one byte of each.
-    use recache::roles::Artifacts;
     let store = env.raw_artifacts();
     let listed = store.list().await.unwrap();
     assert!(!listed.is_empty());
     for a in listed {
         let raw = store.get(a.id).await.unwrap().unwrap();
         assert!(seal::is_sealed(&raw));
-        let mut bad = raw.to_vec();
-        let at = bad.len() - 20;
-        bad[at] ^= 0x40;
-        store.put(a.id, Bytes::from(bad)).await.unwrap();
+        env.flip_artifact_byte(&a.id.hex(), 20).await;
     }
     let before = env.metric("cache_integrity_failures_total").await;
     let calls = env.stub.calls();
@@ -437,7 +432,7 @@ async fn a_refetched_answer_is_sealed(b: Backends) {
         env.admin_entry(&key).await["indexed"] == serde_json::Value::Bool(true)
     })
     .await;
-    use recache::roles::{ArtifactId, Artifacts};
+    use recache::roles::ArtifactId;
     let store = env.raw_artifacts();
     let id = ArtifactId::from_hex(env.admin_entry(&key).await["entry"]["artifact"].as_str().unwrap()).unwrap();
     assert!(store.delete(id).await.unwrap());

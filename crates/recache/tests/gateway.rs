@@ -337,12 +337,15 @@ async fn expired_entries_are_swept_from_every_role() {
         &[("x-recache-ttl", "1")],
     )
     .await;
-    let artifacts = || common::backups::files_under(&env.path("artifacts/sha256")).len();
-    assert_eq!(artifacts(), 1);
+    let store = env.raw_segments();
+    assert_eq!(store.stats().artifacts, 1);
     // Expired at 1 s, kept 2 s more for stale-if-error, then swept (every second).
     tokio::time::sleep(Duration::from_millis(5000)).await;
     assert_eq!(env.metric("cache_index_entries").await, 0.0, "index swept");
-    assert_eq!(artifacts(), 0, "artifact deleted");
+    assert_eq!(store.stats().artifacts, 0, "artifact deleted");
+    assert!(store.stats().dead_bytes > 0, "its bytes wait for compaction");
+    assert!(store.compact_now(true).await.unwrap().reclaimed_bytes > 0);
+    assert_eq!(store.stats().dead_bytes, 0, "and are gone after it");
 }
 
 async fn cache_control_directives(b: Backends) {

@@ -87,7 +87,6 @@ async fn purge_by_namespace_leaves_the_rest(b: Backends) {
     for key in [KEY_A, KEY_B] {
         assert_eq!(ask(&env, key, "alpha", PARAPHRASE).await.cache(), "SEMANTIC_HIT");
     }
-    use recache::roles::Artifacts;
     let artifacts = env.raw_artifacts();
     assert_eq!(artifacts.list().await.unwrap().len(), 7);
 
@@ -228,7 +227,6 @@ async fn a_killed_purge_resumes_and_finishes(b: Backends) {
         .metadata_count("jobs WHERE kind = 'purge' AND state = 'succeeded' AND attempts = 2")
         .await;
     assert_eq!((jobs, taken_over), (1, 1), "{v}");
-    use recache::roles::Artifacts;
     let left = env.raw_artifacts().list().await.unwrap().len() as u64;
     assert!(left <= others, "{left} artifacts left");
 }

@@ -144,7 +144,7 @@ async fn flushed_redis_is_detected_and_rebuilt_with_zero_provider_calls() {
 }
 
 async fn deleted_artifacts(backends: Backends) {
-    use recache::roles::{ArtifactId, Artifacts};
+    use recache::roles::ArtifactId;
     let env = Env::on(backends, StubConfig::default(), FAST).await;
     let keys = fill(&env, 10, "s3 loss").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -244,7 +244,7 @@ async fn deleted_metadata_rows_are_restored_from_artifacts_real() {
 }
 
 async fn orphans(backends: Backends) {
-    use recache::roles::{ArtifactId, Artifacts};
+    use recache::roles::ArtifactId;
     let env = Env::on(backends, StubConfig::default(), FAST).await;
     let keys = fill(&env, 4, "orphans").await;
     let store = env.raw_artifacts();

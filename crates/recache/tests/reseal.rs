@@ -12,7 +12,6 @@ mod common;
 use std::time::Duration;
 
 use common::{until, Backends, Env, KEY_A};
-use recache::roles::Artifacts;
 use recache::seal;
 use recache_stub_provider::StubConfig;
 use serde_json::Value;

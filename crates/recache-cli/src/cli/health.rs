@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{env_map, load_config, ConfigArgs, OutputFormat, EXIT_CONFIG, EXIT_PROBLEM};
 use recache_core::config::{ArtifactsEngine, IndexEngine, MetadataEngine, VectorsEngine};
-use recache_storage::roles::factory::{open_artifacts, open_metadata};
+use recache_storage::roles::factory::{open_artifacts_as, open_metadata, IndexAccess};
 use recache_storage::roles::index_embedded::EmbeddedIndex;
 use recache_storage::roles::index_redis::RedisIndex;
 use recache_storage::roles::{timed_check, CheckInfo, Index, RoleHealth, Vectors};
@@ -117,7 +117,7 @@ pub async fn run(args: HealthArgs) -> i32 {
                 "artifacts",
                 engine,
                 async {
-                    let a = open_artifacts(&config).map_err(|e| format!("{e:#}"))?;
+                    let a = open_artifacts_as(&config, IndexAccess::ReadOnly).map_err(|e| format!("{e:#}"))?;
                     a.check().await.map_err(|e| e.to_string())
                 },
                 t,

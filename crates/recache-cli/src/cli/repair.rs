@@ -39,11 +39,17 @@ pub struct RepairArgs {
 
 /// Queues the repair for the gateway's workers (the embedded index is theirs) and waits for it.
 async fn hand_to_gateway(a: &RepairArgs) -> Result<i32, Exit> {
-    use recache_ops::recovery::jobs::{default_priority, REBUILD_INDEX, RECONCILE_METADATA, REFETCH};
+    use recache_ops::recovery::jobs::{default_priority, REBUILD_INDEX, RECONCILE_METADATA, REFETCH, REPAIR_ORPHANS};
     use recache_storage::queue::NewJob;
     let r = super::ops::open_queue(&a.config).await?;
     let (kind, mut payload) = if a.missing_artifacts {
         (REFETCH, serde_json::json!({"scan": true}))
+    } else if a.orphans {
+        let grace = parse_duration(&a.grace).map_err(Exit::config)?;
+        (
+            REPAIR_ORPHANS,
+            serde_json::json!({"grace_ms": grace.as_millis() as i64}),
+        )
     } else if a.reconcile_metadata {
         (RECONCILE_METADATA, serde_json::json!({}))
     } else {
@@ -53,7 +59,7 @@ async fn hand_to_gateway(a: &RepairArgs) -> Result<i32, Exit> {
         payload["max_cost_usd"] = serde_json::json!(m);
     }
     eprintln!(
-        "recache repair: the embedded index belongs to the running gateway; its workers run this repair ({kind})"
+        "recache repair: the embedded stores belong to the running gateway; its workers run this repair ({kind})"
     );
     let job = NewJob::new(kind, payload)
         .priority(default_priority(kind))
@@ -65,11 +71,8 @@ async fn hand_to_gateway(a: &RepairArgs) -> Result<i32, Exit> {
     print(a.format, &v, |v| {
         format!("repair {kind} (job #{}): {}\n", j.id, pairs(v))
     });
-    Ok(if v["refused"].as_u64().unwrap_or(0) > 0 {
-        EXIT_PROBLEM
-    } else {
-        0
-    })
+    let unrepaired = v["refused"].as_u64().unwrap_or(0) + v["kept_unregistered"].as_u64().unwrap_or(0);
+    Ok(if unrepaired > 0 { EXIT_PROBLEM } else { 0 })
 }
 
 pub async fn run(a: RepairArgs) -> i32 {
@@ -81,10 +84,10 @@ async fn repair(a: RepairArgs) -> Result<i32, Exit> {
     if a.max_cost_usd.is_some_and(|m| m.is_nan() || m < 0.0) {
         return Err(Exit::config("--max-cost-usd must be a non-negative number"));
     }
-    // Orphans and dry runs only read the index; the rest write to it. An
-    // embedded index belongs to the running gateway: then the repair is
+    // Dry runs only read; the rest write (orphans: to the artifact store).
+    // An embedded store belongs to the running gateway: then the repair is
     // handed to the gateway's workers through the queue, and awaited.
-    let writes = !a.dry_run && !a.orphans;
+    let writes = !a.dry_run;
     let access = if writes {
         IndexAccess::Write
     } else {

@@ -240,7 +240,18 @@ impl Config {
             }
         }
         match self.artifacts.engine {
-            ArtifactsEngine::Embedded => {}
+            ArtifactsEngine::Embedded => {
+                let a = &self.artifacts;
+                if !(1..=4096).contains(&a.segment_mb) {
+                    return err("artifacts.segment_mb must be 1-4096");
+                }
+                if a.segment_max_item_kb > 1024 * 1024 {
+                    return err("artifacts.segment_max_item_kb must be at most 1048576 (1 GiB)");
+                }
+                if !(a.segment_compact_ratio > 0.0 && a.segment_compact_ratio <= 1.0) {
+                    return err("artifacts.segment_compact_ratio must be above 0 and at most 1");
+                }
+            }
             ArtifactsEngine::S3 => {
                 if self.artifacts.bucket.as_deref().is_none_or(str::is_empty) {
                     return err("artifacts.bucket is required for engine s3");

@@ -272,6 +272,14 @@ pub struct ArtifactsConfig {
     /// over the network); the rest wait their turn, and `timeout_ms` counts
     /// from the start of each write, not from the queue.
     pub write_concurrency: usize,
+    /// `embedded`: artifacts up to this size (KiB) are appended to segment
+    /// files; larger ones are one file each. 0: every artifact is one file.
+    pub segment_max_item_kb: u64,
+    /// `embedded`: a segment is sealed at this size (MiB).
+    pub segment_mb: u64,
+    /// `embedded`: a sealed segment is compacted once this fraction of its
+    /// bytes belongs to deleted answers.
+    pub segment_compact_ratio: f64,
 }
 
 impl Default for ArtifactsConfig {
@@ -287,6 +295,9 @@ impl Default for ArtifactsConfig {
             memory_cache_mb: 64,
             memory_cache_max_item_kb: 256,
             write_concurrency: 32,
+            segment_max_item_kb: 1024,
+            segment_mb: 64,
+            segment_compact_ratio: 0.5,
         }
     }
 }

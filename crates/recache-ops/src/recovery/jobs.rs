@@ -26,16 +26,20 @@ pub const REFRESH_STALE: &str = "refresh-stale";
 pub const WARM: &str = "warm";
 /// Re-embeds live entries into the active embedders' collections.
 pub const REBUILD_VECTORS: &str = "rebuild-vectors";
+/// Deletes orphaned artifacts: `recache repair --orphans` handed to the
+/// gateway that owns the embedded artifact store. Payload: `{"grace_ms": n}`.
+pub const REPAIR_ORPHANS: &str = "repair-orphans";
 
 /// The kinds recovery itself runs. Layers built on it (backups) add theirs
 /// with [`Recovery::register`]; [`Recovery::kinds`] lists them all.
-pub const BUILTIN: [&str; 8] = [
+pub const BUILTIN: [&str; 9] = [
     REBUILD_INDEX,
     RECONCILE_METADATA,
     REFETCH,
     REFRESH_STALE,
     WARM,
     REBUILD_VECTORS,
+    REPAIR_ORPHANS,
     super::purge::PURGE,
     super::reseal::RESEAL,
 ];
@@ -60,6 +64,7 @@ fn builtin_needs(kind: &str) -> Vec<&'static str> {
         REFETCH | REFRESH_STALE => vec!["metadata", "artifacts", "index"],
         WARM => vec!["artifacts", "index"],
         REBUILD_VECTORS => vec!["metadata", "vectors"],
+        REPAIR_ORPHANS => vec!["metadata", "artifacts"],
         super::purge::PURGE => vec!["metadata", "index", "artifacts", "vectors"],
         super::reseal::RESEAL => vec!["metadata", "index", "artifacts"],
         _ => vec!["metadata"],
@@ -74,6 +79,7 @@ pub fn default_priority(kind: &str) -> i64 {
         REFRESH_STALE => 50,
         REFETCH => 40,
         REBUILD_VECTORS => 30,
+        REPAIR_ORPHANS => 20,
         // Asked for by an operator, and what it deletes must not be served.
         super::purge::PURGE => 95,
         // A migration in the background: after every repair.
@@ -128,6 +134,10 @@ impl Recovery {
             REFRESH_STALE => self.refresh_stale(job.payload.clone(), ctx).await?,
             WARM => self.warm(job.payload.clone(), ctx).await?,
             REBUILD_VECTORS => self.rebuild_vectors(job.payload.clone(), ctx).await?,
+            REPAIR_ORPHANS => {
+                let grace_ms = job.payload.get("grace_ms").and_then(Value::as_i64).unwrap_or(3_600_000);
+                self.repair_orphans(grace_ms, false, ctx).await?
+            }
             // A purge and a reseal write their own audit events (with the tenant).
             super::purge::PURGE | super::reseal::RESEAL => {
                 let mut result = match job.kind.as_str() {

@@ -38,7 +38,7 @@ pub mod vectors;
 pub mod warm;
 pub mod watch;
 
-pub use jobs::{REBUILD_INDEX, REBUILD_VECTORS, RECONCILE_METADATA, REFETCH, REFRESH_STALE, WARM};
+pub use jobs::{REBUILD_INDEX, REBUILD_VECTORS, RECONCILE_METADATA, REFETCH, REFRESH_STALE, REPAIR_ORPHANS, WARM};
 
 /// Everything recovery work needs: the roles (through the cache service, so
 /// stores follow the same path as the gateway's), the queue, the providers.

@@ -97,8 +97,15 @@ impl Recovery {
             ctx.progress(u(&p, "scanned"), Some(total.max(u(&p, "scanned"))));
         }
         let _ = roles.index.flush().await;
+        // Deleted answers leave the disk now, not at the store's next compaction.
+        let reclaimed = if u(&p, "artifacts") > 0 {
+            roles.artifacts.reclaim().await?
+        } else {
+            0
+        };
         let secs = started.elapsed().as_secs_f64();
-        let mut out = json!({"filter": f, "entries": u(&p, "scanned"), "seconds_this_run": secs});
+        let mut out =
+            json!({"filter": f, "entries": u(&p, "scanned"), "seconds_this_run": secs, "reclaimed_bytes": reclaimed});
         for s in STORES {
             out[s] = json!(u(&p, s));
         }

@@ -104,6 +104,10 @@ impl Artifacts for MemoryTier {
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         self.inner.check()
     }
+
+    fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
+        self.inner.reclaim()
+    }
 }
 
 #[cfg(test)]

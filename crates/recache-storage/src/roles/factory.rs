@@ -12,6 +12,7 @@ use crate::config::{ArtifactsEngine, Config, IndexEngine, MetadataEngine, Vector
 use crate::queue::Queue;
 use crate::roles::artifacts_memory::MemoryTier;
 use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
+use crate::roles::artifacts_segments::{SegmentArtifacts, SegmentOptions};
 use crate::roles::guarded::{Guard, GuardedArtifacts, GuardedIndex, GuardedMetadata};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
@@ -72,8 +73,15 @@ pub(crate) async fn open_index_as(config: &Config, access: IndexAccess) -> anyho
     }
 }
 
-/// The artifact store named in the config (without the memory tier).
+/// The artifact store named in the config (without the memory tier), to write.
 pub fn open_artifacts(config: &Config) -> anyhow::Result<Arc<dyn Artifacts>> {
+    open_artifacts_as(config, IndexAccess::Write)
+}
+
+/// The artifact store named in the config. The embedded store has one
+/// writer: `Write` fails while another process owns it (the CLI then queues
+/// its work for the gateway); `ReadOnly` reads beside the owner.
+pub fn open_artifacts_as(config: &Config, access: IndexAccess) -> anyhow::Result<Arc<dyn Artifacts>> {
     let c = &config.artifacts;
     let store = match c.engine {
         ArtifactsEngine::S3 => ObjectStoreArtifacts::s3(
@@ -83,8 +91,20 @@ pub fn open_artifacts(config: &Config) -> anyhow::Result<Arc<dyn Artifacts>> {
             &c.prefix,
             Duration::from_millis(c.timeout_ms),
         )?,
-        ArtifactsEngine::Embedded => ObjectStoreArtifacts::local(&c.path, &c.prefix)
+        ArtifactsEngine::Embedded if c.segment_max_item_kb == 0 => ObjectStoreArtifacts::local(&c.path, &c.prefix)
             .with_context(|| format!("cannot open artifacts at {}", c.path.display()))?,
+        ArtifactsEngine::Embedded => {
+            let opts = SegmentOptions {
+                segment_bytes: c.segment_mb << 20,
+                max_item_bytes: c.segment_max_item_kb << 10,
+                compact_ratio: c.segment_compact_ratio,
+            };
+            let (path, prefix, write) = (c.path.clone(), c.prefix.clone(), access != IndexAccess::ReadOnly);
+            // Blocking (a scan of the open segment): start-up.
+            let store = SegmentArtifacts::open(&path, &prefix, opts, write)
+                .with_context(|| format!("cannot open artifacts at {}", c.path.display()))?;
+            return Ok(Arc::new(store));
+        }
     };
     Ok(Arc::new(store))
 }
@@ -132,7 +152,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
     let started = Instant::now();
     let (metadata, queue) = open_metadata(config).await?;
     let index = open_index_as(config, access).await?;
-    let artifacts = open_artifacts(config)?;
+    let artifacts = open_artifacts_as(config, access)?;
     // Replay on the raw roles: a million guarded calls would add seconds to start-up.
     let replayed = if access != IndexAccess::Write {
         0

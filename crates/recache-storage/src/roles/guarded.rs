@@ -184,6 +184,9 @@ impl Artifacts for GuardedArtifacts {
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>> {
         Box::pin(self.guard.check(self.inner.check()))
     }
+    fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
+        self.inner.reclaim()
+    }
 }
 
 pub struct GuardedMetadata {

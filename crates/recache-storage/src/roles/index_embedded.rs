@@ -27,7 +27,7 @@ const REPLAY_MARGIN_MS: i64 = 60_000;
 
 /// Keys are SHA-256 digests already: use eight of their bytes as the hash.
 #[derive(Default)]
-struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {

@@ -16,6 +16,7 @@ use crate::key::CacheKey;
 
 pub mod artifacts_memory;
 pub mod artifacts_object_store;
+pub mod artifacts_segments;
 /// The conformance suite every engine of a role passes; compiled for tests
 /// only (the `conformance` feature, which the test build turns on), never
 /// into the release binary.
@@ -236,6 +237,12 @@ pub trait Artifacts: Send + Sync {
     /// Every stored artifact, for audits and reconciliation.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ArtifactInfo>>>;
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
+    /// Gives back the disk space of deleted artifacts now (a store that
+    /// deletes lazily, as the segmented one does, compacts); the bytes freed.
+    /// Purges call it so that purged answers are gone from the disk.
+    fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// One registered cache entry.

@@ -141,7 +141,6 @@ impl Bk {
                 let client = redis::Client::open(redis.as_str()).unwrap();
                 let mut c = client.get_multiplexed_async_connection().await.unwrap();
                 let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
-                use recache::roles::Artifacts;
                 let store = self.env.raw_artifacts();
                 for a in store.list().await.unwrap() {
                     store.delete(a.id).await.unwrap();

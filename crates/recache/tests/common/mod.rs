@@ -244,12 +244,12 @@ impl Env {
     }
 
     /// The artifact store, opened directly (behind the gateway's back).
-    pub fn raw_artifacts(&self) -> recache::roles::artifacts_object_store::ObjectStoreArtifacts {
+    /// Embedded: the gateway's own segmented store when it runs in this
+    /// process (one owner per directory), else the store opened as its owner.
+    pub fn raw_artifacts(&self) -> std::sync::Arc<dyn recache::roles::Artifacts> {
         use recache::roles::artifacts_object_store::ObjectStoreArtifacts;
-        match &self.backends {
-            Backends::Embedded | Backends::SqliteRedis { .. } => {
-                ObjectStoreArtifacts::local(&self.path("artifacts"), "").unwrap()
-            }
+        std::sync::Arc::new(match &self.backends {
+            Backends::Embedded | Backends::SqliteRedis { .. } => return std::sync::Arc::new(self.raw_segments()),
             Backends::Real {
                 prefix,
                 s3_endpoint,
@@ -263,17 +263,39 @@ impl Env {
                 std::time::Duration::from_secs(5),
             )
             .unwrap(),
-        }
+        })
     }
 
-    /// Overwrites a stored artifact with other bytes, behind the gateway's back.
+    /// The embedded segmented artifact store (see [`Env::raw_artifacts`]).
+    pub fn raw_segments(&self) -> recache::roles::artifacts_segments::SegmentArtifacts {
+        use recache::roles::artifacts_segments::{SegmentArtifacts, SegmentOptions};
+        SegmentArtifacts::open(&self.path("artifacts"), "", SegmentOptions::default(), true).unwrap()
+    }
+
+    /// Flips one bit inside a stored answer, behind the gateway's back: in
+    /// its segment file (embedded) or by overwriting the object (S3).
     pub async fn corrupt_artifact(&self, artifact_hex: &str) {
-        use recache::roles::{ArtifactId, Artifacts};
+        self.flip_artifact_byte(artifact_hex, 5).await
+    }
+
+    /// Flips one bit of the stored artifact's byte `from_end` bytes before its end.
+    pub async fn flip_artifact_byte(&self, artifact_hex: &str, from_end: usize) {
+        use recache::roles::ArtifactId;
+        use std::os::unix::fs::FileExt;
         let id = ArtifactId::from_hex(artifact_hex).expect("artifact id");
+        if !matches!(self.backends, Backends::Real { .. }) {
+            let (path, off, len) = self.raw_segments().locate(id).expect("artifact in a segment");
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+            let mut b = [0u8; 1];
+            let at = off + u64::from(len) - from_end as u64;
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x20], at).unwrap();
+            return;
+        }
         let store = self.raw_artifacts();
         let mut bytes = store.get(id).await.unwrap().expect("artifact exists").to_vec();
         let n = bytes.len();
-        bytes[n - 5] ^= 0x20; // flip one bit inside the stored answer
+        bytes[n - from_end] ^= 0x20; // flip one bit inside the stored answer
         store.put(id, bytes.into()).await.unwrap();
     }
 
