@@ -47,14 +47,14 @@ async fn local_artifacts_conformance() {
 /// crosses sealed segments; its large payload is one file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segmented_artifacts_conformance() {
-    use recache::roles::artifacts_segments::{SegmentArtifacts, SegmentOptions};
+    use recache::roles::artifacts_segments::{Access, SegmentArtifacts, SegmentOptions};
     let dir = tempfile::tempdir().unwrap();
     let opts = SegmentOptions {
         segment_bytes: 2048,
         max_item_bytes: 64 * 1024,
         compact_ratio: 0.5,
     };
-    let store: Arc<dyn Artifacts> = Arc::new(SegmentArtifacts::open(dir.path(), "pfx", opts, true).unwrap());
+    let store: Arc<dyn Artifacts> = Arc::new(SegmentArtifacts::open(dir.path(), "pfx", opts, Access::Own).unwrap());
     c::artifacts_round_trip(store.as_ref()).await;
     c::artifacts_put_many(store.as_ref()).await;
     c::artifacts_large_payload(store.as_ref()).await;

@@ -294,7 +294,8 @@ async fn status(a: StatusArgs) -> Result<i32, Exit> {
 }
 
 async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
-    let r = open(&a.config, IndexAccess::Write, "info").await?;
+    // Beside a gateway that owns the embedded artifact store, answers are written one file each.
+    let r = open(&a.config, IndexAccess::WriteShared, "info").await?;
     // rebuild-vectors needs the embedders.
     if let Some(sem) = recache_engine::semantic::Semantic::open(&r.config, r.cache.clone(), &r.upstreams)
         .await

@@ -12,7 +12,7 @@ use crate::config::{ArtifactsEngine, Config, IndexEngine, MetadataEngine, Vector
 use crate::queue::Queue;
 use crate::roles::artifacts_memory::MemoryTier;
 use crate::roles::artifacts_object_store::ObjectStoreArtifacts;
-use crate::roles::artifacts_segments::{SegmentArtifacts, SegmentOptions};
+use crate::roles::artifacts_segments::{Access, SegmentArtifacts, SegmentOptions};
 use crate::roles::guarded::{Guard, GuardedArtifacts, GuardedIndex, GuardedMetadata};
 use crate::roles::index_embedded::EmbeddedIndex;
 use crate::roles::index_redis::RedisIndex;
@@ -32,6 +32,9 @@ pub enum IndexAccess {
     ReadOnly,
     /// Like `Write`, without the start-up replay from metadata (benchmarks of the rebuild itself).
     WriteNoReplay,
+    /// Like `Write`, beside a gateway that owns the embedded artifact store
+    /// (standalone warmer workers): answers are written one file each.
+    WriteShared,
 }
 
 /// The index named in the config. Serving opens the embedded index for
@@ -99,9 +102,13 @@ pub fn open_artifacts_as(config: &Config, access: IndexAccess) -> anyhow::Result
                 max_item_bytes: c.segment_max_item_kb << 10,
                 compact_ratio: c.segment_compact_ratio,
             };
-            let (path, prefix, write) = (c.path.clone(), c.prefix.clone(), access != IndexAccess::ReadOnly);
+            let mode = match access {
+                IndexAccess::Write | IndexAccess::WriteNoReplay => Access::Own,
+                IndexAccess::ReadOnly => Access::Read,
+                IndexAccess::WriteShared => Access::OwnOrShare,
+            };
             // Blocking (a scan of the open segment): start-up.
-            let store = SegmentArtifacts::open(&path, &prefix, opts, write)
+            let store = SegmentArtifacts::open(&c.path, &c.prefix, opts, mode)
                 .with_context(|| format!("cannot open artifacts at {}", c.path.display()))?;
             return Ok(Arc::new(store));
         }
@@ -154,7 +161,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
     let index = open_index_as(config, access).await?;
     let artifacts = open_artifacts_as(config, access)?;
     // Replay on the raw roles: a million guarded calls would add seconds to start-up.
-    let replayed = if access != IndexAccess::Write {
+    let replayed = if !matches!(access, IndexAccess::Write | IndexAccess::WriteShared) {
         0
     } else {
         match replay_index(index.as_ref(), metadata.as_ref()).await {
@@ -207,7 +214,7 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
     };
     // Report each backend in the background: start-up never waits on a slow or hung one.
     // (Only for processes that serve or work; the CLI's reports say what matters to them.)
-    if access == IndexAccess::Write {
+    if matches!(access, IndexAccess::Write | IndexAccess::WriteShared) {
         tokio::spawn(report_backends(roles.clone()));
     }
     tracing::info!(

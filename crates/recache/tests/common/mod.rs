@@ -268,8 +268,8 @@ impl Env {
 
     /// The embedded segmented artifact store (see [`Env::raw_artifacts`]).
     pub fn raw_segments(&self) -> recache::roles::artifacts_segments::SegmentArtifacts {
-        use recache::roles::artifacts_segments::{SegmentArtifacts, SegmentOptions};
-        SegmentArtifacts::open(&self.path("artifacts"), "", SegmentOptions::default(), true).unwrap()
+        use recache::roles::artifacts_segments::{Access, SegmentArtifacts, SegmentOptions};
+        SegmentArtifacts::open(&self.path("artifacts"), "", SegmentOptions::default(), Access::Own).unwrap()
     }
 
     /// Flips one bit inside a stored answer, behind the gateway's back: in

@@ -5,9 +5,12 @@
 //!   appending tombstones), seals full segments (writing their index) and
 //!   compacts sealed segments whose answers were deleted. Other processes
 //!   (the CLI beside a running gateway) read: they load the same files and
-//!   follow the owner's appends. Opening for writing where another process
-//!   owns the store fails with an error naming the owner, as the embedded
-//!   index does, and the CLI queues the work for the gateway instead.
+//!   follow the owner's appends. Opening to own a store another process
+//!   owns fails with an error naming the owner, as the embedded index does,
+//!   and the CLI queues the work for the gateway instead. A standalone
+//!   warmer process shares: it writes its answers one file each, and leaves
+//!   the deletes of segment records to the owner (orphans, which
+//!   `repair --orphans` removes).
 //! - Within a process, a store is opened once: a second open of the same
 //!   directory shares the first (tests reach behind the gateway this way).
 //! - Sealed segments are never written again; compaction copies their live
@@ -24,7 +27,7 @@ mod tests;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,17 @@ use super::artifacts_object_store::ObjectStoreArtifacts;
 use super::{ArtifactId, ArtifactInfo, Artifacts, BackendError, BoxFuture, CheckInfo, Result};
 
 pub use self::compact::CompactStats;
+
+/// How a process opens a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// As its owner; an error if another process owns it.
+    Own,
+    /// To read beside the owner.
+    Read,
+    /// As its owner if no process is, else beside it, writing one file per answer.
+    OwnOrShare,
+}
 
 const NAME: &str = "artifacts";
 
@@ -81,8 +95,10 @@ struct Inner {
     lock: Option<File>,
     state: RwLock<State>,
     writer: Mutex<Option<Writer>>,
-    /// Whether one-file artifacts may exist (when not, their lookups are skipped).
-    files_in_use: AtomicBool,
+    /// A process beside the owner that writes (one file per answer).
+    shared_writes: bool,
+    /// Deletes of segment records a sharing process left to the owner.
+    skipped_deletes: AtomicU64,
     refreshed: Mutex<Option<Instant>>,
     /// One compaction at a time.
     compacting: Mutex<()>,
@@ -100,16 +116,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SegmentArtifacts {
-    /// Opens the store in `root` (created if missing). `write`: as its owner
-    /// (an error if another process owns it); else to read beside the owner.
-    /// Blocking: call at start-up.
-    pub fn open(root: &Path, prefix: &str, opts: SegmentOptions, write: bool) -> Result<Self> {
-        Self::open_with(root, prefix, opts, write, true)
+    /// Opens the store in `root` (created if missing). Blocking: call at start-up.
+    pub fn open(root: &Path, prefix: &str, opts: SegmentOptions, access: Access) -> Result<Self> {
+        Self::open_with(root, prefix, opts, access, true)
     }
 
     /// `share`: reuse this process's open store for the directory, if any
     /// (tests open a second, separate one as another process would).
-    fn open_with(root: &Path, prefix: &str, opts: SegmentOptions, write: bool, share: bool) -> Result<Self> {
+    fn open_with(root: &Path, prefix: &str, opts: SegmentOptions, access: Access, share: bool) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(io_err)?;
         let root = root.canonicalize().map_err(io_err)?;
         let prefix = prefix.trim_matches('/');
@@ -128,26 +142,28 @@ impl SegmentArtifacts {
         {
             return Ok(Self { inner });
         }
-        let lock_file = if write {
+        let lock_file = if access == Access::Read {
+            None
+        } else {
             let f = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(dir.join("writer.lock"))
                 .map_err(io_err)?;
-            if f.try_lock().is_err() {
-                return Err(io_err(format!(
-                    "the embedded artifact store in {} is in use by another recache process (a running gateway \
-                     owns it; its workers run work that writes artifacts)",
-                    root.display()
-                )));
+            match f.try_lock() {
+                Ok(()) => Some(f),
+                Err(_) if access == Access::OwnOrShare => None,
+                Err(_) => {
+                    return Err(io_err(format!(
+                        "the embedded artifact store in {} is in use by another recache process (a running \
+                         gateway owns it; its workers run work that writes artifacts)",
+                        root.display()
+                    )));
+                }
             }
-            Some(f)
-        } else {
-            None
         };
         let files = ObjectStoreArtifacts::local(&root, prefix)?;
-        let files_in_use = files_exist(&root, prefix);
         let (state, writer, loaded) = State::load(&dir, &opts, lock_file.is_some()).map_err(io_err)?;
         tracing::info!(
             dir = %dir.display(),
@@ -171,7 +187,8 @@ impl SegmentArtifacts {
             opts,
             state: RwLock::new(state),
             writer: Mutex::new(writer),
-            files_in_use: AtomicBool::new(files_in_use),
+            shared_writes: access == Access::OwnOrShare,
+            skipped_deletes: AtomicU64::new(0),
             refreshed: Mutex::new(None),
             compacting: Mutex::new(()),
             lock: lock_file,
@@ -216,16 +233,6 @@ impl SegmentArtifacts {
             .map_err(io_err)?
             .map_err(io_err)
     }
-}
-
-/// Whether `<root>/<prefix>/sha256` holds anything.
-fn files_exist(root: &Path, prefix: &str) -> bool {
-    let dir = if prefix.is_empty() {
-        root.join("sha256")
-    } else {
-        root.join(prefix).join("sha256")
-    };
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
 
 impl Inner {
@@ -427,12 +434,14 @@ impl Artifacts for SegmentArtifacts {
                 return Ok(());
             }
             if self.inner.lock.is_none() {
-                return Err(Inner::read_only());
+                if !self.inner.shared_writes {
+                    return Err(Inner::read_only());
+                }
+                return self.inner.files.put_many(items).await;
             }
             let max = self.inner.opts.max_item_bytes;
             let (small, large): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, b)| (b.len() as u64) <= max);
             if !large.is_empty() {
-                self.inner.files_in_use.store(true, Ordering::Relaxed);
                 self.inner.files.put_many(large).await?;
             }
             if !small.is_empty() {
@@ -455,10 +464,8 @@ impl Artifacts for SegmentArtifacts {
                 .map_err(io_err)?;
             match found {
                 Some(b) => Ok(Some(b)),
-                None if self.inner.lock.is_none() || self.inner.files_in_use.load(Ordering::Relaxed) => {
-                    self.inner.files.get(id).await
-                }
-                None => Ok(None),
+                // Large answers, those from before segments, and a sharing process's.
+                None => self.inner.files.get(id).await,
             }
         })
     }
@@ -466,14 +473,21 @@ impl Artifacts for SegmentArtifacts {
     fn delete(&self, id: ArtifactId) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             if self.inner.lock.is_none() {
-                return Err(Inner::read_only());
+                if !self.inner.shared_writes {
+                    return Err(Inner::read_only());
+                }
+                if self.inner.lookup(&id).is_some() {
+                    self.inner.skipped_deletes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(artifact = %id.hex(), "a segment record is the owner's to delete; left as an orphan");
+                }
+                return self.inner.files.delete(id).await;
             }
             let inner = self.inner.clone();
             let in_segment = tokio::task::spawn_blocking(move || inner.remove(id))
                 .await
                 .map_err(io_err)?
                 .map_err(io_err)?;
-            let as_file = self.inner.files_in_use.load(Ordering::Relaxed) && self.inner.files.delete(id).await?;
+            let as_file = self.inner.files.delete(id).await?;
             Ok(in_segment || as_file)
         })
     }
@@ -488,17 +502,15 @@ impl Artifacts for SegmentArtifacts {
             .await
             .map_err(io_err)?
             .map_err(io_err)?;
-            if self.inner.lock.is_none() || self.inner.files_in_use.load(Ordering::Relaxed) {
-                let seen: std::collections::HashSet<ArtifactId> = out.iter().map(|a| a.id).collect();
-                out.extend(
-                    self.inner
-                        .files
-                        .list()
-                        .await?
-                        .into_iter()
-                        .filter(|a| !seen.contains(&a.id)),
-                );
-            }
+            let seen: std::collections::HashSet<ArtifactId> = out.iter().map(|a| a.id).collect();
+            out.extend(
+                self.inner
+                    .files
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter(|a| !seen.contains(&a.id)),
+            );
             Ok(out)
         })
     }

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,11 +22,11 @@ fn body(i: usize) -> (ArtifactId, Bytes) {
 }
 
 fn own(dir: &Path, opts: SegmentOptions) -> SegmentArtifacts {
-    SegmentArtifacts::open_with(dir, "", opts, true, false).unwrap()
+    SegmentArtifacts::open_with(dir, "", opts, Access::Own, false).unwrap()
 }
 
 fn read(dir: &Path, opts: SegmentOptions) -> SegmentArtifacts {
-    SegmentArtifacts::open_with(dir, "", opts, false, false).unwrap()
+    SegmentArtifacts::open_with(dir, "", opts, Access::Read, false).unwrap()
 }
 
 async fn ids(store: &SegmentArtifacts) -> HashSet<ArtifactId> {
@@ -273,7 +274,7 @@ async fn a_reader_follows_the_owner_and_cannot_write() {
     ));
     assert!(reader.delete(a.0).await.is_err());
     // A second owner is refused, naming the owner.
-    let e = SegmentArtifacts::open_with(dir.path(), "", small(), true, false)
+    let e = SegmentArtifacts::open_with(dir.path(), "", small(), Access::Own, false)
         .err()
         .expect("one owner");
     assert!(e.to_string().contains("in use by another recache process"), "{e}");
@@ -301,4 +302,28 @@ async fn large_artifacts_are_files_and_old_files_still_read() {
     assert!(store.delete(big_id).await.unwrap());
     assert!(ids(&store).await.is_empty());
     store.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sharing_process_writes_files_the_owner_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = own(dir.path(), small());
+    let a = body(1);
+    owner.put(a.0, a.1.clone()).await.unwrap();
+    let worker = SegmentArtifacts::open_with(dir.path(), "", small(), Access::OwnOrShare, false).unwrap();
+    assert!(!worker.is_owner(), "the owner holds the lock");
+    let b = body(2);
+    worker.put(b.0, b.1.clone()).await.unwrap();
+    assert!(owner.locate(b.0).is_none(), "written as one file");
+    assert_eq!(owner.get(b.0).await.unwrap(), Some(b.1.clone()), "the owner reads it");
+    assert_eq!(ids(&owner).await, HashSet::from([a.0, b.0]));
+    // A segment record is the owner's to delete: left in place, not an error.
+    assert!(!worker.delete(a.0).await.unwrap());
+    assert_eq!(owner.get(a.0).await.unwrap(), Some(a.1.clone()));
+    assert!(worker.delete(b.0).await.unwrap(), "its own file it deletes");
+    assert_eq!(owner.get(b.0).await.unwrap(), None);
+    // With no owner left, the next sharing process owns the store.
+    drop(owner);
+    let next = SegmentArtifacts::open_with(dir.path(), "", small(), Access::OwnOrShare, false).unwrap();
+    assert!(next.is_owner());
 }
