@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/postgres/0005_usage_dialect.sql")),
     (6, include_str!("../../migrations/postgres/0006_api_keys.sql")),
     (7, include_str!("../../migrations/postgres/0007_data_keys.sql")),
+    (8, include_str!("../../migrations/postgres/0008_lean_entries.sql")),
 ];
 
 /// The statements of a migration file (no statement in them contains `;`).

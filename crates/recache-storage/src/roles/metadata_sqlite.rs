@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/sqlite/0005_usage_dialect.sql")),
     (6, include_str!("../../migrations/sqlite/0006_api_keys.sql")),
     (7, include_str!("../../migrations/sqlite/0007_data_keys.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_lean_entries.sql")),
 ];
 
 /// SQLite allows one writer at a time, and a transaction that reads before
@@ -48,7 +49,10 @@ impl SqliteMetadata {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // 64 MiB of pages per connection: the entries' key index stays in
+            // memory instead of being read back from the OS for every insert.
+            .pragma("cache_size", "-65536");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(timeout.max(Duration::from_millis(100)) * 4)
