@@ -49,10 +49,7 @@ impl SqliteMetadata {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            // 64 MiB of pages per connection: the entries' key index stays in
-            // memory instead of being read back from the OS for every insert.
-            .pragma("cache_size", "-65536");
+            .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(timeout.max(Duration::from_millis(100)) * 4)
