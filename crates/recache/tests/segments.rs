@@ -54,6 +54,10 @@ async fn compaction_under_traffic_loses_nothing() {
     let store = env.raw_segments();
     let before = store.stats();
     assert!(before.segments >= 2, "1 MiB segments were sealed: {before:?}");
+    assert_eq!(
+        env.metric("cache_artifact_segment_live_bytes").await,
+        before.live_bytes as f64
+    );
     // The sweep deletes the expired answers (expiry 1 s, kept 2 s for stale-if-error).
     until(Duration::from_secs(15), "the expired answers to be swept", async || {
         store.stats().artifacts <= 80
@@ -94,6 +98,8 @@ async fn compaction_under_traffic_loses_nothing() {
         after.dead_bytes, 0,
         "every deleted answer is gone from the disk: {after:?}"
     );
+    assert_eq!(env.metric("cache_artifact_segment_dead_bytes").await, 0.0);
+    assert_eq!(env.metric("cache_artifact_segments").await, after.segments as f64);
     // Everything kept or bought during the compactions is there, and is a hit.
     let calls = env.stub.calls();
     for i in 0..80 {

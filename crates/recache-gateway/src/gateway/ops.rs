@@ -116,7 +116,7 @@ pub(crate) async fn ops_metrics(State(s): State<Arc<AppState>>) -> Response {
 
 async fn render_metrics(s: &AppState) -> Response {
     let entries = s.cache.roles.index.count().await.unwrap_or(0) as f64;
-    let mut body = s.cache.metrics.render(&[
+    let mut extra = vec![
         (
             "process_resident_memory_bytes",
             "Resident memory of the gateway process.",
@@ -138,7 +138,9 @@ async fn render_metrics(s: &AppState) -> Response {
             "Seconds since the gateway started.",
             s.started.elapsed().as_secs_f64(),
         ),
-    ]);
+    ];
+    extra.extend(s.cache.roles.artifacts.gauges());
+    let mut body = s.cache.metrics.render(&extra);
     Family::counter(
         &mut body,
         "cache_health_probes_total",

@@ -108,6 +108,10 @@ impl Artifacts for MemoryTier {
     fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
         self.inner.reclaim()
     }
+
+    fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        self.inner.gauges()
+    }
 }
 
 #[cfg(test)]

@@ -187,6 +187,9 @@ impl Artifacts for GuardedArtifacts {
     fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
         self.inner.reclaim()
     }
+    fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        self.inner.gauges()
+    }
 }
 
 pub struct GuardedMetadata {

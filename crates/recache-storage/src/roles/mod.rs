@@ -243,6 +243,10 @@ pub trait Artifacts: Send + Sync {
     fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async { Ok(0) })
     }
+    /// The store's own figures for `/metrics` (name, help, value), if any.
+    fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        Vec::new()
+    }
 }
 
 /// One registered cache entry.

@@ -533,6 +533,32 @@ impl Artifacts for SegmentArtifacts {
         })
     }
 
+    fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        let s = self.stats();
+        vec![
+            (
+                "cache_artifact_segments",
+                "Segment files of the embedded artifact store.",
+                s.segments as f64,
+            ),
+            (
+                "cache_artifact_segment_artifacts",
+                "Artifacts held in segment files.",
+                s.artifacts as f64,
+            ),
+            (
+                "cache_artifact_segment_live_bytes",
+                "Bytes of live artifacts in segment files.",
+                s.live_bytes as f64,
+            ),
+            (
+                "cache_artifact_segment_dead_bytes",
+                "Bytes of deleted artifacts still in segment files, until compaction.",
+                s.dead_bytes as f64,
+            ),
+        ]
+    }
+
     fn reclaim(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             if self.inner.lock.is_none() {
