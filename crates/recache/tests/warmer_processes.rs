@@ -122,6 +122,12 @@ async fn kill_nine(b: Backends) {
         owned_by(&j, &a) && j["payload"]["cursor"].as_u64().unwrap_or(0) >= 40
     })
     .await;
+    if matches!(env.backends, Backends::SqliteRedis { .. }) {
+        // The gateway owns the embedded artifact store: the worker shares it,
+        // and leaves the jobs that delete answers to the gateway.
+        let log = std::fs::read_to_string(env.path("a.log")).unwrap();
+        assert!(log.contains("this worker shares it"), "{log}");
+    }
     let mut b = worker(&env, "b");
     tokio::time::sleep(Duration::from_millis(500)).await; // B is up and polling
     let before = warm_job(&env).await;

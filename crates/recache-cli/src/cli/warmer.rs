@@ -1,5 +1,6 @@
 //! `recache warmer`: the job queue from the command line.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -293,9 +294,24 @@ async fn status(a: StatusArgs) -> Result<i32, Exit> {
     Ok(if dead.is_empty() { 0 } else { EXIT_PROBLEM })
 }
 
+/// The job kinds that delete answers: a worker that shares the embedded
+/// artifact store with the gateway that owns it leaves them to the gateway.
+const DELETES_ANSWERS: [&str; 5] = ["purge", "erase", "reseal", "repair-orphans", "drill-wipe"];
+
 async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
-    // Beside a gateway that owns the embedded artifact store, answers are written one file each.
-    let r = open(&a.config, IndexAccess::WriteShared, "info").await?;
+    // Beside a gateway that owns the embedded artifact store, this worker
+    // shares it (its answers one file each) and leaves the jobs that delete
+    // answers to the gateway: only the owner deletes segment records
+    // (docs/backends/segments.md).
+    let (r, shared) = match open(&a.config, IndexAccess::Write, "info").await {
+        Ok(r) => (r, false),
+        Err(Exit(_, msg))
+            if msg.contains("embedded artifact store") && msg.contains("in use by another recache process") =>
+        {
+            (open(&a.config, IndexAccess::WriteShared, "info").await?, true)
+        }
+        Err(e) => return Err(e),
+    };
     // rebuild-vectors needs the embedders.
     if let Some(sem) = recache_engine::semantic::Semantic::open(&r.config, r.cache.clone(), &r.upstreams)
         .await
@@ -308,9 +324,22 @@ async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
         cfg.concurrency = c.max(1);
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let runner: Arc<dyn recache_storage::queue::worker::JobRunner> = if shared {
+        let kinds: Vec<&'static str> = r.kinds().into_iter().filter(|k| !DELETES_ANSWERS.contains(k)).collect();
+        tracing::info!(
+            left_to_the_gateway = ?DELETES_ANSWERS,
+            "the gateway owns the embedded artifact store: this worker shares it and runs the other kinds"
+        );
+        Arc::new(recache_ops::recovery::purge::OnlyKinds {
+            recovery: r.clone(),
+            kinds,
+        })
+    } else {
+        r.clone()
+    };
     let worker = tokio::spawn(recache_storage::queue::worker::run(
         r.queue.clone(),
-        r.clone(),
+        runner,
         r.cache.roles.breakers.clone(),
         cfg,
         r.progress.clone(),

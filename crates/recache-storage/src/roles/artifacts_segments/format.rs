@@ -1,5 +1,4 @@
-//! The on-disk format of artifact segments (docs/storage.md, "Artifact
-//! segments").
+//! The on-disk format of artifact segments (docs/backends/segments.md).
 //!
 //! A segment is a file of records, each a 60-byte header and its payload:
 //!

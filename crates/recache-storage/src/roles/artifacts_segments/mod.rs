@@ -1,5 +1,5 @@
 //! The embedded artifact store: small artifacts appended to segment files,
-//! large ones one file each (docs/storage.md, "Artifact segments").
+//! large ones one file each (docs/backends/segments.md).
 //!
 //! - One process owns a store (a lock file): it appends, deletes (by
 //!   appending tombstones), seals full segments (writing their index) and
@@ -27,7 +27,7 @@ mod tests;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -97,8 +97,6 @@ struct Inner {
     writer: Mutex<Option<Writer>>,
     /// A process beside the owner that writes (one file per answer).
     shared_writes: bool,
-    /// Deletes of segment records a sharing process left to the owner.
-    skipped_deletes: AtomicU64,
     refreshed: Mutex<Option<Instant>>,
     /// One compaction at a time.
     compacting: Mutex<()>,
@@ -188,7 +186,6 @@ impl SegmentArtifacts {
             state: RwLock::new(state),
             writer: Mutex::new(writer),
             shared_writes: access == Access::OwnOrShare,
-            skipped_deletes: AtomicU64::new(0),
             refreshed: Mutex::new(None),
             compacting: Mutex::new(()),
             lock: lock_file,
@@ -477,7 +474,6 @@ impl Artifacts for SegmentArtifacts {
                     return Err(Inner::read_only());
                 }
                 if self.inner.lookup(&id).is_some() {
-                    self.inner.skipped_deletes.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(artifact = %id.hex(), "a segment record is the owner's to delete; left as an orphan");
                 }
                 return self.inner.files.delete(id).await;
