@@ -36,11 +36,7 @@ async fn embedded_index_conformance() {
 async fn local_artifacts_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Artifacts> = Arc::new(ObjectStoreArtifacts::local(dir.path(), "pfx").unwrap());
-    c::artifacts_round_trip(store.as_ref()).await;
-    c::artifacts_put_many(store.as_ref()).await;
-    c::artifacts_large_payload(store.as_ref()).await;
-    c::artifacts_concurrent_writers(store.clone()).await;
-    c::artifacts_health(store.as_ref()).await;
+    c::artifacts_suite(store.clone()).await;
 }
 
 /// The embedded engine's segmented store: small segments, so the suite
@@ -55,11 +51,7 @@ async fn segmented_artifacts_conformance() {
         compact_ratio: 0.5,
     };
     let store: Arc<dyn Artifacts> = Arc::new(SegmentArtifacts::open(dir.path(), "pfx", opts, Access::Own).unwrap());
-    c::artifacts_round_trip(store.as_ref()).await;
-    c::artifacts_put_many(store.as_ref()).await;
-    c::artifacts_large_payload(store.as_ref()).await;
-    c::artifacts_concurrent_writers(store.clone()).await;
-    c::artifacts_health(store.as_ref()).await;
+    c::artifacts_suite(store.clone()).await;
     store.reclaim().await.unwrap();
     c::artifacts_round_trip(store.as_ref()).await;
 }
@@ -139,11 +131,7 @@ async fn s3_artifacts_conformance() {
     let store: Arc<dyn Artifacts> =
         Arc::new(ObjectStoreArtifacts::s3(&bucket, Some(&endpoint), None, &prefix, Duration::from_secs(5)).unwrap());
     assert_eq!(store.engine(), "s3");
-    c::artifacts_round_trip(store.as_ref()).await;
-    c::artifacts_put_many(store.as_ref()).await;
-    c::artifacts_large_payload(store.as_ref()).await;
-    c::artifacts_concurrent_writers(store.clone()).await;
-    c::artifacts_health(store.as_ref()).await;
+    c::artifacts_suite(store.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,7 +296,13 @@ async fn status(a: StatusArgs) -> Result<i32, Exit> {
 
 /// The job kinds that delete answers: a worker that shares the embedded
 /// artifact store with the gateway that owns it leaves them to the gateway.
-const DELETES_ANSWERS: [&str; 5] = ["purge", "erase", "reseal", "repair-orphans", "drill-wipe"];
+const DELETES_ANSWERS: [&str; 5] = [
+    recache_ops::recovery::purge::PURGE,
+    recache_ops::backup::erase::ERASE,
+    recache_ops::recovery::reseal::RESEAL,
+    recache_ops::recovery::REPAIR_ORPHANS,
+    recache_ops::drills::wipe::DRILL_WIPE,
+];
 
 async fn run_worker(a: RunArgs) -> Result<i32, Exit> {
     // Beside a gateway that owns the embedded artifact store, this worker

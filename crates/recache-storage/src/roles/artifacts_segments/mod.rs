@@ -304,7 +304,6 @@ impl Inner {
             }
             if let Some(seg) = st.segs.get_mut(&w.seg) {
                 seg.total = w.len;
-                seg.scanned_to = w.len;
             }
         }
         w.records.extend(records);

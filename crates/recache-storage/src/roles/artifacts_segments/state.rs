@@ -23,13 +23,11 @@ pub struct Loc {
 
 pub struct Seg {
     pub file: Arc<File>,
-    /// Bytes of whole records.
+    /// Bytes of whole records (a reader's position in a segment still being written).
     pub total: u64,
     /// Bytes of the records still live.
     pub live: u64,
     pub sealed: bool,
-    /// A reader's position in a segment still being written.
-    pub scanned_to: u64,
 }
 
 #[derive(Default)]
@@ -94,7 +92,7 @@ impl State {
                     loaded.skipped_bytes += scan.skipped;
                     if owner && scan.end < len {
                         // A torn tail: the write that made it never returned.
-                        file_for_truncate(&path, &file, last)?.set_len(scan.end)?;
+                        OpenOptions::new().write(true).open(&path)?.set_len(scan.end)?;
                     }
                     let full = scan.end >= opts.segment_bytes;
                     if owner && (!last || full) {
@@ -113,7 +111,6 @@ impl State {
             }
             if let Some(seg) = st.segs.get_mut(&n) {
                 seg.total = end;
-                seg.scanned_to = end;
                 seg.sealed = sealed;
             }
             if owner && last && !sealed {
@@ -143,7 +140,6 @@ impl State {
                 total: 0,
                 live: 0,
                 sealed: false,
-                scanned_to: 0,
             },
         );
     }
@@ -190,7 +186,7 @@ impl State {
         for &n in &nums {
             let (file, from) = match self.segs.get(&n) {
                 Some(s) if s.sealed => continue,
-                Some(s) => (s.file.clone(), s.scanned_to),
+                Some(s) => (s.file.clone(), s.total),
                 None => {
                     let Ok(f) = File::open(format::seg_path(dir, n)) else {
                         continue; // compacted away since the listing
@@ -203,7 +199,7 @@ impl State {
                             self.apply(n, *r);
                         }
                         if let Some(s) = self.segs.get_mut(&n) {
-                            (s.total, s.scanned_to, s.sealed) = (len, len, true);
+                            (s.total, s.sealed) = (len, true);
                         }
                         continue;
                     }
@@ -215,7 +211,6 @@ impl State {
                 self.apply(n, *r);
             }
             if let Some(s) = self.segs.get_mut(&n) {
-                s.scanned_to = scan.end;
                 s.total = scan.end;
             }
         }
@@ -253,15 +248,5 @@ impl State {
             live_bytes: live,
             dead_bytes: total.saturating_sub(live),
         }
-    }
-}
-
-/// The handle to truncate with: the open segment is opened for writing
-/// already; another is reopened so.
-fn file_for_truncate(path: &Path, file: &File, writable: bool) -> std::io::Result<File> {
-    if writable {
-        file.try_clone()
-    } else {
-        OpenOptions::new().write(true).open(path)
     }
 }

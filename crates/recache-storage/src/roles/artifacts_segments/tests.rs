@@ -29,6 +29,13 @@ fn read(dir: &Path, opts: SegmentOptions) -> SegmentArtifacts {
     SegmentArtifacts::open_with(dir, "", opts, Access::Read, false).unwrap()
 }
 
+/// Every one of `items` reads back whole.
+async fn reads_back(store: &SegmentArtifacts, items: &[(ArtifactId, Bytes)]) {
+    for (id, b) in items {
+        assert_eq!(store.get(*id).await.unwrap().as_ref(), Some(b), "{}", id.hex());
+    }
+}
+
 async fn ids(store: &SegmentArtifacts) -> HashSet<ArtifactId> {
     store.list().await.unwrap().into_iter().map(|a| a.id).collect()
 }
@@ -54,9 +61,7 @@ async fn appends_survive_reopening_and_seal_full_segments() {
     assert!(idx as u64 >= stats.segments - 1, "sealed segments have an index: {idx}");
     let store = own(dir.path(), small());
     assert_eq!(store.stats(), stats, "the same view after reopening");
-    for (id, b) in &items {
-        assert_eq!(store.get(*id).await.unwrap().as_ref(), Some(b));
-    }
+    reads_back(&store, &items).await;
 }
 
 #[tokio::test]
@@ -242,9 +247,7 @@ async fn compaction_under_traffic_loses_nothing() {
     drop(store);
     let store = own(dir.path(), small());
     assert_eq!(ids(&store).await, want, "and after reopening");
-    for (id, b) in &kept {
-        assert_eq!(store.get(*id).await.unwrap().as_ref(), Some(b));
-    }
+    reads_back(&store, &kept).await;
 }
 
 #[tokio::test]

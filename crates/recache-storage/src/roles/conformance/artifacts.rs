@@ -111,3 +111,12 @@ pub async fn artifacts_concurrent_writers(store: Arc<dyn Artifacts>) {
 pub async fn artifacts_health(store: &dyn Artifacts) {
     store.check().await.expect("a healthy artifact store passes its check");
 }
+
+/// Every scenario above, in order: what each artifact engine's test runs.
+pub async fn artifacts_suite(store: Arc<dyn Artifacts>) {
+    artifacts_round_trip(store.as_ref()).await;
+    artifacts_put_many(store.as_ref()).await;
+    artifacts_large_payload(store.as_ref()).await;
+    artifacts_concurrent_writers(store.clone()).await;
+    artifacts_health(store.as_ref()).await;
+}
