@@ -13,6 +13,10 @@ checkpointed), wall time per row and bytes on disk per row.
   no-audit   as shipped without the `entry.store` audit row
   blob       32-byte BLOB keys and artifact ids, with the audit row
   blob-wr    BLOB keys in a WITHOUT ROWID table (rows ordered by key)
+  tail       the shipped table and audit row, but each row appended to an
+             unindexed tail table, and the tail merged into the keyed table
+             in key order every 4,096 rows (a sketch of an append-first row;
+             the tail's keys would be looked up in memory, not modelled)
 
 Runs each variant REPS times, interleaved. Uses Python's sqlite3 module
 (the system SQLite; the gateway bundles a newer one with the same B-tree and
@@ -57,8 +61,10 @@ VARIANTS = {
     "no-audit": ("TEXT", True, False, False),
     "blob": ("BLOB", True, True, False),
     "blob-wr": ("BLOB", True, True, True),
+    "tail": ("TEXT", True, True, False),
 }
 BATCH = 16
+MERGE_EVERY = 4096
 
 
 def prepare(rows, blob):
@@ -95,15 +101,22 @@ def run(dir, name, rows):
     db.execute("PRAGMA synchronous=NORMAL")
     pk = "PRIMARY KEY" if keyed else "NOT NULL"
     db.executescript(ENTRIES.format(key=key, pk=pk, wr=" WITHOUT ROWID" if wr else ""))
+    tail = name == "tail"
+    if tail:
+        db.execute("CREATE TABLE entries_tail AS SELECT * FROM entries WHERE 0")
     batches = prepare(rows, key == "BLOB")
     select = "SELECT cache_key, artifact_sha256 FROM entries WHERE cache_key IN (%s)" % ",".join("?" * BATCH)
     insert = "INSERT INTO entries (%s) VALUES %s" % (COLUMNS, ",".join(["(" + ",".join("?" * 16) + ",0)"] * BATCH))
-    if keyed:
+    if tail:
+        insert = insert.replace("INTO entries ", "INTO entries_tail ")
+    elif keyed:
         insert += " ON CONFLICT (cache_key) DO UPDATE SET hit_count = 0"
+    merge = ("INSERT INTO entries (%s) SELECT %s FROM entries_tail WHERE true ORDER BY cache_key "
+             "ON CONFLICT (cache_key) DO UPDATE SET hit_count = 0" % (COLUMNS, COLUMNS))
     audit = ("INSERT INTO audit_log (event_id, at_ms, tenant, actor, action, cache_key, detail) VALUES "
              + ",".join(["(?,?,?,?,?,?,?)"] * BATCH) + " ON CONFLICT (event_id) DO NOTHING")
     wall, cpu = time.perf_counter(), time.process_time()
-    for keys, vals, events in batches:
+    for i, (keys, vals, events) in enumerate(batches):
         db.execute("BEGIN")
         if keyed:
             db.execute(select, keys).fetchall()
@@ -111,6 +124,11 @@ def run(dir, name, rows):
         if with_audit:
             db.execute(audit, events)
         db.execute("COMMIT")
+        if tail and ((i + 1) * BATCH % MERGE_EVERY == 0 or i + 1 == len(batches)):
+            db.execute("BEGIN")
+            db.execute(merge)
+            db.execute("DELETE FROM entries_tail")
+            db.execute("COMMIT")
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     db.close()
     n = len(batches) * BATCH
