@@ -121,6 +121,8 @@ pub struct Metrics {
     pub stored_unindexed: AtomicU64,
     /// Answers not stored because a store of the same key was in flight.
     pub stores_skipped_in_flight: AtomicU64,
+    /// Audit events deleted by retention (`[metadata] audit_retention_days`).
+    pub audit_pruned: AtomicU64,
     pub integrity_failures: AtomicU64,
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
@@ -180,7 +182,7 @@ impl Metrics {
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(4096);
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 15] = [
             ("cache_hits_total", "Requests answered from the cache.", l(&self.hits)),
             (
                 "cache_misses_total",
@@ -212,6 +214,11 @@ impl Metrics {
                 "cache_stores_skipped_in_flight_total",
                 "Answers not stored because another answer for the same key was being stored (that one is kept).",
                 l(&self.stores_skipped_in_flight),
+            ),
+            (
+                "cache_audit_events_pruned_total",
+                "Audit events deleted because they were older than [metadata] audit_retention_days.",
+                l(&self.audit_pruned),
             ),
             (
                 "cache_stored_unindexed_total",

@@ -243,6 +243,16 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
                 if i + m as u64 + a as u64 > 0 {
                     tracing::info!(index = i, metadata = m, artifacts = a, "swept expired entries");
                 }
+                let days = s.config.metadata.audit_retention_days;
+                if days > 0 {
+                    let n = s
+                        .cache
+                        .prune_audit(Duration::from_secs(days.min(36_500) * 86_400))
+                        .await;
+                    if n > 0 {
+                        tracing::info!(audit_events = n, retention_days = days, "pruned old audit events");
+                    }
+                }
             }
         })
     };

@@ -67,6 +67,7 @@ async fn sqlite_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_audit_is_pruned_by_age(meta.as_ref()).await;
     c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_keys(meta.as_ref()).await;
@@ -144,6 +145,7 @@ async fn postgres_metadata_conformance() {
     c::metadata_entries(meta.as_ref()).await;
     c::metadata_live_entries_and_purge(meta.as_ref()).await;
     c::metadata_audit_is_idempotent(meta.as_ref()).await;
+    c::metadata_audit_is_pruned_by_age(meta.as_ref()).await;
     c::metadata_write_batch(meta.as_ref()).await;
     c::metadata_usage_adds_up(meta.as_ref()).await;
     c::metadata_keys(meta.as_ref()).await;

@@ -352,6 +352,10 @@ pub struct MetadataConfig {
     /// The spool stops growing at this size (audit events are kept first;
     /// dropped registrations are restored later from their artifacts).
     pub spool_max_mb: u64,
+    /// Audit events older than this many days are deleted by the gateway's
+    /// expiry sweep, a bounded number per sweep (0: kept forever). Every stored
+    /// answer adds one event, about 420 bytes in SQLite.
+    pub audit_retention_days: u64,
 }
 
 impl Default for MetadataConfig {
@@ -365,6 +369,7 @@ impl Default for MetadataConfig {
             spool_path: PathBuf::from("./recache-data/metadata-spool.jsonl"),
             spool_replay_interval_ms: 1000,
             spool_max_mb: 256,
+            audit_retention_days: 0,
         }
     }
 }

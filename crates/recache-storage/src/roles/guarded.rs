@@ -275,6 +275,9 @@ impl Metadata for GuardedMetadata {
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>> {
         Box::pin(self.guard.call(self.inner.recent_audit(limit)))
     }
+    fn prune_audit(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.prune_audit(before_ms, limit)))
+    }
     fn count_entries(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.guard.call(self.inner.count_entries()))
     }

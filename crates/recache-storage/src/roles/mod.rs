@@ -420,6 +420,9 @@ pub trait Metadata: keys::KeyStore + data_keys::DataKeyStore + Send + Sync {
     fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>>;
     /// The newest audit events, newest first.
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>>;
+    /// Deletes at most `limit` audit events older than `before_ms`, oldest
+    /// first; returns how many went (audit retention).
+    fn prune_audit(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>>;
     fn count_entries(&self) -> BoxFuture<'_, Result<u64>>;
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
     /// Entries in key order after `after` (all of them, expired included),

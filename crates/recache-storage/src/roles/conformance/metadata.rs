@@ -364,6 +364,44 @@ pub async fn metadata_audit_is_idempotent(meta: &dyn Metadata) {
     assert_eq!(mine[0].detail, json!({"n": "3"}));
 }
 
+/// Audit retention deletes the oldest events first, at most `limit` per call,
+/// and nothing newer than its cut.
+pub async fn metadata_audit_is_pruned_by_age(meta: &dyn Metadata) {
+    let id = format!("conformance-{}", test_key("prune").hex());
+    let ev = |suffix: &str, at_ms: i64| AuditEvent {
+        id: format!("{id}-{suffix}"),
+        at_ms,
+        tenant: Some("conformance".into()),
+        actor: "test".into(),
+        action: "entry.store".into(),
+        cache_key: None,
+        detail: json!({}),
+    };
+    // Older than any other scenario's events: the cut at 2000 ms touches only these.
+    let fresh = now_ms();
+    meta.append_audit(vec![ev("new", fresh), ev("older", 1001), ev("oldest", 1000)])
+        .await
+        .unwrap();
+    assert_eq!(meta.prune_audit(2000, 1).await.unwrap(), 1, "at most the limit");
+    let left = |recent: Vec<AuditEvent>| -> Vec<String> {
+        let mut v: Vec<String> = recent
+            .into_iter()
+            .filter(|e| e.id.starts_with(&id))
+            .map(|e| e.id)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        left(meta.recent_audit(100_000).await.unwrap()),
+        [format!("{id}-new"), format!("{id}-older")],
+        "the oldest went first"
+    );
+    assert_eq!(meta.prune_audit(2000, 100).await.unwrap(), 1);
+    assert_eq!(meta.prune_audit(2000, 100).await.unwrap(), 0, "nothing older is left");
+    assert_eq!(left(meta.recent_audit(100_000).await.unwrap()), [format!("{id}-new")]);
+}
+
 /// A snapshot streams every entry (with its request, counters and missing
 /// mark) and audit event; importing it back restores them exactly, and rows
 /// that exist are left alone.
