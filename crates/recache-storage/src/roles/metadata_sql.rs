@@ -396,7 +396,8 @@ macro_rules! write_batch_query {
 }
 pub(crate) use write_batch_query;
 
-/// The [`super::Metadata`] methods over `q_write_batch`, for both SQL engines.
+/// The [`super::Metadata`] write methods (the store path's, over
+/// `q_write_batch`, and audit retention), for both SQL engines.
 macro_rules! write_methods {
     () => {
         fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
