@@ -132,7 +132,11 @@ impl Gateway {
             let _ = ops_tx.send(true);
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let background = spawn_background(&state);
+        let mut background = spawn_background(&state);
+        // Spawned once the start cannot fail: the report holds the roles while it runs.
+        background.push(tokio::spawn(recache_storage::roles::factory::report_backends(
+            state.cache.roles.clone(),
+        )));
         let recovery = spawn_recovery(&state, stop_rx);
         Ok(Gateway {
             addr,

@@ -54,6 +54,10 @@ pub async fn open(config: &ConfigArgs, access: IndexAccess, log_level: &str) -> 
             Exit::problem(msg)
         }
     })?;
+    // A process that works the queue logs its backends, as a gateway does.
+    if matches!(access, IndexAccess::Write | IndexAccess::WriteShared) {
+        tokio::spawn(recache_storage::roles::factory::report_backends(roles.clone()));
+    }
     let upstreams = Arc::new(Upstreams::from_config(&config, &env).map_err(|e| Exit::config(e.to_string()))?);
     // No spool: a CLI process that cannot reach metadata fails its job instead
     // of leaving records in a file nobody replays.

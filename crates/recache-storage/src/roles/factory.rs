@@ -212,11 +212,6 @@ pub async fn open_roles_as(config: &Config, access: IndexAccess) -> anyhow::Resu
         breakers: vec![bi, ba, bv, bm],
         keyring,
     };
-    // Report each backend in the background: start-up never waits on a slow or hung one.
-    // (Only for processes that serve or work; the CLI's reports say what matters to them.)
-    if matches!(access, IndexAccess::Write | IndexAccess::WriteShared) {
-        tokio::spawn(report_backends(roles.clone()));
-    }
     tracing::info!(
         replayed_from_metadata = replayed,
         total_ms = started.elapsed().as_millis() as u64,
@@ -271,7 +266,11 @@ pub fn open_vectors(
 
 /// Logs each backend's state and the guides' warnings (in the background:
 /// start-up never waits on a slow or hung backend).
-async fn report_backends(report: Roles) {
+/// Logs each backend's health and warnings. The caller spawns it, so start-up never
+/// waits on a slow or hung backend, and owns the task: it holds the roles (and the
+/// embedded stores' locks) until it ends, so a gateway aborts it at shutdown and
+/// never spawns it for a start that fails.
+pub async fn report_backends(report: Roles) {
     for h in report.health(Duration::from_secs(2)).await {
         match h.status {
             "down" => tracing::warn!(
