@@ -523,17 +523,17 @@ impl Cache {
         }
     }
 
-    /// Deletes audit events older than `keep`, in batches, at most
+    /// Deletes audit events of `class` older than `keep`, in batches, at most
     /// `PRUNE_AUDIT_BATCHES` of them per call (a sweep's share, so a backlog
     /// of old events never holds the metadata writer for long). Returns how
     /// many went.
-    pub async fn prune_audit(&self, keep: Duration) -> u64 {
+    pub async fn prune_audit(&self, class: recache_storage::roles::AuditClass, keep: Duration) -> u64 {
         const PRUNE_AUDIT_BATCH: u32 = 5000;
         const PRUNE_AUDIT_BATCHES: usize = 20;
         let before = now_ms() - keep.as_millis() as i64;
         let mut total = 0;
         for _ in 0..PRUNE_AUDIT_BATCHES {
-            match self.roles.metadata.prune_audit(before, PRUNE_AUDIT_BATCH).await {
+            match self.roles.metadata.prune_audit(class, before, PRUNE_AUDIT_BATCH).await {
                 Ok(n) => {
                     total += n;
                     self.metrics

@@ -217,7 +217,7 @@ impl Metrics {
             ),
             (
                 "cache_audit_events_pruned_total",
-                "Audit events deleted because they were older than [metadata] audit_retention_days.",
+                "Audit events deleted because they were older than [metadata] audit_retention_days (per-answer events) or admin_audit_retention_days (the others).",
                 l(&self.audit_pruned),
             ),
             (

@@ -247,14 +247,19 @@ fn spawn_background(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
                 if i + m as u64 + a as u64 > 0 {
                     tracing::info!(index = i, metadata = m, artifacts = a, "swept expired entries");
                 }
-                let days = s.config.metadata.audit_retention_days;
-                if days > 0 {
-                    let n = s
-                        .cache
-                        .prune_audit(Duration::from_secs(days.min(36_500) * 86_400))
-                        .await;
+                use recache_storage::roles::AuditClass;
+                let m = &s.config.metadata;
+                for (class, days) in [
+                    (AuditClass::Answers, m.audit_retention_days),
+                    (AuditClass::Operations, m.admin_audit_retention_days),
+                ] {
+                    if days == 0 {
+                        continue;
+                    }
+                    let keep = Duration::from_secs(days.min(36_500) * 86_400);
+                    let n = s.cache.prune_audit(class, keep).await;
                     if n > 0 {
-                        tracing::info!(audit_events = n, retention_days = days, "pruned old audit events");
+                        tracing::info!(audit_events = n, class = ?class, retention_days = days, "pruned old audit events");
                     }
                 }
             }

@@ -586,6 +586,16 @@ async fn doctor_finds_what_is_configured_badly_and_passes_what_is_not() {
     ] {
         assert_eq!(finding(&r, check)["status"], "ok", "{check}: {r:#}");
     }
+    // The audit log, counted by class on PostgreSQL: this gateway's one stored answer.
+    let audit = finding(&r, "recache.audit_retention");
+    assert_eq!(audit["status"], "ok", "{r:#}");
+    assert!(
+        audit["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 per-answer events (about 0 MiB) kept forever;"),
+        "{audit}"
+    );
     // The text report: one line per check, and the summary.
     let (code, out, _) = env.cli(&["doctor", "--url", &env.base]);
     assert_eq!(code, 0);

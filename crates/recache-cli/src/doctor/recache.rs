@@ -21,6 +21,11 @@ const LIMITS: &str = "tenant controls: every team with its own key, rate limits 
 const GUARDS: &str =
     "semantic matching: near-miss guards that know synonyms (WordNet), so paraphrases hit and twists do not";
 const ENCRYPTION: &str = "data protection: answers sealed at rest per tenant, keys wrapped by a master key, rotated";
+const AUDIT: &str = "the audit log kept as long as audits need and no longer: a store that does not grow without bound";
+/// Per-answer audit events kept forever past this many: a warning (about 420 MB in SQLite).
+const AUDIT_UNBOUNDED_WARN: u64 = 1_000_000;
+/// About what one per-answer event takes in SQLite (`docs/operations.md`).
+const AUDIT_EVENT_BYTES: u64 = 420;
 
 pub fn spool(config: &Config) -> Finding {
     let path = &config.metadata.spool_path;
@@ -408,6 +413,59 @@ pub fn drill(d: &DrillStatus, now: i64) -> Finding {
     }
 }
 
+/// The audit log against its retention settings (`[metadata] audit_retention_days`
+/// and `admin_audit_retention_days`): unbounded and large, or holding events a
+/// sweep should have deleted (no gateway sweeping this metadata).
+pub fn audit_retention(config: &Config, s: &recache_storage::roles::AuditSummary, now: i64) -> Finding {
+    let m = &config.metadata;
+    let mib = s.answers * AUDIT_EVENT_BYTES / (1024 * 1024);
+    let kept = |days: u64| {
+        if days == 0 {
+            "forever".to_string()
+        } else {
+            format!("{days} days")
+        }
+    };
+    let detail = format!(
+        "{} per-answer events (about {mib} MiB) kept {}; {} other events kept {}",
+        s.answers,
+        kept(m.audit_retention_days),
+        s.operations,
+        kept(m.admin_audit_retention_days)
+    );
+    let age = |oldest: Option<i64>| oldest.map(|t| ((now - t).max(0) / 1000) as u64);
+    // A sweep runs every `sweep_interval_seconds`; two days past the cut is a sweep that is not running.
+    let overdue = |oldest: Option<i64>, days: u64| {
+        days > 0 && age(oldest).is_some_and(|a| a > days.saturating_mul(86_400) + 2 * 86_400)
+    };
+    for (what, oldest, days) in [
+        ("per-answer", s.oldest_answer_ms, m.audit_retention_days),
+        ("other", s.oldest_operation_ms, m.admin_audit_retention_days),
+    ] {
+        if overdue(oldest, days) {
+            return Finding::warn(
+                "recache.audit_retention",
+                format!(
+                    "{detail}; the oldest {what} event is {} old, past its {days}-day retention",
+                    human(age(oldest).unwrap_or(0))
+                ),
+                "a running gateway's expiry sweep deletes them ([cache] sweep_interval_seconds): start one on this metadata",
+                AUDIT,
+            );
+        }
+    }
+    if m.audit_retention_days == 0 && s.answers >= AUDIT_UNBOUNDED_WARN {
+        let oldest = age(s.oldest_answer_ms).map(human).unwrap_or_default();
+        return Finding::warn(
+            "recache.audit_retention",
+            format!("{detail}; the oldest is {oldest} old, and every stored answer adds one"),
+            "set [metadata] audit_retention_days (for example 30); the other events keep their own retention (admin_audit_retention_days)",
+            AUDIT,
+        );
+    }
+    Finding::ok("recache.audit_retention", detail, AUDIT)
+}
+
 fn human(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s} s"),
@@ -439,6 +497,15 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
             };
             let replicas = queue.workers(now - 30_000).await.map(gateways).unwrap_or(0).max(1);
             out.push(limits(config, replicas as u64));
+            match meta.audit_summary().await {
+                Ok(s) => out.push(audit_retention(config, &s, now)),
+                Err(e) => out.push(Finding::warn(
+                    "recache.audit_retention",
+                    format!("cannot count the audit events: {e}"),
+                    "check [metadata]",
+                    AUDIT,
+                )),
+            }
             match meta.list_data_keys(None).await {
                 Ok(keys) => out.push(encryption(config, &keys)),
                 Err(e) => out.push(Finding::warn(
@@ -463,6 +530,47 @@ pub async fn check(config: &Arc<Config>, url: &str) -> Vec<Finding> {
 mod tests {
     use super::super::Status;
     use super::*;
+
+    #[test]
+    fn audit_retention_unbounded_or_not_swept() {
+        use recache_storage::roles::AuditSummary;
+        let now = 400 * DAY_MS;
+        let toml = "[[upstreams]]\nname = \"u\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[[tenants]]\nname = \"a\"\nkeys = [\"k1\"]\n";
+        let (mut config, _) = Config::from_toml_str(toml, &Default::default()).unwrap();
+        let mut s = AuditSummary {
+            answers: 10,
+            operations: 2,
+            oldest_answer_ms: Some(now - 300 * DAY_MS),
+            oldest_operation_ms: Some(now - 300 * DAY_MS),
+        };
+        let f = audit_retention(&config, &s, now);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+        assert!(
+            f.detail.contains("10 per-answer events") && f.detail.contains("kept forever"),
+            "{f:?}"
+        );
+        s.answers = AUDIT_UNBOUNDED_WARN;
+        let f = audit_retention(&config, &s, now);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.fix.contains("audit_retention_days") && f.detail.contains("400 MiB"),
+            "{f:?}"
+        );
+        // With a retention the size does not matter; events far past it mean no sweep runs.
+        config.metadata.audit_retention_days = 30;
+        s.oldest_answer_ms = Some(now - 31 * DAY_MS);
+        assert_eq!(audit_retention(&config, &s, now).status, Status::Ok);
+        s.oldest_answer_ms = Some(now - 40 * DAY_MS);
+        let f = audit_retention(&config, &s, now);
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.detail.contains("per-answer event is 40.0 days old"), "{f:?}");
+        s.oldest_answer_ms = Some(now - DAY_MS);
+        config.metadata.admin_audit_retention_days = 90;
+        let f = audit_retention(&config, &s, now);
+        assert!(f.detail.contains("other event is 300.0 days old"), "{f:?}");
+        s.oldest_operation_ms = None;
+        assert_eq!(audit_retention(&config, &s, now).status, Status::Ok);
+    }
 
     #[test]
     fn backup_age_against_the_rpo() {

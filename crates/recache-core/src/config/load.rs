@@ -272,6 +272,24 @@ impl Config {
                 check_url("metadata.url", url, &["postgres", "postgresql"])?;
             }
         }
+        let (answers, admin) = (
+            self.metadata.audit_retention_days,
+            self.metadata.admin_audit_retention_days,
+        );
+        // The operations record (purges, erasures, key changes) is never kept for less
+        // time than the per-answer events: that is what an audit asks for first.
+        if admin > 0 && (answers == 0 || admin < answers) {
+            return Err(ConfigError(format!(
+                "metadata.admin_audit_retention_days ({admin}) must be 0 (kept forever) or at least \
+                 metadata.audit_retention_days ({}): admin events are never kept for less time than \
+                 per-answer events",
+                if answers == 0 {
+                    "0, kept forever".to_string()
+                } else {
+                    answers.to_string()
+                }
+            )));
+        }
         Ok(())
     }
 

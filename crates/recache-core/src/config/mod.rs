@@ -352,10 +352,14 @@ pub struct MetadataConfig {
     /// The spool stops growing at this size (audit events are kept first;
     /// dropped registrations are restored later from their artifacts).
     pub spool_max_mb: u64,
-    /// Audit events older than this many days are deleted by the gateway's
-    /// expiry sweep, a bounded number per sweep (0: kept forever). Every stored
-    /// answer adds one event, about 420 bytes in SQLite.
+    /// The per-answer audit events (`entry.store`: every stored answer adds
+    /// one, about 420 bytes in SQLite) older than this many days are deleted
+    /// by the gateway's expiry sweep, a bounded number per sweep (0: kept forever).
     pub audit_retention_days: u64,
+    /// The same for every other audit event, the operations record (admin and
+    /// CLI actions, key changes, purges, erasures, repairs, backups, drills).
+    /// 0 (the default): kept forever. Never shorter than `audit_retention_days`.
+    pub admin_audit_retention_days: u64,
 }
 
 impl Default for MetadataConfig {
@@ -370,6 +374,7 @@ impl Default for MetadataConfig {
             spool_replay_interval_ms: 1000,
             spool_max_mb: 256,
             audit_retention_days: 0,
+            admin_audit_retention_days: 0,
         }
     }
 }

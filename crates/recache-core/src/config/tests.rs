@@ -133,6 +133,27 @@ keys = ["sk-a"]
         let e = Config::from_toml_str(&text, &env(&[])).unwrap_err();
         assert!(e.0.contains("same client key"), "{e}");
     }
+
+    #[test]
+    fn admin_audit_retention_is_never_shorter_than_the_answers() {
+        let with = |answers: &str, admin: &str| {
+            Config::from_toml_str(
+                BASE,
+                &env(&[
+                    ("RECACHE_METADATA__AUDIT_RETENTION_DAYS", answers),
+                    ("RECACHE_METADATA__ADMIN_AUDIT_RETENTION_DAYS", admin),
+                ]),
+            )
+        };
+        for (answers, admin) in [("0", "0"), ("30", "0"), ("30", "30"), ("30", "365")] {
+            let (c, _) = with(answers, admin).unwrap();
+            assert_eq!(c.metadata.admin_audit_retention_days.to_string(), admin);
+        }
+        for (answers, admin) in [("0", "30"), ("30", "7")] {
+            let e = with(answers, admin).unwrap_err();
+            assert!(e.0.contains("metadata.admin_audit_retention_days"), "{e}");
+        }
+    }
 }
 
 mod override_repro {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    ArtifactId, Artifacts, AuditEvent, BackendError, BoxFuture, CheckInfo, CollectionInfo, EntryRecord, HitUpdate,
-    Index, IndexEntry, Metadata, Result, VectorMatch, VectorPoint, Vectors,
+    ArtifactId, Artifacts, AuditClass, AuditEvent, BackendError, BoxFuture, CheckInfo, CollectionInfo, EntryRecord,
+    HitUpdate, Index, IndexEntry, Metadata, Result, VectorMatch, VectorPoint, Vectors,
 };
 use crate::breaker::Breaker;
 use crate::key::CacheKey;
@@ -275,8 +275,11 @@ impl Metadata for GuardedMetadata {
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>> {
         Box::pin(self.guard.call(self.inner.recent_audit(limit)))
     }
-    fn prune_audit(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(self.guard.call_bulk(self.inner.prune_audit(before_ms, limit)))
+    fn prune_audit(&self, class: AuditClass, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.guard.call_bulk(self.inner.prune_audit(class, before_ms, limit)))
+    }
+    fn audit_summary(&self) -> BoxFuture<'_, Result<super::AuditSummary>> {
+        Box::pin(self.guard.call_bulk(self.inner.audit_summary()))
     }
     fn count_entries(&self) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.guard.call(self.inner.count_entries()))

@@ -397,7 +397,7 @@ macro_rules! write_batch_query {
 pub(crate) use write_batch_query;
 
 /// The [`super::Metadata`] write methods (the store path's, over
-/// `q_write_batch`, and audit retention), for both SQL engines.
+/// `q_write_batch`), for both SQL engines.
 macro_rules! write_methods {
     () => {
         fn upsert_entry(&self, entry: EntryRecord) -> BoxFuture<'_, Result<Option<ArtifactId>>> {
@@ -414,23 +414,6 @@ macro_rules! write_methods {
 
         fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>> {
             Box::pin(async move { self.q_write_batch(Vec::new(), events).await.map(|_| ()) })
-        }
-
-        fn prune_audit(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(async move {
-                self.ready().await?;
-                let sql = Self::sql(
-                    "DELETE FROM audit_log WHERE seq IN \
-                     (SELECT seq FROM audit_log WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
-                );
-                let r = sqlx::query(&sql)
-                    .bind(before_ms)
-                    .bind(limit as i64)
-                    .execute(self.writer())
-                    .await
-                    .map_err(map_err)?;
-                Ok(r.rows_affected())
-            })
         }
     };
 }

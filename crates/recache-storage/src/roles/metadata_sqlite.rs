@@ -154,6 +154,7 @@ impl Metadata for SqliteMetadata {
     }
 
     write_methods!();
+    super::metadata_audit::audit_methods!();
 
     fn get_entry(&self, key: CacheKey) -> BoxFuture<'_, Result<Option<EntryRecord>>> {
         Box::pin(async move {

@@ -32,6 +32,7 @@ pub mod index_redis;
 pub mod index_snapshot;
 pub mod keyring;
 pub mod keys;
+pub mod metadata_audit;
 pub mod metadata_postgres;
 pub mod metadata_purge;
 pub mod metadata_sql;
@@ -330,6 +331,41 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
+/// The action of the one audit event the request path writes per stored answer.
+pub const ANSWER_AUDIT_ACTION: &str = "entry.store";
+
+/// The two kinds of audit event, each with its own retention: one event per
+/// stored answer (`[metadata] audit_retention_days`), and everything else,
+/// the operations record: admin and CLI actions, key changes, purges,
+/// erasures, repairs, backups, drills, losses (`admin_audit_retention_days`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditClass {
+    /// `entry.store` events.
+    Answers,
+    /// Every other event.
+    Operations,
+}
+
+impl AuditClass {
+    /// The SQL condition on `action` that selects this class (`action` is a
+    /// column of `audit_log`; the value is a constant, never user input).
+    pub fn sql_condition(self) -> String {
+        match self {
+            AuditClass::Answers => format!("action = '{ANSWER_AUDIT_ACTION}'"),
+            AuditClass::Operations => format!("action <> '{ANSWER_AUDIT_ACTION}'"),
+        }
+    }
+}
+
+/// The audit log's size by class (`recache doctor`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AuditSummary {
+    pub answers: u64,
+    pub operations: u64,
+    pub oldest_answer_ms: Option<i64>,
+    pub oldest_operation_ms: Option<i64>,
+}
+
 /// Requests and money of one hour, tenant, namespace and model.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct UsageRow {
@@ -420,9 +456,11 @@ pub trait Metadata: keys::KeyStore + data_keys::DataKeyStore + Send + Sync {
     fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<()>>;
     /// The newest audit events, newest first.
     fn recent_audit(&self, limit: u32) -> BoxFuture<'_, Result<Vec<AuditEvent>>>;
-    /// Deletes at most `limit` audit events older than `before_ms`, oldest
-    /// first; returns how many went (audit retention).
-    fn prune_audit(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>>;
+    /// Deletes at most `limit` audit events of `class` older than `before_ms`,
+    /// oldest first; returns how many went (audit retention).
+    fn prune_audit(&self, class: AuditClass, before_ms: i64, limit: u32) -> BoxFuture<'_, Result<u64>>;
+    /// How many audit events of each class there are, and the oldest of each.
+    fn audit_summary(&self) -> BoxFuture<'_, Result<AuditSummary>>;
     fn count_entries(&self) -> BoxFuture<'_, Result<u64>>;
     fn check(&self) -> BoxFuture<'_, Result<CheckInfo>>;
     /// Entries in key order after `after` (all of them, expired included),

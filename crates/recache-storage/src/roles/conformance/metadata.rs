@@ -364,42 +364,76 @@ pub async fn metadata_audit_is_idempotent(meta: &dyn Metadata) {
     assert_eq!(mine[0].detail, json!({"n": "3"}));
 }
 
-/// Audit retention deletes the oldest events first, at most `limit` per call,
-/// and nothing newer than its cut.
+/// Audit retention deletes the oldest events of one class first, at most
+/// `limit` per call, nothing newer than its cut and nothing of the other class.
 pub async fn metadata_audit_is_pruned_by_age(meta: &dyn Metadata) {
+    use crate::roles::AuditClass::{Answers, Operations};
     let id = format!("conformance-{}", test_key("prune").hex());
-    let ev = |suffix: &str, at_ms: i64| AuditEvent {
+    let ev = |suffix: &str, action: &str, at_ms: i64| AuditEvent {
         id: format!("{id}-{suffix}"),
         at_ms,
         tenant: Some("conformance".into()),
         actor: "test".into(),
-        action: "entry.store".into(),
+        action: action.into(),
         cache_key: None,
         detail: json!({}),
     };
     // Older than any other scenario's events: the cut at 2000 ms touches only these.
     let fresh = now_ms();
-    meta.append_audit(vec![ev("new", fresh), ev("older", 1001), ev("oldest", 1000)])
-        .await
-        .unwrap();
-    assert_eq!(meta.prune_audit(2000, 1).await.unwrap(), 1, "at most the limit");
+    let before = meta.audit_summary().await.unwrap();
+    meta.append_audit(vec![
+        ev("new", "entry.store", fresh),
+        ev("older", "entry.store", 1001),
+        ev("oldest", "entry.store", 1000),
+        ev("purge", "purge", 999),
+        ev("purge-new", "purge", fresh),
+    ])
+    .await
+    .unwrap();
+    let s = meta.audit_summary().await.unwrap();
+    assert_eq!(
+        (s.answers - before.answers, s.operations - before.operations),
+        (3, 2),
+        "counted by class"
+    );
+    assert_eq!((s.oldest_answer_ms, s.oldest_operation_ms), (Some(1000), Some(999)));
+    assert_eq!(
+        meta.prune_audit(Answers, 2000, 1).await.unwrap(),
+        1,
+        "at most the limit"
+    );
     let left = |recent: Vec<AuditEvent>| -> Vec<String> {
         let mut v: Vec<String> = recent
             .into_iter()
             .filter(|e| e.id.starts_with(&id))
-            .map(|e| e.id)
+            .map(|e| e.id[id.len() + 1..].to_string())
             .collect();
         v.sort();
         v
     };
     assert_eq!(
         left(meta.recent_audit(100_000).await.unwrap()),
-        [format!("{id}-new"), format!("{id}-older")],
-        "the oldest went first"
+        ["new", "older", "purge", "purge-new"],
+        "the oldest answer event went first; the older operations event stays"
     );
-    assert_eq!(meta.prune_audit(2000, 100).await.unwrap(), 1);
-    assert_eq!(meta.prune_audit(2000, 100).await.unwrap(), 0, "nothing older is left");
-    assert_eq!(left(meta.recent_audit(100_000).await.unwrap()), [format!("{id}-new")]);
+    assert_eq!(meta.prune_audit(Answers, 2000, 100).await.unwrap(), 1);
+    assert_eq!(
+        meta.prune_audit(Answers, 2000, 100).await.unwrap(),
+        0,
+        "no older answer event is left"
+    );
+    assert_eq!(
+        left(meta.recent_audit(100_000).await.unwrap()),
+        ["new", "purge", "purge-new"]
+    );
+    assert_eq!(meta.prune_audit(Operations, 2000, 100).await.unwrap(), 1);
+    assert_eq!(
+        left(meta.recent_audit(100_000).await.unwrap()),
+        ["new", "purge-new"],
+        "each class has its own cut"
+    );
+    let s = meta.audit_summary().await.unwrap();
+    assert_eq!((s.answers - before.answers, s.operations - before.operations), (1, 1));
 }
 
 /// A snapshot streams every entry (with its request, counters and missing
