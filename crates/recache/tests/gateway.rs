@@ -575,7 +575,9 @@ async fn upstream_errors_and_incomplete_streams_pass_through_uncached(b: Backend
     let cut = env
         .post("/v1/chat/completions", Some(KEY_A), &chat_body("cut short", true), &[])
         .await;
-    assert_eq!(cut.status, 200);
+    // The body names the upstream error, should this ever be a 502 again (docs/operations.md,
+    // "Known problems").
+    assert_eq!(cut.status, 200, "{}", cut.text);
     assert!(
         !cut.text.contains("[DONE]"),
         "the client sees the stream as the provider cut it"
