@@ -67,6 +67,9 @@ pub struct Cache {
     /// (stored misses/s at 16 connections measured the same with and without
     /// it; "Full restore under traffic, reconciled" in `docs/benchmarks.md`).
     in_flight: Mutex<std::collections::HashSet<CacheKey>>,
+    /// Whether each stored answer adds an `entry.store` audit event
+    /// (`[metadata] audit_answer_events`; on unless turned off).
+    answer_events: bool,
 }
 
 /// A key's place in [`Cache::in_flight`], given up when the store ends.
@@ -115,7 +118,15 @@ impl Cache {
             usage: crate::usage::Usage::default(),
             unindexed_since: std::sync::atomic::AtomicI64::new(0),
             in_flight: Mutex::new(std::collections::HashSet::new()),
+            answer_events: true,
         }
+    }
+
+    /// Turns the per-answer `entry.store` audit events on or off
+    /// (`[metadata] audit_answer_events`).
+    pub fn with_answer_events(mut self, on: bool) -> Self {
+        self.answer_events = on;
+        self
     }
 
     fn failed(&self, e: &BackendError, backend: &'static str, what: &str) {
@@ -477,6 +488,9 @@ impl Cache {
         if let Some(old) = replaced {
             // The old artifact is unreachable now; dropping it is best effort (audit finds leftovers).
             let _ = self.roles.artifacts.delete(old).await;
+        }
+        if !self.answer_events {
+            return Ok(());
         }
         self.audit(AuditEvent {
             id: event_id(),

@@ -52,13 +52,16 @@ impl Gateway {
                 )
             })?
             .with_limit(config.metadata.spool_max_mb * 1024 * 1024);
-        let cache = Arc::new(Cache::new(
-            roles,
-            metrics,
-            Some(Arc::new(spool)),
-            Duration::from_secs(config.cache.max_stale_seconds),
-            recache_engine::batch::Batching::from_config(&config),
-        ));
+        let cache = Arc::new(
+            Cache::new(
+                roles,
+                metrics,
+                Some(Arc::new(spool)),
+                Duration::from_secs(config.cache.max_stale_seconds),
+                recache_engine::batch::Batching::from_config(&config),
+            )
+            .with_answer_events(config.metadata.audit_answer_events),
+        );
         let upstreams = Arc::new(Upstreams::from_config(&config, env)?);
         let config = Arc::new(config);
         let recovery = Arc::new(recache_ops::backup::run::with_backup_jobs(

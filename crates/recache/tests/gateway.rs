@@ -743,6 +743,33 @@ async fn stale_if_error_serves_expired_entries_when_the_provider_fails(b: Backen
     assert_eq!(env.metric("cache_stale_served_total").await, 3.0);
 }
 
+/// `[metadata] audit_answer_events = false`: a stored answer writes its entry
+/// and no `entry.store` event; it is a hit all the same, and the operations
+/// record is still written (an admin delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_audit_events_can_be_turned_off() {
+    let vars = [("RECACHE_METADATA__AUDIT_ANSWER_EVENTS", "false")];
+    let env = Env::on_with(Backends::Embedded, StubConfig::default(), "", &vars).await;
+    let first = env.chat(KEY_A, "not audited").await;
+    assert_eq!(first.cache(), "MISS");
+    env.settle().await;
+    assert_eq!(env.chat(KEY_A, "not audited").await.cache(), "HIT");
+    assert_eq!(env.metadata_count("entries").await, 1);
+    assert_eq!(env.metadata_count("audit_log WHERE action = 'entry.store'").await, 0);
+    let r = env
+        .http
+        .delete(format!("{}/admin/entries/{}", env.base, first.header("x-recache-key")))
+        .bearer_auth("admin-secret")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    common::until(Duration::from_secs(10), "the admin event", async || {
+        env.metadata_count("audit_log WHERE action = 'entry.delete'").await == 1
+    })
+    .await;
+}
+
 /// `[metadata] audit_retention_days` and `admin_audit_retention_days`: the
 /// gateway's sweep deletes each class of audit event older than its retention
 /// and keeps the newer ones (the conformance suite holds both SQL engines to

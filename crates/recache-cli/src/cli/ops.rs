@@ -61,13 +61,16 @@ pub async fn open(config: &ConfigArgs, access: IndexAccess, log_level: &str) -> 
     let upstreams = Arc::new(Upstreams::from_config(&config, &env).map_err(|e| Exit::config(e.to_string()))?);
     // No spool: a CLI process that cannot reach metadata fails its job instead
     // of leaving records in a file nobody replays.
-    let cache = Arc::new(Cache::new(
-        roles,
-        Arc::new(Metrics::default()),
-        None,
-        Duration::from_secs(config.cache.max_stale_seconds),
-        recache_engine::batch::Batching::from_config(&config),
-    ));
+    let cache = Arc::new(
+        Cache::new(
+            roles,
+            Arc::new(Metrics::default()),
+            None,
+            Duration::from_secs(config.cache.max_stale_seconds),
+            recache_engine::batch::Batching::from_config(&config),
+        )
+        .with_answer_events(config.metadata.audit_answer_events),
+    );
     Ok(Arc::new(recache_ops::backup::run::with_backup_jobs(
         Recovery::new(cache, queue, Arc::new(config), upstreams).with_env(&env),
     )))

@@ -427,9 +427,14 @@ pub fn audit_retention(config: &Config, s: &recache_storage::roles::AuditSummary
         }
     };
     let detail = format!(
-        "{} per-answer events (about {mib} MiB) kept {}; {} other events kept {}",
+        "{} per-answer events (about {mib} MiB) kept {}{}; {} other events kept {}",
         s.answers,
         kept(m.audit_retention_days),
+        if m.audit_answer_events {
+            ""
+        } else {
+            ", no new ones (audit_answer_events = false)"
+        },
         s.operations,
         kept(m.admin_audit_retention_days)
     );
@@ -454,7 +459,7 @@ pub fn audit_retention(config: &Config, s: &recache_storage::roles::AuditSummary
             );
         }
     }
-    if m.audit_retention_days == 0 && s.answers >= AUDIT_UNBOUNDED_WARN {
+    if m.audit_answer_events && m.audit_retention_days == 0 && s.answers >= AUDIT_UNBOUNDED_WARN {
         let oldest = age(s.oldest_answer_ms).map(human).unwrap_or_default();
         return Finding::warn(
             "recache.audit_retention",
@@ -556,6 +561,12 @@ mod tests {
             f.fix.contains("audit_retention_days") && f.detail.contains("400 MiB"),
             "{f:?}"
         );
+        // No new ones written: the log does not grow.
+        config.metadata.audit_answer_events = false;
+        let f = audit_retention(&config, &s, now);
+        assert_eq!(f.status, Status::Ok, "{f:?}");
+        assert!(f.detail.contains("no new ones"), "{f:?}");
+        config.metadata.audit_answer_events = true;
         // With a retention the size does not matter; events far past it mean no sweep runs.
         config.metadata.audit_retention_days = 30;
         s.oldest_answer_ms = Some(now - 31 * DAY_MS);

@@ -356,6 +356,11 @@ pub struct MetadataConfig {
     /// one, about 420 bytes in SQLite) older than this many days are deleted
     /// by the gateway's expiry sweep, a bounded number per sweep (0: kept forever).
     pub audit_retention_days: u64,
+    /// Whether each stored answer adds an `entry.store` audit event (true).
+    /// Off, the store path writes one row per answer instead of two (the
+    /// entry row stays, with its tenant, model and times); the operations
+    /// record is kept either way.
+    pub audit_answer_events: bool,
     /// The same for every other audit event, the operations record (admin and
     /// CLI actions, key changes, purges, erasures, repairs, backups, drills).
     /// 0 (the default): kept forever. Never shorter than `audit_retention_days`.
@@ -374,6 +379,7 @@ impl Default for MetadataConfig {
             spool_replay_interval_ms: 1000,
             spool_max_mb: 256,
             audit_retention_days: 0,
+            audit_answer_events: true,
             admin_audit_retention_days: 0,
         }
     }
