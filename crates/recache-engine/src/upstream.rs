@@ -21,6 +21,10 @@ pub struct Upstream {
     /// The largest answer taken (`max_response_bytes`).
     pub max_response_bytes: usize,
     client: reqwest::Client,
+    /// `connection_retries`: sends again after a connection failed with no response.
+    connection_retries: u32,
+    /// Calls sent again that way (`upstream_connection_retries_total`).
+    retried: std::sync::atomic::AtomicU64,
 }
 
 /// The `anthropic-version` sent when the client named none (a warmer's re-buy).
@@ -52,9 +56,19 @@ impl Upstreams {
                 timeout: Duration::from_millis(u.timeout_ms),
                 max_response_bytes: u.max_response_bytes,
                 client,
+                connection_retries: u.connection_retries,
+                retried: Default::default(),
             }));
         }
         Ok(Self { list })
+    }
+
+    /// Calls sent again after a connection failure, per upstream name.
+    pub fn connection_retries(&self) -> Vec<(String, u64)> {
+        self.list
+            .iter()
+            .map(|u| (u.name.clone(), u.retried.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
     }
 
     /// The upstream configured under `name`.
@@ -124,9 +138,39 @@ impl Upstream {
         forward: &[(&'static str, String)],
     ) -> Result<reqwest::Response, ApiError> {
         let url = format!("{}/{}", self.base_url, path);
+        // One deadline for every attempt: a retry never stretches the timeout.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            let req = self.request(&url, body.clone(), forward);
+            match tokio::time::timeout_at(deadline, req.send()).await {
+                Err(_) => return Err(self.timed_out()),
+                Ok(Err(e)) if e.is_timeout() => return Err(self.timed_out()),
+                Ok(Err(e)) if attempt < self.connection_retries && no_response(&e) => {
+                    attempt += 1;
+                    self.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(upstream = %self.name, attempt, error = %error_chain(&e),
+                        "provider connection failed before any response; sending again");
+                    // A refused connect waits a moment; a stale connection is replaced at once.
+                    if e.is_connect() {
+                        tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    return Err(ApiError::UpstreamUnreachable {
+                        upstream: self.name.clone(),
+                        detail: error_chain(&e),
+                    })
+                }
+                Ok(Ok(r)) => return Ok(r),
+            }
+        }
+    }
+
+    fn request(&self, url: &str, body: Bytes, forward: &[(&'static str, String)]) -> reqwest::RequestBuilder {
         let mut req = self
             .client
-            .post(&url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         for (name, value) in forward {
@@ -141,15 +185,7 @@ impl Upstream {
         if self.kind == Dialect::Anthropic && !forward.iter().any(|(n, _)| *n == "anthropic-version") {
             req = req.header("anthropic-version", ANTHROPIC_VERSION);
         }
-        match tokio::time::timeout(self.timeout, req.send()).await {
-            Err(_) => Err(self.timed_out()),
-            Ok(Err(e)) if e.is_timeout() => Err(self.timed_out()),
-            Ok(Err(e)) => Err(ApiError::UpstreamUnreachable {
-                upstream: self.name.clone(),
-                detail: error_chain(&e),
-            }),
-            Ok(Ok(r)) => Ok(r),
-        }
+        req
     }
 
     /// Reads a whole response body, at most `max_response_bytes` (the
@@ -196,6 +232,36 @@ impl Upstream {
             timeout_ms: self.timeout.as_millis() as u64,
         }
     }
+}
+
+/// Whether a failed call got no response at all, so sending it again cannot
+/// repeat an answer the client already saw: the connection was refused, or it
+/// closed or was reset before the response began (the provider closing an idle
+/// keep-alive connection as the call went out is the usual cause). The provider
+/// may have read the request; the official SDKs send again in this case too.
+fn no_response(e: &reqwest::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -229,3 +229,66 @@ async fn concurrent_streaming_misses_share_one_live_stream(b: Backends) {
     env.settle().await;
     assert_eq!(env.chat(KEY_A, "live fan-out").await.cache(), "HIT");
 }
+
+/// A provider call whose connection closes before any response (the provider
+/// dropping an idle keep-alive connection as the call goes out) is sent again
+/// on a new connection, `[[upstreams]] connection_retries` times (default 1);
+/// past that the client gets a 502. A front on loopback closes the first
+/// connections it accepts unanswered and relays the others to the stub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_connection_closes_unanswered_is_sent_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+    use tokio::io::AsyncReadExt;
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("http://{}/v1", front.local_addr().unwrap());
+    let target: Arc<OnceLock<String>> = Arc::default();
+    let to_close = Arc::new(AtomicUsize::new(0));
+    let (t, close) = (target.clone(), to_close.clone());
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = front.accept().await {
+            let closing = close
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            let t = t.clone();
+            tokio::spawn(async move {
+                if closing {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = c.read(&mut buf).await;
+                    return; // dropped unanswered
+                }
+                let mut up = tokio::net::TcpStream::connect(t.get().unwrap()).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+            });
+        }
+    });
+    let vars = [("RECACHE_UPSTREAMS__0__BASE_URL", front_url.as_str())];
+    let mut env = Env::on_with(Backends::Embedded, StubConfig::default(), "", &vars).await;
+    let stub = env.stub_url.trim_start_matches("http://").trim_end_matches("/v1");
+    target.set(stub.to_string()).unwrap();
+    let retries = "upstream_connection_retries_total{upstream=\"stub\"}";
+
+    to_close.store(1, Ordering::SeqCst);
+    let r = env.chat(KEY_A, "sent again").await;
+    assert_eq!((r.status, r.cache()), (200, "MISS"), "{}", r.text);
+    assert_eq!(env.stub.calls(), 1, "one call reached the provider");
+    assert_eq!(env.metric(retries).await, 1.0);
+    env.settle().await;
+    assert_eq!(env.chat(KEY_A, "sent again").await.cache(), "HIT");
+
+    // Two closes in a row: one retry is not enough, and the client is told. (A
+    // restart first: its pool holds no connection kept alive from the first call.)
+    let before = env.metric(retries).await;
+    env.restart().await;
+    assert_eq!(
+        env.metric(retries).await,
+        0.0,
+        "a new process counts from 0 ({before} before)"
+    );
+    to_close.store(2, Ordering::SeqCst);
+    let r = env.chat(KEY_A, "closed twice").await;
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(r.text.contains("stub"), "the error names the upstream: {}", r.text);
+    assert_eq!(env.metric(retries).await, 1.0);
+    assert_eq!(env.stub.calls(), 1);
+}

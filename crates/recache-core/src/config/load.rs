@@ -384,6 +384,9 @@ impl Config {
             if u.timeout_ms == 0 {
                 return err(format!("upstreams.{}.timeout_ms must be above 0", u.name));
             }
+            if u.connection_retries > 5 {
+                return err(format!("upstreams.{}.connection_retries must be 0-5", u.name));
+            }
             if u.max_response_bytes < 1024 {
                 return err(format!("upstreams.{}.max_response_bytes must be at least 1024", u.name));
             }

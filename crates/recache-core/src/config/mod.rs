@@ -741,6 +741,16 @@ pub struct UpstreamConfig {
     /// a larger one fails the request with 502 and is not stored.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Times a call is sent again when its connection failed before any
+    /// response: refused or reset, or closed by the provider without an
+    /// answer (a stale keep-alive connection). Never after a response began,
+    /// never on a timeout. 0 to 5; default 1.
+    #[serde(default = "default_connection_retries")]
+    pub connection_retries: u32,
+}
+
+fn default_connection_retries() -> u32 {
+    1
 }
 
 fn default_max_response_bytes() -> usize {

@@ -135,6 +135,15 @@ keys = ["sk-a"]
     }
 
     #[test]
+    fn connection_retries_default_to_one_and_stop_at_five() {
+        let (c, _) = Config::from_toml_str(BASE, &env(&[])).unwrap();
+        assert_eq!(c.upstreams[0].connection_retries, 1);
+        let over = env(&[("RECACHE_UPSTREAMS__0__CONNECTION_RETRIES", "6")]);
+        let e = Config::from_toml_str(BASE, &over).unwrap_err();
+        assert!(e.0.contains("upstreams.p.connection_retries"), "{e}");
+    }
+
+    #[test]
     fn admin_audit_retention_is_never_shorter_than_the_answers() {
         let with = |answers: &str, admin: &str| {
             Config::from_toml_str(

@@ -141,6 +141,16 @@ async fn render_metrics(s: &AppState) -> Response {
     ];
     extra.extend(s.cache.roles.artifacts.gauges());
     let mut body = s.cache.metrics.render(&extra);
+    {
+        let mut f = Family::counter(
+            &mut body,
+            "upstream_connection_retries_total",
+            "Provider calls sent again because their connection failed before any response (upstreams.connection_retries).",
+        );
+        for (name, n) in s.upstreams.connection_retries() {
+            f.sample(&[("upstream", &name)], n);
+        }
+    }
     Family::counter(
         &mut body,
         "cache_health_probes_total",
