@@ -586,6 +586,8 @@ async fn doctor_finds_what_is_configured_badly_and_passes_what_is_not() {
     ] {
         assert_eq!(finding(&r, check)["status"], "ok", "{check}: {r:#}");
     }
+    // Each upstream answers HTTP (the stub's API root).
+    assert_eq!(finding(&r, "upstream.stub")["status"], "ok", "{r:#}");
     // The audit log, counted by class on PostgreSQL: this gateway's one stored answer.
     let audit = finding(&r, "recache.audit_retention");
     assert_eq!(audit["status"], "ok", "{r:#}");

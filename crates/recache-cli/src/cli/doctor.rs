@@ -88,6 +88,7 @@ pub(crate) async fn check_all(config: &Arc<recache_core::config::Config>, url: &
             )),
         }
     }
+    out.extend(doctor::upstreams::check(config).await);
     out.extend(doctor::recache::check(config, url).await);
     out
 }

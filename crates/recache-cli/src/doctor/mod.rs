@@ -13,6 +13,7 @@ pub mod qdrant;
 pub mod recache;
 pub mod redis;
 pub mod s3;
+pub mod upstreams;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
