@@ -497,7 +497,7 @@ impl Cache {
             at_ms: created,
             tenant: Some(s.tenant.clone()),
             actor: "gateway".into(),
-            action: "entry.store".into(),
+            action: recache_storage::roles::ANSWER_AUDIT_ACTION.into(),
             cache_key: Some(s.key.hex()),
             detail: json!({"model": s.model, "endpoint": s.endpoint, "namespace": s.namespace,
                            "artifact": id.hex(), "bytes": size, "expires_at_ms": expires}),

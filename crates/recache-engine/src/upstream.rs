@@ -64,7 +64,7 @@ impl Upstreams {
     }
 
     /// Calls sent again after a connection failure, per upstream name.
-    pub fn connection_retries(&self) -> Vec<(String, u64)> {
+    pub fn retried_calls(&self) -> Vec<(String, u64)> {
         self.list
             .iter()
             .map(|u| (u.name.clone(), u.retried.load(std::sync::atomic::Ordering::Relaxed)))
@@ -264,7 +264,9 @@ fn no_response(e: &reqwest::Error) -> bool {
     false
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `: `-joined (what a provider call's failure says
+/// in logs and reports).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::Finding;
 use recache_core::config::{Config, UpstreamConfig};
+use recache_engine::upstream::error_chain;
 
 const ADVICE: &str = "every miss goes to a provider: each upstream reachable from the gateway's host";
 
@@ -71,17 +72,6 @@ async fn check_one(u: &UpstreamConfig) -> Finding {
             )
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

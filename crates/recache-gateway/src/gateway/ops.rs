@@ -147,7 +147,7 @@ async fn render_metrics(s: &AppState) -> Response {
             "upstream_connection_retries_total",
             "Provider calls sent again because their connection failed before any response (upstreams.connection_retries).",
         );
-        for (name, n) in s.upstreams.connection_retries() {
+        for (name, n) in s.upstreams.retried_calls() {
             f.sample(&[("upstream", &name)], n);
         }
     }
